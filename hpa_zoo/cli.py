@@ -1,0 +1,87 @@
+"""The ``hpa-zoo`` command line: a thin layer over the Python API (never the other way round).
+
+Each sub-command is one ``_add_<name>(subparsers)`` function that declares its arguments and sets
+``func`` to a ``_run_<name>(args) -> int`` handler, which imports what it needs lazily (so ``hpa-zoo --help``
+does not start TensorFlow).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+# ---------------------------------------------------------------------------------------------- synth
+def _add_synth(sub) -> None:
+    p = sub.add_parser("synth", help="write a synthetic HPA-like dataset in the Kaggle layout")
+    p.set_defaults(func=_not_yet)
+
+
+# ---------------------------------------------------------------------------------------------- prepare
+def _add_prepare(sub) -> None:
+    p = sub.add_parser("prepare", help="build a TFDS dataset (hpa_kaggle / hpa_v18) from a manual-download folder")
+    p.set_defaults(func=_not_yet)
+
+
+# ---------------------------------------------------------------------------------------------- folds
+def _add_folds(sub) -> None:
+    p = sub.add_parser("folds", help="leak-aware multilabel stratified K folds, written to CSV")
+    p.set_defaults(func=_not_yet)
+
+
+# ---------------------------------------------------------------------------------------------- evaluate
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="predictions CSV vs labels CSV -> macro F1 report")
+    p.set_defaults(func=_not_yet)
+
+
+# ---------------------------------------------------------------------------------------------- models
+def _add_models(sub) -> None:
+    p = sub.add_parser("models", help="list the registered models")
+    p.add_argument("--team", default=None, help="only this team's models, e.g. team1")
+    p.set_defaults(func=_run_models)
+
+
+def _run_models(args) -> int:
+    from hpa_zoo.registry import get_spec, list_models
+
+    for name in list_models(team=args.team):
+        spec = get_spec(name)
+        weights = ",".join(w.name for w in spec.weights) or "-"
+        print(f"{name:40s} {spec.team:6s} {spec.input_size:5d}px {spec.channels:5s} weights: {weights}")
+    return 0
+
+
+def _not_yet(args) -> int:
+    print(f"hpa-zoo {args.command}: not implemented yet", file=sys.stderr)
+    return 2
+
+
+COMMANDS = [_add_synth, _add_prepare, _add_folds, _add_evaluate, _add_models]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every sub-command."""
+    parser = argparse.ArgumentParser(prog="hpa-zoo", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``hpa-zoo`` console script. Returns the process exit code."""
+    from hpa_zoo.errors import HpaZooError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except HpaZooError as exc:
+        print(f"hpa-zoo {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"hpa-zoo {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Reading HPA fields of view from disk: one file per stain, Kaggle PNGs or HPAv18 JPEGs, with clear errors.
+
+The array convention everywhere in hpa-zoo: an image is (H, W, 4) uint8 in R, G, B, Y order
+(`hpa_zoo.constants.CHANNELS`).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal, Sequence
+
+import cv2
+import numpy as np
+
+from hpa_zoo.constants import CHANNELS
+from hpa_zoo.errors import HpaDataError
+
+#: For HPAv18 website JPEGs (false-coloured RGB), the plane that carries each stain (teams.md §0.3,
+#: bestfitting COLOR_INDEXS): red -> R, green -> G, blue -> B, yellow -> R.
+HPAV18_PLANE = {"red": 0, "green": 1, "blue": 2, "yellow": 0}
+
+#: File extensions tried, in order, when looking for a channel file.
+CHANNEL_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+
+def find_channel_file(folder: str | os.PathLike, image_id: str, color: str,
+                      extensions: Sequence[str] = CHANNEL_EXTENSIONS) -> Path:
+    """Return the path of ``{folder}/{image_id}_{color}{ext}`` for the first extension that exists.
+
+    Raises:
+        HpaDataError: no such file, naming every name that was tried.
+    """
+    folder = Path(folder)
+    for ext in extensions:
+        candidate = folder / f"{image_id}_{color}{ext}"
+        if candidate.is_file():
+            return candidate
+    tried = ", ".join(f"{image_id}_{color}{e}" for e in extensions)
+    raise HpaDataError(f"{folder}: missing {color} channel of image {image_id!r} (looked for {tried}); "
+                       f"every image needs four files {image_id}_{{red,green,blue,yellow}}.png")
+
+
+def read_channel(path: str | os.PathLike, *, plane: int | None = None,
+                 expect_dtype: Literal["uint8", "uint16", "any"] = "uint8") -> np.ndarray:
+    """Read one stain image as a 2-D array.
+
+    Args:
+        path: PNG, JPEG or TIFF file.
+        plane: for colour files (H, W, 3), which RGB plane to take (0=R, 1=G, 2=B). If None, a colour file
+            is an error (a Kaggle channel file must be grayscale).
+        expect_dtype: ``"uint8"`` raises on 16-bit input (Kaggle PNGs are 8-bit); ``"uint16"`` raises on 8-bit;
+            ``"any"`` accepts both.
+    Returns:
+        (H, W) array, uint8 or uint16 as stored.
+    Raises:
+        HpaDataError: empty, unreadable or truncated file, wrong channel count or bit depth.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise HpaDataError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise HpaDataError(f"{path}: the file is empty (0 bytes); re-download or re-export it")
+    data = np.fromfile(str(path), dtype=np.uint8)
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise HpaDataError(f"{path}: cannot be decoded as an image (corrupt or truncated); re-download it")
+    if img.ndim == 3:
+        if plane is None:
+            if img.shape[2] in (3, 4) and _planes_equal(img):
+                img = img[..., 0]
+            else:
+                raise HpaDataError(f"{path}: has {img.shape[2]} colour planes but a single-stain grayscale "
+                                   f"image was expected; for HPAv18 RGB JPEGs use the 'hpav18' reader")
+        else:
+            if img.shape[2] < 3:
+                raise HpaDataError(f"{path}: has {img.shape[2]} planes, cannot take RGB plane {plane}")
+            img = img[..., 2 - plane]  # OpenCV decodes BGR
+    elif img.ndim == 2 and plane is not None:
+        pass  # a grayscale file where a colour one was expected: the single plane carries the stain
+    if img.dtype not in (np.uint8, np.uint16):
+        raise HpaDataError(f"{path}: pixel type {img.dtype} is not supported; use 8- or 16-bit images")
+    if expect_dtype == "uint8" and img.dtype != np.uint8:
+        raise HpaDataError(f"{path}: is {img.dtype.itemsize * 8}-bit but 8-bit was expected; convert it "
+                           f"(e.g. divide by 257) or use a reader that accepts 16-bit input")
+    if expect_dtype == "uint16" and img.dtype != np.uint16:
+        raise HpaDataError(f"{path}: is 8-bit but 16-bit was expected")
+    return np.ascontiguousarray(img)
+
+
+def _planes_equal(img: np.ndarray) -> bool:
+    return bool(np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(img[..., 0], img[..., 2]))
+
+
+def load_rgby(folder: str | os.PathLike, image_id: str, *,
+              layout: Literal["kaggle", "hpav18"] = "kaggle",
+              size: int | None = None,
+              interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+    """Load the four stains of one field of view as one (H, W, 4) uint8 RGBY array.
+
+    Args:
+        folder: folder holding ``{image_id}_{red,green,blue,yellow}.{png,jpg,tif}``.
+        image_id: the sample id.
+        layout: ``"kaggle"`` (grayscale file per stain) or ``"hpav18"`` (false-coloured RGB JPEGs: the stain's
+            plane is taken, `HPAV18_PLANE`).
+        size: if given, each channel is resized to (size, size) with `interpolation` (cv2 INTER_LINEAR, as
+            Team 1 resized the TIFFs, teams.md §1.4).
+    Returns:
+        (H, W, 4) uint8, channels R, G, B, Y.
+    Raises:
+        HpaDataError: a missing or unreadable channel, or channels of different sizes.
+    """
+    planes = []
+    shapes = {}
+    for color in CHANNELS:
+        path = find_channel_file(folder, image_id, color)
+        plane = HPAV18_PLANE[color] if layout == "hpav18" else None
+        img = read_channel(path, plane=plane)
+        shapes[color] = img.shape
+        planes.append(img)
+    if len(set(shapes.values())) != 1:
+        desc = ", ".join(f"{c} {s[1]}x{s[0]}" for c, s in shapes.items())
+        raise HpaDataError(f"{Path(folder)}: the channels of image {image_id!r} have different sizes ({desc}); "
+                           f"all four stains must be the same field of view at the same resolution")
+    if size is not None:
+        planes = [p if p.shape == (size, size) else cv2.resize(p, (size, size), interpolation=interpolation)
+                  for p in planes]
+    return np.stack(planes, axis=-1)
