@@ -1,0 +1,90 @@
+"""What a team recipe is: the data every team module (``zoo_models/teamN_*.py``) fills in, and the generic
+training / inference code (`hpa_zoo.training`, `hpa_zoo.predict`) consumes.
+
+A recipe is plain data plus factories, so a team module reads like that team's method section and the training
+loop stays team-agnostic.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Optional
+
+
+@dataclass(frozen=True)
+class TTAConfig:
+    """Test-time augmentation of a team.
+
+    Attributes:
+        transforms: ``"d4"`` (the 8 dihedral transforms), ``"identity"``, or ``"random_flip_ssr"`` (Team 2).
+        n_random_crops: random-scale crops in addition to the whole image (Team 1: 3; others 0).
+        n_random_passes: random augmentation passes (Team 2: 5), for ``"random_flip_ssr"``.
+        aggregate: ``"max"`` (Team 1), ``"mean"`` (Teams 2, 3) or ``"median"``.
+    """
+
+    transforms: Literal["d4", "identity", "random_flip_ssr"] = "d4"
+    n_random_crops: int = 0
+    n_random_passes: int = 0
+    aggregate: Literal["max", "mean", "median"] = "mean"
+
+
+@dataclass(frozen=True)
+class ThresholdConfig:
+    """How probabilities become labels (see `hpa_zoo.thresholds`).
+
+    Attributes:
+        rule: ``"lb_ratio_match"`` (Team 1), ``"proportion_match"`` (Team 3, on a held-out split),
+            ``"f1_optimal_scaled"`` (Team 2: 0.7 x per-class F1-optimal, fallbacks 0.6x, 0.5x),
+            ``"freq_match"`` (Team 4), ``"f1_optimal"``, ``"fixed"``.
+        force_top: force the most probable class on when no class passes (Team 1).
+        kwargs: rule parameters (e.g. ``{"scale": 0.7, "fallbacks": (0.6, 0.5)}``).
+    """
+
+    rule: str = "f1_optimal"
+    force_top: bool = False
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A team's training and inference recipe.
+
+    Attributes:
+        name: recipe id, e.g. ``"team1"``.
+        image_size: side the images are loaded at (Team 1 final: 1536).
+        input_size: side the network sees (Team 1 final: 1024, the crop).
+        batch_size: per-step global batch the team used.
+        epochs: the team's epoch count.
+        make_loss: ``() -> keras.losses.Loss`` (logits in, float32 out).
+        make_optimizer: ``(steps_per_epoch: int, epochs: int) -> keras.optimizers.Optimizer``; the schedule must
+            scale its boundaries to ``epochs`` when the user trains for fewer epochs than the team did.
+        train_map: tf.data map function ``(example: dict, seed: tf.Tensor[2] int) -> (image float32 (s,s,C),
+            multi_hot float32 (28,))`` applying the team's crop/augmentation; ``example`` has keys ``id``,
+            ``image`` (H, W, 4) uint8 and ``multi_hot`` (28,) uint8.
+        eval_map: ``(example: dict) -> (image float32, multi_hot float32)``: the deterministic validation path.
+        monitor: the validation quantity that picks the checkpoint (``"val_focal"`` for Team 1).
+        monitor_mode: ``"min"`` or ``"max"``.
+        tta: `TTAConfig`.
+        thresholds: `ThresholdConfig`.
+        grad_accum_steps: gradient accumulation (Team 3).
+        make_metrics: ``() -> list[keras.metrics.Metric]`` extra validation metrics.
+        swa_last_n: average the last N epoch checkpoints (Team 3: 10), 0 = off.
+        notes: where the recipe deviates from or infers beyond the facts.
+    """
+
+    name: str
+    image_size: int
+    input_size: int
+    batch_size: int
+    epochs: int
+    make_loss: Callable[[], Any]
+    make_optimizer: Callable[[int, int], Any]
+    train_map: Callable[..., Any]
+    eval_map: Callable[..., Any]
+    monitor: str = "val_loss"
+    monitor_mode: Literal["min", "max"] = "min"
+    tta: TTAConfig = TTAConfig()
+    thresholds: ThresholdConfig = ThresholdConfig()
+    grad_accum_steps: int = 1
+    make_metrics: Optional[Callable[[], list]] = None
+    swa_last_n: int = 0
+    notes: str = ""
