@@ -25,7 +25,27 @@ def _add_prepare(sub) -> None:
 # ---------------------------------------------------------------------------------------------- folds
 def _add_folds(sub) -> None:
     p = sub.add_parser("folds", help="leak-aware multilabel stratified K folds, written to CSV")
-    p.set_defaults(func=_not_yet)
+    p.add_argument("--kaggle-dir", default=None, help="Kaggle folder: train.csv + train/")
+    p.add_argument("--hpav18-dir", default=None, help="HPAv18 folder: HPAv18RBGY_wodpl.csv + its JPEGs")
+    p.add_argument("--out", required=True, help="the folds CSV to write (Id,fold,source,group)")
+    p.add_argument("--n-splits", type=int, default=5, help="number of folds (default 5, Team 1)")
+    p.add_argument("--seed", type=int, default=100, help="stratification seed (default 100, Team 1)")
+    p.add_argument("--max-distance", type=int, default=12,
+                   help="pHash Hamming distance on R, G and B under which images are duplicates (default 12)")
+    p.add_argument("--workers", type=int, default=4, help="threads reading images for hashing")
+    p.set_defaults(func=_run_folds)
+
+
+def _run_folds(args) -> int:
+    from hpa_zoo.folds import folds_for_folders, save_folds
+
+    folds = folds_for_folders(args.kaggle_dir, args.hpav18_dir, n_splits=args.n_splits, seed=args.seed,
+                              max_distance=args.max_distance, progress=True, workers=args.workers)
+    save_folds(folds, args.out)
+    n_groups, n_dup = folds["group"].nunique(), int(folds["group"].duplicated(keep=False).sum())
+    print(f"{len(folds)} images, {n_groups} groups ({n_dup} images have a near-duplicate) -> {args.out}")
+    print(folds.groupby(["fold", "source"]).size().unstack(fill_value=0).to_string())
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------- evaluate
