@@ -91,10 +91,29 @@ def _planes_equal(img: np.ndarray) -> bool:
     return bool(np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(img[..., 0], img[..., 2]))
 
 
+def to_uint8(channel: np.ndarray) -> np.ndarray:
+    """Bring one channel to 8 bits: uint8 is returned as it is, uint16 is scaled by 255/65535 and rounded.
+
+    The scaling maps the full 16-bit range onto the full 8-bit range (0 -> 0, 65535 -> 255), so a 16-bit
+    full-resolution TIFF lands on the same intensity scale as the 8-bit Kaggle PNGs.
+
+    Args:
+        channel: (H, W) uint8 or uint16.
+    Returns:
+        (H, W) uint8.
+    """
+    if channel.dtype == np.uint8:
+        return channel
+    if channel.dtype != np.uint16:
+        raise HpaDataError(f"pixel type {channel.dtype} cannot be converted to 8 bits; use 8- or 16-bit images")
+    return np.round(channel.astype(np.float32) / 257.0).astype(np.uint8)
+
+
 def load_rgby(folder: str | os.PathLike, image_id: str, *,
               layout: Literal["kaggle", "hpav18"] = "kaggle",
               size: int | None = None,
-              interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+              interpolation: int = cv2.INTER_LINEAR,
+              allow_16bit: bool = False) -> np.ndarray:
     """Load the four stains of one field of view as one (H, W, 4) uint8 RGBY array.
 
     Args:
@@ -104,6 +123,8 @@ def load_rgby(folder: str | os.PathLike, image_id: str, *,
             plane is taken, `HPAV18_PLANE`).
         size: if given, each channel is resized to (size, size) with `interpolation` (cv2 INTER_LINEAR, as
             Team 1 resized the TIFFs, teams.md §1.4).
+        allow_16bit: accept 16-bit channel files (e.g. full-resolution TIFFs) and convert them with `to_uint8`
+            before resizing; if False a 16-bit file is an error.
     Returns:
         (H, W, 4) uint8, channels R, G, B, Y.
     Raises:
@@ -114,7 +135,8 @@ def load_rgby(folder: str | os.PathLike, image_id: str, *,
     for color in CHANNELS:
         path = find_channel_file(folder, image_id, color)
         plane = HPAV18_PLANE[color] if layout == "hpav18" else None
-        img = read_channel(path, plane=plane)
+        img = read_channel(path, plane=plane, expect_dtype="any" if allow_16bit else "uint8")
+        img = to_uint8(img)
         shapes[color] = img.shape
         planes.append(img)
     if len(set(shapes.values())) != 1:

@@ -1,0 +1,48 @@
+"""TFDS builders for the HPA data: `hpa_kaggle` (Kaggle competition) and `hpa_v18` (HPAv18 external data).
+
+Importing this package registers both builders with TFDS (``tfds.builder("hpa_kaggle/512")``,
+``tfds build hpa_kaggle --imports tfds_hpa``). `build` is the one-call Python entry used by ``hpa-zoo prepare``.
+"""
+from __future__ import annotations
+
+import os
+
+import tensorflow_datasets as tfds
+
+from hpa_zoo.errors import ConfigError, HpaDataError
+from tfds_hpa.hpa_kaggle import hpa_kaggle_dataset_builder
+from tfds_hpa.hpa_v18 import hpa_v18_dataset_builder
+
+BUILDERS = {"hpa_kaggle": hpa_kaggle_dataset_builder.Builder, "hpa_v18": hpa_v18_dataset_builder.Builder}
+
+
+def build(name: str, *, manual_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None,
+          config: str = "512", on_error: str = "raise", **builder_kwargs) -> tfds.core.DatasetBuilder:
+    """Build (download_and_prepare) one HPA dataset from its manual-download folder and return the builder.
+
+    Args:
+        name: ``"hpa_kaggle"`` or ``"hpa_v18"``.
+        manual_dir: the folder laid out as the builder's ``MANUAL_DOWNLOAD_INSTRUCTIONS`` show.
+        data_dir: where TFDS writes the dataset (default ``~/tensorflow_datasets``).
+        config: image-size config name: ``"512"``, ``"1024"``, ``"1536"`` or ``"128"``.
+        on_error: ``"raise"`` (stop at the first bad sample) or ``"skip"`` (leave bad samples out; see
+            ``builder.skip_report``).
+        builder_kwargs: extra builder options, e.g. ``csv_name=`` / ``images_subdir=`` for ``hpa_v18``.
+    Returns:
+        The prepared builder: ``builder.as_dataset(split="train")`` yields dicts with ``id`` (string),
+        ``image`` (S, S, 4) uint8 RGBY, ``labels`` (int64 class ids) and ``multi_hot`` (28,) uint8.
+    Raises:
+        ConfigError: unknown dataset or config name. HpaDataError: bad input (with ``on_error="raise"``).
+    """
+    if name not in BUILDERS:
+        raise ConfigError(f"unknown dataset {name!r}; choose one of {sorted(BUILDERS)}")
+    cls = BUILDERS[name]
+    names = [c.name for c in cls.BUILDER_CONFIGS]
+    if str(config) not in names:
+        raise ConfigError(f"{name}: unknown config {config!r}; choose one of {names}")
+    if not os.path.isdir(manual_dir):
+        raise HpaDataError(f"{manual_dir}: manual-download folder not found.\n{cls.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+    builder = cls(config=str(config), data_dir=None if data_dir is None else os.fspath(data_dir),
+                  on_error=on_error, **builder_kwargs)
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir)))
+    return builder

@@ -1,0 +1,1 @@
+"""The `hpa_kaggle` TFDS dataset (folder-style builder)."""

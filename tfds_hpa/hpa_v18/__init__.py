@@ -1,0 +1,1 @@
+"""The `hpa_v18` TFDS dataset (folder-style builder)."""
