@@ -19,7 +19,32 @@ def _add_synth(sub) -> None:
 # ---------------------------------------------------------------------------------------------- prepare
 def _add_prepare(sub) -> None:
     p = sub.add_parser("prepare", help="build a TFDS dataset (hpa_kaggle / hpa_v18) from a manual-download folder")
-    p.set_defaults(func=_not_yet)
+    p.add_argument("--dataset", required=True, choices=["hpa_kaggle", "hpa_v18"])
+    p.add_argument("--manual-dir", required=True, help="the downloaded data, laid out as `tfds_hpa` documents")
+    p.add_argument("--data-dir", default=None, help="where TFDS writes the dataset (default ~/tensorflow_datasets)")
+    p.add_argument("--config", default="512", help="image size: 512, 1024, 1536 or 128 (default 512)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave out bad samples (missing/unreadable channels, bad CSV rows) and list them, "
+                        "instead of stopping at the first one")
+    p.add_argument("--csv-name", default=None, help="hpa_v18 only: the label CSV in --manual-dir")
+    p.set_defaults(func=_run_prepare)
+
+
+def _run_prepare(args) -> int:
+    import tfds_hpa
+
+    extra = {"csv_name": args.csv_name} if args.csv_name else {}
+    print(f"building {args.dataset}/{args.config} from {args.manual_dir} ...", flush=True)
+    builder = tfds_hpa.build(args.dataset, manual_dir=args.manual_dir, data_dir=args.data_dir, config=args.config,
+                             on_error="skip" if args.skip_bad else "raise", **extra)
+    print(f"{args.dataset}/{args.config} written to {builder.data_dir}")
+    for name, split in builder.info.splits.items():
+        print(f"  {name}: {split.num_examples} examples")
+    if args.skip_bad:  # from the dataset's metadata, so a build reused from --data-dir reports it too
+        from hpa_zoo.labels import SkipReport
+
+        print(SkipReport([tuple(e) for e in builder.info.metadata.get("skipped", [])]).summary())
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------- folds
