@@ -1,0 +1,231 @@
+"""Every team's rule for turning probabilities into labels, behind one interface (NumPy).
+
+``fit_thresholds(probs, rule, ...)`` returns per-class thresholds (C,); ``apply_thresholds`` turns probabilities
+into uint8 labels (``prob > threshold``), optionally forcing the top class on (Team 1) and retrying empty rows with
+scaled thresholds (Team 2). ``from_config`` does both steps from a recipe's `ThresholdConfig`.
+
+| rule | team | fitted on | rule |
+|---|---|---|---|
+| ``"lb_ratio_match"`` | 1 (teams.md §1.6) | test probs | p in linspace(0,1,10000) minimising abs(mean(prob>p) - ratio), ties -> closest to 0.5 |
+| ``"proportion_match"`` | 3 (§3.6) | held-out probs + labels | t in arange(.05,1,.01) minimising abs(frac predicted - frac labelled) |
+| ``"f1_optimal"`` | 2 (§2.6) | OOF probs + labels | per-class F1-optimal t in 0.00..0.99 step .01 |
+| ``"f1_optimal_scaled"`` | 2 (§2.6) | OOF probs + labels | ``scale`` (0.7) x the F1-optimal t; empty rows retry 0.6x, 0.5x |
+| ``"freq_match"`` | 4 (§4.1) | test probs | first t of linspace(.95,.05,101) with mean(prob>t) >= desired |
+| ``"fixed"`` | 4 Dmytro (§4.2) | - | a constant or per-class ``value`` |
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hpa_zoo.constants import KAGGLE_TRAIN_COUNTS, KAGGLE_TRAIN_SIZE, LB_RATIO_PLACEHOLDERS, PUBLIC_LB_RATIOS
+from hpa_zoo.errors import ConfigError, HpaDataError
+from hpa_zoo.recipe import ThresholdConfig
+
+RULES: tuple[str, ...] = ("lb_ratio_match", "proportion_match", "f1_optimal", "f1_optimal_scaled", "freq_match",
+                          "fixed")
+_NEEDS_Y_TRUE = ("proportion_match", "f1_optimal", "f1_optimal_scaled")
+
+# teams.md §1.6: Team 1's threshold grid.
+LB_RATIO_GRID = np.linspace(0.0, 1.0, 10000)
+# teams.md §3.6: Team 3's threshold grid (NumPy's arange, 95 values 0.05..0.99).
+PROPORTION_GRID = np.arange(0.05, 1.00, 0.01)
+# teams.md §2.6: Team 2's per-class F1 grid 0.00..0.99 step 0.01.
+F1_GRID = np.arange(100) / 100.0
+# teams.md §2.6: submission thresholds 0.7 x th, empty rows retry 0.6 x th then 0.5 x th.
+TEAM2_SCALE = 0.7
+TEAM2_FALLBACKS = (0.6, 0.5)
+# teams.md §4.1 item 3: scan 0.95 -> 0.05 in 101 steps; eps 0.004 for the rare (placeholder) classes.
+FREQ_SCAN = np.linspace(0.95, 0.05, 101)
+TEAM4_RARE_EPS = 0.004
+
+
+def team1_target_ratios() -> np.ndarray:
+    """Team 1's target positive fractions: the public-LB ratios with the 0.01 placeholders replaced by the Kaggle
+    train label frequencies (teams.md §1.6). float64 (28,)."""
+    ratios = PUBLIC_LB_RATIOS.astype(np.float64).copy()
+    idx = list(LB_RATIO_PLACEHOLDERS)
+    ratios[idx] = KAGGLE_TRAIN_COUNTS[idx] / KAGGLE_TRAIN_SIZE
+    return ratios
+
+
+def team4_target_ratios(eps: float = TEAM4_RARE_EPS) -> np.ndarray:
+    """Team 4's desired positive fractions: the public-LB ratios with the rare placeholder classes set to ``eps``
+    (teams.md §4.1). float64 (28,)."""
+    ratios = PUBLIC_LB_RATIOS.astype(np.float64).copy()
+    ratios[list(LB_RATIO_PLACEHOLDERS)] = eps
+    return ratios
+
+
+def _check_probs(probs) -> np.ndarray:
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2 or probs.shape[0] == 0:
+        raise HpaDataError(f"probabilities must be a non-empty (N, C) array; got shape {probs.shape}.")
+    return probs
+
+
+def _check_vector(name: str, values, n_classes: int) -> np.ndarray:
+    values = np.broadcast_to(np.asarray(values, dtype=np.float64), (n_classes,)) if np.ndim(values) == 0 \
+        else np.asarray(values, dtype=np.float64)
+    if values.shape != (n_classes,):
+        raise HpaDataError(f"{name} must have shape ({n_classes},) to match the probabilities; got {values.shape}.")
+    return values.copy()
+
+
+def _positive_fraction(probs: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """mean(probs[:, c] > t) for every t of ``grid`` and class c: float64 (len(grid), C), exact counts / N."""
+    sorted_probs = np.sort(probs, axis=0)
+    n = probs.shape[0]
+    counts = np.stack([n - np.searchsorted(sorted_probs[:, c], grid, side="right") for c in range(probs.shape[1])],
+                      axis=1)
+    return counts / n
+
+
+def _lb_ratio_match(probs: np.ndarray, ratios: np.ndarray) -> np.ndarray:
+    score = np.abs(_positive_fraction(probs, LB_RATIO_GRID) - ratios[None, :])
+    out = np.empty(probs.shape[1])
+    for c in range(probs.shape[1]):
+        best = np.flatnonzero(score[:, c] == score[:, c].min())
+        out[c] = LB_RATIO_GRID[best[np.argmin(np.abs(LB_RATIO_GRID[best] - 0.5))]]  # ties -> closest to 0.5
+    return out
+
+
+def _proportion_match(probs: np.ndarray, y_true: np.ndarray) -> np.ndarray:
+    score = np.abs(_positive_fraction(probs, PROPORTION_GRID) - y_true.mean(axis=0)[None, :])
+    return PROPORTION_GRID[np.argmin(score, axis=0)]  # ties -> the smallest t (np.argmin)
+
+
+def _f1_optimal(probs: np.ndarray, y_true: np.ndarray) -> np.ndarray:
+    """Per-class F1-optimal t of `F1_GRID` (labels prob > t), ties -> the smallest t; F1 = 0 when undefined."""
+    out = np.empty(probs.shape[1])
+    for c in range(probs.shape[1]):
+        pos = y_true[:, c] > 0.5
+        # Counts of positives / negatives above each t, from sorted scores (O(N log N) per class).
+        tp = pos.sum() - np.searchsorted(np.sort(probs[pos, c]), F1_GRID, side="right")
+        fp = (~pos).sum() - np.searchsorted(np.sort(probs[~pos, c]), F1_GRID, side="right")
+        fn = pos.sum() - tp
+        denom = 2 * tp + fp + fn
+        f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)  # sklearn's zero_division=0
+        out[c] = F1_GRID[np.argmax(f1)]
+    return out
+
+
+def _freq_match(probs: np.ndarray, ratios: np.ndarray) -> np.ndarray:
+    ok = _positive_fraction(probs, FREQ_SCAN) >= ratios[None, :]  # (T, C), scan from high to low t
+    first = np.argmax(ok, axis=0)
+    return np.where(ok.any(axis=0), FREQ_SCAN[first], FREQ_SCAN[-1])  # never reached: the lowest t
+
+
+def fit_thresholds(probs, rule: str, *, y_true=None, ratios=None, **kw) -> np.ndarray:
+    """Fit per-class thresholds with one of the teams' rules (see the module table).
+
+    Args:
+        probs: (N, C) float probabilities (test probabilities for ``lb_ratio_match`` / ``freq_match``; held-out or
+            OOF probabilities for the label-based rules).
+        rule: one of `RULES`.
+        y_true: (N, C) multi-hot labels, required by ``proportion_match``, ``f1_optimal``, ``f1_optimal_scaled``.
+        ratios: (C,) target positive fractions for ``lb_ratio_match`` (default `team1_target_ratios`) and
+            ``freq_match`` (default `team4_target_ratios`); a scalar is broadcast.
+        **kw: ``scale`` (``f1_optimal_scaled``, default 0.7), ``value`` (``fixed``, default 0.5, scalar or (C,)).
+
+    Returns:
+        float64 (C,) thresholds; labels are ``prob > threshold``.
+    """
+    if rule not in RULES:
+        raise ConfigError(f"unknown threshold rule {rule!r}; valid rules: {', '.join(RULES)}.")
+    probs = _check_probs(probs)
+    n, n_classes = probs.shape
+    if rule in _NEEDS_Y_TRUE:
+        if y_true is None:
+            raise ConfigError(f"threshold rule {rule!r} fits on labels: pass y_true (N, C) for the same images.")
+        y_true = np.asarray(y_true, dtype=np.float64)
+        if y_true.shape != probs.shape:
+            raise HpaDataError(f"y_true {y_true.shape} must have the shape of probs {probs.shape}.")
+    allowed = {"f1_optimal_scaled": {"scale"}, "fixed": {"value"}}.get(rule, set())
+    unexpected = set(kw) - allowed
+    if unexpected:
+        raise ConfigError(f"threshold rule {rule!r} takes no argument(s) {sorted(unexpected)}; it takes {sorted(allowed)}.")
+
+    if rule == "lb_ratio_match":
+        target = team1_target_ratios() if ratios is None else ratios
+        return _lb_ratio_match(probs, _check_vector("ratios", target, n_classes))
+    if rule == "freq_match":
+        target = team4_target_ratios() if ratios is None else ratios
+        return _freq_match(probs, _check_vector("ratios", target, n_classes))
+    if rule == "proportion_match":
+        return _proportion_match(probs, y_true)
+    if rule == "f1_optimal":
+        return _f1_optimal(probs, y_true)
+    if rule == "f1_optimal_scaled":
+        return float(kw.get("scale", TEAM2_SCALE)) * _f1_optimal(probs, y_true)
+    return _check_vector("value", kw.get("value", 0.5), n_classes)
+
+
+def apply_thresholds(probs, thresholds, *, force_top: bool = False, fallbacks=()) -> np.ndarray:
+    """Labels from probabilities: ``prob > threshold`` per class.
+
+    Args:
+        probs: (N, C) float probabilities.
+        thresholds: (C,) thresholds (or a scalar).
+        force_top: also switch on each row's most probable class (Team 1's ``generate_labels`` sets
+            ``prob[argmax] = 1`` for every row, teams.md §1.6), so no row is empty.
+        fallbacks: scale factors tried in order on rows that are still empty: ``prob > f * thresholds``
+            (Team 2: thresholds 0.7*th and factors (0.6/0.7, 0.5/0.7); `from_config` converts).
+
+    Returns:
+        uint8 (N, C) labels.
+    """
+    probs = _check_probs(probs)
+    thresholds = _check_vector("thresholds", thresholds, probs.shape[1])
+    labels = probs > thresholds[None, :]
+    for factor in fallbacks:
+        empty = ~labels.any(axis=1)
+        labels[empty] = probs[empty] > float(factor) * thresholds[None, :]
+    if force_top:
+        labels[np.arange(len(probs)), np.argmax(probs, axis=1)] = True
+    return labels.astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class FittedThresholds:
+    """Thresholds fitted by `from_config`, ready to apply.
+
+    Attributes:
+        thresholds: float64 (C,).
+        force_top: see `apply_thresholds`.
+        fallbacks: scale factors relative to ``thresholds`` (see `apply_thresholds`).
+    """
+
+    thresholds: np.ndarray
+    force_top: bool = False
+    fallbacks: tuple[float, ...] = ()
+
+    def apply(self, probs) -> np.ndarray:
+        """uint8 (N, C) labels of (N, C) probabilities."""
+        return apply_thresholds(probs, self.thresholds, force_top=self.force_top, fallbacks=self.fallbacks)
+
+
+def from_config(config: ThresholdConfig, probs, y_true=None) -> FittedThresholds:
+    """Fit a recipe's threshold rule.
+
+    ``config.kwargs`` may hold ``ratios``, ``scale``, ``value`` and ``fallbacks``. For ``"f1_optimal_scaled"`` the
+    fallbacks are factors of the *unscaled* F1-optimal thresholds, as Team 2 states them (default (0.6, 0.5)); they
+    are converted to factors of the returned (scaled) thresholds.
+
+    Args:
+        config: `hpa_zoo.recipe.ThresholdConfig`.
+        probs: (N, C) probabilities to fit on (see `fit_thresholds`).
+        y_true: (N, C) labels, for the label-based rules.
+
+    Returns:
+        `FittedThresholds` (call ``.apply(test_probs)`` for uint8 labels).
+    """
+    kw = dict(config.kwargs)
+    ratios = kw.pop("ratios", None)
+    fallbacks = tuple(float(f) for f in kw.pop("fallbacks", ()))
+    if config.rule == "f1_optimal_scaled":
+        scale = float(kw.setdefault("scale", TEAM2_SCALE))
+        fallbacks = tuple(f / scale for f in (fallbacks or TEAM2_FALLBACKS))
+    thresholds = fit_thresholds(probs, config.rule, y_true=y_true, ratios=ratios, **kw)
+    return FittedThresholds(thresholds=thresholds, force_top=bool(config.force_top), fallbacks=fallbacks)
