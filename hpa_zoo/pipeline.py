@@ -26,27 +26,13 @@ from typing import Callable, Literal, Sequence
 
 import tensorflow as tf
 
-from hpa_zoo.constants import CHANNELS, NUM_CLASSES
+from hpa_zoo.constants import CHANNELS, D4_ORDER, NUM_CLASSES
 from hpa_zoo.errors import ConfigError, HpaDataError
 from hpa_zoo.images import CHANNEL_EXTENSIONS, HPAV18_PLANE, find_channel_file
 from hpa_zoo.labels import OnError, SkipReport, read_labels_csv
 
 log = logging.getLogger(__name__)
 
-#: The 8 dihedral (D4) transforms by index k, in Team 1's order (teams.md §1.4,
-#: bestfitting `utils/augment_util.py::train_multi_augment2`). Within a name, the flips are applied first
-#: (up-down, then left-right) and the transpose last, as in `augment_flipud_transpose` etc.
-#: `hpa_zoo.tta.D4_ORDER` / `d4_apply` (keras.ops, batches) use the same names and order.
-D4_ORDER: tuple[str, ...] = (
-    "identity",
-    "flipud",
-    "fliplr",
-    "transpose",
-    "flipud_fliplr",
-    "flipud_transpose",
-    "fliplr_transpose",
-    "flipud_fliplr_transpose",
-)
 # (flip up-down, flip left-right, transpose) per entry of D4_ORDER.
 _D4_FLAGS: tuple[tuple[bool, bool, bool], ...] = tuple(
     ("flipud" in name, "fliplr" in name, "transpose" in name) for name in D4_ORDER

@@ -18,22 +18,11 @@ from typing import Callable, Sequence
 import numpy as np
 from keras import ops
 
+from hpa_zoo.constants import D4_ORDER
 from hpa_zoo.errors import ConfigError
 from hpa_zoo.recipe import TTAConfig
 
-#: The 8 dihedral transforms, in the order of bestfitting's ``augment_util.py`` (teams.md §1.4). Names read left
-#: to right: ``"flipud_transpose"`` flips up-down, then transposes. `hpa_zoo.pipeline.d4_transform` uses this order.
-D4_ORDER: tuple[str, ...] = (
-    "identity",
-    "flipud",
-    "fliplr",
-    "transpose",
-    "flipud_fliplr",
-    "flipud_transpose",
-    "fliplr_transpose",
-    "flipud_fliplr_transpose",
-)
-
+#: The 8 dihedral transforms (teams.md §1.4), shared with `hpa_zoo.pipeline.d4_transform`; see `hpa_zoo.constants`.
 _AGGREGATES = ("max", "mean", "median")
 _TRANSFORMS = ("d4", "identity", "random_flip_ssr")
 
