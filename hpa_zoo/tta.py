@@ -22,7 +22,6 @@ from hpa_zoo.constants import D4_ORDER
 from hpa_zoo.errors import ConfigError
 from hpa_zoo.recipe import TTAConfig
 
-#: The 8 dihedral transforms (teams.md §1.4), shared with `hpa_zoo.pipeline.d4_transform`; see `hpa_zoo.constants`.
 _AGGREGATES = ("max", "mean", "median")
 _TRANSFORMS = ("d4", "identity", "random_flip_ssr")
 
