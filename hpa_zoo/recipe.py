@@ -35,7 +35,8 @@ class ThresholdConfig:
         rule: ``"lb_ratio_match"`` (Team 1), ``"proportion_match"`` (Team 3, on a held-out split),
             ``"f1_optimal_scaled"`` (Team 2: 0.7 x per-class F1-optimal, fallbacks 0.6x, 0.5x),
             ``"freq_match"`` (Team 4), ``"f1_optimal"``, ``"fixed"``.
-        force_top: force the most probable class on when no class passes (Team 1).
+        force_top: always switch the most probable class on, in every row (Team 1, teams.md §1.6), so no row is
+            empty.
         kwargs: rule parameters (e.g. ``{"scale": 0.7, "fallbacks": (0.6, 0.5)}``).
     """
 
