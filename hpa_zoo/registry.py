@@ -144,3 +144,75 @@ def _ensure_rows() -> None:
 # --------------------------------------------------------------------------------------------------------------
 # The table. Team issues append rows here (one block per team, facts cited from shared/research/teams.md).
 # --------------------------------------------------------------------------------------------------------------
+
+# ---------------------------------------------------------------------------------------- Team 1: bestfitting
+# teams.md §1.1-1.2, §1.6, §1.8. The Keras stem layer is `conv1_conv` (torch `features.conv0`); the feature is the
+# 1024-d output of the second head dropout (bioimage.io output `features`).
+_TEAM1_CITATION = ("Ouyang W, Winsnes CF, Hjelmare M, et al. Analysis of the Human Protein Atlas Image Classification "
+                   "competition. Nature Methods 16, 1254-1261 (2019), doi:10.1038/s41592-019-0658-6; "
+                   "Shubin Dai (bestfitting), 1st-place solution, github.com/CellProfiling/HPA-competition-solutions "
+                   "(bestfitting/).")
+_TEAM1_SCORES_SOURCE = "bestfitting/src/bestfitting-densenet-diagram.png; bestfitting/README.md (teams.md §1.6)"
+_TEAM1_COMMON = dict(team="team1", channels="RGBY", recipe="zoo_models.team1_bestfitting", first_conv="conv1_conv",
+                     classifier="logits", feature_layer="head_dropout2", citation=_TEAM1_CITATION)
+
+
+def _team1_scores(private: float, public: float, private_ml: float, public_ml: float) -> tuple[ReportedScore, ...]:
+    """teams.md §1.6 table: the model alone, and with the metric-learning label replacement (§1.7)."""
+    return (ReportedScore("private LB macro F1", private, _TEAM1_SCORES_SOURCE),
+            ReportedScore("public LB macro F1", public, _TEAM1_SCORES_SOURCE),
+            ReportedScore("private LB macro F1 (+ metric-learning replacement)", private_ml, _TEAM1_SCORES_SOURCE),
+            ReportedScore("public LB macro F1 (+ metric-learning replacement)", public_ml, _TEAM1_SCORES_SOURCE))
+
+
+ROWS.append(ModelSpec(
+    name="team1_densenet121_1024",
+    builder="zoo_models.team1_bestfitting:build_team1_densenet121_1024",
+    input_size=1024,  # teams.md §1.1: 1536 -> random crop 1024 (final model)
+    weights=(WeightsSpec(
+        name="hpa",
+        urls=("https://zenodo.org/api/records/5942853/files/densenet_model.onnx/content",
+              "https://zenodo.org/api/files/91895c21-4e8e-4cd0-98c3-1fae496b6068/densenet_model.onnx"),
+        sha256="0ef125632b0058b2f04448de56dc23339fcbfe4f628601e836e17cef6f344e3f",  # teams.md §1.8 (RDF)
+        format="onnx",
+        filename="team1_densenet_model.onnx",
+        trained_on="Kaggle HPA train + HPAv18 external images (teams.md §1.4), 1536 -> crop 1024",
+        license="MIT",  # teams.md §1.8: the bioimage.io RDF
+        citation=_TEAM1_CITATION + " bioimage.io 'HPA Bestfitting Densenet' (polite-pig), doi:10.5281/zenodo.5942853.",
+        notes=("bioimage.io package of class_densenet121_large_dropout (teams.md §1.8): ONNX, input RGBY "
+               "(1, 4, 1024, 1024) in [0, 1], outputs sigmoid `classes` (28) and `features` (1024). Converted to "
+               "Keras weights on first use and cached next to the download; the Keras model returns logits."),
+    ),),
+    reported=_team1_scores(0.565, 0.627, 0.593, 0.656),  # the last two: the final 1st-place submission
+    description=("Team 1 (bestfitting, 1st place) final model: DenseNet121 with an extra 2x2 max-pool after the "
+                 "stem (output stride 64), RGBY stem with the red filter copied for yellow, concat(avg, max) "
+                 "dropout head 2048 -> 1024 -> 28. Trained 1536 -> 1024 crops, Adam45, focal + Lovasz + hard-log "
+                 "loss, D4 + random-crop max-TTA, LB-ratio thresholds."),
+    **_TEAM1_COMMON,
+))
+
+ROWS.append(ModelSpec(
+    name="team1_densenet121_512",
+    builder="zoo_models.team1_bestfitting:build_team1_densenet121_512",
+    input_size=512,  # teams.md §1.1: 768 -> random crop 512
+    weights=(WeightsSpec(
+        name="hpa",
+        urls=("https://github.com/CellProfiling/densenet/releases/download/v0.1.0/external_crop512_focal_slov_"
+              "hardlog_class_densenet121_dropout_i768_aug2_5folds_fold0_final_probability.onnx",),
+        sha256="",  # not in the facts (teams.md §1.8): hpa_zoo.weights refuses to download without a hash
+        format="onnx",
+        filename="team1_densenet121_i768_crop512_fold0_probability.onnx",
+        trained_on="Kaggle HPA train + HPAv18 external images (teams.md §1.4), 768 -> crop 512, fold 0",
+        license="MIT (stated by the bioimage.io RDF of the 1024 model; the release itself states none in our facts)",
+        citation=_TEAM1_CITATION,
+        notes=("GitHub release CellProfiling/densenet v0.1.0 (teams.md §1.8): the i768/crop512 fold-0 model with "
+               "probability outputs; predict_onnx.py feeds it 1024x1024 inputs. No sha256 is known, so hpa-zoo "
+               "does not download it: download it yourself and pass the file, e.g. "
+               "hpa_zoo.load('team1_densenet121_512', weights='/path/to/that.onnx') (or weights='hpa', "
+               "local_path=...)."),
+    ),),
+    reported=_team1_scores(0.563, 0.621, 0.592, 0.648),
+    description=("Team 1 (bestfitting) DenseNet121 at 768 -> crop 512 (output stride 32), RGBY stem with the red "
+                 "filter copied for yellow, concat(avg, max) dropout head 2048 -> 1024 -> 28; Adam55, batch 48."),
+    **_TEAM1_COMMON,
+))

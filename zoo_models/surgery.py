@@ -100,58 +100,87 @@ class TransplantReport:
     untouched: tuple[str, ...]
 
 
-def transplant_weights(src_model, dst_model, *, first_conv: str, rule: str = "copy_red",
-                       source: Sequence[int] | None = None) -> TransplantReport:
-    """Copy every weight of ``src_model`` into the layer of the same name in ``dst_model``, widening the stem.
+def transplant_weights(src_model, dst_model, *, first_conv: str | None, rule: str = "copy_red",
+                       source: Sequence[int] | None = None, match: str = "name") -> TransplantReport:
+    """Copy every weight of ``src_model`` into the matching layer of ``dst_model``, widening the stem.
 
-    Every source layer that holds weights must exist in the destination with the same number of weights and the
-    same shapes, except ``first_conv``, whose kernel (HWIO, weight 0) goes through `widen_stem_kernel` (its bias,
-    if any, is copied). Destination layers absent from the source (a new head, ``extra_pool``...) are left as
-    initialised and listed in the report. Nothing is copied unless everything matches (checked first).
+    Matching (``match``):
+
+    * ``"name"``: each source layer with weights goes to the destination layer of the same name (DenseNet,
+      ResNet50, Xception, hpa-zoo builders: their names are stable). Destination layers absent from the source
+      (a new head, ``extra_pool``...) are left as initialised and listed in the report.
+    * ``"order"``: the i-th layer with weights of each model, same layer class (for applications whose layer
+      names are auto-numbered, e.g. InceptionV3's ``conv2d_94`` in a second build). Both models must have the
+      same number of layers with weights.
+    * ``"auto"``: ``"name"`` if every source layer name exists in the destination, else ``"order"``.
+
+    The stem (``first_conv``, a destination layer name; None = the first layer with weights) has its kernel
+    (weight 0, HWIO) widened by `widen_stem_kernel`; its other weights are copied. Everything is checked before
+    anything is written.
 
     Args:
         src_model: keras.Model with the pretrained weights (e.g. 3-channel DenseNet121, ImageNet).
-        dst_model: keras.Model built with the same layer names and ``weights=None`` (e.g. 4-channel input).
-        first_conv: name of the stem conv layer (registry ``first_conv``; DenseNet121: ``"conv1_conv"``).
+        dst_model: keras.Model with the same architecture and ``weights=None`` (e.g. 4-channel input).
+        first_conv: destination stem conv name (registry ``first_conv``; DenseNet121 ``"conv1_conv"``) or None.
         rule, source: stem rule, see `widen_stem_kernel`.
+        match: ``"name"``, ``"order"`` or ``"auto"``.
 
     Returns:
-        `TransplantReport`.
+        `TransplantReport` (destination layer names).
 
     Raises:
-        WeightsError: a source layer is missing in the destination, or any weight shape differs; the message
-            names the layer, the weight and both shapes.
+        WeightsError: a source layer without a destination counterpart, a class or weight-shape mismatch (the
+            message names the layer, the weight and both shapes), or an unknown ``first_conv``.
     """
-    dst_layers = {layer.name: layer for layer in _weighted_layers(dst_model)}
-    src_layers = {layer.name: layer for layer in _weighted_layers(src_model)}
-    if first_conv not in src_layers or first_conv not in dst_layers:
-        where = "source" if first_conv not in src_layers else "destination"
-        raise WeightsError(f"first_conv={first_conv!r} is not a layer with weights in the {where} model "
-                           f"{(src_model if where == 'source' else dst_model).name!r}; pass the stem conv's name "
-                           f"(the registry row's first_conv)")
+    src_layers = _weighted_layers(src_model)
+    dst_layers = _weighted_layers(dst_model)
+    dst_by_name = {layer.name: layer for layer in dst_layers}
+    if first_conv is None:
+        first_conv = dst_layers[0].name
+    if first_conv not in dst_by_name:
+        raise WeightsError(f"first_conv={first_conv!r} is not a layer with weights in {dst_model.name!r}; pass the "
+                           f"stem conv's name (the registry row's first_conv) or None for the first layer")
+    if match == "auto":
+        match = "name" if all(layer.name in dst_by_name for layer in src_layers) else "order"
+    if match == "name":
+        pairs = []
+        for src in src_layers:
+            if src.name not in dst_by_name:
+                raise WeightsError(f"layer {src.name!r} of {src_model.name!r} has weights but {dst_model.name!r} has "
+                                   f"no layer of that name; build the destination with the same layer names or "
+                                   f"use match='order'")
+            pairs.append((src, dst_by_name[src.name]))
+    elif match == "order":
+        if len(src_layers) != len(dst_layers):
+            raise WeightsError(f"match='order': {src_model.name!r} has {len(src_layers)} layers with weights, "
+                               f"{dst_model.name!r} has {len(dst_layers)}; they are not the same architecture")
+        pairs = list(zip(src_layers, dst_layers))
+    else:
+        raise ConfigError(f"match={match!r}: use 'name', 'order' or 'auto'")
+
     plan: list[tuple[object, list[np.ndarray]]] = []
-    for name, src in src_layers.items():
-        dst = dst_layers.get(name)
-        if dst is None:
-            raise WeightsError(f"layer {name!r} of {src_model.name!r} has weights but {dst_model.name!r} has no "
-                               f"layer of that name; build the destination with the same layer names")
+    for src, dst in pairs:
+        if type(src) is not type(dst):
+            raise WeightsError(f"layer {dst.name!r}: {type(dst).__name__} in {dst_model.name!r} but source layer "
+                               f"{src.name!r} is a {type(src).__name__}")
         values = [np.asarray(v) for v in src.get_weights()]
-        if name == first_conv:
-            n_in = dst.weights[0].shape[2]
-            values[0] = widen_stem_kernel(values[0], n_in, rule, source=source)
+        if dst.name == first_conv:
+            values[0] = widen_stem_kernel(values[0], dst.weights[0].shape[2], rule, source=source)
         targets = dst.weights
         if len(values) != len(targets):
-            raise WeightsError(f"layer {name!r}: {len(values)} weights in {src_model.name!r} but {len(targets)} "
-                               f"in {dst_model.name!r}")
+            raise WeightsError(f"layer {dst.name!r}: {len(values)} weights in {src_model.name!r} ({src.name!r}) but "
+                               f"{len(targets)} in {dst_model.name!r}")
         for v, t in zip(values, targets):
             if tuple(v.shape) != tuple(t.shape):
-                raise WeightsError(f"layer {name!r} weight {t.path!r}: source shape {tuple(v.shape)} != destination "
-                                   f"shape {tuple(t.shape)}; the two models are not the same architecture")
+                raise WeightsError(f"layer {dst.name!r} weight {t.path!r}: source shape {tuple(v.shape)} != "
+                                   f"destination shape {tuple(t.shape)}; the two models are not the same "
+                                   f"architecture (or first_conv={first_conv!r} is not the stem)")
         plan.append((dst, values))
     for dst, values in plan:
         dst.set_weights(values)
-    copied = tuple(n for n in src_layers if n != first_conv)
-    untouched = tuple(n for n in dst_layers if n not in src_layers)
+    done = {dst.name for _, dst in pairs}
+    copied = tuple(dst.name for _, dst in pairs if dst.name != first_conv)
+    untouched = tuple(layer.name for layer in dst_layers if layer.name not in done)
     return TransplantReport(copied=copied, widened=first_conv, untouched=untouched)
 
 
@@ -186,7 +215,7 @@ def imagenet_source(app_fn: Callable, spatial_shape: Sequence, *, imagenet_weigh
 
 
 def imagenet_backbone(app_fn: Callable, input_shape: Sequence, *, n_channels: int | None = None,
-                      imagenet_weights: str = "imagenet", first_conv: str, rule: str = "copy_red",
+                      imagenet_weights: str = "imagenet", first_conv: str | None = None, rule: str = "copy_red",
                       source: Sequence[int] | None = None, **app_kwargs):
     """An N-channel ``keras.applications`` backbone initialised from its 3-channel ImageNet weights.
 
@@ -195,8 +224,9 @@ def imagenet_backbone(app_fn: Callable, input_shape: Sequence, *, n_channels: in
         input_shape: (H, W) or (H, W, C) of the N-channel model.
         n_channels: input channels; defaults to ``input_shape[2]`` (4 for RGBY).
         imagenet_weights: see `imagenet_source`.
-        first_conv: the stem conv name (DenseNet ``"conv1_conv"``, InceptionV3 ``"conv2d"``, ResNet50
-            ``"conv1_conv"``, Xception ``"block1_conv1"``).
+        first_conv: the stem conv name in the N-channel model (DenseNet121 / ResNet50 ``"conv1_conv"``, Xception
+            ``"block1_conv1"``); None (default) = the first layer with weights, which is the stem for all of these
+            and for InceptionV3 (whose layer names are auto-numbered, so layers are matched by order there).
         rule, source: stem rule, see `widen_stem_kernel`.
         app_kwargs: passed to ``app_fn`` for both builds (e.g. ``pooling``).
 
@@ -212,7 +242,7 @@ def imagenet_backbone(app_fn: Callable, input_shape: Sequence, *, n_channels: in
         warnings.simplefilter("ignore", UserWarning)
         dst = app_fn(include_top=False, weights=None,
                      input_shape=(int(input_shape[0]), int(input_shape[1]), n_channels), **app_kwargs)
-    transplant_weights(src, dst, first_conv=first_conv, rule=rule, source=source)
+    transplant_weights(src, dst, first_conv=first_conv, rule=rule, source=source, match="auto")
     return dst
 
 
@@ -241,7 +271,8 @@ def replace_head(model, num_classes: int, *, classifier: str = "logits"):
         raise ConfigError(f"layer {classifier!r} of {model.name!r} is a {type(old).__name__}, not a Dense")
     new = keras.layers.Dense(num_classes, activation=old.activation, use_bias=old.use_bias, dtype="float32",
                              name=classifier)
-    return keras.Model(model.inputs, new(old.input), name=model.name)
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs  # a lone tensor: no structure warning
+    return keras.Model(inputs, new(old.input), name=model.name)
 
 
 def _weighted_layers(model):

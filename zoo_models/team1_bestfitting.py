@@ -10,6 +10,7 @@ torchvision's, and Keras' BatchNormalization epsilon is 1.001e-5 in the trunk (t
 from __future__ import annotations
 
 import functools
+import os
 import warnings
 
 import keras
@@ -74,7 +75,7 @@ def rgby_normalization(mean=RGBY_MEAN, std=RGBY_STD, name: str = "input_norm") -
 
 
 def build_densenet121(num_classes: int = NUM_CLASSES, input_shape=(512, 512, 4), weights=None, large: bool = False,
-                      imagenet_weights: str = "imagenet") -> keras.Model:
+                      imagenet_weights: str = "imagenet", name: str | None = None) -> keras.Model:
     """Team 1's DenseNet121 classifier (``class_densenet121[_large]_dropout``, teams.md §1.2).
 
     Graph: image [0, 255] -> ``input_norm`` -> Keras DenseNet121 trunk (Keras layer names, ``conv1_conv`` ... ``bn``,
@@ -91,6 +92,8 @@ def build_densenet121(num_classes: int = NUM_CLASSES, input_shape=(512, 512, 4),
         large: the ``large`` variant (extra 2×2 max-pool).
         imagenet_weights: where ``weights="imagenet"`` comes from: ``"imagenet"`` (download) or a local
             ``.weights.h5``/``.h5`` file of a 3-channel ``DenseNet121(include_top=False)``.
+        name: the Keras model name (the registry builders pass the registry name, which `hpa_zoo.models_api`
+            uses to find the row again).
 
     Returns:
         keras.Model: input ``image`` (B, H, W, C) float32 in [0, 255]; output logits (B, num_classes) float32
@@ -103,6 +106,8 @@ def build_densenet121(num_classes: int = NUM_CLASSES, input_shape=(512, 512, 4),
     if any(s is not None and s < min_side for s in input_shape[:2]):
         raise ConfigError(f"input_shape {input_shape}: DenseNet121{' large' if large else ''} needs H, W >= "
                           f"{min_side}")
+    if weights not in (None, "imagenet"):
+        _check_weights_file(weights)
     inputs = keras.Input(shape=input_shape, name="image")
     x = rgby_normalization()(inputs)
     with warnings.catch_warnings():  # "usually expects 1 or 3 input channels": 4 is intended
@@ -112,7 +117,7 @@ def build_densenet121(num_classes: int = NUM_CLASSES, input_shape=(512, 512, 4),
         trunk = _insert_after(trunk, "pool1", lambda t: keras.layers.MaxPooling2D(2, 2, name="extra_pool")(t))
     features = _dropout_head(trunk.output)
     logits = keras.layers.Dense(num_classes, dtype="float32", name=CLASSIFIER)(features)
-    name = "team1_densenet121_large" if large else "team1_densenet121"
+    name = name or ("densenet121_large_team1" if large else "densenet121_team1")
     model = keras.Model(trunk.inputs[0], logits, name=name)  # a single tensor, not a list: no structure warning
 
     if weights is None:
@@ -155,15 +160,18 @@ def _insert_after(model: keras.Model, layer_name: str, make_output) -> keras.Mod
     return keras.models.clone_model(model, call_function=call)
 
 
-def _load_weights_file(model: keras.Model, path) -> None:
-    import os
-
+def _check_weights_file(path) -> None:
+    """Fail before building: ``weights`` must be an existing ``.weights.h5`` file."""
     path = os.fspath(path)
     if not path.endswith(".weights.h5"):
         raise WeightsError(f"weights={path!r}: expected None, 'imagenet' or a '.weights.h5' file of this model "
                            f"(for the published ONNX weights use hpa_zoo.load(name, weights='hpa'))")
     if not os.path.isfile(path):
         raise WeightsError(f"weights file {path!r} does not exist")
+
+
+def _load_weights_file(model: keras.Model, path) -> None:
+    path = os.fspath(path)
     try:
         model.load_weights(path)
     except Exception as exc:
@@ -177,6 +185,7 @@ def build_team1_densenet121_512(num_classes: int = NUM_CLASSES, input_shape=None
 
     See `build_densenet121` for arguments and outputs (logits (B, num_classes) float32).
     """
+    kw.setdefault("name", "team1_densenet121_512")
     return build_densenet121(num_classes, input_shape or (INPUT_SIZE_512, INPUT_SIZE_512, 4), weights,
                              large=False, **kw)
 
@@ -187,6 +196,7 @@ def build_team1_densenet121_1024(num_classes: int = NUM_CLASSES, input_shape=Non
 
     See `build_densenet121` for arguments and outputs (logits (B, num_classes) float32).
     """
+    kw.setdefault("name", "team1_densenet121_1024")
     return build_densenet121(num_classes, input_shape or (INPUT_SIZE_1024, INPUT_SIZE_1024, 4), weights,
                              large=True, **kw)
 
@@ -302,12 +312,20 @@ def make_metrics() -> list:
     return [make_focal_metric()]
 
 
-def make_recipe(large: bool = True, **overrides) -> Recipe:
+def make_recipe(model_name: str | None = None, *, large: bool = True, **overrides) -> Recipe:
     """Team 1's recipe for the 1024 (``large=True``, final) or the 512 model; ``overrides`` replace fields.
+
+    Args:
+        model_name: a registry name (``"team1_densenet121_512"`` selects the 512 recipe); overrides ``large``.
+        large: without ``model_name``: the final 1536 -> 1024 recipe (True) or the 768 -> 512 one.
+        overrides: any `Recipe` field; ``image_size`` / ``input_size`` also rebuild the data maps and ``epochs``
+            is what `hpa_zoo.training` passes to ``make_optimizer`` (the schedule scales to it).
 
     Returns:
         `hpa_zoo.recipe.Recipe`.
     """
+    if model_name is not None:
+        large = not model_name.endswith("_512")
     if large:
         image_size, input_size, batch, epochs, bounds = (IMAGE_SIZE_1024, INPUT_SIZE_1024, BATCH_1024, EPOCHS_1024,
                                                         ADAM45_BOUNDARIES)

@@ -1,0 +1,154 @@
+"""zoo_models.surgery: stem widening rules and ImageNet -> RGBY weight transplants, checked offline.
+
+References: NumPy for the kernel rules; for whole backbones the linearity of the stem convolution: with the
+red-copy rule, conv(W4, [R, G, B, Y]) = conv(W3, [R + Y, G, B]), so the 4-channel model on (R, G, B, Y) must give
+exactly the 3-channel model's output on (R + Y, G, B) — which holds only if every other weight was copied right.
+With the zeros rule the 4-channel model must ignore Y entirely.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+keras = pytest.importorskip("keras")
+
+from hpa_zoo.errors import ConfigError, WeightsError  # noqa: E402
+from zoo_models import surgery  # noqa: E402
+
+RNG = np.random.default_rng(0)
+
+
+# ---------------------------------------------------------------------------------------------- kernel rules
+def test_copy_red_rule_is_team1_concat_of_red_filter():
+    k = RNG.normal(size=(7, 7, 3, 64)).astype(np.float32)
+    out = surgery.widen_stem_kernel(k, 4, "copy_red")
+    np.testing.assert_array_equal(out, np.concatenate([k, k[:, :, 0:1, :]], axis=2))
+    assert out.shape == (7, 7, 4, 64) and out.dtype == np.float32
+
+
+def test_mean_zeros_sum_select_rules_match_numpy():
+    k = RNG.normal(size=(3, 3, 3, 8)).astype(np.float32)
+    mean = surgery.widen_stem_kernel(k, 5, "mean")
+    np.testing.assert_array_equal(mean[:, :, :3], k)
+    np.testing.assert_allclose(mean[:, :, 3], k.mean(axis=2), rtol=1e-6)
+    np.testing.assert_allclose(mean[:, :, 4], k.mean(axis=2), rtol=1e-6)
+    zeros = surgery.widen_stem_kernel(k, 4, "zeros")
+    np.testing.assert_array_equal(zeros[:, :, :3], k)
+    assert not zeros[:, :, 3].any()
+    np.testing.assert_allclose(surgery.widen_stem_kernel(k, 1, "sum")[:, :, 0], k.sum(axis=2), rtol=1e-6)
+    np.testing.assert_array_equal(surgery.widen_stem_kernel(k, 2, "select", source=(1, 1)),
+                                  k[:, :, [1, 1]])
+    np.testing.assert_array_equal(surgery.widen_stem_kernel(k, 4, "select", source=(0, 1, 2, 0)),
+                                  surgery.widen_stem_kernel(k, 4, "copy_red"))
+
+
+def test_sum_rule_on_grey_image_equals_rgb_conv_in_torch():
+    """Independent reference: torch conv2d of the grey image replicated to RGB with the original kernel."""
+    k = RNG.normal(size=(3, 3, 3, 4)).astype(np.float32)
+    grey = RNG.uniform(size=(1, 1, 9, 9)).astype(np.float32)
+    k1 = surgery.widen_stem_kernel(k, 1, "sum")
+    to_oihw = lambda w: torch.from_numpy(np.ascontiguousarray(w.transpose(3, 2, 0, 1)))  # noqa: E731
+    ref = torch.nn.functional.conv2d(torch.from_numpy(grey).repeat(1, 3, 1, 1), to_oihw(k))
+    got = torch.nn.functional.conv2d(torch.from_numpy(grey), to_oihw(k1))
+    np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("n_in, rule, kw", [(2, "copy_red", {}), (2, "mean", {}), (4, "sum", {}),
+                                            (4, "select", {"source": (0, 1)}), (4, "nearest", {})])
+def test_impossible_rules_raise_config_error_naming_the_fix(n_in, rule, kw):
+    with pytest.raises(ConfigError, match="rule|source"):
+        surgery.widen_stem_kernel(np.zeros((3, 3, 3, 2), np.float32), n_in, rule, **kw)
+
+
+# ---------------------------------------------------------------------------------------------- whole backbones
+def _run(model, x):
+    """Inference outputs as NumPy (an eager call: cheaper than tracing ``predict`` for one batch)."""
+    return keras.ops.convert_to_numpy(model(x, training=False))
+
+
+def _saved_rgb_backbone(app_fn, size, tmp_path):
+    """A 3-channel app with random (non-trivial) weights saved to a local file: the offline 'ImageNet'."""
+    src = app_fn(include_top=False, weights=None, input_shape=(size, size, 3))
+    for layer in src.layers:  # random BN statistics so a skipped/misplaced BN copy shows
+        if isinstance(layer, keras.layers.BatchNormalization):
+            for var, (lo, hi) in ((layer.gamma, (0.5, 1.5)), (layer.beta, (-0.1, 0.1)),
+                                  (layer.moving_mean, (-0.1, 0.1)), (layer.moving_variance, (0.5, 1.5))):
+                if var is not None:  # InceptionV3's BN has no gamma (scale=False)
+                    var.assign(RNG.uniform(lo, hi, var.shape).astype(np.float32))
+    path = tmp_path / f"{src.name}_rgb.weights.h5"
+    src.save_weights(path)
+    return src, path
+
+
+@pytest.mark.parametrize("app_name, size, first_conv", [("DenseNet121", 32, "conv1_conv"),
+                                                        ("ResNet50", 32, "conv1_conv"),
+                                                        ("InceptionV3", 75, None)])
+def test_imagenet_backbone_copies_every_weight_and_red_copy_stem_acts_as_red_plus_yellow(
+        app_name, size, first_conv, tmp_path):
+    app_fn = getattr(keras.applications, app_name)
+    src, path = _saved_rgb_backbone(app_fn, size, tmp_path)
+    dst = surgery.imagenet_backbone(app_fn, (size, size, 4), imagenet_weights=str(path), first_conv=first_conv)
+    assert dst.input_shape[-1] == 4
+
+    src_layers, dst_layers = surgery._weighted_layers(src), surgery._weighted_layers(dst)
+    assert len(src_layers) == len(dst_layers)
+    for i, (s, d) in enumerate(zip(src_layers, dst_layers)):
+        sw, dw = s.get_weights(), d.get_weights()
+        if i == 0:  # the stem: RGB slices equal, the Y slice equals the red slice
+            np.testing.assert_array_equal(dw[0][:, :, :3], sw[0])
+            np.testing.assert_array_equal(dw[0][:, :, 3], sw[0][:, :, 0])
+            sw, dw = sw[1:], dw[1:]
+        for a, b in zip(sw, dw):
+            np.testing.assert_array_equal(a, b, err_msg=f"{app_name} layer {d.name}")
+
+    rgby = RNG.uniform(0, 1, size=(2, size, size, 4)).astype(np.float32)
+    r_plus_y = np.concatenate([rgby[..., :1] + rgby[..., 3:], rgby[..., 1:3]], axis=-1)
+    np.testing.assert_allclose(_run(dst, rgby), _run(src, r_plus_y), rtol=2e-4, atol=2e-4)
+
+
+def _tiny(in_ch, name, conv_filters=4):
+    x = inp = keras.Input((8, 8, in_ch))
+    x = keras.layers.Conv2D(conv_filters, 3, name="stem")(x)
+    x = keras.layers.Conv2D(2, 1, name="mid")(x)
+    return keras.Model(inp, x, name=name)
+
+
+def test_zeros_rule_makes_the_rgby_model_ignore_yellow_and_equal_the_rgb_model():
+    src, dst = _tiny(3, "src"), _tiny(4, "dst")
+    surgery.transplant_weights(src, dst, first_conv="stem", rule="zeros")
+    rgby = RNG.uniform(0, 255, size=(2, 8, 8, 4)).astype(np.float32)
+    np.testing.assert_allclose(_run(dst, rgby), _run(src, rgby[..., :3]), rtol=1e-5, atol=1e-4)
+
+
+def test_transplant_fails_loudly_naming_layer_and_both_shapes_and_writes_nothing():
+    src, dst = _tiny(3, "src"), _tiny(4, "dst", conv_filters=5)
+    before = [w.copy() for w in dst.get_weights()]
+    with pytest.raises(WeightsError, match=r"'stem'.*\(3, 3, 4, 4\).*\(3, 3, 4, 5\)"):
+        surgery.transplant_weights(src, dst, first_conv="stem")
+    for a, b in zip(before, dst.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(WeightsError, match="nope"):
+        surgery.transplant_weights(src, _tiny(4, "dst2"), first_conv="nope")
+
+
+def test_transplant_reports_untouched_destination_layers_and_missing_source_layers_raise():
+    src = _tiny(3, "src")
+    x = inp = keras.Input((8, 8, 4))
+    x = keras.layers.Conv2D(4, 3, name="stem")(x)
+    x = keras.layers.Conv2D(2, 1, name="mid")(x)
+    x = keras.layers.Dense(3, name="new_head")(x)
+    dst = keras.Model(inp, x)
+    report = surgery.transplant_weights(src, dst, first_conv="stem")
+    assert report.copied == ("mid",) and report.widened == "stem" and report.untouched == ("new_head",)
+    with pytest.raises(WeightsError, match="'new_head'"):
+        surgery.transplant_weights(dst, _tiny(4, "small"), first_conv="stem")
+
+
+def test_replace_head_keeps_trunk_and_gives_float32_logits_of_new_size():
+    x = inp = keras.Input((6,))
+    x = keras.layers.Dense(5, name="fc")(x)
+    model = keras.Model(inp, keras.layers.Dense(28, name="logits")(x), name="m")
+    new = surgery.replace_head(model, 7)
+    assert new.output_shape == (None, 7) and new.get_layer("logits").dtype_policy.compute_dtype == "float32"
+    assert new.get_layer("fc") is model.get_layer("fc") and new.name == "m"
