@@ -69,6 +69,10 @@ class Recipe:
         grad_accum_steps: gradient accumulation (Team 3).
         make_metrics: ``() -> list[keras.metrics.Metric]`` extra validation metrics.
         swa_last_n: average the last N epoch checkpoints (Team 3: 10), 0 = off.
+        loss_weights: for a model with several outputs (a dict of tensors, e.g. Team 3's Inception-v3
+            ``{"logits", "aux_logits"}``): output name -> weight of its loss (Keras ``compile(loss_weights=...)``).
+            ``make_loss`` then returns a dict of losses with the same keys, and every output is trained against
+            the same ``multi_hot`` target (``(image, {key: multi_hot for key in loss_weights})``). None = one output.
         notes: where the recipe deviates from or infers beyond the facts.
     """
 
@@ -88,4 +92,5 @@ class Recipe:
     grad_accum_steps: int = 1
     make_metrics: Optional[Callable[[], list]] = None
     swa_last_n: int = 0
+    loss_weights: Optional[dict[str, float]] = None
     notes: str = ""
