@@ -1,0 +1,539 @@
+"""The generic training loop of a team recipe: one call trains one fold of one registered model.
+
+``train("team1_densenet121_512", "data/kaggle", fold=0, out_dir="runs/t1_f0")`` does, in order:
+
+1. looks the model up in the registry and asks its team module for the `Recipe` (sizes/epochs overridable);
+2. opens the data (a Kaggle-layout folder or a TFDS name), makes or reads the folds and splits by fold id;
+3. builds the tf.data pipelines with the recipe's ``train_map`` (random crop + augmentation) / ``eval_map``;
+4. builds and compiles the model (optional mixed precision, XLA, ``tf.distribute`` strategy) with the recipe
+   loss and optimizer, the ``val_focal`` metric and the streaming macro F1;
+5. fits with: best-checkpoint on ``recipe.monitor`` (written atomically), `BackupAndRestore` (a re-run of the
+   same call resumes model, optimizer and epoch), CSV + TensorBoard logs, and a NaN guard;
+6. reloads the best weights, predicts the validation split, fits the recipe's thresholds, saves a preset and
+   a validation report.
+
+Files under ``out_dir``::
+
+    run.json                  the settings of the run (a re-run with other settings is refused)
+    folds.csv                 Id,fold used for the split
+    backup/                   resume state (model + optimizer + epoch), kept after the run ends
+    checkpoints/best.weights.h5 + best.json   the best epoch on recipe.monitor
+    training_log.csv, logs/   per-epoch metrics, TensorBoard
+    preset/                   the trained model (``hpa_zoo.load(out_dir / "preset")``) + metadata (thresholds...)
+    val_predictions.csv       Id, Target, Predicted, 28 probability columns
+    val_report.json / .md     macro F1 report of the validation split
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import inspect
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import keras
+import numpy as np
+
+from hpa_zoo.atomic import atomic_path, atomic_to_csv, atomic_write_text
+from hpa_zoo.constants import CLASS_NAMES, NUM_CLASSES
+from hpa_zoo.errors import ConfigError, HpaDataError, HpaZooError
+from hpa_zoo.recipe import Recipe
+
+#: Values of ``precision``; None / "float32" = full precision.
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+
+#: Settings that must match for a re-run to resume from ``out_dir/backup`` (``epochs`` may change).
+_RESUME_KEYS = ("model_name", "data", "fold", "image_size", "input_size", "batch_size", "steps_per_epoch",
+                "precision", "seed", "weights")
+
+
+class TrainingDivergedError(HpaZooError, FloatingPointError):
+    """The training loss became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
+# ------------------------------------------------------------------------------------------------ recipe
+def load_recipe(model_name: str, *, epochs: Optional[int] = None, image_size: Optional[int] = None,
+                input_size: Optional[int] = None, batch_size: Optional[int] = None) -> Recipe:
+    """The `Recipe` of a registered model, with the team's values unless overridden.
+
+    The team module named by the registry row's ``recipe`` provides ``make_recipe(model_name=..., **overrides)``
+    (preferred: the maps and the LR schedule are rebuilt for the new sizes/epochs) or a module-level ``RECIPE``.
+
+    Args:
+        model_name: a registry name, e.g. ``"team1_densenet121_512"``.
+        epochs, image_size, input_size, batch_size: overrides (None keeps the team's value).
+    Returns:
+        the `hpa_zoo.recipe.Recipe`.
+    Raises:
+        UnknownModelError: the name is not registered.
+        ConfigError: the model has no recipe, or the recipe cannot take an override.
+    """
+    from hpa_zoo.registry import get_spec
+
+    spec = get_spec(model_name)
+    if not spec.recipe:
+        raise ConfigError(f"model {model_name!r} has no training recipe in the registry (ModelSpec.recipe is "
+                          f"empty); it can be loaded for inference but not trained with `hpa-zoo train`")
+    module = importlib.import_module(spec.recipe)
+    overrides = {k: v for k, v in dict(epochs=epochs, image_size=image_size, input_size=input_size,
+                                       batch_size=batch_size).items() if v is not None}
+    for key, value in overrides.items():
+        if int(value) <= 0:
+            raise ConfigError(f"{key}={value}: must be a positive integer")
+    if hasattr(module, "make_recipe"):
+        params = inspect.signature(module.make_recipe).parameters
+        takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        # The model name (or the row's builder kwargs the factory names, e.g. ``large``) selects the variant.
+        kwargs = {k: v for k, v in spec.builder_kwargs.items() if k in params}
+        if "model_name" in params:
+            kwargs["model_name"] = model_name
+        direct = {k: v for k, v in overrides.items() if k in params or takes_all}
+        recipe = module.make_recipe(**kwargs, **direct)
+        rest = {k: v for k, v in overrides.items() if k not in direct}
+    elif hasattr(module, "RECIPE"):
+        recipe, rest = module.RECIPE, overrides
+    else:
+        raise ConfigError(f"recipe module {spec.recipe!r} of {model_name!r} defines neither make_recipe() nor "
+                          f"RECIPE; add one of them (see hpa_zoo/recipe.py)")
+    if {"image_size", "input_size"} & set(rest):
+        raise ConfigError(f"the recipe of {model_name!r} ({spec.recipe}) cannot change image/input size "
+                          f"(its make_recipe does not take image_size/input_size); train at "
+                          f"{recipe.image_size}->{recipe.input_size} or extend make_recipe")
+    if rest:  # plain data fields; the LR schedule is built later from the final epoch count
+        recipe = dataclasses.replace(recipe, **rest)
+    if recipe.input_size > recipe.image_size:
+        raise ConfigError(f"input_size {recipe.input_size} > image_size {recipe.image_size}: the network input is a "
+                          f"crop of the loaded image, so choose input_size <= image_size")
+    return recipe
+
+
+def recipe_summary(recipe: Recipe) -> dict[str, Any]:
+    """The JSON-serialisable part of a recipe (stored in the preset metadata and read by `hpa_zoo.predict`)."""
+    return {
+        "name": recipe.name, "image_size": recipe.image_size, "input_size": recipe.input_size,
+        "batch_size": recipe.batch_size, "epochs": recipe.epochs, "monitor": recipe.monitor,
+        "monitor_mode": recipe.monitor_mode, "tta": dataclasses.asdict(recipe.tta),
+        "thresholds": _jsonable(dataclasses.asdict(recipe.thresholds)), "notes": recipe.notes,
+    }
+
+
+# ------------------------------------------------------------------------------------------------ data
+def _is_folder(data: str | os.PathLike) -> bool:
+    return Path(data).is_dir()
+
+
+def _fold_table(data, *, data_dir, folds_csv, out_dir: Path, verbose: int):
+    """The ``Id,fold`` table: from ``folds_csv``, else ``out_dir/folds.csv`` (a resumed run), else computed."""
+    import pandas as pd
+
+    from hpa_zoo import folds as folds_mod
+
+    saved = out_dir / "folds.csv"
+    if folds_csv is not None:
+        table = folds_mod.load_folds(folds_csv)
+    elif saved.is_file():
+        table = pd.read_csv(saved, dtype={"Id": str})
+    else:
+        ids, multi_hot = _all_labels(data, data_dir=data_dir, verbose=verbose)
+        _log(verbose, f"making {folds_mod.N_SPLITS} multilabel-stratified folds of {len(ids)} images (every image "
+                      f"its own group: no duplicate hashing; `hpa-zoo folds` makes leak-aware folds)")
+        labels = pd.DataFrame({"Id": ids, "labels": [tuple(int(c) for c in np.flatnonzero(r)) for r in multi_hot]})
+        table = folds_mod.make_folds(labels, groups=None)  # the team's shuffle seed (folds.SEED)
+    table = _as_fold_frame(table, folds_csv or "make_folds()")
+    atomic_to_csv(table[["Id", "fold"]], saved)
+    return table
+
+
+def _as_fold_frame(table, where):
+    """Accept a DataFrame with Id/fold columns (or a Series of fold ids indexed by Id)."""
+    import pandas as pd
+
+    if isinstance(table, pd.Series):
+        table = table.rename("fold").rename_axis("Id").reset_index()
+    if not {"Id", "fold"} <= set(table.columns):
+        raise HpaDataError(f"{where}: folds table needs columns Id and fold, found {list(table.columns)}")
+    table = table.copy()
+    table["Id"] = table["Id"].astype(str)
+    table["fold"] = table["fold"].astype(int)
+    return table
+
+
+def _all_labels(data, *, data_dir, verbose) -> tuple[list[str], np.ndarray]:
+    """Ids (N,) and multi-hot labels (N, 28) uint8 of the whole training set."""
+    from hpa_zoo.labels import multi_hot_matrix, read_labels_csv
+
+    if _is_folder(data):
+        df = read_labels_csv(Path(data) / "train.csv")
+        return list(df["Id"]), multi_hot_matrix(list(df["labels"]))
+    from hpa_zoo.pipeline import tfds_dataset
+
+    _log(verbose, f"reading ids and labels of {data} (train split) for the folds")
+    ds = tfds_dataset(data, "train", data_dir=data_dir).map(lambda e: (e["id"], e["multi_hot"]))
+    ids, labels = [], []
+    for image_id, multi_hot in ds.as_numpy_iterator():
+        ids.append(image_id.decode())
+        labels.append(multi_hot)
+    if not ids:
+        raise HpaDataError(f"TFDS dataset {data} (data_dir={data_dir}) has an empty train split")
+    return ids, np.stack(labels).astype(np.uint8)
+
+
+def _split_sources(data, table, fold: int, *, data_dir, image_size: int):
+    """(train_ds, valid_ds, n_train, n_valid): example-dict datasets of the fold's train and valid parts."""
+    import tensorflow as tf
+
+    from hpa_zoo import pipeline
+
+    if fold not in set(table["fold"]):
+        raise ConfigError(f"fold {fold} is not in the folds table (folds: {sorted(set(table['fold']))})")
+    train_ids = list(table.loc[table["fold"] != fold, "Id"])
+    valid_ids = list(table.loc[table["fold"] == fold, "Id"])
+    if _is_folder(data):
+        folder = Path(data)
+        make = lambda ids: pipeline.folder_dataset(folder / "train", folder / "train.csv", ids=ids,  # noqa: E731
+                                                   image_size=image_size)
+        return make(train_ids), make(valid_ids), len(train_ids), len(valid_ids)
+
+    ds = pipeline.tfds_dataset(data, "train", data_dir=data_dir)
+    keys = tf.constant(list(table["Id"]))
+    lookup = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(keys, tf.constant(list(table["fold"]), tf.int64)), default_value=-1)
+    stored = ds.element_spec["image"].shape[0]
+    if stored is not None and stored != image_size:  # a TFDS config of another size: resize once, here
+        ds = ds.map(lambda e: {**e, "image": tf.cast(tf.clip_by_value(tf.round(
+            pipeline.resize(e["image"], image_size)), 0, 255), tf.uint8)}, num_parallel_calls=tf.data.AUTOTUNE)
+    train = ds.filter(lambda e: tf.logical_and(lookup.lookup(e["id"]) != fold, lookup.lookup(e["id"]) >= 0))
+    valid = ds.filter(lambda e: tf.equal(lookup.lookup(e["id"]), fold))
+    return train, valid, len(train_ids), len(valid_ids)
+
+
+# ------------------------------------------------------------------------------------------------ callbacks
+class AtomicBestCheckpoint(keras.callbacks.Callback):
+    """Save the weights when ``monitor`` improves, through a temporary file renamed into place.
+
+    Keras' ModelCheckpoint writes the target file directly (an interruption mid-write leaves a truncated
+    file); this one never does. The best value survives a resume: it is kept in ``best.json`` beside the file.
+    """
+
+    def __init__(self, path: Path, monitor: str, mode: str = "min", verbose: int = 1):
+        super().__init__()
+        self.path, self.monitor, self.mode, self.verbose = Path(path), monitor, mode, verbose
+        self.info_path = self.path.with_name("best.json")
+        self.best: Optional[dict] = None
+
+    def on_train_begin(self, logs=None):
+        if self.info_path.is_file() and self.path.is_file():
+            self.best = json.loads(self.info_path.read_text())
+
+    def _improved(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.best is None:
+            return True
+        return value < self.best["value"] if self.mode == "min" else value > self.best["value"]
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if self.monitor not in logs:
+            raise ConfigError(f"checkpoint monitor {self.monitor!r} is not among the logged metrics "
+                              f"{sorted(logs)}; fix Recipe.monitor or add the metric")
+        value = float(logs[self.monitor])
+        if not self._improved(value):
+            return
+        with atomic_path(self.path) as tmp:
+            self.model.save_weights(tmp)
+        self.best = {"epoch": epoch + 1, "monitor": self.monitor, "value": value, "path": str(self.path)}
+        atomic_write_text(self.info_path, json.dumps(self.best, indent=2))
+        if self.verbose:
+            print(f"\nepoch {epoch + 1}: {self.monitor} improved to {value:.5f}, saved {self.path}")
+
+
+class StopOnNaN(keras.callbacks.Callback):
+    """Raise `TrainingDivergedError` on the first batch whose loss is NaN/inf.
+
+    Raising (rather than ``stop_training``) keeps the epoch-end callbacks from writing the diverged weights
+    over the backup, so the backup and the best checkpoint stay the last good state.
+    """
+
+    def __init__(self, best: AtomicBestCheckpoint, backup_dir: Path):
+        super().__init__()
+        self.best, self.backup_dir = best, backup_dir
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is None or math.isfinite(float(loss)):
+            return
+        step = int(self.model.optimizer.iterations.numpy())
+        if self.best.best:
+            last = (f"the last good checkpoint is {self.best.path} (epoch {self.best.best['epoch']}, "
+                    f"{self.best.monitor}={self.best.best['value']:.5f})")
+        else:
+            last = "there is no good checkpoint yet"
+        raise TrainingDivergedError(
+            f"training loss became {float(loss)} at epoch {self.epoch + 1}, step {batch + 1} of the epoch "
+            f"(optimizer step {step}); {last}; the resume state in {self.backup_dir} is from the end of the last "
+            f"finished epoch. Lower the learning rate, try --precision mixed_bfloat16 or float32, or check "
+            f"the input data")
+
+
+# ------------------------------------------------------------------------------------------------ train
+def train(model_name: str, data: str | os.PathLike, *, fold: int = 0, folds_csv: str | os.PathLike | None = None,
+          out_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None, epochs: Optional[int] = None,
+          image_size: Optional[int] = None, input_size: Optional[int] = None, batch_size: Optional[int] = None,
+          steps_per_epoch: Optional[int] = None, precision: Optional[str] = None, jit_compile: bool = False,
+          strategy: Any = None, seed: int = 0, weights: Optional[str] = None, verbose: int = 1) -> Path:
+    """Train one fold of a registered model with its team recipe; return the preset directory.
+
+    Args:
+        model_name: registry name (``hpa-zoo models``), e.g. ``"team1_densenet121_512"``.
+        data: a Kaggle-layout folder (``train.csv`` + ``train/``) or a TFDS name such as ``"hpa_kaggle/512"``.
+        fold: the validation fold id.
+        folds_csv: an ``Id,fold`` CSV (`hpa_zoo.folds`); default: computed and saved to ``out_dir/folds.csv``.
+        out_dir: where everything is written (see the module docstring). Re-running the same call resumes.
+        data_dir: TFDS data directory (TFDS data only).
+        epochs: train for this many epochs (the recipe's LR schedule is scaled to it).
+        image_size: side the images are loaded at; input_size: side of the network input (the crop).
+        batch_size: global batch size (split over the replicas of ``strategy``).
+        steps_per_epoch: default ``n_train // batch_size`` (incomplete batches dropped, teams.md §1.4).
+        precision: None/"float32", "mixed_float16" (loss scaling on) or "mixed_bfloat16".
+        jit_compile: compile the train step with XLA.
+        strategy: a ``tf.distribute.Strategy`` (or "mirrored"); the model is built and compiled in its scope.
+        seed: seeds Python/NumPy/TF and the per-example augmentation seeds.
+        weights: initial weights passed to `hpa_zoo.models_api.load` (None, "imagenet", "hpa" or a file).
+        verbose: 0 silent, 1 progress bars and messages.
+    Returns:
+        ``out_dir / "preset"``, loadable with ``hpa_zoo.load``; its metadata holds the fitted thresholds (28,),
+        the recipe summary and the validation macro F1.
+    Raises:
+        ConfigError: impossible settings, or ``out_dir`` holds a run with other settings.
+        HpaDataError: unreadable data / folds.
+        TrainingDivergedError: the loss became NaN/inf.
+    """
+    from hpa_zoo import pipeline
+    from hpa_zoo.registry import get_spec
+
+    t_start = time.time()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    precision = None if precision in (None, "float32") else precision
+    if precision is not None and precision not in PRECISIONS:
+        raise ConfigError(f"precision={precision!r}: use one of {PRECISIONS}")
+    spec = get_spec(model_name)
+    recipe = load_recipe(model_name, epochs=epochs, image_size=image_size, input_size=input_size,
+                         batch_size=batch_size)
+    data_str = str(data)
+    if not _is_folder(data) and "/" not in data_str and not data_str.startswith("hpa_"):
+        raise HpaDataError(f"data {data_str!r} is neither a folder nor a TFDS name; pass a Kaggle-layout folder "
+                           f"(train.csv + train/) or a name like 'hpa_kaggle/512' with --data-dir")
+    settings = {"model_name": model_name, "data": data_str, "fold": int(fold), "image_size": recipe.image_size,
+                "input_size": recipe.input_size, "batch_size": recipe.batch_size, "epochs": recipe.epochs,
+                "steps_per_epoch": steps_per_epoch, "precision": precision or "float32", "seed": int(seed),
+                "weights": weights, "jit_compile": bool(jit_compile)}
+    _check_resume(out_dir, settings)
+    atomic_write_text(out_dir / "run.json", json.dumps(settings, indent=2))
+    _log(verbose, f"training {model_name} ({recipe.name}) fold {fold}: images {recipe.image_size}px -> input "
+                  f"{recipe.input_size}px, batch {recipe.batch_size}, {recipe.epochs} epochs, "
+                  f"{settings['precision']}; output in {out_dir}")
+
+    keras.utils.set_random_seed(seed)
+    table = _fold_table(data, data_dir=data_dir, folds_csv=folds_csv, out_dir=out_dir, verbose=verbose)
+    train_src, valid_src, n_train, n_valid = _split_sources(data, table, fold, data_dir=data_dir,
+                                                            image_size=recipe.image_size)
+    steps = steps_per_epoch or n_train // recipe.batch_size
+    if steps <= 0 or n_valid == 0:
+        raise ConfigError(f"fold {fold}: {n_train} training / {n_valid} validation images, batch size "
+                          f"{recipe.batch_size}: no complete training batch or empty validation split; use a smaller "
+                          f"--batch-size or more data")
+    train_ds = pipeline.batch_pipeline(train_src, recipe.train_map, batch_size=recipe.batch_size, training=True,
+                                       seed=seed, drop_remainder=True).repeat()
+    valid_ds = pipeline.batch_pipeline(valid_src, recipe.eval_map, batch_size=recipe.batch_size, training=False)
+    _log(verbose, f"fold {fold}: {n_train} train / {n_valid} valid images, {steps} steps per epoch")
+
+    strategy = _resolve_strategy(strategy)
+    previous_policy = keras.mixed_precision.dtype_policy()
+    try:
+        if precision:
+            keras.mixed_precision.set_dtype_policy(precision)
+        scope = strategy.scope() if strategy is not None else _null_scope()
+        with scope:
+            model = _build_model(model_name, spec, recipe, weights)
+            model.compile(optimizer=recipe.make_optimizer(steps, recipe.epochs), loss=recipe.make_loss(),
+                          metrics=_metrics(recipe), jit_compile=bool(jit_compile),
+                          auto_scale_loss=precision == "mixed_float16")
+        best_cb, callbacks = _callbacks(out_dir, recipe, verbose)
+        try:
+            model.fit(train_ds, validation_data=valid_ds, epochs=recipe.epochs, steps_per_epoch=steps,
+                      callbacks=callbacks, verbose=verbose, shuffle=False)  # the pipeline shuffles
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: the resume state is in {out_dir / 'backup'} (end of the last finished epoch); "
+                  f"re-run the same command to continue")
+            raise
+        preset = _finish(model, best_cb, recipe, settings, valid_src, table, fold, out_dir, verbose)
+    finally:
+        keras.mixed_precision.set_dtype_policy(previous_policy)
+    _log(verbose, f"done in {time.time() - t_start:.0f}s")
+    return preset
+
+
+def _finish(model, best_cb: AtomicBestCheckpoint, recipe: Recipe, settings: dict, valid_src, table, fold: int,
+            out_dir: Path, verbose: int) -> Path:
+    """Best weights -> validation probabilities -> thresholds -> preset, predictions CSV, report."""
+    import pandas as pd
+
+    from hpa_zoo import metrics, models_api, pipeline, thresholds
+    from hpa_zoo.labels import format_target
+
+    if best_cb.path.is_file():
+        model.load_weights(best_cb.path)
+        _log(verbose, f"loaded the best weights: {best_cb.path} ({best_cb.best})")
+    else:
+        _log(verbose, f"no improving epoch on {recipe.monitor}; keeping the last weights")
+    with_ids = lambda e: (*recipe.eval_map(e), e["id"])  # noqa: E731
+    ds = pipeline.batch_pipeline(valid_src, with_ids, batch_size=recipe.batch_size, training=False)
+    probs, y_true, ids = [], [], []
+    n_valid = int((table["fold"] == fold).sum())
+    bar = keras.utils.Progbar(n_valid, verbose=verbose, unit_name="image")
+    for images, multi_hot, batch_ids in ds:
+        logits = model.predict_on_batch(images)
+        probs.append(1.0 / (1.0 + np.exp(-np.asarray(logits, np.float64))))
+        y_true.append(np.asarray(multi_hot))
+        ids.extend(i.decode() for i in batch_ids.numpy())
+        bar.add(len(batch_ids))
+    probs = np.concatenate(probs).astype(np.float32)
+    y_true = (np.concatenate(y_true) > 0.5).astype(np.uint8)
+
+    cfg = recipe.thresholds
+    fitted = thresholds.from_config(cfg, probs, y_true=y_true)
+    th = np.asarray(fitted.thresholds, np.float32)
+    y_pred = fitted.apply(probs)
+    report = metrics.f1_report(y_true, y_pred)
+    macro = float(report["macro_f1"])
+
+    preset = out_dir / "preset"
+    metadata = {
+        "model_name": settings["model_name"], "class_names": list(CLASS_NAMES), "thresholds": th.tolist(),
+        "recipe": recipe_summary(recipe), "data": settings["data"], "fold": int(fold),
+        "threshold_fallbacks": list(fitted.fallbacks), "val_macro_f1": macro, "best": best_cb.best, "precision": settings["precision"], "seed": settings["seed"],
+    }
+    models_api.save_preset(model, preset, metadata=metadata)
+
+    frame = pd.DataFrame({"Id": ids, "Target": [format_target(np.flatnonzero(r)) for r in y_true],
+                          "Predicted": [format_target(np.flatnonzero(r)) for r in y_pred]})
+    frame = pd.concat([frame, pd.DataFrame(probs, columns=list(CLASS_NAMES))], axis=1)
+    atomic_to_csv(frame, out_dir / "val_predictions.csv", float_format="%.6f")
+    atomic_write_text(out_dir / "val_report.json", json.dumps(_jsonable(report), indent=2))
+    title = f"{settings['model_name']} fold {fold}: validation ({len(ids)} images)"
+    atomic_write_text(out_dir / "val_report.md", _report_markdown(report, title))
+    _log(verbose, f"validation macro F1 {macro:.4f} ({len(ids)} images, thresholds: {cfg.rule}"
+                  f"{', force top' if cfg.force_top else ''})\n"
+                  f"  preset:            {preset}\n"
+                  f"  report:            {out_dir / 'val_report.md'} (+ .json)\n"
+                  f"  val predictions:   {out_dir / 'val_predictions.csv'}\n"
+                  f"  logs:              {out_dir / 'training_log.csv'}, TensorBoard: {out_dir / 'logs'}")
+    return preset
+
+
+def _report_markdown(report: dict, title: str) -> str:
+    from hpa_zoo import metrics
+
+    return f"# {title}\n\n{metrics.report_to_markdown(report)}\n"
+
+
+def _build_model(model_name, spec, recipe: Recipe, weights):
+    from hpa_zoo import models_api
+
+    shape = (recipe.input_size, recipe.input_size, spec.num_channels)
+    model = models_api.load(model_name, weights=weights, num_classes=NUM_CLASSES, input_shape=shape)
+    if not model.built:
+        model.build((None, *shape))
+    return model
+
+
+def _metrics(recipe: Recipe) -> list:
+    from hpa_zoo import losses, metrics
+
+    extra = list(recipe.make_metrics()) if recipe.make_metrics is not None else []
+    names = {m.name for m in extra}
+    base = [m for m in (losses.make_focal_metric(), metrics.MacroF1()) if m.name not in names]
+    return base + extra
+
+
+def _callbacks(out_dir: Path, recipe: Recipe, verbose: int):
+    best = AtomicBestCheckpoint(out_dir / "checkpoints" / "best.weights.h5", recipe.monitor, recipe.monitor_mode,
+                                verbose=verbose)
+    backup = out_dir / "backup"
+    callbacks = [
+        StopOnNaN(best, backup),  # first: raises before anything saves diverged weights
+        # Kept after the run (delete_checkpoint=False) so a re-run with more epochs continues; two copies
+        # (double_checkpoint) so an interrupted write falls back to the previous epoch.
+        keras.callbacks.BackupAndRestore(str(backup), delete_checkpoint=False, double_checkpoint=True),
+        best,
+        keras.callbacks.CSVLogger(str(out_dir / "training_log.csv"), append=True),
+    ]
+    if importlib.util.find_spec("tensorboard") is not None:
+        callbacks.append(keras.callbacks.TensorBoard(str(out_dir / "logs"), write_graph=False, profile_batch=0))
+    else:
+        _log(verbose, "TensorBoard is not installed (pip install tensorboard): no TensorBoard logs, the CSV log "
+                      "has the same per-epoch numbers")
+    return best, callbacks
+
+
+def _check_resume(out_dir: Path, settings: dict) -> None:
+    """Refuse to resume a backup made with different settings (``epochs`` may differ)."""
+    run_file = out_dir / "run.json"
+    if not run_file.is_file() or not (out_dir / "backup").exists():
+        return
+    old = json.loads(run_file.read_text())
+    changed = {k: (old.get(k), settings[k]) for k in _RESUME_KEYS if old.get(k) != settings[k]}
+    if changed:
+        what = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+        raise ConfigError(f"{out_dir} holds a run with other settings ({what}); a re-run resumes it only with the "
+                          f"same settings (epochs may change). Use another --out, or delete {out_dir / 'backup'} "
+                          f"to start over")
+
+
+def _resolve_strategy(strategy):
+    if strategy is None or strategy == "default":
+        return None
+    if isinstance(strategy, str):
+        import tensorflow as tf
+
+        if strategy == "mirrored":
+            return tf.distribute.MirroredStrategy()
+        raise ConfigError(f"strategy={strategy!r}: use 'mirrored', 'default' or pass a tf.distribute.Strategy")
+    return strategy
+
+
+class _null_scope:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _jsonable(obj):
+    """NumPy scalars/arrays and tuples -> plain JSON types, recursively."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def _log(verbose: int, msg: str) -> None:
+    if verbose:
+        print(msg, flush=True)
