@@ -500,7 +500,8 @@ def batch_pipeline(
         ds = ds.cache() if cache is True else ds.cache(str(cache))
     if training:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2, drop_remainder=True)  # static (2,) seeds
+        # drop_remainder: the seeds get the static shape (2,) that stateless ops (augment) check
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2, drop_remainder=True)
         ds = tf.data.Dataset.zip(ds, seeds).map(
             map_fn, num_parallel_calls=num_parallel_calls, deterministic=True)
         drop = True if drop_remainder is None else drop_remainder
