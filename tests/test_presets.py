@@ -1,0 +1,123 @@
+"""hpa_zoo.load / save_preset / feature_extractor: presets and .keras files give back the same model; the
+published-weights path converts ONNX once and reuses its cache.
+
+The reference for a round trip is the original model's own outputs on the same images (inference mode).
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+import hpa_zoo  # noqa: E402
+from hpa_zoo import models_api  # noqa: E402
+from hpa_zoo.errors import ConfigError  # noqa: E402
+from zoo_models import team1_bestfitting as t1  # noqa: E402
+
+NAME, SIZE = "team1_densenet121_512", 32
+X = np.random.default_rng(0).uniform(0, 255, (2, SIZE, SIZE, 4)).astype(np.float32)
+
+
+def _out(model, x=X):
+    return keras.ops.convert_to_numpy(model(x, training=False))
+
+
+def _scramble(model, seed=0):
+    """Non-trivial weights everywhere (BN statistics included), so a missed weight changes the outputs."""
+    rng = np.random.default_rng(seed)
+    for w in model.weights:
+        v = rng.normal(0, 0.05, w.shape) + (1.0 if "variance" in w.path or "gamma" in w.path else 0.0)
+        w.assign(v.astype(np.float32))
+    return model
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _scramble(hpa_zoo.load(NAME, input_shape=(SIZE, SIZE, 4)))
+
+
+def test_preset_round_trip_gives_the_same_outputs_and_keras_hub_layout(model, tmp_path):
+    preset = hpa_zoo.save_preset(model, tmp_path / "p", metadata={"thresholds": np.full(28, 0.3), "fold": 0})
+    assert sorted(p.name for p in preset.iterdir()) == ["config.json", "metadata.json", "model.weights.h5"]
+    assert [p.name for p in tmp_path.iterdir()] == ["p"]  # no temp folders left behind
+    config = json.loads((preset / "config.json").read_text())
+    assert config["model_name"] == NAME and config["build_config"] == {"num_classes": 28,
+                                                                       "input_shape": [SIZE, SIZE, 4]}
+    meta = models_api.load_metadata(preset)
+    assert meta["class_names"][0] == "Nucleoplasm" and meta["thresholds"] == [0.3] * 28 and meta["fold"] == 0
+    np.testing.assert_allclose(meta["normalization"]["mean"], t1.RGBY_MEAN, atol=1e-6)
+    np.testing.assert_allclose(meta["normalization"]["std"], t1.RGBY_STD, atol=1e-6)
+    assert meta["keras_version"] == keras.__version__ and meta["parameter_count"] == model.count_params()
+
+    loaded = hpa_zoo.load(preset)
+    assert loaded.name == NAME
+    np.testing.assert_allclose(_out(loaded), _out(model), rtol=1e-5, atol=1e-5)
+
+    # overrides: another input size and class count: every weight but the new head's is the preset's
+    bigger = hpa_zoo.load(str(preset), input_shape=(64, 64, 4), num_classes=5)
+    assert bigger.input_shape == (None, 64, 64, 4) and bigger.output_shape == (None, 5)
+    for layer in bigger.layers:
+        if layer.weights and layer.name != "logits":
+            for a, b in zip(layer.get_weights(), model.get_layer(layer.name).get_weights()):
+                np.testing.assert_array_equal(a, b, err_msg=layer.name)
+
+
+def test_saving_again_replaces_a_preset_but_never_a_foreign_folder(model, tmp_path):
+    preset = hpa_zoo.save_preset(model, tmp_path / "p", metadata={"fold": 1})
+    hpa_zoo.save_preset(model, preset, metadata={"fold": 2})
+    assert models_api.load_metadata(preset)["fold"] == 2 and len(list(tmp_path.iterdir())) == 1
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="not an hpa-zoo preset"):
+        hpa_zoo.save_preset(model, foreign)
+    assert (foreign / "notes.txt").read_text() == "keep me"
+    unnamed = keras.Model(model.inputs[0], model.outputs[0], name="my_model")
+    with pytest.raises(ConfigError, match="model_name"):
+        hpa_zoo.save_preset(unnamed, tmp_path / "q")
+
+
+def test_keras_file_round_trip(model, tmp_path):
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = hpa_zoo.load(path)
+    np.testing.assert_allclose(_out(loaded), _out(model), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ConfigError, match="does not exist"):
+        hpa_zoo.load(tmp_path / "missing.keras")
+
+
+def test_feature_extractor_is_the_head_dropout2_output(model):
+    feats = hpa_zoo.feature_extractor(model)
+    manual = keras.Model(model.inputs[0], model.get_layer("head_bn2").output)  # dropout = identity at inference
+    np.testing.assert_allclose(_out(feats), _out(manual), rtol=1e-6, atol=1e-6)
+    assert _out(feats).shape == (2, 1024)
+
+
+def test_published_onnx_weights_are_converted_once_then_read_from_the_cache(model, tmp_path, monkeypatch):
+    """`hpa_zoo.weights.fetch` and `onnx_to_keras_weights` are replaced by fakes: this tests load()'s own logic
+    (build with 28 classes, convert, cache next to the download, reuse, then a new head for num_classes)."""
+    from hpa_zoo import onnx_convert, weights
+
+    onnx_file = tmp_path / "team1.onnx"
+    onnx_file.write_bytes(b"fake onnx")
+    calls = []
+    monkeypatch.setattr(weights, "fetch", lambda spec, local_path=None: onnx_file)
+
+    def fake_convert(path, keras_model):
+        calls.append(path)
+        keras_model.set_weights(model.get_weights())  # "the published weights" = the fixture's
+
+    monkeypatch.setattr(onnx_convert, "onnx_to_keras_weights", fake_convert)
+    first = hpa_zoo.load(NAME, weights="hpa", input_shape=(SIZE, SIZE, 4))
+    cache = tmp_path / f"team1.{NAME}.weights.h5"
+    assert calls == [onnx_file] and cache.is_file()
+    np.testing.assert_allclose(_out(first), _out(model), rtol=1e-5, atol=1e-5)
+
+    monkeypatch.setattr(onnx_convert, "onnx_to_keras_weights", lambda *a: pytest.fail("converted twice"))
+    second = hpa_zoo.load(NAME, weights="hpa", input_shape=(SIZE, SIZE, 4), num_classes=3)
+    assert second.output_shape == (None, 3) and second.get_layer("logits").dtype_policy.compute_dtype == "float32"
+    np.testing.assert_allclose(_out(hpa_zoo.feature_extractor(second)), _out(hpa_zoo.feature_extractor(model)),
+                               rtol=1e-5, atol=1e-5)
