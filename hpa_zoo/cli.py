@@ -13,7 +13,29 @@ import sys
 # ---------------------------------------------------------------------------------------------- synth
 def _add_synth(sub) -> None:
     p = sub.add_parser("synth", help="write a synthetic HPA-like dataset in the Kaggle layout")
-    p.set_defaults(func=_not_yet)
+    p.add_argument("out_dir", metavar="OUT_DIR", help="the dataset folder to create")
+    p.add_argument("--n-train", type=int, default=1000, help="train images (default 1000)")
+    p.add_argument("--n-test", type=int, default=200, help="test images (default 200)")
+    p.add_argument("--size", type=int, default=512, help="image side in pixels (default 512, as Kaggle)")
+    p.add_argument("--seed", type=int, default=0, help="seed; the same seed gives byte-identical files")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all CPUs; 0 = this process)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
+    p.set_defaults(func=_run_synth)
+
+
+def _run_synth(args) -> int:
+    import time
+
+    from hpa_zoo.synthetic import write_synthetic_dataset
+
+    start = time.perf_counter()
+    out = write_synthetic_dataset(args.out_dir, n_train=args.n_train, n_test=args.n_test, size=args.size,
+                                  seed=args.seed, workers=args.workers, overwrite=args.overwrite)
+    took = time.perf_counter() - start
+    n = args.n_train + args.n_test
+    print(f"wrote {n} synthetic images ({args.size}px) to {out} in {took:.1f}s ({n / max(took, 1e-9):.1f} images/s); "
+          f"synthetic data: its numbers are never HPA results")
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------- prepare
@@ -76,7 +98,22 @@ def _run_folds(args) -> int:
 # ---------------------------------------------------------------------------------------------- evaluate
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="predictions CSV vs labels CSV -> macro F1 report")
-    p.set_defaults(func=_not_yet)
+    p.add_argument("pred_csv", metavar="PRED_CSV", help="submission 'Id,Predicted' (empty Predicted = no label)")
+    p.add_argument("labels_csv", metavar="LABELS_CSV", help="truth 'Id,Target'")
+    p.add_argument("--out", default=None, help="also write the Markdown report to this file")
+    p.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args) -> int:
+    from hpa_zoo.atomic import atomic_write_text
+    from hpa_zoo.metrics import evaluate_csv, report_to_markdown
+
+    report = evaluate_csv(args.pred_csv, args.labels_csv)
+    text = f"# {args.pred_csv} vs {args.labels_csv}\n\n" + report_to_markdown(report)
+    print(text, end="")
+    if args.out:
+        atomic_write_text(args.out, text)
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------- models

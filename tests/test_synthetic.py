@@ -1,0 +1,211 @@
+"""The synthetic HPA dataset: Kaggle layout, determinism, label statistics, class patterns, learnability.
+
+Pattern checks look only at the written pixels (masks come from thresholding the blue / red / yellow
+channels), never at the generator's internals.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import spearmanr
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import cross_val_predict
+
+from hpa_zoo import synthetic
+from hpa_zoo.cli import main
+from hpa_zoo.constants import CHANNELS, KAGGLE_TRAIN_COUNTS, NUM_CLASSES, is_kaggle_id
+from hpa_zoo.errors import ConfigError
+from hpa_zoo.labels import read_labels_csv
+
+
+def _tree(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# ---------------------------------------------------------------------------------------------- layout
+def test_dataset_has_the_exact_kaggle_layout(tmp_path):
+    out = synthetic.write_synthetic_dataset(tmp_path / "hpa", n_train=5, n_test=3, size=64, seed=1, workers=0,
+                                            progress=False)
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "sample_submission.csv", "test", "test_labels.csv",
+                                                     "train", "train.csv"]
+    assert (out / "train.csv").read_text().splitlines()[0] == "Id,Target"
+    assert (out / "sample_submission.csv").read_text().splitlines()[0] == "Id,Predicted"
+    train = read_labels_csv(out / "train.csv")
+    sub = pd.read_csv(out / "sample_submission.csv", dtype=str)
+    test = read_labels_csv(out / "test_labels.csv")
+    assert len(train) == 5 and len(sub) == 3 and list(sub["Id"]) == list(test["Id"])
+    assert set(sub["Predicted"]) == {"0"}
+    ids = list(train["Id"]) + list(sub["Id"])
+    assert len(set(ids)) == 8 and all(is_kaggle_id(i) for i in ids)
+    for split, split_ids in (("train", train["Id"]), ("test", sub["Id"])):
+        names = sorted(p.name for p in (out / split).iterdir())
+        assert names == sorted(f"{i}_{c}.png" for i in split_ids for c in CHANNELS)
+        img = cv2.imread(str(out / split / names[0]), cv2.IMREAD_UNCHANGED)
+        assert img.shape == (64, 64) and img.dtype == np.uint8
+    assert "synthetic" in (out / "README.md").read_text().lower()
+    assert "never" in (out / "README.md").read_text()
+    assert [p.name for p in tmp_path.iterdir()] == ["hpa"]  # no temporary folder left behind
+
+
+def test_same_seed_gives_byte_identical_files_whatever_the_workers(tmp_path):
+    kw = dict(n_train=8, n_test=2, size=48, progress=False)
+    a = _tree(synthetic.write_synthetic_dataset(tmp_path / "a", seed=7, workers=0, **kw))
+    b = _tree(synthetic.write_synthetic_dataset(tmp_path / "b", seed=7, workers=2, **kw))
+    c = _tree(synthetic.write_synthetic_dataset(tmp_path / "c", seed=8, workers=0, **kw))
+    assert a == b
+    assert a.keys() != c.keys()  # other ids
+    rng1, rng2 = np.random.default_rng(3), np.random.default_rng(3)
+    assert np.array_equal(synthetic.synthesize_field([0, 25], size=64, rng=rng1),
+                          synthetic.synthesize_field([0, 25], size=64, rng=rng2))
+
+
+def test_an_interrupted_run_leaves_nothing_and_existing_data_is_protected(tmp_path, monkeypatch):
+    calls = []
+
+    def failing(task):
+        calls.append(task)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(synthetic, "_render_and_write", failing)
+    with pytest.raises(KeyboardInterrupt):
+        synthetic.write_synthetic_dataset(tmp_path / "x", n_train=4, n_test=1, size=32, workers=0, progress=False)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "mine.txt").write_text("keep")
+    with pytest.raises(ConfigError, match="overwrite"):
+        synthetic.write_synthetic_dataset(tmp_path / "x", n_train=1, n_test=0, size=32, workers=0, progress=False)
+    assert (tmp_path / "x" / "mine.txt").read_text() == "keep"
+    synthetic.write_synthetic_dataset(tmp_path / "x", n_train=1, n_test=0, size=32, workers=0, progress=False,
+                                      overwrite=True)
+    assert not (tmp_path / "x" / "mine.txt").exists() and (tmp_path / "x" / "train.csv").is_file()
+    with pytest.raises(ConfigError, match="size"):
+        synthetic.synthesize_field([0], size=16, rng=np.random.default_rng(0))
+    with pytest.raises(ConfigError, match="28"):
+        synthetic.synthesize_field([28], size=64, rng=np.random.default_rng(0))
+
+
+def test_cli_synth_writes_a_dataset(tmp_path, capsys):
+    assert main(["synth", str(tmp_path / "d"), "--n-train", "2", "--n-test", "1", "--size", "32",
+                 "--workers", "0", "--seed", "3"]) == 0
+    assert len(read_labels_csv(tmp_path / "d" / "train.csv")) == 2
+    assert "never HPA results" in capsys.readouterr().out
+    assert main(["synth", str(tmp_path / "d"), "--n-train", "1", "--n-test", "0", "--size", "32"]) == 1
+
+
+# ---------------------------------------------------------------------------------------------- labels
+def test_label_statistics_follow_the_kaggle_train_set():
+    labels = synthetic.sample_labels(3000, np.random.default_rng(0))
+    sizes = np.array([len(t) for t in labels])
+    assert 1.4 <= sizes.mean() <= 1.9 and sizes.min() == 1 and sizes.max() <= 5
+    assert all(list(t) == sorted(set(t)) for t in labels)
+    freq = np.bincount([c for t in labels for c in t], minlength=NUM_CLASSES)
+    assert (freq > 0).all(), f"classes never drawn: {np.flatnonzero(freq == 0)}"
+    assert spearmanr(freq, KAGGLE_TRAIN_COUNTS).statistic > 0.8
+    # Frequent classes keep their Kaggle share (within the floor's small distortion).
+    share = freq / len(labels)
+    assert share[0] == pytest.approx(12885 / 31072, abs=0.05) and share[25] == pytest.approx(8228 / 31072, abs=0.04)
+
+
+# ---------------------------------------------------------------------------------------------- patterns
+def _masks(img):
+    """Nucleus, cell and cytoplasm masks estimated from blue, red and yellow (smoothed, thresholded)."""
+    smooth = lambda ch, s: cv2.GaussianBlur(img[..., ch].astype(np.float32), (0, 0), s)  # noqa: E731
+    nucleus = smooth(2, 2) > 25
+    cell = (smooth(0, 3) + smooth(3, 3) + smooth(2, 3)) > 12
+    return nucleus, cell, cell & ~cv2.dilate(nucleus.astype(np.uint8), np.ones((5, 5))).astype(bool)
+
+
+def _fields(label, n=3, size=256, seed=0):
+    rng = np.random.default_rng(seed)
+    return [synthetic.synthesize_field([label], size=size, rng=rng) for _ in range(n)]
+
+
+def _green_ratio(img, inside, outside):
+    g = img[..., 1].astype(np.float64)
+    return g[inside].mean() / max(g[outside].mean(), 1e-6)
+
+
+def test_nuclear_classes_put_green_in_the_blue_nucleus_and_cytoplasmic_ones_outside():
+    for img in _fields(0):  # Nucleoplasm
+        nucleus, _, cyto = _masks(img)
+        assert _green_ratio(img, nucleus, cyto) > 2.0
+    for img in _fields(25):  # Cytosol
+        nucleus, _, cyto = _masks(img)
+        assert _green_ratio(img, nucleus, cyto) < 0.8
+
+
+def _rim_and_inner(img):
+    """A 2-px band inside the estimated cell outline, and the cell interior 4 px or more from it."""
+    cell = _masks(img)[1].astype(np.uint8)
+    return cell.astype(bool) & ~cv2.erode(cell, np.ones((5, 5))).astype(bool), cv2.erode(cell, np.ones((9, 9))) > 0
+
+
+def test_plasma_membrane_green_lies_on_cell_rims():
+    for img in _fields(21):
+        assert _green_ratio(img, *_rim_and_inner(img)) > 1.5
+    for img in _fields(25):  # cytosol: the interior is brighter than the rim band
+        assert _green_ratio(img, *_rim_and_inner(img)) < 1.0
+
+
+def _corr(img, a, b, where):
+    return np.corrcoef(img[..., a][where].astype(np.float64), img[..., b][where].astype(np.float64))[0, 1]
+
+
+def test_er_green_follows_yellow_and_microtubule_green_follows_red():
+    for er, mt in zip(_fields(6, seed=1), _fields(14, seed=2)):
+        er_cyto, mt_cyto = _masks(er)[2], _masks(mt)[2]
+        assert _corr(er, 1, 3, er_cyto) > 0.5 and _corr(er, 1, 3, er_cyto) > _corr(er, 1, 0, er_cyto) + 0.1
+        assert _corr(mt, 1, 0, mt_cyto) > 0.5 and _corr(mt, 1, 0, mt_cyto) > _corr(mt, 1, 3, mt_cyto) + 0.1
+
+
+def test_a_label_adds_green_signal_and_leaves_the_other_channels_alone():
+    for c in range(NUM_CLASSES):
+        for seed in (0, 1):
+            labelled = synthetic.synthesize_field([c], size=128, rng=np.random.default_rng(seed))
+            plain = synthetic.synthesize_field([], size=128, rng=np.random.default_rng(seed))
+            green_gain = labelled[..., 1].astype(float).sum() / plain[..., 1].astype(float).sum()
+            if c in (16, 17, 22):  # these force a layout (dividing pair, mitotic cells, crowded field)
+                assert not np.array_equal(labelled[..., 1], plain[..., 1])
+                continue
+            assert np.array_equal(labelled[..., [0, 2, 3]], plain[..., [0, 2, 3]]), c
+            assert green_gain > 1.0, (c, seed, green_gain)
+
+
+def test_intensities_resemble_the_real_kaggle_pngs(real_samples_dir):
+    rng = np.random.default_rng(11)
+    imgs = np.stack([synthetic.synthesize_field(t, size=512, rng=rng) for t in synthetic.sample_labels(4, rng)])
+    means = imgs.reshape(-1, 4).mean(0)
+    real = np.stack([cv2.imread(str(real_samples_dir / f"b478cc78-bad4-11e8-b2b8-ac1f6b6435d0_{c}.png"), 0)
+                     for c in CHANNELS], -1)
+    real_means = real.reshape(-1, 4).mean(0)  # 15.7, 8.2, 13.9, 16.9
+    assert ((means > 2) & (means < 40)).all(), means
+    assert (np.abs(np.log(means / real_means)) < np.log(4)).all(), (means, real_means)
+    assert np.median(imgs[..., 2]) < 8  # dark background
+    assert np.percentile(imgs[..., 2], 99.5) > 80  # bright nuclei
+
+
+# ---------------------------------------------------------------------------------------------- learnability
+def _features(img):
+    """Cheap co-localisation features of green vs the reference channels."""
+    nucleus, cell, cyto = _masks(img)
+    g = img[..., 1].astype(np.float64)
+    feats = [_green_ratio(img, nucleus, cyto), g[cell].mean() / (g.mean() + 1), g[cell].std() / (g[cell].mean() + 1)]
+    feats += [_corr(img, 1, k, cell) for k in (0, 2, 3)]
+    return np.nan_to_num(feats)
+
+
+def test_a_linear_classifier_on_colocalisation_features_learns_nucleoplasm():
+    rng = np.random.default_rng(21)
+    labels = synthetic.sample_labels(160, rng)
+    x = np.stack([_features(synthetic.synthesize_field(t, size=128, rng=rng)) for t in labels])
+    y = np.array([0 in t for t in labels], int)
+    assert 0.25 < y.mean() < 0.6
+    scores = cross_val_predict(LogisticRegression(max_iter=2000), (x - x.mean(0)) / (x.std(0) + 1e-9), y, cv=4,
+                               method="predict_proba")[:, 1]
+    auc = roc_auc_score(y, scores)
+    assert auc > 0.8, auc  # chance is 0.5
