@@ -216,3 +216,32 @@ ROWS.append(ModelSpec(
                  "filter copied for yellow, concat(avg, max) dropout head 2048 -> 1024 -> 28; Adam55, batch 48."),
     **_TEAM1_COMMON,
 ))
+
+# ---------------------------------------------------------------------------------------- Team 2: WAIR
+# teams.md §2.1-2.2, §2.6. RGBY input, yellow dropped inside the model (layer `rgb`); Keras DenseNet trunk names;
+# the feature is the global average pool `head_gap`. The only reported number is the 7-model ensemble's.
+_TEAM2_CITATION = ("Ouyang W, Winsnes CF, Hjelmare M, et al. Analysis of the Human Protein Atlas Image Classification "
+                   "competition. Nature Methods 16, 1254-1261 (2019), doi:10.1038/s41592-019-0658-6; Jun Lan (WAIR), "
+                   "2nd-place solution, github.com/CellProfiling/HPA-competition-solutions (wair/).")
+_TEAM2_COMMON = dict(team="team2", channels="RGBY", recipe="zoo_models.team2_wair", first_conv="conv1_conv",
+                     classifier="logits", feature_layer="head_gap", citation=_TEAM2_CITATION, input_size=512,
+                     reported=(ReportedScore("private LB macro F1 (7-model ensemble, not this model alone)", 0.571,
+                                             "wair/README.md (teams.md §2.6)"),))
+
+ROWS.append(ModelSpec(
+    name="team2_densenet121_rgb_512",
+    builder="zoo_models.team2_wair:build_team2_densenet121_rgb_512",
+    description=("Team 2 (WAIR, 2nd place) DenseNet121_change_avg: RGB (yellow dropped inside), ImageNet "
+                 "normalisation, DenseNet121 -> ReLU -> GAP -> Dense 28; class-weighted BCE, rare-class "
+                 "oversampling, Adamax cosine restarts -> Adam-amsgrad; 5 random flip/SSR TTA passes (mean), "
+                 "0.7 x F1-optimal thresholds. Three oversampling variants (v2, v3, v5) are in the team's blend."),
+    **_TEAM2_COMMON,
+))
+
+ROWS.append(ModelSpec(
+    name="team2_densenet169_rgb_512",
+    builder="zoo_models.team2_wair:build_team2_densenet169_rgb_512",
+    description=("Team 2 (WAIR) DenseNet169_change_avg (_v5): as the DenseNet121 member with a DenseNet169 trunk "
+                 "(1664-d GAP feature)."),
+    **_TEAM2_COMMON,
+))
