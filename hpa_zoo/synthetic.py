@@ -787,7 +787,9 @@ def _run_tasks(tasks: list[tuple], workers: int | None, progress: bool) -> None:
                 bar.update()
             return
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=context) as pool:
+        # one OpenCV thread per worker: the processes already use every core, threads would oversubscribe
+        with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=context, initializer=cv2.setNumThreads,
+                                 initargs=(1,)) as pool:
             for _ in pool.map(_render_and_write, tasks, chunksize=4):
                 bar.update()
 
