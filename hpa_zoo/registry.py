@@ -217,6 +217,72 @@ ROWS.append(ModelSpec(
     **_TEAM1_COMMON,
 ))
 
+# ---------------------------------------------------------------------------------------- Team 3: pudae
+# teams.md §3.1-3.4, §6. RGBY stems with the red filter copied for yellow; normalisation inside the models.
+# No HPA-trained Team 3 weights are published: weights=None / "imagenet" / your own .weights.h5 or preset.
+_TEAM3_CITATION = ("Ouyang W, Winsnes CF, Hjelmare M, et al. Analysis of the Human Protein Atlas Image Classification "
+                   "competition. Nature Methods 16, 1254-1261 (2019), doi:10.1038/s41592-019-0658-6; "
+                   "Park Jinmo (pudae), 3rd-place solution, github.com/pudae/kaggle-hpa.")
+_TEAM3_SCORES_SOURCE = ("secondary source: transcription of the Kaggle discussion post 77320 (teams.md §3.1); "
+                        "single fold + 8x D4 TTA; no CV numbers are in the repo")
+
+ROWS.append(ModelSpec(
+    name="team3_attention_inceptionv3_1024",
+    team="team3",
+    builder="zoo_models.team3_pudae:build_team3_attention_inceptionv3_1024",
+    input_size=1024,  # teams.md §3.1, §3.4: the 512 PNGs upsampled to 1024
+    channels="RGBY",
+    recipe="zoo_models.team3_recipe",
+    first_conv="conv2d",
+    classifier="logits",  # the attention pooling (not a Dense): heads are attention_class_conv/attention_att_conv
+    feature_layer="mixed10",  # (B, h, w, 2048) map the attention head reads
+    reported=(ReportedScore("private LB macro F1", 0.549, _TEAM3_SCORES_SOURCE),
+              ReportedScore("public LB macro F1", 0.583, _TEAM3_SCORES_SOURCE)),
+    description=("Team 3 (pudae, 3rd place) AttentionInceptionV3: per-image z-score, Keras InceptionV3 with an RGBY "
+                 "stem (red copied for yellow), class-wise spatial-softmax attention head on mixed10 (pooled to 30), "
+                 "auxiliary attention head on mixed7 for training (with_aux=True, loss + 0.4 aux). Focal loss, Adam "
+                 "5e-4, SWA of the last 10 epochs. Keras' ImageNet InceptionV3 weights (not torchvision's). No "
+                 "HPA-trained weights are public."),
+    citation=_TEAM3_CITATION,
+))
+
+ROWS.append(ModelSpec(
+    name="team3_attention_se_resnext50_1024",
+    team="team3",
+    builder="zoo_models.team3_pudae:build_team3_attention_se_resnext50_1024",
+    input_size=1024,
+    channels="RGBY",
+    recipe="zoo_models.team3_recipe",
+    first_conv="layer0_conv1",
+    classifier="logits",  # the attention pooling (not a Dense)
+    feature_layer="layer4",  # (B, h, w, 2048) map the attention head reads
+    reported=(ReportedScore("private LB macro F1", 0.531, _TEAM3_SCORES_SOURCE),
+              ReportedScore("public LB macro F1", 0.601, _TEAM3_SCORES_SOURCE)),
+    description=("Team 3 (pudae) Attention(se_resnext50_32x4d): per-image z-score, SE-ResNeXt50 32x4d (Cadene "
+                 "names) with an RGBY stem, class-wise spatial-softmax attention head (attention_size 32). ImageNet "
+                 "init from the Cadene .pth you download (imagenet_weights=). No HPA-trained weights are public."),
+    citation=_TEAM3_CITATION,
+))
+
+ROWS.append(ModelSpec(
+    name="team3_resnet34_512",
+    team="team3",
+    builder="zoo_models.team3_pudae:build_team3_resnet34_512",
+    input_size=512,
+    channels="RGBY",
+    recipe="zoo_models.team3_recipe",
+    first_conv="conv1",
+    classifier="logits",
+    feature_layer="avgpool",  # 512-d
+    reported=(ReportedScore("private LB macro F1 (5 folds, as transcribed: 0.500 sic)", 0.500,
+                            _TEAM3_SCORES_SOURCE),
+              ReportedScore("public LB macro F1 (5 folds)", 0.574, _TEAM3_SCORES_SOURCE)),
+    description=("Team 3 (pudae) resnet34 (5 folds in the final blend, weight 1/5 each): (x - 127.5)/255, "
+                 "torchvision ResNet34 with an RGBY stem, global average pool -> Dense 28. ImageNet init from the "
+                 "torchvision .pth you download (imagenet_weights=). No HPA-trained weights are public."),
+    citation=_TEAM3_CITATION,
+))
+
 # ---------------------------------------------------------------------------------------- Team 2: WAIR
 # teams.md §2.1-2.2, §2.6. RGBY input, yellow dropped inside the model (layer `rgb`); Keras DenseNet trunk names;
 # the feature is the global average pool `head_gap`. The only reported number is the 7-model ensemble's.

@@ -92,7 +92,9 @@ def _shortcut(x, filters, stride, prefix):
 
 
 def basic_block(x, planes: int, stride: int, prefix: str):
-    """torchvision ``BasicBlock``: conv3×3(stride)-BN-ReLU-conv3×3-BN, + shortcut, ReLU. Out channels ``planes``."""
+    """torchvision ``BasicBlock``: conv3×3(stride)-BN-ReLU-conv3×3-BN, + shortcut, ReLU.
+
+    Input (B, H, W, C) Keras tensor -> (B, H/stride, W/stride, planes)."""
     shortcut = _shortcut(x, planes, stride, prefix)
     y = _conv(x, planes, 3, stride, f"{prefix}_conv1")
     y = keras.layers.ReLU(name=f"{prefix}_relu1")(_bn(y, f"{prefix}_bn1"))
@@ -102,12 +104,14 @@ def basic_block(x, planes: int, stride: int, prefix: str):
 
 
 def se_resnext_block(x, planes: int, stride: int, prefix: str):
-    """Cadene ``SEResNeXtBottleneck``: conv1×1-BN-ReLU, grouped conv3×3(stride, groups 32)-BN-ReLU, conv1×1(4·planes)
-    -BN, squeeze-excitation (GAP -> fc1 1×1 -> ReLU -> fc2 1×1 -> sigmoid, channel scale), + shortcut, ReLU."""
+    """Cadene ``SEResNeXtBottleneck``: conv1×1-BN-ReLU, grouped conv3×3(stride, groups 32)-BN-ReLU,
+    conv1×1(4·planes)-BN, squeeze-excitation (GAP -> fc1 1×1 -> ReLU -> fc2 1×1 -> sigmoid, channel scale),
+    + shortcut, ReLU. Input (B, H, W, C) -> (B, H/stride, W/stride, 4·planes)."""
     width = (planes * BASE_WIDTH // 64) * GROUPS
     out = planes * BOTTLENECK_EXPANSION
     shortcut = _shortcut(x, out, stride, prefix)
-    y = keras.layers.ReLU(name=f"{prefix}_relu1")(_bn(_conv(x, width, 1, 1, f"{prefix}_conv1"), f"{prefix}_bn1"))
+    y = _bn(_conv(x, width, 1, 1, f"{prefix}_conv1"), f"{prefix}_bn1")
+    y = keras.layers.ReLU(name=f"{prefix}_relu1")(y)
     y = _conv(y, width, 3, stride, f"{prefix}_conv2", groups=GROUPS)
     y = keras.layers.ReLU(name=f"{prefix}_relu2")(_bn(y, f"{prefix}_bn2"))
     y = _bn(_conv(y, out, 1, 1, f"{prefix}_conv3"), f"{prefix}_bn3")
@@ -222,7 +226,7 @@ BUILDERS = {"resnet18": resnet18, "resnet34": resnet34, "se_resnext50_32x4d": se
 # ---------------------------------------------------------------------------------------------- torch mapping
 def torch_module_name(layer_name: str) -> str:
     """Keras layer name -> PyTorch module name: ``layer1_0_downsample_0`` -> ``layer1.0.downsample.0``,
-    ``layer2_3_se_module_fc1`` -> ``layer2.3.se_module.fc1``, ``layer0_bn1`` -> ``layer0.bn1``, ``conv1`` -> ``conv1``."""
+    ``layer2_3_se_module_fc1`` -> ``layer2.3.se_module.fc1``, ``layer0_bn1`` -> ``layer0.bn1``, ``conv1`` -> itself."""
     m = re.fullmatch(r"(layer\d)_(\d+)_(.+)", layer_name)
     if m:
         stage, block, rest = m.groups()
