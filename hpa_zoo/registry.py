@@ -311,3 +311,44 @@ ROWS.append(ModelSpec(
                  "(1664-d GAP feature)."),
     **_TEAM2_COMMON,
 ))
+
+# ---------------------------------------------------------------------------------------- Team 4: WSG
+# teams.md §4.1-4.2. No final LB score is stated in the team's repo (§4, §6 table: "not in repo"), so `reported` is
+# empty. Christof's GAPNet is RGB (yellow dropped inside, layer `rgb`); Dmytro's GWAP member is RGBY with a fresh
+# stem. The stem is torchvision's `conv1`; the feature is the 256-d `head_fc`.
+_TEAM4_CITATION = ("Ouyang W, Winsnes CF, Hjelmare M, et al. Analysis of the Human Protein Atlas Image Classification "
+                   "competition. Nature Methods 16, 1254-1261 (2019), doi:10.1038/s41592-019-0658-6; "
+                   "Wienerschnitzelgemeinschaft (S. Galib, C. Henkel, K. Hwang, D. Poplavskiy, B. Tunguz, "
+                   "R. Wolfinger), 4th-place solution, github.com/CellProfiling/HPA-competition-solutions "
+                   "(wienerschnitzelgemeinschaft/).")
+_TEAM4_COMMON = dict(team="team4", channels="RGBY", recipe="zoo_models.team4_wsg", first_conv="conv1",
+                     classifier="logits", feature_layer="head_fc", citation=_TEAM4_CITATION)
+
+ROWS.append(ModelSpec(
+    name="team4_gapnet_resnet18_512",
+    builder="zoo_models.team4_wsg:build_team4_gapnet_resnet18_512",
+    input_size=512,  # teams.md §4.2: 13_ext, whole 512 images
+    description=("Team 4 (Christof) GAPNet 13_ext: RGB ResNet18 with squeeze-excite + GAP at five depths, concat "
+                 "-> BN -> Dropout .5 -> Dense 256 -> BN -> Dropout .5 -> Dense 28; 4 x BCE(pos_weight 10) - "
+                 "log(batch F1), Adam 5e-4 cosine; frequency-matched thresholds."),
+    **_TEAM4_COMMON,
+))
+
+ROWS.append(ModelSpec(
+    name="team4_gapnet_resnet18_1024crop512",
+    builder="zoo_models.team4_wsg:build_team4_gapnet_resnet18_1024crop512",
+    input_size=512,  # teams.md §4.2: 13_ext_512crop, the network sees 512 crops of 1024 images
+    description=("Team 4 (Christof) GAPNet 13_ext_512crop: the GAPNet trained on random 512 crops of 1024 images, "
+                 "predicted on 5 fixed crops combined by a small stacker (zoo_models.team4_wsg.predict_five_crops, "
+                 "train_stacker)."),
+    **_TEAM4_COMMON,
+))
+
+ROWS.append(ModelSpec(
+    name="team4_gwap_resnet34_512",
+    builder="zoo_models.team4_wsg:build_team4_gwap_resnet34_512",
+    input_size=512,  # teams.md §4.2: Dmytro's models on 512 crops
+    description=("Team 4 (Dmytro) resnet34_gwap: RGBY ResNet34 with a fresh stem, global weighted average pooling "
+                 "(GWAP) at three depths -> Dense 256 -> 28; focal loss, SGD with cosine restarts."),
+    **_TEAM4_COMMON,
+))
