@@ -133,12 +133,42 @@ def _run_models(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- autoaugment-search
+def _add_autoaugment_search(sub) -> None:
+    p = sub.add_parser("autoaugment-search",
+                       help="Team 3's AutoAugment random search -> policy JSON for training (teams.md §3.5)")
+    p.add_argument("--data", required=True, help="Kaggle-layout folder (train.csv + train/), split into two halves")
+    p.add_argument("--out", required=True, help="the policy JSON to write (top-k x 5 sub-policies)")
+    p.add_argument("--candidates", type=int, default=50, help="random candidate policies (default 50, the team's)")
+    p.add_argument("--epochs", type=int, default=60, help="epochs per candidate (default 60)")
+    p.add_argument("--size", type=int, default=256, help="image side for the proxy (default 256)")
+    p.add_argument("--top-k", type=int, default=5, help="policies kept and flattened (default 5 -> 25 sub-policies)")
+    p.add_argument("--window", type=int, default=10, help="moving-average window of the F1 score (default 10)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--proxy", choices=["resnet18", "small_cnn"], default="resnet18",
+                   help="network trained per candidate (default resnet18, the team's)")
+    p.add_argument("--no-baseline", action="store_true", help="skip the no-augmentation baseline run")
+    p.add_argument("--results", default=None, help="results CSV (default OUT.results.csv); a re-run resumes it")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_run_autoaugment_search)
+
+
+def _run_autoaugment_search(args) -> int:
+    from hpa_zoo.autoaugment_search import search
+
+    search(args.data, args.out, candidates=args.candidates, epochs=args.epochs, size=args.size, top_k=args.top_k,
+           window=args.window, batch_size=args.batch_size, seed=args.seed, proxy=args.proxy,
+           baseline=not args.no_baseline, results_csv=args.results)
+    return 0
+
+
 def _not_yet(args) -> int:
     print(f"hpa-zoo {args.command}: not implemented yet", file=sys.stderr)
     return 2
 
 
 COMMANDS = [_add_synth, _add_prepare, _add_folds, _add_evaluate, _add_models]
+COMMANDS += [_add_autoaugment_search]
 
 
 def build_parser() -> argparse.ArgumentParser:
