@@ -1,0 +1,196 @@
+"""zoo_models.team3_recipe: Team 3's recipe facts, loss weighting, data maps, SWA helper, blend and short training."""
+from __future__ import annotations
+
+import importlib.util
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from hpa_zoo import augment, pipeline  # noqa: E402
+from hpa_zoo.errors import ConfigError  # noqa: E402
+from zoo_models import team3_recipe as t3  # noqa: E402
+
+INCEPTION, SERESNEXT, RESNET34 = ("team3_attention_inceptionv3_1024", "team3_attention_se_resnext50_1024",
+                                  "team3_resnet34_512")
+# Training tests use two cheap sub-policies: tracing pudae's 25-branch policy graph alone takes ~45 s on 2 CPUs.
+CHEAP_POLICY = [augment.SubPolicy(augment.PolicyOp("RandomBrightness", 0.5, {"limit": 0.2}),
+                                  augment.PolicyOp("RandomContrast", 0.5, {"limit": 0.2})),
+                augment.SubPolicy(augment.PolicyOp("InvertImg", 0.25, {}),
+                                  augment.PolicyOp("RandomGamma", 0.5, {"gamma_limit": (80, 120)}))]
+
+
+def _np_focal_mean(y, z):
+    """Independent reference: mean over elements of -(1 - p_t)^2 log p_t (teams.md §3.3)."""
+    p = 1.0 / (1.0 + np.exp(-z.astype(np.float64)))
+    pt = np.where(y > 0.5, p, 1.0 - p)
+    return float(np.mean(-((1.0 - pt) ** 2) * np.log(pt)))
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    from hpa_zoo.synthetic import write_synthetic_dataset
+
+    return write_synthetic_dataset(tmp_path_factory.mktemp("t3") / "data", n_train=24, n_test=4, size=64,
+                                   workers=0, progress=False)
+
+
+def _two_output_model(size, seed=0):
+    """A tiny stand-in with Inception-v3's training interface: dict outputs ``logits`` and ``aux_logits``."""
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((size, size, 4))
+    x = keras.layers.Rescaling(1 / 255.0)(inp)
+    x = keras.layers.Conv2D(32, 3, strides=2, name="conv")(x)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.ReLU()(x))
+    return keras.Model(inp, {"logits": keras.layers.Dense(28, name="logits")(x),
+                             "aux_logits": keras.layers.Dense(28, name="aux_logits")(x)})
+
+
+def test_recipes_carry_team3_facts():
+    expected = {INCEPTION: (1024, 24, 2, 28), SERESNEXT: (1024, 8, 4, 23), RESNET34: (512, 32, 1, 41)}
+    for name, (input_size, batch, accum, epochs) in expected.items():
+        r = t3.make_recipe(name)
+        assert (r.image_size, r.input_size, r.batch_size, r.grad_accum_steps, r.epochs) == \
+            (512, input_size, batch, accum, epochs)
+        assert r.swa_last_n == 10
+        assert (r.tta.transforms, r.tta.aggregate, r.tta.n_random_crops) == ("d4", "mean", 0)
+        assert (r.thresholds.rule, r.thresholds.force_top) == ("proportion_match", False)
+        opt = r.make_optimizer(100, epochs)
+        assert isinstance(opt, keras.optimizers.Adam)
+        assert float(keras.ops.convert_to_numpy(opt.learning_rate)) == pytest.approx(5e-4)
+        assert (opt.beta_1, opt.beta_2, opt.weight_decay) == (0.9, 0.999, None)
+        assert opt.gradient_accumulation_steps == (accum if accum > 1 else None)
+    assert t3.make_recipe(INCEPTION).loss_weights == {"logits": 1.0, "aux_logits": 0.4}
+    assert t3.make_recipe(RESNET34).loss_weights is None
+    loss = t3.make_recipe(RESNET34).make_loss()
+    y = (np.random.default_rng(0).random((4, 28)) > 0.8).astype("float32")
+    z = np.random.default_rng(1).normal(0, 2, (4, 28)).astype("float32")
+    assert float(loss(y, z)) == pytest.approx(_np_focal_mean(y, z), rel=1e-5)
+    with pytest.raises(ConfigError, match="not a Team 3 model"):
+        t3.make_recipe("team1_densenet121_512")
+
+
+def test_inception_recipe_loss_is_main_plus_point_four_aux():
+    recipe = t3.make_recipe(INCEPTION, image_size=32, input_size=32)
+    model = _two_output_model(32)
+    model.compile(optimizer=recipe.make_optimizer(1, 1), loss=recipe.make_loss(), loss_weights=recipe.loss_weights)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (6, 32, 32, 4)).astype("float32")
+    y = (rng.random((6, 28)) > 0.7).astype("float32")
+    out = model.predict(x, verbose=0)
+    want = _np_focal_mean(y, out["logits"]) + 0.4 * _np_focal_mean(y, out["aux_logits"])
+    got = model.evaluate(x, {"logits": y, "aux_logits": y}, batch_size=6, verbose=0, return_dict=True)["loss"]
+    assert got == pytest.approx(want, rel=1e-4)
+
+
+def test_train_map_is_a_dihedral_transform_then_resize_and_eval_map_resizes():
+    image = tf.constant(np.random.default_rng(0).integers(0, 256, (16, 16, 4)), tf.uint8)
+    off = augment.PolicyOp("InvertImg", 0.0, {})
+    recipe = t3.make_recipe(SERESNEXT, policy=[augment.SubPolicy(off, off)], image_size=16, input_size=24)
+    resized = pipeline.resize(image, 24).numpy().astype(np.float32)
+    d4 = [np.rot90(resized, k) for k in range(4)] + [np.rot90(resized.transpose(1, 0, 2), k) for k in range(4)]
+    def same(a, b):  # uint8 rounding of bilinear ties may differ by 1 between a flipped and an unflipped resize
+        return np.abs(a - b).max() <= 1 and np.mean(a != b) < 0.1
+
+    hits = set()
+    for s in range(12):
+        out, hot = recipe.train_map({"image": image, "multi_hot": tf.ones(28, tf.uint8)}, tf.constant([s, 1]))
+        assert out.dtype == tf.float32 and out.shape == (24, 24, 4) and hot.dtype == tf.float32
+        matches = {k for k, ref in enumerate(d4) if same(out.numpy(), ref)}
+        assert len(matches) == 1
+        hits |= matches
+    assert len(hits) > 1  # the D4 base really is random
+    ev, _ = recipe.eval_map({"image": image, "multi_hot": tf.zeros(28, tf.uint8)})
+    np.testing.assert_array_equal(ev.numpy(), resized)
+
+
+def test_make_recipe_reads_a_policy_file(tmp_path):
+    policy = augment.sample_policy(3, n_subpolicies=2)
+    path = augment.save_policy(policy, tmp_path / "p.json")
+    recipe = t3.make_recipe(RESNET34, policy=path)
+    assert recipe.train_map.keywords["policy"] == augment.load_policy(path)
+    assert len(t3.make_recipe(RESNET34).train_map.keywords["policy"]) == 25  # teams.md §3.5: pudae's final policy
+
+
+def test_blend_team3_is_the_weighted_mean():
+    rng = np.random.default_rng(0)
+    probs = {f"team3_resnet34_512_fold{i}": rng.random((5, 28)) for i in range(5)}
+    probs[INCEPTION] = rng.random((5, 28))
+    probs[SERESNEXT] = rng.random((5, 28))
+    want = (sum(probs[f"team3_resnet34_512_fold{i}"] for i in range(5)) / 5 + probs[INCEPTION] + probs[SERESNEXT]) / 3
+    got = t3.blend_team3(probs)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    np.testing.assert_allclose(t3.blend_team3({INCEPTION: probs[INCEPTION], SERESNEXT: probs[SERESNEXT]}),
+                               (probs[INCEPTION] + probs[SERESNEXT]) / 2, rtol=1e-6)
+    with pytest.raises(ConfigError, match="not a Team 3 model"):
+        t3.blend_team3({"team1_densenet121_512": probs[INCEPTION]})
+    with pytest.raises(ConfigError, match="same N and C"):
+        t3.blend_team3({INCEPTION: probs[INCEPTION], SERESNEXT: probs[SERESNEXT][:3]})
+
+
+def _fit(recipe, model, data_dir, *, run_dir=None, epochs=3, n_images=8, batch=2):
+    """model.fit with the recipe's train_map, loss (+ loss_weights), optimiser and SWA callbacks; per-epoch losses."""
+    src = pipeline.folder_dataset(data_dir / "train", data_dir / "train.csv",
+                                  image_size=recipe.image_size).take(n_images).cache()
+    ds = pipeline.batch_pipeline(src, recipe.train_map, batch_size=batch, training=True, seed=0)
+    if recipe.loss_weights:
+        ds = ds.map(lambda x, y: t3.repeat_targets(x, y, tuple(recipe.loss_weights)))
+    steps = n_images // batch
+    model.compile(optimizer=recipe.make_optimizer(steps, epochs), loss=recipe.make_loss(),
+                  loss_weights=recipe.loss_weights)
+    callbacks = t3.make_callbacks(run_dir, recipe) if run_dir is not None else []
+    history = model.fit(ds, epochs=epochs, verbose=0, callbacks=callbacks)
+    return history.history["loss"]
+
+
+def test_short_training_with_swa_on_synthetic_data(synthetic, tmp_path):
+    """The recipe pieces train a stand-in two-output model (its validation focal loss falls); apply_swa then
+    averages the last epoch checkpoints, recalibrates BN on the training images and saves the result."""
+    recipe = t3.make_recipe(INCEPTION, policy=CHEAP_POLICY, image_size=64, input_size=48, swa_last_n=3)
+    model = _two_output_model(48)
+    src = pipeline.folder_dataset(synthetic / "train", synthetic / "train.csv", image_size=64).take(8).cache()
+    bn_ds = pipeline.batch_pipeline(src, recipe.eval_map, batch_size=4, training=False)
+    loss_fn = recipe.make_loss()["logits"]
+    eval_loss = lambda: float(np.mean([loss_fn(y, model(x)["logits"]) for x, y in bn_ds]))  # noqa: E731
+    before = eval_loss()
+    _fit(recipe, model, synthetic, run_dir=tmp_path, epochs=6)
+    assert eval_loss() < before
+    files = sorted((tmp_path / t3.EPOCH_CHECKPOINT_DIR).glob("epoch_*.weights.h5"))
+    assert [f.name for f in files] == ["epoch_004.weights.h5", "epoch_005.weights.h5", "epoch_006.weights.h5"]
+    kernels = []
+    for f in files:
+        model.load_weights(f)
+        kernels.append(keras.ops.convert_to_numpy(model.get_layer("conv").kernel))
+    out = t3.apply_swa(tmp_path, model, bn_ds, last_n=recipe.swa_last_n, verbose=0)
+    fresh = _two_output_model(48, seed=7)
+    fresh.load_weights(out)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(fresh.get_layer("conv").kernel), np.mean(kernels, 0),
+                               rtol=1e-5, atol=1e-7)
+    conv_out = keras.Model(fresh.input, fresh.get_layer("conv").output)
+    feats = [conv_out(x).numpy().reshape(-1, 32) for x, _ in bn_ds]
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(fresh.get_layer("bn").moving_mean),
+                               np.mean([f.mean(0) for f in feats], 0), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ConfigError, match="no epoch_NNN"):
+        t3.apply_swa(tmp_path / "empty", model, bn_ds, verbose=0)
+
+
+_HAS_BUILDERS = importlib.util.find_spec("zoo_models.team3_pudae") is not None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _HAS_BUILDERS, reason="zoo_models.team3_pudae (Team 3 builders) has not landed yet")
+@pytest.mark.parametrize("name,size,kw", [(INCEPTION, 96, {"with_aux": True}), (SERESNEXT, 64, {}),
+                                          (RESNET34, 64, {})])
+def test_each_team3_model_overfits_a_few_synthetic_images(synthetic, name, size, kw):
+    # grad_accum_steps=1: 4 optimiser steps in 2 epochs of 2 images (SE-ResNeXt's grouped convs are slow on CPU)
+    recipe = t3.make_recipe(name, policy=CHEAP_POLICY, image_size=64, input_size=size, grad_accum_steps=1)
+    keras.utils.set_random_seed(0)
+    model = t3.build_model(name, num_classes=28, input_shape=(size, size, 4), **kw)
+    losses = _fit(recipe, model, synthetic, epochs=2, n_images=2, batch=1)
+    assert losses[-1] < losses[0]
