@@ -1,0 +1,417 @@
+"""Compare the registered team recipes on one dataset: the paper's Fig. 2 (Ouyang et al. 2019) for your own data.
+
+For every registered model with a recipe (or ``--models``): train one fold with `hpa_zoo.training.train` at the
+budget's size and length, predict the held-out test images with the team's own TTA and thresholds
+(`hpa_zoo.predict.predict`; Team 4's 1024crop512 model with its 5 crops + stacker), and score them against the test
+labels. A deliberately weak baseline — per-class logistic regression on pooled pixel statistics (per-channel
+mean, std and percentiles) — is scored the same way. The report (Markdown + CSV + PNG) has macro F1, per-class F1
+ordered by class frequency (Fig. 2c), single- vs multi-label macro F1 (Fig. 2d), macro precision / recall,
+training time and inference images/s, with the teams' own reported HPA leaderboard scores beside ours, labelled
+as theirs.
+
+    python benchmarks/compare_teams.py --budget small --out runs/compare          # synthetic data
+    python benchmarks/compare_teams.py --data-dir data/kaggle_split --size 256 --epochs 8 --out runs/real
+
+Data: by default a synthetic HPA-like dataset (`hpa_zoo.synthetic`) is written to ``<out>/synthetic`` — its numbers
+are "synthetic data — not HPA results". ``--data-dir`` takes a Kaggle-layout folder with ``train.csv`` + ``train/``
+(training, fold 0 held out for the label-fitted thresholds) and ``sample_submission.csv`` + ``test/`` +
+``test_labels.csv`` (``Id,Target`` of the test images: make it by moving part of Kaggle's train.csv there).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # run as a script
+    sys.path.insert(0, str(REPO_ROOT))
+
+from hpa_zoo.atomic import atomic_path, atomic_to_csv, atomic_write_text  # noqa: E402
+from hpa_zoo.constants import CLASS_NAMES, NUM_CLASSES  # noqa: E402
+from hpa_zoo.errors import ConfigError, HpaDataError  # noqa: E402
+
+SYNTHETIC_BANNER = "synthetic data — not HPA results"
+BASELINE = "baseline_logreg_pixel_stats"
+#: Percentiles of each channel used by the baseline (plus mean and std).
+BASELINE_PERCENTILES = (10, 50, 90, 99)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much to train. ``size`` is the network input side; each recipe's load size keeps its team ratio."""
+
+    n_train: int
+    n_test: int
+    size: int
+    epochs: Optional[int]
+    batch_size: Optional[int]
+    synthetic_size: int
+    stacker_epochs: int
+
+
+#: micro: CI (< 3 min for two members); small: all rows on 2 CPU cores in <= 30 min; full: the teams' own settings.
+BUDGETS = {
+    "micro": Budget(n_train=40, n_test=16, size=64, epochs=1, batch_size=8, synthetic_size=128, stacker_epochs=5),
+    "small": Budget(n_train=300, n_test=100, size=64, epochs=3, batch_size=16, synthetic_size=128, stacker_epochs=40),
+    "full": Budget(n_train=3000, n_test=600, size=512, epochs=None, batch_size=None, synthetic_size=512,
+                   stacker_epochs=60),
+}
+
+
+# ============================================================================================ data
+def prepare_data(out: Path, budget: Budget, data_dir: Optional[str], seed: int) -> tuple[Path, bool]:
+    """The Kaggle-layout folder to use and whether it is synthetic (written to ``out/synthetic`` if absent)."""
+    if data_dir is not None:
+        folder = Path(data_dir)
+        for need in ("train.csv", "train", "sample_submission.csv", "test", "test_labels.csv"):
+            if not (folder / need).exists():
+                raise HpaDataError(f"{folder / need}: missing; --data-dir needs train.csv + train/ and "
+                                   f"sample_submission.csv + test/ + test_labels.csv (Id,Target of the test images; "
+                                   f"move part of Kaggle's train.csv and images there)")
+        return folder, False
+    from hpa_zoo.synthetic import write_synthetic_dataset
+
+    folder = out / "synthetic"
+    if not (folder / "test_labels.csv").is_file():
+        write_synthetic_dataset(folder, n_train=budget.n_train, n_test=budget.n_test, size=budget.synthetic_size,
+                                seed=seed, workers=1, overwrite=True, progress=False)
+    return folder, True
+
+
+def _read_images(folder: Path, split: str, ids: Sequence[str], size: int) -> np.ndarray:
+    """uint8 (N, size, size, 4) images of ``folder/split`` in ``ids`` order (tf.data reader)."""
+    from hpa_zoo import pipeline
+
+    ds = pipeline.folder_dataset(folder / split, ids=list(ids), labelled=False, image_size=size)
+    return np.stack([e["image"] for e in ds.as_numpy_iterator()])
+
+
+def _test_truth(folder: Path) -> tuple[list[str], np.ndarray]:
+    from hpa_zoo.labels import multi_hot_matrix, read_labels_csv
+
+    df = read_labels_csv(folder / "test_labels.csv")
+    return list(df["Id"]), multi_hot_matrix(list(df["labels"]))
+
+
+# ============================================================================================ members
+def _sizes(model_name: str, size: int) -> tuple[int, int]:
+    """(image_size, input_size) for a network input of ``size`` keeping the recipe's load/input ratio."""
+    from hpa_zoo.training import load_recipe
+
+    team = load_recipe(model_name)
+    return int(round(size * team.image_size / team.input_size)), int(size)
+
+
+def run_member(name: str, folder: Path, out: Path, budget: Budget, seed: int, verbose: int) -> dict:
+    """Train one registered model, predict the test split with its team's TTA and thresholds, score it."""
+    from hpa_zoo import metrics
+    from hpa_zoo.ensemble import load_predictions
+    from hpa_zoo.predict import predict
+    from hpa_zoo.training import train
+
+    image_size, input_size = _sizes(name, budget.size)
+    run = out / "runs" / name
+    t0 = time.time()
+    preset = train(name, folder, fold=0, out_dir=run, epochs=budget.epochs, image_size=image_size,
+                   input_size=input_size, batch_size=budget.batch_size, seed=seed, verbose=verbose)
+    train_s = time.time() - t0
+    meta = json.loads((preset / "metadata.json").read_text()) if (preset / "metadata.json").is_file() else {}
+    rule = (meta.get("recipe") or {}).get("thresholds", {}).get("rule", "")
+    t0 = time.time()
+    if name.endswith("1024crop512"):
+        ids, probs, labels = _five_crop_stacker(name, preset, folder, run, image_size, input_size, budget, seed)
+        infer_s = time.time() - t0
+        tta = "5 fixed crops + stacker (teams.md §4.2)"
+    else:
+        # Label-free rules (Teams 1 and 4) are re-fitted on the test probabilities, as the teams did; label-based
+        # ones (Teams 2 and 3) use the thresholds fitted on the validation fold.
+        refit = "refit" if rule in ("lb_ratio_match", "freq_match") else None
+        submission, prob_csv = predict(preset, folder, out_dir=run / "test", thresholds=refit,
+                                       batch_size=budget.batch_size or 8, seed=seed, verbose=verbose)
+        infer_s = time.time() - t0
+        loaded = load_predictions(prob_csv)
+        ids, probs = list(loaded.ids), loaded.probs
+        labels = metrics.read_predictions_csv(submission)
+        from hpa_zoo.labels import multi_hot_matrix
+
+        labels = multi_hot_matrix(list(labels["labels"]))
+        tta = json.dumps((meta.get("recipe") or {}).get("tta", {}))
+    return {"ids": ids, "probs": probs, "labels": labels, "train_s": train_s, "infer_s": infer_s,
+            "tta": tta, "threshold_rule": rule, "image_size": image_size, "input_size": input_size}
+
+
+def _five_crop_stacker(name, preset, folder, run, image_size, input_size, budget, seed):
+    """Team 4's 1024crop512 inference: 5 fixed crops -> stacker trained on the validation fold's crops."""
+    import pandas as pd
+
+    from hpa_zoo import ensemble, models_api
+    from hpa_zoo.labels import multi_hot_matrix, read_labels_csv
+    from zoo_models import team4_wsg
+
+    model = models_api.load(str(preset))
+    folds = pd.read_csv(run / "folds.csv", dtype={"Id": str})
+    val_ids = list(folds.loc[folds["fold"] == 0, "Id"])
+    train_df = read_labels_csv(folder / "train.csv").set_index("Id")
+    val_y = multi_hot_matrix([train_df.loc[i, "labels"] for i in val_ids])
+    test_ids = list(read_labels_csv(folder / "sample_submission.csv", require_target=False)["Id"])
+    bs = budget.batch_size or 8
+    val_crops = team4_wsg.predict_five_crops(model, _read_images(folder, "train", val_ids, image_size),
+                                             crop_size=input_size, batch_size=bs)
+    test_crops = team4_wsg.predict_five_crops(model, _read_images(folder, "test", test_ids, image_size),
+                                              crop_size=input_size, batch_size=bs)
+    stacker = team4_wsg.train_stacker(val_crops, val_y, epochs=budget.stacker_epochs, seed=seed)
+    probs = np.asarray(stacker(test_crops), np.float32)
+    ensemble.save_predictions(run / "test" / "probabilities.csv", test_ids, probs, model_name=name, fold="test",
+                              tta="five_crop_stacker")
+    labels = ensemble.threshold_labels(probs, team4_wsg.THRESHOLDS)
+    return test_ids, probs, labels
+
+
+# ============================================================================================ baseline
+def pixel_features(images: np.ndarray) -> np.ndarray:
+    """(N, H, W, 4) uint8 -> float64 (N, 4·(2 + len(BASELINE_PERCENTILES))): per-channel mean, std, percentiles."""
+    x = images.reshape(len(images), -1, images.shape[-1]).astype(np.float64)
+    parts = [x.mean(1), x.std(1)] + [np.percentile(x, q, axis=1) for q in BASELINE_PERCENTILES]
+    return np.concatenate(parts, axis=1)
+
+
+def run_baseline(folder: Path, size: int, seed: int) -> dict:
+    """Per-class logistic regression (sklearn) on `pixel_features`; thresholds F1-optimal on the training images."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from hpa_zoo.labels import multi_hot_matrix, read_labels_csv
+    from hpa_zoo.thresholds import apply_thresholds, fit_thresholds
+
+    t0 = time.time()
+    train_df = read_labels_csv(folder / "train.csv")
+    y = multi_hot_matrix(list(train_df["labels"]))
+    scaler = StandardScaler()
+    x = scaler.fit_transform(pixel_features(_read_images(folder, "train", list(train_df["Id"]), size)))
+    models = []
+    for c in range(NUM_CLASSES):
+        if 0 < y[:, c].sum() < len(y):
+            models.append(LogisticRegression(max_iter=1000, random_state=seed).fit(x, y[:, c]))
+        else:
+            models.append(float(y[:, c].mean()))  # a constant class: its frequency
+    predict = lambda f: np.stack([m.predict_proba(f)[:, 1] if not isinstance(m, float)  # noqa: E731
+                                  else np.full(len(f), m) for m in models], axis=1)
+    thresholds = fit_thresholds(predict(x), "f1_optimal", y_true=y)
+    train_s = time.time() - t0
+    test_ids = list(read_labels_csv(folder / "sample_submission.csv", require_target=False)["Id"])
+    t0 = time.time()
+    probs = predict(scaler.transform(pixel_features(_read_images(folder, "test", test_ids, size))))
+    infer_s = time.time() - t0
+    return {"ids": test_ids, "probs": probs.astype(np.float32), "labels": apply_thresholds(probs, thresholds),
+            "train_s": train_s, "infer_s": infer_s, "tta": "none", "threshold_rule": "f1_optimal (train images)",
+            "image_size": size, "input_size": size}
+
+
+# ============================================================================================ report
+def _row(name: str, team: str, result: Optional[dict], truth_ids, y_true, reported: str, status: str) -> dict:
+    from hpa_zoo import metrics
+
+    row = {"model": name, "team": team, "status": status, "macro_f1": np.nan, "single_label_f1": np.nan,
+           "multi_label_f1": np.nan, "macro_precision": np.nan, "macro_recall": np.nan, "train_s": np.nan,
+           "infer_images_per_s": np.nan, "tta": "", "thresholds": "", "their_reported_hpa_score": reported}
+    if result is None:
+        return row
+    index = {i: k for k, i in enumerate(result["ids"])}
+    if set(index) != set(truth_ids):
+        raise HpaDataError(f"{name}: predicted ids differ from test_labels.csv")
+    labels = np.asarray(result["labels"])[[index[i] for i in truth_ids]]
+    report = metrics.f1_report(y_true, labels)
+    per = report["per_class"]
+    row.update(macro_f1=report["macro_f1"], single_label_f1=report["single_label_macro_f1"],
+               multi_label_f1=report["multi_label_macro_f1"],
+               macro_precision=float(np.mean([per[c]["precision"] for c in CLASS_NAMES])),
+               macro_recall=float(np.mean([per[c]["recall"] for c in CLASS_NAMES])),
+               train_s=result["train_s"], infer_images_per_s=len(truth_ids) / max(result["infer_s"], 1e-9),
+               tta=result["tta"], thresholds=result["threshold_rule"])
+    row["per_class_f1"] = [per[c]["f1"] for c in CLASS_NAMES]
+    return row
+
+
+def _reported(spec) -> str:
+    """The team's own leaderboard numbers (sources: the registry row's ``reported``)."""
+    return "; ".join(f"{s.metric} {s.value:.3f}" for s in spec.reported) or "none reported"
+
+
+def _plots(rows: list[dict], class_order: np.ndarray, out: Path, banner: str) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [r for r in rows if r["status"] == "ok"]
+    paths = []
+    fig, ax = plt.subplots(figsize=(10, 4))
+    ax.bar([r["model"] for r in done], [r["macro_f1"] for r in done],
+           color=["grey" if r["model"] == BASELINE else "tab:blue" for r in done])
+    ax.set_ylabel("macro F1 (ours)")
+    ax.set_title(f"Macro F1 per model — {banner}")
+    ax.tick_params(axis="x", rotation=60, labelsize=7)
+    paths.append(_save(fig, out / "macro_f1.png"))
+
+    fig, ax = plt.subplots(figsize=(12, 5))
+    for r in done:
+        ax.plot(range(NUM_CLASSES), np.asarray(r["per_class_f1"])[class_order], marker="o", ms=3, label=r["model"])
+    ax.set_xticks(range(NUM_CLASSES), [CLASS_NAMES[c] for c in class_order], rotation=90, fontsize=7)
+    ax.set_ylabel("F1")
+    ax.set_title(f"Per-class F1, classes by decreasing frequency (Fig. 2c) — {banner}")
+    ax.legend(fontsize=6)
+    paths.append(_save(fig, out / "per_class_f1.png"))
+
+    fig, ax = plt.subplots(figsize=(10, 4))
+    xs = np.arange(len(done))
+    ax.bar(xs - 0.2, [r["single_label_f1"] for r in done], 0.4, label="single-label images")
+    ax.bar(xs + 0.2, [r["multi_label_f1"] for r in done], 0.4, label="multi-label images")
+    ax.set_xticks(xs, [r["model"] for r in done], rotation=60, fontsize=7)
+    ax.set_ylabel("macro F1")
+    ax.set_title(f"Single- vs multi-label macro F1 (Fig. 2d) — {banner}")
+    ax.legend(fontsize=7)
+    paths.append(_save(fig, out / "single_vs_multi_label.png"))
+    return paths
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _fmt(v, digits=4) -> str:
+    return "—" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{digits}f}"
+
+
+def write_report(rows: list[dict], out: Path, *, synthetic: bool, settings: dict, class_order: np.ndarray) -> Path:
+    """``report.md``, ``report.csv`` (one row per model + the baseline), ``per_class_f1.csv`` and the PNGs."""
+    import pandas as pd
+
+    banner = SYNTHETIC_BANNER if synthetic else "your data"
+    flat = [{k: v for k, v in r.items() if k != "per_class_f1"} for r in rows]
+    atomic_to_csv(pd.DataFrame(flat), out / "report.csv", index=False)
+    per_class = pd.DataFrame({r["model"]: r["per_class_f1"] for r in rows if "per_class_f1" in r},
+                             index=list(CLASS_NAMES))
+    atomic_to_csv(per_class.iloc[class_order].rename_axis("class"), out / "per_class_f1.csv")
+    pngs = _plots(rows, class_order, out, banner)
+    lines = [f"# Team comparison — {banner}", ""]
+    if synthetic:
+        lines += ["> **Synthetic data — not HPA results.** These numbers show how the recipes behave on hpa-zoo's "
+                  "synthetic images at a tiny budget; the column *their reported HPA score* is the teams' own "
+                  "Kaggle leaderboard number, not measured here.", ""]
+    lines += [f"Settings: `{json.dumps(settings)}`", "",
+              "| model | team | status | macro F1 (ours) | single-label F1 | multi-label F1 | macro precision | "
+              "macro recall | train s | inference img/s | thresholds | their reported HPA score |",
+              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    ranked = sorted(rows, key=lambda r: -r["macro_f1"] if r["status"] == "ok" else 1.0)
+    for r in ranked:
+        lines.append(f"| {r['model']} | {r['team']} | {r['status']} | {_fmt(r['macro_f1'])} | "
+                     f"{_fmt(r['single_label_f1'])} | {_fmt(r['multi_label_f1'])} | {_fmt(r['macro_precision'])} | "
+                     f"{_fmt(r['macro_recall'])} | {_fmt(r['train_s'], 1)} | {_fmt(r['infer_images_per_s'], 1)} | "
+                     f"{r['thresholds']} | {r['their_reported_hpa_score']} |")
+    lines += ["", f"Baseline `{BASELINE}`: per-class logistic regression on per-channel mean/std/percentiles "
+                  f"{BASELINE_PERCENTILES} of the whole image (deliberately weak).",
+              "Inference images/s include reading the test images and the team's TTA.",
+              "Their reported HPA scores come from the registry (`hpa-zoo models`, field `reported`, with sources); "
+              "they were measured by the teams on the Kaggle leaderboard, not by this benchmark.", "",
+              "Files: `report.csv`, `per_class_f1.csv` (classes by decreasing training frequency), " +
+              ", ".join(f"`{p.name}`" for p in pngs), ""]
+    lines += [f"![{p.stem}]({p.name})" for p in pngs]
+    return atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+
+
+# ============================================================================================ main
+def compare(out: str | os.PathLike, *, budget: str = "small", models: Optional[Sequence[str]] = None,
+            data_dir: Optional[str] = None, size: Optional[int] = None, epochs: Optional[int] = None,
+            seed: int = 0, verbose: int = 0) -> Path:
+    """Run the comparison and return the path of ``report.md`` (see the module docstring).
+
+    Args:
+        out: output folder (``runs/<model>/``, ``synthetic/``, ``report.*``, PNGs).
+        budget: ``"micro"``, ``"small"`` or ``"full"`` (`BUDGETS`).
+        models: registry names to train (default: every registered model with a recipe). The others still get a
+            report row, marked "not run".
+        data_dir: a Kaggle-layout folder with test labels (default: synthetic data).
+        size, epochs: override the budget's network input side / epochs.
+        seed: data, training and prediction seed.
+        verbose: 0 quiet, 1 progress.
+    """
+    from hpa_zoo.labels import read_labels_csv
+    from hpa_zoo.registry import get_spec, list_models
+
+    if budget not in BUDGETS:
+        raise ConfigError(f"budget={budget!r}: use one of {sorted(BUDGETS)}")
+    b = BUDGETS[budget]
+    b = replace(b, size=size or b.size, epochs=epochs or b.epochs)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    folder, synthetic = prepare_data(out, b, data_dir, seed)
+    truth_ids, y_true = _test_truth(folder)
+    all_names = list_models()
+    trainable = [n for n in all_names if get_spec(n).recipe]
+    chosen = list(models) if models else trainable
+    unknown = [m for m in chosen if m not in all_names]
+    if unknown:
+        get_spec(unknown[0])  # UnknownModelError with suggestions
+    rows = []
+    for name in all_names:
+        spec = get_spec(name)
+        if name not in chosen:
+            rows.append(_row(name, spec.team, None, truth_ids, y_true, _reported(spec),
+                             "not run (--models)" if spec.recipe else "not run (no recipe)"))
+            continue
+        if verbose:
+            print(f"== {name}", flush=True)
+        try:
+            result = run_member(name, folder, out, b, seed, verbose)
+            rows.append(_row(name, spec.team, result, truth_ids, y_true, _reported(spec), "ok"))
+        except Exception as exc:  # one recipe failing (e.g. too small for its backbone) must not stop the others
+            if verbose:
+                traceback.print_exc()
+            reason = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}".replace("|", "/")
+            rows.append(_row(name, spec.team, None, truth_ids, y_true, _reported(spec), reason))
+    base = run_baseline(folder, b.size, seed)
+    rows.append(_row(BASELINE, "baseline", base, truth_ids, y_true, "—", "ok"))
+    train_labels = read_labels_csv(folder / "train.csv")
+    from hpa_zoo.labels import multi_hot_matrix
+
+    freq = multi_hot_matrix(list(train_labels["labels"])).sum(0)
+    class_order = np.argsort(-freq, kind="stable")
+    settings = {"budget": budget, "data": str(folder), "synthetic": synthetic, "size": b.size, "epochs": b.epochs,
+                "batch_size": b.batch_size, "seed": seed, "n_test": len(truth_ids)}
+    return write_report(rows, out, synthetic=synthetic, settings=settings, class_order=class_order)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="runs/compare_teams", help="output folder")
+    parser.add_argument("--budget", default="small", choices=sorted(BUDGETS))
+    parser.add_argument("--models", nargs="*", help="registry names to train (default: all with a recipe)")
+    parser.add_argument("--data-dir", help="Kaggle-layout folder with test/ and test_labels.csv (default: synthetic)")
+    parser.add_argument("--size", type=int, help="network input side (overrides the budget)")
+    parser.add_argument("--epochs", type=int, help="epochs (overrides the budget)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    path = compare(args.out, budget=args.budget, models=args.models, data_dir=args.data_dir, size=args.size,
+                   epochs=args.epochs, seed=args.seed, verbose=int(args.verbose))
+    print(f"report: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
