@@ -1,0 +1,467 @@
+"""Fine-tuning a zoo model on the user's own images, classes and stains.
+
+``finetune(base, data_csv, images_dir, ...)``:
+
+1. **Model**: any zoo model — a registry name (``weights`` None / ``"imagenet"`` / ``"hpa"`` / a file) or a preset
+   folder — loaded at the user's image size.
+2. **Channels** (`adapt_channels`): when the user's stains differ from the model's (3 stains, nucleus + protein
+   only, an extra stain...), the model is rebuilt with the new channel count (``keras.models.clone_model`` with a
+   new input) and every weight is transplanted by `zoo_models.surgery`. Stem init, per user channel: a channel that
+   maps to a stain the model knows takes that stain's filter (surgery rule ``"select"``); an unknown stain takes the
+   mean of the model's stem filters (surgery rule ``"mean"``). The normalisation layer inside the model
+   (``input_norm``) keeps the known stains' mean/std and uses the training images' own statistics for unknown
+   stains. Stain names map to the HPA stains through `STAIN_ALIASES` (``nucleus`` -> blue, ``protein`` -> green,
+   ``microtubules`` -> red, ``er`` -> yellow...) or an explicit ``channel_map``.
+3. **Head**: `zoo_models.surgery.replace_head` puts a fresh classifier (registry ``classifier``) for the user's
+   K classes; multi-label: sigmoid / binary cross-entropy, single-label: softmax / categorical cross-entropy
+   (the model still outputs float32 logits).
+4. **Data**: a CSV with ``labels`` (class names separated by ``;``) and either ``filename`` (one multi-channel
+   PNG/TIFF, channels in ``channels`` order) or ``filenames`` (one file per channel, ``;``-separated, in
+   ``channels`` order), paths relative to ``images_dir``; 8- or 16-bit, any size (resized to ``image_size``;
+   16-bit is scaled by 255/65535 as `hpa_zoo.images.to_uint8`). Images are decoded once into memory
+   (N·S·S·C bytes) and fed by tf.data (random D4 augmentation) — no Python per example in the pipeline.
+5. **Training**: a seeded validation split (``val_fraction``); the backbone is frozen (only the classifier trains)
+   for ``freeze_epochs``, then everything is unfrozen and recompiled with a 10x smaller learning rate; the best
+   epoch by ``val_loss`` is kept.
+6. **Thresholds** (multi-label): per-class F1-optimal thresholds fitted on the validation predictions
+   (`hpa_zoo.thresholds`, rule ``"f1_optimal"``; `DEFAULT_THRESHOLD` for a class without validation positives), saved in the preset with the classes, channels and history
+   (`hpa_zoo.models_api.save_preset`).
+
+A preset whose channels are the model's own loads with ``hpa_zoo.load(preset_dir)``. Registry builders take no
+normalisation statistics, so a preset with other channels also holds ``model.keras`` (the whole model): load it
+with ``hpa_zoo.load(preset_dir / "model.keras")``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from hpa_zoo.atomic import atomic_path
+from hpa_zoo.constants import CHANNELS
+from hpa_zoo.errors import ConfigError, HpaDataError
+
+#: User stain name (lower case) -> the HPA stain it is (teams.md §0: red = microtubules, green = protein of
+#: interest, blue = nucleus, yellow = endoplasmic reticulum).
+STAIN_ALIASES: dict[str, str] = {
+    "red": "red", "microtubules": "red", "microtubule": "red", "tubulin": "red",
+    "green": "green", "protein": "green", "antibody": "green", "target": "green", "gfp": "green",
+    "blue": "blue", "nucleus": "blue", "nuclei": "blue", "dapi": "blue", "hoechst": "blue", "dna": "blue",
+    "yellow": "yellow", "er": "yellow", "endoplasmic_reticulum": "yellow", "endoplasmic reticulum": "yellow",
+    "calreticulin": "yellow",
+}
+LABEL_SEPARATOR = ";"
+FILE_SEPARATOR = ";"
+PRESET_SUBDIR = "preset"
+#: Threshold of a class without positive validation images (its F1-optimal threshold is undefined).
+DEFAULT_THRESHOLD = 0.5
+
+
+# ---------------------------------------------------------------------------------------------- channels
+def map_stains(channels: Sequence[str], channel_map: Mapping[str, str | None] | None = None) -> list[str | None]:
+    """The HPA stain (``"red"``, ``"green"``, ``"blue"``, ``"yellow"``) or None (unknown) of each user channel.
+
+    Args:
+        channels: user channel names, e.g. ``("nucleus", "protein")``.
+        channel_map: explicit ``{user channel: HPA stain or None}``; overrides `STAIN_ALIASES`.
+
+    Returns:
+        list of len(channels).
+
+    Raises:
+        ConfigError: a duplicate channel name, or a channel_map value that is not an HPA stain.
+    """
+    channel_map = dict(channel_map or {})
+    if len(set(channels)) != len(channels) or not channels:
+        raise ConfigError(f"channels={tuple(channels)}: give at least one channel, each name once")
+    out = []
+    for ch in channels:
+        if ch in channel_map:
+            stain = channel_map[ch]
+            if stain is not None and stain not in CHANNELS:
+                raise ConfigError(f"channel_map[{ch!r}]={stain!r}: map to one of {CHANNELS} or None (unknown stain)")
+            out.append(stain)
+        else:
+            out.append(STAIN_ALIASES.get(str(ch).lower()))
+    return out
+
+
+def adapt_channels(model, stains: Sequence[str | None], *, source_stains: Sequence[str | None] = CHANNELS,
+                   first_conv: str | None, unknown_stats: Sequence[tuple[float, float]] | None = None):
+    """Rebuild ``model`` for new input channels and transplant its weights (stem rule in the module docstring).
+
+    Args:
+        model: functional keras.Model (B, H, W, c_src) [0, 255] -> logits, c_src = len(source_stains).
+        stains: per new channel, the HPA stain it carries or None (unknown).
+        source_stains: the stain of each of ``model``'s input channels (RGBY for zoo models).
+        first_conv: the stem conv's name (registry ``first_conv``).
+        unknown_stats: per new channel (mean, std) in [0, 255] units, used in ``input_norm`` for unknown stains
+            (default (127.5, 127.5)); ignored for known ones and when the model has no ``input_norm``.
+
+    Returns:
+        keras.Model (B, H, W, len(stains)) with the same layer names and name. Stem kernel channel i is the source
+        kernel's channel of stain ``stains[i]``, or the mean over the source channels for an unknown stain; every
+        other weight is copied unchanged.
+    """
+    import keras
+
+    from zoo_models import surgery
+
+    stains = list(stains)
+    src_index = {s: i for i, s in enumerate(source_stains) if s is not None}
+    n_src, n_new = len(source_stains), len(stains)
+    h, w = model.input_shape[1:3]
+    stats = list(unknown_stats or [(127.5, 127.5)] * n_new)
+    norm = _norm_stats(model)
+
+    def clone_layer(layer):
+        if layer.name == "input_norm" and norm is not None:
+            mean = [norm[0][src_index[s]] if s in src_index else stats[i][0] for i, s in enumerate(stains)]
+            var = [norm[1][src_index[s]] if s in src_index else stats[i][1] ** 2 for i, s in enumerate(stains)]
+            return keras.layers.Normalization(axis=-1, mean=mean, variance=var, name="input_norm")
+        return layer.__class__.from_config(layer.get_config())
+
+    new_input = keras.Input((h, w, n_new), name=model.inputs[0].name.split(":")[0] or "image")
+    new = keras.models.clone_model(model, input_tensors=new_input, clone_function=clone_layer)
+    source = [src_index.get(s, 0) for s in stains]
+    surgery.transplant_weights(model, new, first_conv=first_conv, rule="select", source=source)
+    stem = new.get_layer(first_conv) if first_conv else _first_weighted(new)
+    src_kernel = np.asarray((model.get_layer(stem.name)).weights[0])
+    with_mean = surgery.widen_stem_kernel(src_kernel, n_src + 1, "mean")  # channel n_src = mean filter
+    kernel = surgery.widen_stem_kernel(with_mean, n_new, "select",
+                                       source=[src_index.get(s, n_src) for s in stains])
+    stem.weights[0].assign(kernel)
+    return new
+
+
+def _norm_stats(model):
+    """(mean, variance) lists in [0, 255] units of the model's ``input_norm`` layer, or None."""
+    try:
+        cfg = model.get_layer("input_norm").get_config()
+    except ValueError:
+        return None
+    if cfg.get("mean") is None:
+        return None
+    return list(np.ravel(cfg["mean"]).astype(float)), list(np.ravel(cfg["variance"]).astype(float))
+
+
+def _first_weighted(model):
+    return next(layer for layer in model.layers if layer.weights)
+
+
+# ---------------------------------------------------------------------------------------------- data
+def read_table(data_csv, *, classes: Sequence[str] | None = None, multi_label: bool = True,
+               n_channels: int) -> tuple[pd.DataFrame, list[str]]:
+    """Read and check the fine-tuning CSV (module docstring, item 4).
+
+    Args:
+        data_csv: the CSV path.
+        classes: the class names, in output order; default the sorted names found in ``labels``.
+        multi_label: if False every row must have exactly one label.
+        n_channels: channels per image (for ``filenames`` rows).
+
+    Returns:
+        (table with columns ``files`` (tuple of relative paths) and ``labels`` (tuple of class names), classes).
+
+    Raises:
+        HpaDataError: missing file/columns, an empty or unknown label, a wrong file count; the message names the
+            CSV line (header = line 1) and the fix.
+    """
+    data_csv = Path(data_csv)
+    if not data_csv.is_file():
+        raise HpaDataError(f"{data_csv}: CSV not found; pass a CSV with columns filename(s),labels")
+    df = pd.read_csv(data_csv, dtype=str, keep_default_na=False)
+    if "labels" not in df.columns or not ({"filename", "filenames"} & set(df.columns)):
+        raise HpaDataError(f"{data_csv}: columns {list(df.columns)}; need 'labels' and 'filename' (one "
+                           f"multi-channel file) or 'filenames' ('{FILE_SEPARATOR}'-separated, one per channel)")
+    rows = []
+    for k, row in enumerate(df.itertuples(index=False), start=2):
+        where = f"{data_csv}, line {k}"
+        names = tuple(s.strip() for s in str(row.labels).split(LABEL_SEPARATOR) if s.strip())
+        if not names:
+            raise HpaDataError(f"{where}: empty labels; write class names separated by '{LABEL_SEPARATOR}'")
+        if not multi_label and len(names) != 1:
+            raise HpaDataError(f"{where}: {len(names)} labels {names} but multi_label=False needs exactly one")
+        if "filenames" in df.columns and str(getattr(row, "filenames")).strip():
+            files = tuple(s.strip() for s in str(row.filenames).split(FILE_SEPARATOR))
+            if len(files) != n_channels:
+                raise HpaDataError(f"{where}: {len(files)} files for {n_channels} channels; list one file per "
+                                   f"channel, in channel order, separated by '{FILE_SEPARATOR}'")
+        elif "filename" in df.columns and str(getattr(row, "filename")).strip():
+            files = (str(row.filename).strip(),)
+        else:
+            raise HpaDataError(f"{where}: no file name")
+        rows.append((files, names))
+    if not rows:
+        raise HpaDataError(f"{data_csv}: no rows")
+    found = sorted({n for _, names in rows for n in names})
+    classes = list(classes) if classes is not None else found
+    unknown = sorted(set(found) - set(classes))
+    if unknown:
+        raise HpaDataError(f"{data_csv}: labels {unknown} are not in classes={classes}; add them or fix the CSV")
+    return pd.DataFrame(rows, columns=["files", "labels"]), classes
+
+
+def read_image(images_dir, files: Sequence[str], n_channels: int, size: int, *, where: str = "") -> np.ndarray:
+    """One image as (size, size, n_channels) uint8 from one multi-channel file or one file per channel.
+
+    A multi-channel PNG/TIFF is read with OpenCV (colour files are BGR(A) on disk order -> reversed to RGB(A));
+    a multi-page TIFF gives one channel per page. 16-bit is scaled to 8-bit (`hpa_zoo.images.to_uint8`); the
+    image is resized with area interpolation when a side shrinks, else bilinear.
+
+    Raises:
+        HpaDataError: missing/unreadable file, or a channel count that is not ``n_channels``.
+    """
+    from hpa_zoo.images import read_channel, to_uint8
+
+    images_dir = Path(images_dir)
+    if len(files) == 1 and n_channels > 1:
+        path = images_dir / files[0]
+        if not path.is_file():
+            raise HpaDataError(f"{where}{path}: file not found")
+        ok, pages = cv2.imreadmulti(str(path), flags=cv2.IMREAD_UNCHANGED)
+        if not ok or not pages:
+            raise HpaDataError(f"{where}{path}: cannot be decoded as an image (corrupt, or not PNG/TIFF)")
+        if len(pages) > 1:
+            planes = [p if p.ndim == 2 else p[..., 0] for p in pages]
+        else:
+            img = pages[0]
+            if img.ndim == 2:
+                planes = [img]
+            else:
+                order = {3: [2, 1, 0], 4: [2, 1, 0, 3]}.get(img.shape[2], list(range(img.shape[2])))
+                planes = [img[..., i] for i in order]
+        if len(planes) != n_channels:
+            raise HpaDataError(f"{where}{path}: has {len(planes)} channels but {n_channels} were declared; fix "
+                               f"channels= or the file")
+    else:
+        planes = [read_channel(images_dir / f, expect_dtype="any") for f in files]
+    planes = [to_uint8(p) if p.dtype != np.uint8 else p for p in planes]
+    out = []
+    for p in planes:
+        if p.shape != (size, size):
+            interp = cv2.INTER_AREA if max(p.shape) > size else cv2.INTER_LINEAR
+            p = cv2.resize(p, (size, size), interpolation=interp)
+        out.append(p)
+    return np.stack(out, axis=-1)
+
+
+def encode_labels(label_lists: Sequence[Sequence[str]], classes: Sequence[str]) -> np.ndarray:
+    """(N, K) float32 multi-hot (one-hot for single labels) of class-name lists, K = len(classes)."""
+    index = {c: i for i, c in enumerate(classes)}
+    y = np.zeros((len(label_lists), len(classes)), np.float32)
+    for n, names in enumerate(label_lists):
+        y[n, [index[c] for c in names]] = 1.0
+    return y
+
+
+def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded random (train, val) index split; at least one image in each part. int64 arrays."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ConfigError(f"val_fraction={val_fraction}: use a fraction in (0, 1), e.g. 0.2")
+    if n < 2:
+        raise HpaDataError(f"{n} image(s): fine-tuning needs at least 2 (one to train, one to validate)")
+    perm = np.random.default_rng(seed).permutation(n)
+    n_val = int(min(max(1, round(n * val_fraction)), n - 1))
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+# ---------------------------------------------------------------------------------------------- model
+def _load_base(base, weights, image_size: int):
+    """(model with the base's channels, registry spec, its stains) for a registry name or a preset folder."""
+    from hpa_zoo.models_api import CONFIG_FILE, load, load_metadata
+    from hpa_zoo.registry import get_spec
+
+    path = Path(os.fspath(base))
+    if path.is_dir():
+        meta = load_metadata(path)
+        config = json.loads((path / CONFIG_FILE).read_text()) if (path / CONFIG_FILE).is_file() else {}
+        spec = get_spec(config.get("model_name") or meta.get("model_name", ""))
+        stains = list(meta.get("stains") or CHANNELS)
+        if weights is not None:
+            raise ConfigError(f"finetune({str(path)!r}, weights={weights!r}): a preset brings its own weights")
+        if (path / "model.keras").is_file():  # a fine-tuned preset with other channels (module docstring)
+            model = load(path / "model.keras")
+            if tuple(model.input_shape[1:3]) != (image_size, image_size):
+                raise ConfigError(f"{path} was fine-tuned at {model.input_shape[1]} px; pass image_size="
+                                  f"{model.input_shape[1]}")
+            return model, spec, stains
+        return load(path, input_shape=(image_size, image_size, len(stains))), spec, stains
+    spec = get_spec(str(base))
+    shape = (image_size, image_size, spec.num_channels)
+    return load(spec.name, weights=weights, input_shape=shape), spec, registry_stains(spec)
+
+
+def registry_stains(spec) -> list[str]:
+    """The HPA stain of each input channel of a registry row (``"RGBY"`` -> red, green, blue, yellow)."""
+    names = {"R": "red", "G": "green", "B": "blue", "Y": "yellow"}
+    return [names[c] for c in spec.channels]
+
+
+def _set_backbone_trainable(model, trainable: bool, classifier: str) -> None:
+    """Freeze (or unfreeze) every layer but the classifier."""
+    for layer in model.layers:
+        layer.trainable = trainable or layer.name == classifier
+
+
+def _compile(model, multi_label: bool, lr: float) -> None:
+    import keras
+
+    loss = (keras.losses.BinaryCrossentropy(from_logits=True) if multi_label
+            else keras.losses.CategoricalCrossentropy(from_logits=True))
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss, jit_compile=False)
+
+
+# ---------------------------------------------------------------------------------------------- finetune
+def finetune(base, data_csv, images_dir, *, out_dir, classes: Sequence[str] | None = None, multi_label: bool = True,
+             channels: Sequence[str] = CHANNELS, channel_map: Mapping[str, str | None] | None = None,
+             weights=None, epochs: int = 10, freeze_epochs: int = 2, image_size: int = 512, batch_size: int = 8,
+             learning_rate: float = 1e-3, val_fraction: float = 0.2, seed: int = 0, verbose: int = 1) -> Path:
+    """Fine-tune a zoo model on a folder of images + CSV (module docstring); return the preset folder.
+
+    Args:
+        base: registry name (``"team1_densenet121_512"``) or a preset folder.
+        data_csv: CSV with ``labels`` and ``filename`` or ``filenames`` (module docstring, item 4).
+        images_dir: folder the CSV's paths are relative to.
+        out_dir: output folder; the preset is written to ``out_dir/preset`` (best weights by ``val_loss``).
+        classes: class names in output order; default the sorted names in the CSV.
+        multi_label: sigmoid + BCE and fitted thresholds (True) or softmax + CE, argmax (False).
+        channels: the user's channel names, in file order (``("nucleus", "protein")``...).
+        channel_map: ``{channel: HPA stain or None}`` overriding `STAIN_ALIASES`.
+        weights: for a registry name: None, ``"imagenet"``, ``"hpa"`` or a weights file (`hpa_zoo.load`).
+        epochs: total epochs (>= 1), the first ``freeze_epochs`` (>= 0, <= epochs) with the backbone frozen.
+        image_size: side the images are resized to (the network input).
+        batch_size: images per step.
+        learning_rate: Adam learning rate of the frozen phase; the unfrozen phase uses a tenth of it.
+        val_fraction: validation share of the images (seeded split).
+        seed: split, shuffling, augmentation and head initialisation seed.
+        verbose: 0 silent, 1 progress lines and Keras per-epoch lines.
+
+    Returns:
+        Path of the preset folder. ``metadata.json`` holds ``class_names``, ``activation``, ``thresholds``
+        (K floats, multi-label) , ``channels``, ``stains``, ``history`` (``initial_val_loss``, per-epoch ``loss`` /
+        ``val_loss``, ``best_epoch``), ``val_indices`` (CSV row numbers, 0-based) and the settings.
+
+    Raises:
+        ConfigError / HpaDataError / UnknownModelError: bad arguments or data (the message names the fix).
+    """
+    import keras
+    import tensorflow as tf
+
+    from hpa_zoo.models_api import save_preset
+    from hpa_zoo.pipeline import batch_pipeline, random_d4, to_float
+    from hpa_zoo.thresholds import fit_thresholds
+    from hpa_zoo.training import AtomicBestCheckpoint
+    from zoo_models.surgery import replace_head
+
+    if epochs < 1 or not 0 <= freeze_epochs <= epochs:
+        raise ConfigError(f"epochs={epochs}, freeze_epochs={freeze_epochs}: need epochs >= 1 and "
+                          f"0 <= freeze_epochs <= epochs")
+    log = (lambda msg: print(f"[finetune] {msg}", flush=True)) if verbose else (lambda msg: None)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    channels = tuple(str(c) for c in channels)
+    stains = map_stains(channels, channel_map)
+
+    table, classes = read_table(data_csv, classes=classes, multi_label=multi_label, n_channels=len(channels))
+    start = time.perf_counter()
+    images = np.zeros((len(table), image_size, image_size, len(channels)), np.uint8)
+    for n, files in enumerate(table["files"]):
+        images[n] = read_image(images_dir, files, len(channels), image_size, where=f"{data_csv}, line {n + 2}: ")
+        if verbose and ((n + 1) % 100 == 0 or n + 1 == len(table)):
+            log(f"read {n + 1}/{len(table)} images ({time.perf_counter() - start:.1f}s)")
+    y = encode_labels(table["labels"], classes)
+    train_idx, val_idx = split_indices(len(table), val_fraction, seed)
+    log(f"{len(train_idx)} train / {len(val_idx)} validation images, {len(classes)} classes, channels "
+        f"{dict(zip(channels, stains))}")
+
+    keras.utils.set_random_seed(seed)
+    model, spec, source_stains = _load_base(base, weights, image_size)
+    if list(stains) != list(source_stains):
+        train_imgs = images[train_idx].astype(np.float64)
+        stats = [(float(train_imgs[..., i].mean()), float(max(train_imgs[..., i].std(), 1.0)))
+                 for i in range(len(channels))]
+        model = adapt_channels(model, stains, source_stains=source_stains, first_conv=spec.first_conv,
+                               unknown_stats=stats)
+        log(f"rebuilt {spec.name} for {len(channels)} channels (stem: known stains keep their filter, unknown take "
+            f"the mean filter)")
+    classifier = spec.classifier or "logits"
+    model = replace_head(model, len(classes), classifier=classifier)
+
+    def train_map(ex, s):
+        return random_d4(to_float(ex["image"]), s), ex["y"]
+
+    def eval_map(ex):
+        return to_float(ex["image"]), ex["y"]
+
+    def source(idx):
+        return tf.data.Dataset.from_tensor_slices({"image": images[idx], "y": y[idx]})
+
+    train_ds = batch_pipeline(source(train_idx), train_map, batch_size=batch_size, training=True, seed=seed,
+                              drop_remainder=len(train_idx) >= batch_size)
+    val_ds = batch_pipeline(source(val_idx), eval_map, batch_size=batch_size, training=False)
+
+    best = AtomicBestCheckpoint(out_dir / "best.weights.h5", "val_loss", verbose=0)
+    for stale in (best.path, best.info_path):  # never resume a best value from an earlier run
+        stale.unlink(missing_ok=True)
+    history: dict = {"loss": [], "val_loss": []}
+    phases = [(0, freeze_epochs, False, learning_rate), (freeze_epochs, epochs, True, learning_rate / 10)]
+    for first, last, trainable, lr in phases:
+        if last <= first:
+            continue
+        _set_backbone_trainable(model, trainable, classifier)
+        _compile(model, multi_label, lr)
+        if "initial_val_loss" not in history:
+            history["initial_val_loss"] = float(model.evaluate(val_ds, verbose=0))
+            log(f"initial val_loss {history['initial_val_loss']:.4f}")
+        log(f"epochs {first + 1}-{last}: {'all layers' if trainable else 'classifier only (backbone frozen)'}, "
+            f"lr {lr:g}")
+        fit = model.fit(train_ds, validation_data=val_ds, epochs=last, initial_epoch=first, callbacks=[best],
+                        verbose=2 if verbose else 0)
+        for key in ("loss", "val_loss"):
+            history[key] += [float(v) for v in fit.history[key]]
+    with warnings.catch_warnings():  # the checkpoint holds the frozen phase's optimiser: not needed here
+        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+        model.load_weights(best.path)
+    history["best_epoch"] = int(best.best["epoch"])
+
+    logits = np.asarray(model.predict(val_ds, verbose=0), np.float64)
+    if multi_label:
+        probs = 1.0 / (1.0 + np.exp(-logits))
+        fitted = fit_thresholds(probs, "f1_optimal", y_true=y[val_idx])
+        absent = y[val_idx].sum(axis=0) == 0  # no validation positive: F1 is 0 at every t, the grid would say 0.0
+        fitted[absent] = DEFAULT_THRESHOLD
+        thresholds = fitted.tolist()
+        if absent.any():
+            log(f"no validation images of {[classes[i] for i in np.flatnonzero(absent)]}: threshold "
+                f"{DEFAULT_THRESHOLD} for them")
+    else:
+        thresholds = None
+    log(f"best epoch {history['best_epoch']}: val_loss {min(history['val_loss']):.4f} "
+        f"(initial {history['initial_val_loss']:.4f})")
+
+    metadata = {
+        "model_name": spec.name, "class_names": list(classes), "thresholds": thresholds,
+        "threshold_rule": "f1_optimal (validation)" if multi_label else None,
+        "activation": "sigmoid" if multi_label else "softmax", "multi_label": bool(multi_label),
+        "channels": list(channels), "stains": stains, "base": str(base),
+        "base_weights": None if weights is None else str(weights),
+        "history": history, "val_indices": [int(i) for i in val_idx],
+        "training_data": {"csv": str(data_csv), "images_dir": str(images_dir), "n_images": int(len(table))},
+        "recipe": {"epochs": epochs, "freeze_epochs": freeze_epochs, "image_size": image_size,
+                   "batch_size": batch_size, "learning_rate": learning_rate, "val_fraction": val_fraction,
+                   "seed": seed, "loss": "binary_crossentropy" if multi_label else "categorical_crossentropy"},
+    }
+    preset = save_preset(model, out_dir / PRESET_SUBDIR, model_name=spec.name, metadata=metadata)
+    if list(stains) != registry_stains(spec):  # the registry builder cannot rebuild these (module docstring)
+        with atomic_path(preset / "model.keras") as tmp:
+            model.save(tmp)
+    log(f"preset written to {preset}")
+    return preset
