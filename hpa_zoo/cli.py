@@ -162,6 +162,197 @@ def _run_autoaugment_search(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- finetune
+def _add_finetune(sub) -> None:
+    p = sub.add_parser("finetune", help="fine-tune a zoo model on your own images, classes and stains")
+    p.add_argument("base", help="registry name (e.g. team1_densenet121_512) or preset folder")
+    p.add_argument("--csv", required=True, help="CSV: labels (names separated by ';') and filename (one "
+                                                "multi-channel file) or filenames (one per channel, ';')")
+    p.add_argument("--images-dir", required=True, help="folder the CSV's file names are relative to")
+    p.add_argument("--out", required=True, help="output folder; the preset goes to OUT/preset")
+    p.add_argument("--channels", default="red,green,blue,yellow",
+                   help="your channel names in file order, comma-separated (e.g. nucleus,protein)")
+    p.add_argument("--map", action="append", default=[], metavar="CHANNEL=STAIN",
+                   help="map a channel to an HPA stain (red/green/blue/yellow) or 'none' (repeatable)")
+    p.add_argument("--classes", default=None, help="class names in output order, comma-separated "
+                                                   "(default: the sorted names in the CSV)")
+    p.add_argument("--single-label", action="store_true", help="softmax + cross-entropy (one label per image)")
+    p.add_argument("--weights", default=None, help="for a registry name: imagenet, hpa or a weights file")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--freeze-epochs", type=int, default=2, help="first epochs with the backbone frozen")
+    p.add_argument("--image-size", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate of the frozen phase (then /10)")
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_run_finetune)
+
+
+def _run_finetune(args) -> int:
+    from hpa_zoo.errors import ConfigError
+    from hpa_zoo.finetune import finetune
+
+    channel_map = {}
+    for item in args.map:
+        channel, sep, stain = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--map {item!r}: write CHANNEL=STAIN, e.g. --map dapi=blue or --map mito=none")
+        channel_map[channel.strip()] = None if stain.strip().lower() == "none" else stain.strip()
+    preset = finetune(args.base, args.csv, args.images_dir, out_dir=args.out,
+                      classes=args.classes.split(",") if args.classes else None, multi_label=not args.single_label,
+                      channels=tuple(c.strip() for c in args.channels.split(",")), channel_map=channel_map or None,
+                      weights=args.weights, epochs=args.epochs, freeze_epochs=args.freeze_epochs,
+                      image_size=args.image_size, batch_size=args.batch_size, learning_rate=args.lr,
+                      val_fraction=args.val_fraction, seed=args.seed)
+    print(f"fine-tuned preset: {preset}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- export
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="export a model as TF SavedModel, ONNX or a bioimage.io package")
+    p.add_argument("model", help="registry name, preset folder or .keras file")
+    p.add_argument("--format", required=True, choices=["saved_model", "onnx", "bioimageio"])
+    p.add_argument("--out", required=True, help="SavedModel folder, .onnx file or bioimage.io package folder")
+    p.add_argument("--weights", default=None, help="for a registry name: imagenet, hpa or a weights file")
+    p.add_argument("--image-size", type=int, default=None, help="input side (default: the model's)")
+    p.add_argument("--name", default=None, help="bioimageio: display name (default: the model name)")
+    p.add_argument("--test-image", default=None, metavar="DIR/ID",
+                   help="bioimageio: a field of view {ID}_{red,green,blue,yellow}.png used as test tensor")
+    p.add_argument("--author", action="append", default=None, help="bioimageio: author name (repeatable)")
+    p.add_argument("--license", default="MIT", help="bioimageio: SPDX licence id of the weights")
+    p.set_defaults(func=_run_export)
+
+
+def _cli_model(name, weights, image_size, channels: int = 4):
+    from hpa_zoo.models_api import load
+
+    shape = (image_size, image_size, channels) if image_size else None
+    return load(name, weights=weights, input_shape=shape)
+
+
+def _run_export(args) -> int:
+    from pathlib import Path
+
+    from hpa_zoo import export
+
+    model = _cli_model(args.model, args.weights, args.image_size)
+    print(f"exporting {model.name} ({model.count_params():,} parameters) as {args.format} ...", flush=True)
+    if args.format == "saved_model":
+        out = export.export_saved_model(model, args.out)
+    elif args.format == "onnx":
+        out = export.export_onnx(model, args.out)
+    else:
+        image = None
+        if args.test_image:
+            from hpa_zoo.images import load_rgby
+
+            folder, image_id = Path(args.test_image).parent, Path(args.test_image).name
+            image = load_rgby(folder, image_id, size=int(model.input_shape[1] or 512))
+        authors = [{"name": a} for a in args.author] if args.author else None
+        out = export.export_bioimageio(model, args.out, name=args.name or model.name, test_image=image,
+                                       authors=authors, license=args.license)
+    print(f"wrote {out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- explain
+def _add_explain(sub) -> None:
+    p = sub.add_parser("explain", help="Grad-CAM map of one class for one image, as a PNG")
+    p.add_argument("model", help="registry name, preset folder or .keras file")
+    p.add_argument("image_id", metavar="IMAGE_ID", help="the image id ({ID}_{red,green,blue,yellow}.png)")
+    p.add_argument("--images-dir", required=True, help="folder holding the image's channel files")
+    p.add_argument("--class", dest="class_", default="0", help="class index or name (default 0)")
+    p.add_argument("--layer", default=None, help="layer (default: the model's CAM layer, e.g. DenseNet Block3)")
+    p.add_argument("--out", required=True, help="PNG to write (image | overlay)")
+    p.add_argument("--weights", default=None, help="for a registry name: imagenet, hpa or a weights file")
+    p.add_argument("--image-size", type=int, default=None, help="input side (default: the model's)")
+    p.set_defaults(func=_run_explain)
+
+
+def _run_explain(args) -> int:
+    from hpa_zoo.constants import CLASS_NAMES
+    from hpa_zoo.errors import ConfigError
+    from hpa_zoo.explain import default_cam_layer, grad_cam, save_cam_png
+    from hpa_zoo.images import load_rgby
+
+    model = _cli_model(args.model, args.weights, args.image_size)
+    if args.class_.isdigit():
+        class_index = int(args.class_)
+    elif args.class_ in CLASS_NAMES:
+        class_index = CLASS_NAMES.index(args.class_)
+    else:
+        raise ConfigError(f"--class {args.class_!r}: give a class index or one of the names {list(CLASS_NAMES)}")
+    image = load_rgby(args.images_dir, args.image_id, size=int(model.input_shape[1] or 512))
+    layer = args.layer or default_cam_layer(model)
+    cam = grad_cam(model, image, class_index=class_index, layer_name=layer)[0]
+    out = save_cam_png(args.out, image, cam)
+    print(f"Grad-CAM of class {class_index} at layer {layer} -> {out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- embed
+def _add_embed(sub) -> None:
+    p = sub.add_parser("embed", help="features of a folder of images, their UMAP projection and a scatter plot")
+    p.add_argument("model", help="registry name, preset folder or .keras file")
+    p.add_argument("--data", required=True, help="Kaggle folder (train.csv + train/) or a folder of channel "
+                                                 "files with an optional labels.csv (Id,Target)")
+    p.add_argument("--csv", default=None, help="Id,Target CSV (default: DATA/train.csv or DATA/labels.csv)")
+    p.add_argument("--out", required=True, help="folder for features.npy/.csv, projection.csv, embedding.png")
+    p.add_argument("--weights", default=None, help="for a registry name: imagenet, hpa or a weights file")
+    p.add_argument("--image-size", type=int, default=None, help="input side (default: the model's)")
+    p.add_argument("--layer", default=None, help="feature layer (default: the registry row's feature_layer)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--n-neighbors", type=int, default=15, help="UMAP n_neighbors (PCA below n_neighbors+1 images)")
+    p.add_argument("--min-dist", type=float, default=0.1, help="UMAP min_dist")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_run_embed)
+
+
+def _run_embed(args) -> int:
+    import warnings
+    from pathlib import Path
+
+    import numpy as np
+    import pandas as pd
+
+    from hpa_zoo.atomic import atomic_path, atomic_to_csv
+    from hpa_zoo.explain import embed, plot_embedding, umap_projection
+    from hpa_zoo.labels import format_target, read_labels_csv
+    from hpa_zoo.pipeline import folder_dataset
+
+    data, out = Path(args.data), Path(args.out)
+    images_dir, csv = data, args.csv
+    if (data / "train.csv").is_file() and (data / "train").is_dir():
+        images_dir, csv = data / "train", csv or data / "train.csv"
+    elif csv is None and (data / "labels.csv").is_file():
+        csv = data / "labels.csv"
+    model = _cli_model(args.model, args.weights, args.image_size)
+    size = int(model.input_shape[1] or 512)
+    ds = folder_dataset(images_dir, csv, image_size=size, labelled=csv is not None)
+    ids = [i.decode() for i in ds.map(lambda e: e["id"]).as_numpy_iterator()]
+    labels = list(read_labels_csv(csv)["labels"]) if csv is not None else [()] * len(ids)
+    print(f"embedding {len(ids)} images from {images_dir} at {size}px ...", flush=True)
+    feats = embed(model, ds.map(lambda e: e["image"]).batch(args.batch_size), layer=args.layer, verbose=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        xy = umap_projection(feats, n_neighbors=args.n_neighbors, min_dist=args.min_dist, seed=args.seed)
+    method = "pca" if any("PCA" in str(w.message) for w in caught) else "umap"
+    if method == "pca":
+        print(f"only {len(ids)} images (<= n_neighbors={args.n_neighbors}): projected with PCA instead of UMAP")
+    with atomic_path(out / "features.npy") as tmp:
+        np.save(tmp, feats)
+    cols = pd.DataFrame(feats, columns=[f"f{i}" for i in range(feats.shape[1])])
+    atomic_to_csv(pd.concat([pd.DataFrame({"Id": ids}), cols], axis=1), out / "features.csv")
+    atomic_to_csv(pd.DataFrame({"Id": ids, "x": xy[:, 0], "y": xy[:, 1], "Target": [format_target(t) for t in labels],
+                                "method": method}), out / "projection.csv")
+    import matplotlib.pyplot as plt
+
+    plt.close(plot_embedding(xy, labels, out / "embedding.png", title=f"{model.name}: {method.upper()} of features"))
+    print(f"wrote features {feats.shape}, projection.csv and embedding.png to {out}")
+    return 0
+
+
 def _not_yet(args) -> int:
     print(f"hpa-zoo {args.command}: not implemented yet", file=sys.stderr)
     return 2
@@ -169,6 +360,7 @@ def _not_yet(args) -> int:
 
 COMMANDS = [_add_synth, _add_prepare, _add_folds, _add_evaluate, _add_models]
 COMMANDS += [_add_autoaugment_search]
+COMMANDS += [_add_finetune, _add_export, _add_explain, _add_embed]
 
 
 def build_parser() -> argparse.ArgumentParser:
