@@ -1,0 +1,368 @@
+"""Training (and TTA inference) throughput of Team 1's full step, on in-memory arrays, on any Keras backend.
+
+The timed training step is the whole Team 1 recipe (teams.md §1): uint8 RGBY images at ``image_size`` ->
+random-scale square crop (side ~ U(size, image_size), resized to ``size``) -> one of the 8 dihedral transforms
+(per example) -> DenseNet121(-large) + dropout head -> BestfittingLoss (focal + symmetric Lovász + hard-negative
+BCE) -> Adam (clipnorm 1, step schedule). The augmentation is keras.ops (`hpa_zoo.tta.d4_apply`,
+``keras.ops.image.affine_transform``), so the benchmark runs with ``KERAS_BACKEND=jax`` or ``torch`` and no
+TensorFlow installed: nothing imported here imports TensorFlow.
+
+``--reference torch`` runs the same recipe written plainly in PyTorch (eager; AMP on CUDA) with the reference
+network `tests/torch_refs/bestfitting_densenet.py` on the same device, and prints keras/torch.
+``--tta`` adds inference images/s with Team 1's TTA (8 dihedral x (whole image + 3 random crops), max).
+
+    KERAS_BACKEND=jax python benchmarks/train_throughput.py --size 512 --batch 16 --precision mixed_bfloat16 \
+        --reference torch --tta
+
+Output: one JSON line (the first line starting with ``{``), then a human-readable table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # run as a script: make hpa_zoo / zoo_models / tests importable
+    sys.path.insert(0, str(REPO_ROOT))
+
+#: teams.md §1.1: the final model loads 1536 px and crops 1024 px, i.e. image_size = 1.5 x the input size.
+IMAGE_OVER_INPUT = 1.5
+#: teams.md §1.5: Adam, lr 3e-4 for the first epochs, gradient norm clipped at 1.
+LR, CLIPNORM = 3e-4, 1.0
+NUM_CLASSES = 28
+
+
+# ------------------------------------------------------------------------------------------------ keras
+def random_scale_crop(images, size: int, seed_generator):
+    """Random-scale square crops in keras.ops (teams.md §1.4 ``read_crop_img``).
+
+    Args:
+        images: (B, S, S, C) float32 in [0, 255].
+        size: output side; each crop side is ~ U(size, S) at a uniform position, resized (bilinear) to ``size``.
+        seed_generator: a ``keras.random.SeedGenerator``.
+    Returns:
+        (B, size, size, C) float32.
+    """
+    import keras
+    from keras import ops
+
+    batch, side_in = ops.shape(images)[0], images.shape[1]
+    u = keras.random.uniform((batch, 3), seed=seed_generator)
+    side = size + u[:, 0] * (side_in - size)
+    ox, oy = u[:, 1] * (side_in - side), u[:, 2] * (side_in - side)
+    scale = side / size
+    zero = ops.zeros_like(scale)
+    # output pixel (x, y) samples input (scale*x + ox, scale*y + oy): crop + bilinear resize in one op
+    transform = ops.stack([scale, zero, ox, zero, scale, oy, zero, zero], axis=1)
+    out = ops.image.affine_transform(images, transform, interpolation="bilinear", fill_mode="nearest")
+    return out[:, :size, :size, :]
+
+
+def random_d4(images, seed_generator):
+    """One of the 8 dihedral transforms per example, uniformly (teams.md §1.4), from `hpa_zoo.tta.d4_apply`.
+
+    flipud, fliplr and transpose, each applied with p = 1/2, compose to each D4 element with p = 1/8.
+
+    Args:
+        images: (B, S, S, C). seed_generator: ``keras.random.SeedGenerator``.
+    Returns:
+        (B, S, S, C), same dtype.
+    """
+    import keras
+    from keras import ops
+
+    from hpa_zoo.tta import D4_ORDER, d4_apply
+
+    coins = keras.random.uniform((ops.shape(images)[0], 3), seed=seed_generator) < 0.5
+    for j, name in enumerate(("flipud", "fliplr", "transpose")):
+        pick = ops.reshape(coins[:, j], (-1, 1, 1, 1))
+        images = ops.where(pick, d4_apply(images, D4_ORDER.index(name)), images)
+    return images
+
+
+def build_keras_trainer(size: int, image_size: int, large: bool, seed: int = 0):
+    """Team 1's network wrapped with the training augmentation (active only when ``training=True``).
+
+    Returns:
+        (trainer keras.Model: uint8 (B, image_size, image_size, 4) -> logits (B, 28) float32, the bare network).
+    """
+    import keras
+    from keras import ops
+
+    from zoo_models.team1_bestfitting import build_densenet121
+
+    net = build_densenet121(NUM_CLASSES, (size, size, 4), weights=None, large=large)
+
+    class Team1Augmented(keras.Model):
+        def __init__(self):
+            super().__init__(name="team1_augmented")
+            self.net = net
+            self.seeds = keras.random.SeedGenerator(seed)
+
+        def call(self, images, training=False):
+            x = ops.cast(images, "float32")
+            if training:
+                x = random_d4(random_scale_crop(x, size, self.seeds), self.seeds)
+            else:
+                x = ops.image.resize(x, (size, size))
+            return self.net(x, training=training)
+
+    trainer = Team1Augmented()
+    trainer.build((None, image_size, image_size, 4))
+    return trainer, net
+
+
+def keras_device() -> str:
+    """The accelerator Keras uses, in words (e.g. ``"gpu (jax)"``)."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return f"{jax.devices()[0].platform} (jax)"
+    if backend == "torch":
+        import torch
+
+        return f"{'cuda' if torch.cuda.is_available() else 'cpu'} (torch)"
+    import tensorflow as tf
+
+    return f"{'gpu' if tf.config.list_physical_devices('GPU') else 'cpu'} (tensorflow)"
+
+
+def bench_keras(args, batches, labels) -> dict:
+    """Time ``args.steps`` Keras training steps after ``args.warmup``; optionally TTA inference."""
+    import keras
+
+    from hpa_zoo.losses import BestfittingLoss
+    from zoo_models.team1_bestfitting import make_optimizer
+
+    if args.precision != "float32":
+        keras.mixed_precision.set_dtype_policy(args.precision)
+    keras.utils.set_random_seed(args.seed)
+    trainer, net = build_keras_trainer(args.size, args.image_size, args.large, args.seed)
+    jit = {"auto": "auto", "on": True, "off": False}[args.jit_compile]
+    trainer.compile(optimizer=make_optimizer(steps_per_epoch=1000, epochs=45), loss=BestfittingLoss(),
+                    jit_compile=False if args.run_eagerly else jit, run_eagerly=args.run_eagerly)
+    times = []
+    for step in range(args.warmup + args.steps):
+        x, y = batches[step % len(batches)], labels[step % len(labels)]
+        t = time.perf_counter()
+        loss = trainer.train_on_batch(x, y)
+        float(np.asarray(loss if np.ndim(loss) == 0 else loss[0]))  # the result is on the host: step finished
+        if step >= args.warmup:
+            times.append(time.perf_counter() - t)
+    out = {"train_images_per_s": args.batch * len(times) / sum(times),
+           "train_step_ms_median": 1000 * statistics.median(times), "final_loss": float(np.asarray(loss))}
+    if args.tta:
+        out.update(bench_tta(args, net, batches[0]))
+    return out
+
+
+def bench_tta(args, net, images) -> dict:
+    """Inference images/s with Team 1's TTA (`hpa_zoo.tta.predict_tta`), first call excluded."""
+    from hpa_zoo.recipe import TTAConfig
+    from hpa_zoo.tta import predict_tta
+
+    cfg = TTAConfig("d4", n_random_crops=3, aggregate="max")  # teams.md §1.6: seeds 0..3 x 8 dihedral, max
+    kw = dict(config=cfg, image_size=args.image_size, input_size=args.size, batch_size=args.batch)
+    predict_tta(net, images, **kw)  # compile / warm up at the timed shapes
+    t = time.perf_counter()
+    probs = predict_tta(net, images, **kw)
+    dt = time.perf_counter() - t
+    return {"tta_images_per_s": len(images) / dt, "tta_views_per_image": 8 * (1 + cfg.n_random_crops),
+            "tta_probs_finite": bool(np.isfinite(probs).all())}
+
+
+# ------------------------------------------------------------------------------------------------ torch
+def torch_bestfitting_loss(logits, target):
+    """Team 1's loss written plainly in PyTorch (teams.md §1.3), independent of hpa_zoo.losses.
+
+    0.5 * focal (gamma 2, summed over classes, mean over batch) + 0.5 * symmetric Lovász hinge (per class over the
+    batch, mean over classes) + 0.5 * hard-negative BCE (all positives + top-k negatives per class).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    focal = (bce * torch.exp(2.0 * F.logsigmoid(-logits * (2 * target - 1)))).sum(1).mean()
+
+    def lovasz(z, y):  # z, y: (B,) one class
+        errors = 1.0 - z * (2 * y - 1)
+        errors_sorted, order = torch.sort(errors, descending=True)
+        gt = y[order]
+        inter = gt.sum() - gt.cumsum(0)
+        union = gt.sum() + (1 - gt).cumsum(0)
+        jaccard = 1.0 - inter / union
+        grad = torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])
+        return torch.dot(F.relu(errors_sorted), grad)
+
+    lov, hard = [], []
+    for c in range(logits.shape[1]):
+        z, y = logits[:, c], target[:, c]
+        lov.append((lovasz(z, y) + lovasz(-z, 1 - y)) / 2)
+        pos, neg = y > 0.5, y <= 0.5
+        n_pos, n_neg = int(pos.sum()), int(neg.sum())
+        k = min(n_neg, n_pos + max(2, int(0.5 * n_neg)), int(0.7 * n_neg) + 2)
+        idx = torch.cat([pos.nonzero()[:, 0], neg.nonzero()[:, 0][torch.argsort(z[neg], descending=True)[:k]]])
+        hard.append(F.binary_cross_entropy_with_logits(z[idx], y[idx]))
+    return 0.5 * focal + 0.5 * torch.stack(lov).mean() + 0.5 * torch.stack(hard).mean()
+
+
+def bench_torch(args, batches, labels) -> dict:
+    """The same step in eager PyTorch: per-example crop+resize and D4 on the device, AMP (CUDA) if asked."""
+    import torch
+    import torch.nn.functional as F
+
+    from tests.torch_refs.bestfitting_densenet import build_torch_bestfitting_densenet
+
+    torch.manual_seed(args.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = build_torch_bestfitting_densenet(NUM_CLASSES, large=args.large).to(device).train()
+    opt = torch.optim.Adam(model.parameters(), lr=LR)
+    amp_dtype = {"mixed_float16": torch.float16, "mixed_bfloat16": torch.bfloat16}.get(args.precision)
+    use_amp = amp_dtype is not None and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype is torch.float16)
+    gen = torch.Generator().manual_seed(args.seed)
+
+    def augment(x_uint8):
+        x = x_uint8.to(device, non_blocking=True).permute(0, 3, 1, 2).float() / 255.0  # [0, 1] as bestfitting
+        crops = []
+        for img in x:
+            s = int(torch.randint(args.size, args.image_size + 1, (1,), generator=gen))
+            oy, ox = (int(torch.randint(0, args.image_size - s + 1, (1,), generator=gen)) for _ in range(2))
+            crop = F.interpolate(img[None, :, oy:oy + s, ox:ox + s], size=(args.size, args.size),
+                                 mode="bilinear", align_corners=False)[0]
+            k = int(torch.randint(0, 8, (1,), generator=gen))
+            if k & 1:
+                crop = crop.flip(1)
+            if k & 2:
+                crop = crop.flip(2)
+            if k & 4:
+                crop = crop.transpose(1, 2)
+            crops.append(crop)
+        return torch.stack(crops)
+
+    times = []
+    for step in range(args.warmup + args.steps):
+        x = torch.from_numpy(batches[step % len(batches)])
+        y = torch.from_numpy(labels[step % len(labels)]).to(device)
+        t = time.perf_counter()
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=use_amp):
+            logits, _ = model(augment(x))
+        loss = torch_bestfitting_loss(logits.float(), y)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), CLIPNORM)
+        scaler.step(opt)
+        scaler.update()
+        loss_value = float(loss.detach())  # synchronises
+        if step >= args.warmup:
+            times.append(time.perf_counter() - t)
+    return {"torch_train_images_per_s": args.batch * len(times) / sum(times),
+            "torch_train_step_ms_median": 1000 * statistics.median(times), "torch_final_loss": loss_value,
+            "torch_device": device.type, "torch_amp": use_amp}
+
+
+# ------------------------------------------------------------------------------------------------ main
+def make_data(args) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """A few in-memory batches: uint8 (B, image_size, image_size, 4) images and float32 (B, 28) multi-hot."""
+    rng = np.random.default_rng(args.seed)
+    n = min(4, args.warmup + args.steps)
+    images = [rng.integers(0, 256, (args.batch, args.image_size, args.image_size, 4), dtype=np.uint8)
+              for _ in range(n)]
+    labels = []
+    for _ in range(n):
+        y = (rng.random((args.batch, NUM_CLASSES)) < 0.06).astype(np.float32)
+        y[np.arange(args.batch), rng.integers(0, NUM_CLASSES, args.batch)] = 1.0  # >= 1 label per image
+        labels.append(y)
+    return images, labels
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", type=int, default=512, help="network input side (the crop); Team 1 final: 1024")
+    p.add_argument("--image-size", type=int, default=None, help="loaded image side (default 1.5 x --size)")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--steps", type=int, default=10, help="timed steps")
+    p.add_argument("--warmup", type=int, default=2, help="untimed first steps (compilation)")
+    p.add_argument("--precision", choices=["float32", "mixed_float16", "mixed_bfloat16"], default="float32")
+    p.add_argument("--jit-compile", choices=["auto", "on", "off"], default="auto",
+                   help="Keras compile(jit_compile=...); JAX always compiles")
+    p.add_argument("--run-eagerly", action="store_true",
+                   help="Keras without tf.function/jit (quick smoke runs: no minutes-long DenseNet graph build on "
+                        "CPU; its timings are not representative)")
+    p.add_argument("--no-large", dest="large", action="store_false",
+                   help="plain DenseNet121 (the 512 model) instead of DenseNet121-large (the final 1024 model)")
+    p.add_argument("--reference", choices=["none", "torch"], default="none")
+    p.add_argument("--tta", action="store_true", help="also time TTA inference")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for TensorFlow/PyTorch (default: the libraries' own choice)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    args.image_size = args.image_size or int(round(args.size * IMAGE_OVER_INPUT))
+    if args.image_size < args.size:
+        p.error(f"--image-size {args.image_size} < --size {args.size}")
+    return args
+
+
+def main(argv=None) -> dict:
+    """Run the benchmark; print one JSON line and a table; return the result dict."""
+    args = parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if args.threads:  # read by TensorFlow when it starts; PyTorch is set in `_torch_threads`
+        os.environ["TF_NUM_INTRAOP_THREADS"] = str(args.threads)
+        os.environ["TF_NUM_INTEROP_THREADS"] = "1"
+        _torch_threads(args.threads)
+    import keras
+
+    batches, labels = make_data(args)
+    result = {"benchmark": "train_throughput", "backend": keras.backend.backend(), "device": keras_device(),
+              "model": "densenet121_large" if args.large else "densenet121", "size": args.size,
+              "image_size": args.image_size, "batch": args.batch, "precision": args.precision,
+              "jit_compile": args.jit_compile, "run_eagerly": args.run_eagerly, "steps": args.steps, "warmup": args.warmup,
+              "host": platform.node(), "cpu_count": os.cpu_count()}
+    result.update(bench_keras(args, batches, labels))
+    if args.reference == "torch":
+        result.update(bench_torch(args, batches, labels))
+        result["keras_over_torch"] = result["train_images_per_s"] / result["torch_train_images_per_s"]
+    print(json.dumps(result), flush=True)
+    print(format_table(result), flush=True)
+    return result
+
+
+def _torch_threads(n: int) -> None:
+    """Limit PyTorch's CPU threads (if PyTorch is installed; it is the Keras backend or the reference)."""
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(n)
+
+
+def format_table(r: dict) -> str:
+    """The result as a small human-readable table."""
+    rows = [("setup", f"{r['model']} {r['image_size']}->{r['size']}px, batch {r['batch']}, {r['precision']}, "
+                      f"{r['backend']} on {r['device']}"),
+            ("keras train", f"{r['train_images_per_s']:.2f} img/s ({r['train_step_ms_median']:.0f} ms/step)")]
+    if "torch_train_images_per_s" in r:
+        rows += [("torch train", f"{r['torch_train_images_per_s']:.2f} img/s ({r['torch_train_step_ms_median']:.0f}"
+                                 f" ms/step, {r['torch_device']}{', AMP' if r['torch_amp'] else ''})"),
+                 ("keras / torch", f"{r['keras_over_torch']:.2f}x")]
+    if "tta_images_per_s" in r:
+        rows.append(("keras TTA infer", f"{r['tta_images_per_s']:.2f} img/s ({r['tta_views_per_image']} views/img)"))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""benchmarks/train_throughput.py: runs on Keras-TF and with TensorFlow absent (torch backend); its keras.ops
+augmentation is a real random-scale crop + dihedral transform."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "train_throughput.py"
+TINY = ["--size", "64", "--batch", "2", "--steps", "2", "--warmup", "1", "--threads", "1"]
+
+#: Makes ``import tensorflow`` fail as if it were not installed (as on the GPU machine), then runs the script.
+NO_TF_RUNNER = """
+import importlib.machinery, runpy, sys
+class NoTensorFlow:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("tensorflow", "tensorflow_datasets"):
+            return importlib.machinery.ModuleSpec(name, self, origin=None)
+    def create_module(self, spec):
+        return None
+    def exec_module(self, module):
+        raise ImportError(module.__name__ + " is not available in this test")
+sys.meta_path.insert(0, NoTensorFlow())
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def _run(args, backend, *, prefix=()):
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, *prefix, str(SCRIPT), *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 1, proc.stdout
+    return json.loads(lines[0]), proc.stdout
+
+
+def test_keras_tensorflow_and_torch_reference_report_throughput():
+    # --run-eagerly: building DenseNet121's TF train graph alone takes minutes on a busy 2-core CPU
+    result, text = _run([*TINY, "--run-eagerly", "--reference", "torch"], "tensorflow")
+    assert result["backend"] == "tensorflow" and result["device"].startswith("cpu")
+    assert (result["size"], result["image_size"], result["batch"]) == (64, 96, 2)
+    for key in ("train_images_per_s", "torch_train_images_per_s", "keras_over_torch"):
+        assert np.isfinite(result[key]) and result[key] > 0, key
+    assert result["keras_over_torch"] == pytest.approx(
+        result["train_images_per_s"] / result["torch_train_images_per_s"])
+    assert np.isfinite(result["final_loss"]) and np.isfinite(result["torch_final_loss"])
+    assert "keras / torch" in text and "keras train" in text
+
+
+def test_benchmark_runs_without_tensorflow_on_the_torch_backend():
+    result, _ = _run([*TINY, "--steps", "1", "--no-large"], "torch", prefix=("-c", NO_TF_RUNNER))
+    assert result["backend"] == "torch" and result["model"] == "densenet121"
+    assert result["train_images_per_s"] > 0 and np.isfinite(result["final_loss"])
+
+
+def test_augmentation_is_a_scaled_crop_and_a_dihedral_transform():
+    keras = pytest.importorskip("keras")
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import train_throughput as bench
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+
+    gen = keras.random.SeedGenerator(0)
+    # a horizontal ramp I(y, x) = x: crop + bilinear resize gives o(x) = scale * x + offset with 1 <= scale <= 96/64
+    ramp = np.broadcast_to(np.arange(96, dtype="float32")[None, None, :, None], (4, 96, 96, 1))
+    crops = keras.ops.convert_to_numpy(bench.random_scale_crop(ramp, 64, gen))
+    assert crops.shape == (4, 64, 64, 1)
+    slopes = np.diff(crops[:, 10, 5:60, 0], axis=1)
+    assert np.allclose(slopes, slopes[:, :1], atol=1e-3)  # linear: one scale per image
+    assert np.all(slopes[:, 0] >= 1 - 1e-4) and np.all(slopes[:, 0] <= 1.5 + 1e-4)
+    assert np.all(crops[:, :, :, 0].min(axis=(1, 2)) >= 0) and np.all(crops.max(axis=(1, 2, 3)) <= 95 + 1e-3)
+    assert len(np.unique(np.round(slopes[:, 0], 4))) > 1  # the scale is drawn per image
+
+    images = np.random.default_rng(0).random((64, 8, 8, 3)).astype("float32")
+    out = keras.ops.convert_to_numpy(bench.random_d4(images, gen))
+    seen = set()
+    for x, y in zip(images, out):
+        candidates = [np.rot90(x, r) for r in range(4)] + [np.rot90(x[::-1], r) for r in range(4)]
+        matches = [k for k, c in enumerate(candidates) if np.array_equal(c, y)]
+        assert matches, "output is not a dihedral transform of the input"
+        seen.add(matches[0])
+    assert len(seen) >= 6  # all 8 are drawn; 64 draws miss >= 3 of them with probability < 1e-5
