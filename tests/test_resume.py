@@ -1,0 +1,204 @@
+"""Never lose work: `hpa-zoo train` killed with SIGKILL mid-epoch and re-run resumes where it stopped and ends
+with the weights of an uninterrupted run; an infinite loss stops the run naming the step and the last good
+checkpoint.
+
+The runs are real ``hpa_zoo.cli.main(["train", ...])`` processes (`python -m tests.test_resume train ...`,
+see ``_driver`` below) on a synthetic Kaggle-layout folder. The driver only adds what the test needs around
+the real command: the tiny CNN + Team 1 recipe row of tests/test_training.py in the registry, a callback that
+records progress (epoch, batch) and, when asked, sleeps after each batch so the kill lands mid-epoch.
+
+Measured on CPU with ``--deterministic``: the resumed and the uninterrupted run end bit-identical
+(max |Δw| = 0.0); the test allows 1e-6.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = "tiny_test_cnn"
+EPOCHS, STEPS = 4, 3
+TOLERANCE = 1e-6  # measured: 0.0 (bit-identical) on CPU TF 2.21 with --deterministic
+
+
+# ---------------------------------------------------------------------------------------------- driver
+def _driver(argv: list[str]) -> int:
+    """`hpa-zoo` main with the tiny test model registered and a progress callback (see the module docstring).
+
+    Env: ``HPA_TEST_SLOW`` seconds slept after each batch from epoch index 1 on; ``HPA_TEST_INF_AT`` an
+    optimizer step from which the loss is +inf.
+    """
+    import keras
+
+    from hpa_zoo import cli, registry, training
+    from tests import test_training
+
+    registry.get_spec("team1_densenet121_512")  # fill the table first
+    registry.register(registry.ModelSpec(name=TINY, team="test", builder="tests.test_training:build_tiny",
+                                         input_size=test_training.SIZE, recipe="tests.test_training",
+                                         classifier="logits"))
+    slow = float(os.environ.get("HPA_TEST_SLOW", "0"))
+
+    class Progress(keras.callbacks.Callback):
+        def __init__(self, out_dir):
+            super().__init__()
+            self.path, self.epoch = Path(out_dir) / "progress.json", 0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            from hpa_zoo.atomic import atomic_write_text
+
+            atomic_write_text(self.path, json.dumps({"epoch": self.epoch, "batch": batch}))
+            if slow and self.epoch >= 1:
+                time.sleep(slow)
+
+    make_callbacks = training._callbacks
+
+    def callbacks(out_dir, recipe, verbose):
+        best, cbs = make_callbacks(out_dir, recipe, verbose)
+        return best, [*cbs, Progress(out_dir)]
+
+    training._callbacks = callbacks
+    if "HPA_TEST_INF_AT" in os.environ:
+        from hpa_zoo.losses import BestfittingLoss
+        from zoo_models.team1_bestfitting import make_optimizer
+
+        at, holder = int(os.environ["HPA_TEST_INF_AT"]), {}
+
+        def optimizer(steps_per_epoch, epochs):
+            holder["opt"] = make_optimizer(steps_per_epoch, epochs)
+            return holder["opt"]
+
+        class InfFromStep(BestfittingLoss):
+            def call(self, y_true, y_pred):
+                it = keras.ops.cast(holder["opt"].iterations, "float32")
+                return super().call(y_true, y_pred) + keras.ops.where(it >= at, np.inf, 0.0)
+
+        test_training.RECIPE_PATCH.update(make_optimizer=optimizer, make_loss=InfFromStep)
+    return cli.main(argv)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from hpa_zoo.synthetic import write_synthetic_dataset
+
+    return write_synthetic_dataset(tmp_path_factory.mktemp("resume_data"), n_train=24, n_test=4, size=64,
+                                   seed=5, workers=1)
+
+
+def _command(data, out) -> list[str]:
+    return [sys.executable, "-m", "tests.test_resume", "train", TINY, "--data", str(data), "--out", str(out),
+            "--epochs", str(EPOCHS), "--steps-per-epoch", str(STEPS), "--seed", "7", "--deterministic"]
+
+
+def _start(data, out, **env) -> subprocess.Popen:
+    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "", **env}
+    return subprocess.Popen(_command(data, out), cwd=REPO, env=full_env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 300) -> str:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        pytest.fail(f"training did not finish in {timeout}s:\n{out[-3000:]}")
+    return out
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _h5_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Every dataset of a Keras ``.weights.h5`` (model and optimizer variables) by its h5 path (h5py, not Keras)."""
+    import h5py
+
+    arrays = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: arrays.__setitem__(name, np.asarray(obj)) if isinstance(obj, h5py.Dataset)
+                     else None)
+    return arrays
+
+
+# ---------------------------------------------------------------------------------------------- tests
+def test_sigkill_mid_epoch_then_rerun_resumes_and_matches_an_uninterrupted_run(data, tmp_path):
+    import pandas as pd
+
+    reference = _start(data, tmp_path / "reference")  # runs alongside the killed one
+    out = tmp_path / "killed"
+    victim = _start(data, out, HPA_TEST_SLOW="1.0")
+    deadline, killed_at = time.monotonic() + 240, None
+    while time.monotonic() < deadline and victim.poll() is None:
+        backup = _read_json(out / "backup" / "training_metadata.json")
+        progress = _read_json(out / "progress.json")
+        # the first epoch's backup exists and the second epoch is under way (slept after its first batch)
+        if backup and backup["epoch"] >= 1 and progress and progress["epoch"] >= 1 and progress["batch"] >= 0:
+            os.kill(victim.pid, signal.SIGKILL)
+            killed_at = progress
+            break
+        time.sleep(0.1)
+    victim_out = _finish(victim, timeout=30)
+    assert killed_at is not None, f"the run ended or stalled before it could be killed:\n{victim_out[-3000:]}"
+    assert victim.returncode == -signal.SIGKILL
+    state = _read_json(out / "backup" / "training_metadata.json")
+    assert 1 <= state["epoch"] <= killed_at["epoch"] and state["iterations"] == state["epoch"] * STEPS
+    resumed_from = state["epoch"]
+
+    resumed = _start(data, out)
+    resumed_out = _finish(resumed)
+    assert resumed.returncode == 0, resumed_out[-3000:]
+    # it started at the backed-up epoch (Keras numbers epochs from 1), not at epoch 1
+    assert f"Epoch {resumed_from + 1}/{EPOCHS}" in resumed_out
+    assert f"Epoch {resumed_from}/{EPOCHS}" not in resumed_out
+    reference_out = _finish(reference)
+    assert reference.returncode == 0, reference_out[-3000:]
+
+    # every epoch logged once, in order, across the two processes
+    assert list(pd.read_csv(out / "training_log.csv")["epoch"]) == list(range(EPOCHS))
+    final = _read_json(out / "backup" / "training_metadata.json")
+    assert (final["epoch"], final["iterations"]) == (EPOCHS, EPOCHS * STEPS)  # optimizer step = schedule position
+
+    got = _h5_arrays(out / "backup" / "latest.weights.h5")
+    want = _h5_arrays(tmp_path / "reference" / "backup" / "latest.weights.h5")
+    assert got.keys() == want.keys() and len(got) > 4
+    diff = max(float(np.max(np.abs(got[k].astype(np.float64) - want[k]))) if got[k].size else 0.0 for k in got)
+    print(f"resume vs uninterrupted: max |dw| = {diff:.3g} over {len(got)} arrays")
+    assert diff <= TOLERANCE
+    # the training metric rows of the resumed epochs match too (same data, same order, same augmentation)
+    log_a = pd.read_csv(out / "training_log.csv")
+    log_b = pd.read_csv(tmp_path / "reference" / "training_log.csv")
+    np.testing.assert_allclose(log_a["loss"], log_b["loss"], rtol=1e-6)
+    # and the resumed run left no temporary files behind
+    assert [p for p in out.rglob("*.tmp*")] == []
+
+
+def test_infinite_loss_stops_the_cli_naming_the_step_and_the_last_good_checkpoint(data, tmp_path):
+    out = tmp_path / "inf"
+    proc = _start(data, out, HPA_TEST_INF_AT=str(STEPS + 1))  # epoch 2, its second step
+    text = _finish(proc)
+    assert proc.returncode == 1, text[-3000:]
+    assert "error: training loss became inf at epoch 2, step 2 of the epoch" in text
+    best = out / "checkpoints" / "best.weights.h5"
+    assert f"last good checkpoint is {best}" in text and best.is_file()
+    state = _read_json(out / "backup" / "training_metadata.json")
+    assert (state["epoch"], state["iterations"]) == (1, STEPS)  # the diverged weights were never backed up
+
+
+if __name__ == "__main__":
+    sys.exit(_driver(sys.argv[1:]))
