@@ -39,6 +39,7 @@ from typing import Any, Optional
 import keras
 import numpy as np
 
+from hpa_zoo import distribute
 from hpa_zoo.atomic import atomic_path, atomic_to_csv, atomic_write_text
 from hpa_zoo.constants import CLASS_NAMES, NUM_CLASSES
 from hpa_zoo.errors import ConfigError, HpaDataError, HpaZooError
@@ -257,6 +258,80 @@ class AtomicBestCheckpoint(keras.callbacks.Callback):
             print(f"\nepoch {epoch + 1}: {self.monitor} improved to {value:.5f}, saved {self.path}")
 
 
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """`keras.callbacks.BackupAndRestore` (per epoch, kept after the run) whose state survives a kill at any instant.
+
+    Keras writes ``latest.weights.h5`` and ``training_metadata.json`` in place, one after the other: a kill
+    between the two leaves epoch e+1 weights with an epoch-e counter, and a resumed run silently trains epoch
+    e+1 twice. Here every file goes through `hpa_zoo.atomic`, the metadata records the sha256 of the weights
+    file beside it, and the previous epoch's pair is kept (``previous*``); on restore the newest *consistent* pair
+    is used (weights whose sha256 equals the metadata's), so a kill between the two renames falls back to the
+    previous epoch instead of resuming from a mismatched state.
+
+    Files in ``backup_dir``: ``latest.weights.h5`` (model + optimizer variables), ``training_metadata.json``
+    ``{"epoch": int, "batch": 0, "iterations": int, "sha256": str}``, and the previous epoch's pair
+    ``previous.weights.h5`` + ``previous_training_metadata.json``.
+    """
+
+    def __init__(self, backup_dir):
+        super().__init__(backup_dir, save_freq="epoch", double_checkpoint=True, delete_checkpoint=False)
+
+    @staticmethod
+    def _pairs(backup_dir: Path):
+        backup_dir = Path(backup_dir)
+        weights, meta = backup_dir / "latest.weights.h5", backup_dir / "training_metadata.json"
+        previous = (backup_dir / "previous.weights.h5", backup_dir / "previous_training_metadata.json")
+        return [(weights, meta), previous]
+
+    @classmethod
+    def consistent_state(cls, backup_dir: Path) -> Optional[dict]:
+        """The newest ``{"epoch", "batch", "iterations", "sha256", "weights"}`` whose weights match it, else None."""
+        from hpa_zoo.weights import sha256_file
+
+        for weights, meta in cls._pairs(backup_dir):
+            if not (weights.is_file() and meta.is_file()):
+                continue
+            try:
+                state = json.loads(meta.read_text())
+            except (OSError, ValueError):
+                continue
+            if "sha256" in state and sha256_file(weights) != state["sha256"]:
+                continue
+            return {**state, "weights": str(weights)}
+        return None
+
+    def _load_model(self):
+        state = self.consistent_state(Path(self.backup_dir))
+        if state is None:
+            if any(w.exists() for w, _ in self._pairs(Path(self.backup_dir))):
+                raise ConfigError(f"{self.backup_dir} holds no readable, consistent resume state (weights "
+                                  f"unreadable or not matching training_metadata.json); delete the folder to "
+                                  f"start over")
+            return
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)
+        self.model.load_weights(state["weights"])
+        self.model._initial_epoch = int(state["epoch"])
+
+    def on_train_begin(self, logs=None):
+        self._load_model()
+
+    def _save_model(self):
+        from hpa_zoo.atomic import atomic_write_bytes
+        from hpa_zoo.weights import sha256_file
+
+        (weights, meta), (old_weights, old_meta) = self._pairs(Path(self.backup_dir))
+        if weights.is_file() and meta.is_file():  # keep the previous pair (copies, each atomic)
+            atomic_write_bytes(old_weights, weights.read_bytes())
+            atomic_write_bytes(old_meta, meta.read_bytes())
+        with atomic_path(weights) as tmp:
+            self.model.save_weights(tmp)
+            digest = sha256_file(tmp)
+        state = {"epoch": self._current_epoch, "batch": self._last_batch_seen,
+                 "iterations": int(self.model.optimizer.iterations.numpy()), "sha256": digest}
+        atomic_write_text(meta, json.dumps(state))
+
+
 class StopOnNaN(keras.callbacks.Callback):
     """Raise `TrainingDivergedError` on the first batch whose loss is NaN/inf.
 
@@ -294,7 +369,8 @@ def train(model_name: str, data: str | os.PathLike, *, fold: int = 0, folds_csv:
           out_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None, epochs: Optional[int] = None,
           image_size: Optional[int] = None, input_size: Optional[int] = None, batch_size: Optional[int] = None,
           steps_per_epoch: Optional[int] = None, precision: Optional[str] = None, jit_compile: bool = False,
-          strategy: Any = None, seed: int = 0, weights: Optional[str] = None, verbose: int = 1) -> Path:
+          strategy: Any = None, seed: int = 0, weights: Optional[str] = None, deterministic: bool = False,
+          verbose: int = 1) -> Path:
     """Train one fold of a registered model with its team recipe; return the preset directory.
 
     Args:
@@ -310,9 +386,14 @@ def train(model_name: str, data: str | os.PathLike, *, fold: int = 0, folds_csv:
         steps_per_epoch: default ``n_train // batch_size`` (incomplete batches dropped, teams.md §1.4).
         precision: None/"float32", "mixed_float16" (loss scaling on) or "mixed_bfloat16".
         jit_compile: compile the train step with XLA.
-        strategy: a ``tf.distribute.Strategy`` (or "mirrored"); the model is built and compiled in its scope.
+        strategy: a name from `hpa_zoo.distribute.STRATEGIES` ("mirrored", "multiworker", "tpu"), a
+            ``tf.distribute.Strategy`` or a ``keras.distribution.Distribution`` (JAX); the model is built and
+            compiled in its scope, ``batch_size`` is the global batch (must divide by the replica count).
         seed: seeds Python/NumPy/TF and the per-example augmentation seeds.
         weights: initial weights passed to `hpa_zoo.models_api.load` (None, "imagenet", "hpa" or a file).
+        deterministic: ``tf.config.experimental.enable_op_determinism()`` (TensorFlow backend; process-wide and
+            irreversible, slower on GPU): the same call gives bit-identical weights, and a killed run resumed
+            from ``out_dir/backup`` ends where an uninterrupted one does (tests/test_resume.py).
         verbose: 0 silent, 1 progress bars and messages.
     Returns:
         ``out_dir / "preset"``, loadable with ``hpa_zoo.load``; its metadata holds the fitted thresholds (28,),
@@ -349,6 +430,10 @@ def train(model_name: str, data: str | os.PathLike, *, fold: int = 0, folds_csv:
                   f"{settings['precision']}; output in {out_dir}")
 
     keras.utils.set_random_seed(seed)
+    if deterministic:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
     table = _fold_table(data, data_dir=data_dir, folds_csv=folds_csv, out_dir=out_dir, verbose=verbose)
     train_src, valid_src, n_train, n_valid = _split_sources(data, table, fold, data_dir=data_dir,
                                                             image_size=recipe.image_size)
@@ -357,12 +442,18 @@ def train(model_name: str, data: str | os.PathLike, *, fold: int = 0, folds_csv:
         raise ConfigError(f"fold {fold}: {n_train} training / {n_valid} validation images, batch size "
                           f"{recipe.batch_size}: no complete training batch or empty validation split; use a smaller "
                           f"--batch-size or more data")
-    train_ds = pipeline.batch_pipeline(train_src, recipe.train_map, batch_size=recipe.batch_size, training=True,
-                                       seed=seed, drop_remainder=True).repeat()
+    train_ds = _epoch_stream(train_src, recipe.train_map, batch_size=recipe.batch_size, seed=seed, steps=steps,
+                             start_epoch=_backup_epoch(out_dir / "backup"))
     valid_ds = pipeline.batch_pipeline(valid_src, recipe.eval_map, batch_size=recipe.batch_size, training=False)
     _log(verbose, f"fold {fold}: {n_train} train / {n_valid} valid images, {steps} steps per epoch")
 
     strategy = _resolve_strategy(strategy)
+    if strategy is not None:  # hpa_zoo.distribute: global batch split evenly, datasets sharded by element
+        per_replica = distribute.check_global_batch(recipe.batch_size, strategy)
+        if not distribute.is_keras_distribution(strategy):
+            train_ds, valid_ds = distribute.shard_by_data(train_ds), distribute.shard_by_data(valid_ds)
+        _log(verbose, f"{distribute.num_replicas(strategy)} replicas x {per_replica} = global batch "
+                      f"{recipe.batch_size} ({type(strategy).__name__})")
     previous_policy = keras.mixed_precision.dtype_policy()
     try:
         if precision:
@@ -374,9 +465,12 @@ def train(model_name: str, data: str | os.PathLike, *, fold: int = 0, folds_csv:
                           metrics=_metrics(recipe), jit_compile=bool(jit_compile),
                           auto_scale_loss=precision == "mixed_float16")
         best_cb, callbacks = _callbacks(out_dir, recipe, verbose)
+        # keras.distribution (JAX) is consulted by fit itself: keep its scope; tf.distribute is captured by compile
+        fit_scope = strategy.scope() if distribute.is_keras_distribution(strategy) else _null_scope()
         try:
-            model.fit(train_ds, validation_data=valid_ds, epochs=recipe.epochs, steps_per_epoch=steps,
-                      callbacks=callbacks, verbose=verbose, shuffle=False)  # the pipeline shuffles
+            with fit_scope:
+                model.fit(train_ds, validation_data=valid_ds, epochs=recipe.epochs, steps_per_epoch=steps,
+                          callbacks=callbacks, verbose=verbose, shuffle=False)  # the pipeline shuffles
         except KeyboardInterrupt:
             print(f"\ninterrupted: the resume state is in {out_dir / 'backup'} (end of the last finished epoch); "
                   f"re-run the same command to continue")
@@ -386,6 +480,35 @@ def train(model_name: str, data: str | os.PathLike, *, fold: int = 0, folds_csv:
         keras.mixed_precision.set_dtype_policy(previous_policy)
     _log(verbose, f"done in {time.time() - t_start:.0f}s")
     return preset
+
+
+def _epoch_stream(src, map_fn, *, batch_size: int, seed: int, steps: int, start_epoch: int):
+    """The training batches from epoch ``start_epoch`` on: epoch e is ``steps`` batches of a pipeline seeded by
+    (seed, e), so a run resumed at epoch e sees exactly the batches an uninterrupted run sees there.
+
+    (A single ``batch_pipeline(...).repeat()`` re-randomises per iteration *within one process*: a resumed
+    process would replay epoch 0's order and augmentation.) Each epoch is a fresh pass (repeated if ``steps``
+    exceeds one pass), as Team 1's per-epoch re-seeded sampler (teams.md §1.5).
+
+    Returns:
+        an endless dataset of ``map_fn`` batches (B, ...), B = ``batch_size``.
+    """
+    import tensorflow as tf
+
+    from hpa_zoo import pipeline
+
+    def one_epoch(epoch):
+        epoch_seed = tf.constant(int(seed), tf.int64) * 1_000_003 + epoch
+        return pipeline.batch_pipeline(src, map_fn, batch_size=batch_size, training=True, seed=epoch_seed,
+                                       drop_remainder=True).repeat().take(steps)
+
+    return tf.data.Dataset.range(int(start_epoch), 2**62).flat_map(one_epoch)
+
+
+def _backup_epoch(backup_dir: Path) -> int:
+    """The epoch `AtomicBackupAndRestore` will resume from (0 without a usable backup)."""
+    state = AtomicBackupAndRestore.consistent_state(backup_dir)
+    return int(state["epoch"]) if state else 0
 
 
 def _finish(model, best_cb: AtomicBestCheckpoint, recipe: Recipe, settings: dict, valid_src, table, fold: int,
@@ -477,9 +600,8 @@ def _callbacks(out_dir: Path, recipe: Recipe, verbose: int):
     backup = out_dir / "backup"
     callbacks = [
         StopOnNaN(best, backup),  # first: raises before anything saves diverged weights
-        # Kept after the run (delete_checkpoint=False) so a re-run with more epochs continues; two copies
-        # (double_checkpoint) so an interrupted write falls back to the previous epoch.
-        keras.callbacks.BackupAndRestore(str(backup), delete_checkpoint=False, double_checkpoint=True),
+        # Kept after the run so a re-run with more epochs continues; atomic, with the previous epoch as fallback.
+        AtomicBackupAndRestore(str(backup)),
         best,
         keras.callbacks.CSVLogger(str(out_dir / "training_log.csv"), append=True),
     ]
@@ -506,14 +628,9 @@ def _check_resume(out_dir: Path, settings: dict) -> None:
 
 
 def _resolve_strategy(strategy):
-    if strategy is None or strategy == "default":
-        return None
-    if isinstance(strategy, str):
-        import tensorflow as tf
-
-        if strategy == "mirrored":
-            return tf.distribute.MirroredStrategy()
-        raise ConfigError(f"strategy={strategy!r}: use 'mirrored', 'default' or pass a tf.distribute.Strategy")
+    """A name (`hpa_zoo.distribute.STRATEGIES`) -> `distribute.make_strategy`; objects pass through."""
+    if isinstance(strategy, str) or strategy is None:
+        return distribute.make_strategy(strategy)
     return strategy
 
 
