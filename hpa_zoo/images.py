@@ -83,7 +83,8 @@ def read_channel(path: str | os.PathLike, *, plane: int | None = None,
         raise HpaDataError(f"{path}: is {img.dtype.itemsize * 8}-bit but 8-bit was expected; convert it "
                            f"(e.g. divide by 257) or use a reader that accepts 16-bit input")
     if expect_dtype == "uint16" and img.dtype != np.uint16:
-        raise HpaDataError(f"{path}: is 8-bit but 16-bit was expected")
+        raise HpaDataError(f"{path}: is 8-bit but 16-bit was expected; use the 16-bit full-resolution file, or "
+                           f"read it with expect_dtype='any' (load_rgby(..., allow_16bit=True) takes both)")
     return np.ascontiguousarray(img)
 
 

@@ -82,8 +82,10 @@ def _load_registered(name: str, weights, num_classes: int, input_shape, local_pa
     spec = get_spec(name)  # UnknownModelError with suggestions
     shape = tuple(input_shape) if input_shape is not None else (spec.input_size, spec.input_size, spec.num_channels)
     build = spec.build_fn()
-    if weights is None or weights == "imagenet" or str(weights).endswith(".weights.h5"):
+    if weights is None or weights == "imagenet":
         return build(num_classes=num_classes, input_shape=shape, weights=weights, **spec.builder_kwargs)
+    if str(weights).endswith(".weights.h5"):
+        return _build_with_weights_file(spec, build, Path(os.fspath(weights)), shape, num_classes)
     if str(weights).endswith(".onnx"):  # a local export of this architecture (e.g. the 512 model's release file)
         return _with_onnx(spec, Path(os.fspath(weights)), shape, num_classes, cache=None)
     wspec = spec.weights_spec(str(weights))
@@ -101,6 +103,22 @@ def _load_registered(name: str, weights, num_classes: int, input_shape, local_pa
         return _fit_classes(model, spec, num_classes)
     raise WeightsError(f"weights {wspec.name!r} of {name!r} are in format {wspec.format!r}, which hpa-zoo cannot "
                        f"load yet (onnx and keras_weights_h5 are supported)")
+
+
+def _build_with_weights_file(spec, build, path: Path, shape, num_classes: int):
+    """``build(weights=path)``, with Keras' loading errors turned into a `WeightsError` naming the file and fix."""
+    if not path.is_file():
+        raise WeightsError(f"weights file {str(path)!r} does not exist; pass the .weights.h5 written by "
+                           f"model.save_weights / hpa-zoo train (preset/model.weights.h5)")
+    try:
+        return build(num_classes=num_classes, input_shape=shape, weights=str(path), **spec.builder_kwargs)
+    except (ValueError, KeyError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise WeightsError(
+            f"{path}: does not match model {spec.name!r} with num_classes={num_classes}, input_shape={shape} "
+            f"({first}). It was saved from another model, or with another class count / channel count: load "
+            f"it with the registry name and num_classes it was trained with (a preset folder records both), "
+            f"then replace the head (hpa_zoo.load(preset, num_classes=...))") from exc
 
 
 def _with_onnx(spec, onnx_path: Path, shape, num_classes: int, *, cache: Path | None):

@@ -276,9 +276,20 @@ def _ids_in_folder(images_dir: Path) -> list[str]:
     return [n[: n.rindex("_red")] for n in names if n.endswith(suffixes)]
 
 
+#: (signature, length) of the formats ``tf.io.decode_image`` reads: PNG, JPEG, GIF, BMP, WebP (RIFF).
+_IMAGE_MAGIC = ((b"\x89PNG", 4), (b"\xff\xd8\xff", 3), (b"GIF8", 4), (b"BM", 2), (b"RIFF", 4))
+
+
 def _decode_plane(path: tf.Tensor, plane: int | None) -> tf.Tensor:
     """One stain file -> (H, W) uint8. `plane` None: grayscale file; else that RGB plane of a colour file."""
     data = tf.io.read_file(path)
+    head = tf.strings.substr(data, 0, 4)
+    # decode_image's own error ("Unknown image file format") does not name the file: check the signature first
+    known = tf.reduce_any(tf.stack([tf.equal(tf.strings.substr(head, 0, n), magic) for magic, n in _IMAGE_MAGIC]))
+    check = tf.debugging.Assert(known, [path, "cannot be decoded as an image (corrupt or not PNG/JPEG/GIF/BMP/WebP); "
+                                        "re-download it, or build with `hpa-zoo prepare --skip-bad` to list bad files"])
+    with tf.control_dependencies([check]):
+        data = tf.identity(data)
     if plane is None:
         img = tf.io.decode_image(data, channels=1, dtype=tf.uint8, expand_animations=False)
         return img[..., 0]
@@ -291,12 +302,13 @@ def _make_decoder(layout: Layout, image_size: int | None):
 
     def decode(image_id, paths):
         chans = [_decode_plane(paths[i], planes[i]) for i in range(len(CHANNELS))]
-        for c, name in zip(chans[1:], CHANNELS[1:]):
-            tf.debugging.Assert(
-                tf.reduce_all(tf.equal(tf.shape(c), tf.shape(chans[0]))),
-                [f"folder_dataset: the {name} channel has another size than red; all four stains of an image "
-                 f"must have the same resolution. Image id:", image_id])
-        image = tf.stack(chans, axis=-1)
+        checks = [tf.debugging.Assert(
+            tf.reduce_all(tf.equal(tf.shape(c), tf.shape(chans[0]))),
+            [f"folder_dataset: the {name} channel has another size than red; all four stains of an image "
+             f"must have the same resolution. Image id:", image_id])
+            for c, name in zip(chans[1:], CHANNELS[1:])]
+        with tf.control_dependencies(checks):  # before tf.stack, whose own error names no image
+            image = tf.stack(chans, axis=-1)
         if image_size is not None:
             image = tf.ensure_shape(resize(image, image_size), [image_size, image_size, len(CHANNELS)])
         else:
