@@ -443,7 +443,7 @@ def train(model_name: str, data: str | os.PathLike, *, fold: int = 0, folds_csv:
                           f"{recipe.batch_size}: no complete training batch or empty validation split; use a smaller "
                           f"--batch-size or more data")
     train_ds = _epoch_stream(train_src, recipe.train_map, batch_size=recipe.batch_size, seed=seed, steps=steps,
-                             start_epoch=_backup_epoch(out_dir / "backup"))
+                             start_epoch=_backup_epoch(out_dir / "backup"), epochs=recipe.epochs)
     valid_ds = pipeline.batch_pipeline(valid_src, recipe.eval_map, batch_size=recipe.batch_size, training=False)
     _log(verbose, f"fold {fold}: {n_train} train / {n_valid} valid images, {steps} steps per epoch")
 
@@ -482,7 +482,7 @@ def train(model_name: str, data: str | os.PathLike, *, fold: int = 0, folds_csv:
     return preset
 
 
-def _epoch_stream(src, map_fn, *, batch_size: int, seed: int, steps: int, start_epoch: int):
+def _epoch_stream(src, map_fn, *, batch_size: int, seed: int, steps: int, start_epoch: int, epochs: int):
     """The training batches from epoch ``start_epoch`` on: epoch e is ``steps`` batches of a pipeline seeded by
     (seed, e), so a run resumed at epoch e sees exactly the batches an uninterrupted run sees there.
 
@@ -490,19 +490,23 @@ def _epoch_stream(src, map_fn, *, batch_size: int, seed: int, steps: int, start_
     process would replay epoch 0's order and augmentation.) Each epoch is a fresh pass (repeated if ``steps``
     exceeds one pass), as Team 1's per-epoch re-seeded sampler (teams.md §1.5).
 
-    Returns:
-        an endless dataset of ``map_fn`` batches (B, ...), B = ``batch_size``.
-    """
-    import tensorflow as tf
+    The epochs are concatenated with Python-int seeds: inside ``Dataset.flat_map`` the epoch is a symbolic
+    tensor, and ``Dataset.shuffle`` / ``Dataset.random`` in `hpa_zoo.pipeline.batch_pipeline` need a Python seed.
 
+    Returns:
+        a dataset of ``(epochs - start_epoch) * steps`` ``map_fn`` batches (B, ...), B = ``batch_size``
+        (at least one epoch, so a finished run's re-run still has a valid iterator).
+    """
     from hpa_zoo import pipeline
 
-    def one_epoch(epoch):
-        epoch_seed = tf.constant(int(seed), tf.int64) * 1_000_003 + epoch
-        return pipeline.batch_pipeline(src, map_fn, batch_size=batch_size, training=True, seed=epoch_seed,
-                                       drop_remainder=True).repeat().take(steps)
+    def one_epoch(epoch: int):
+        return pipeline.batch_pipeline(src, map_fn, batch_size=batch_size, training=True,
+                                       seed=int(seed) * 1_000_003 + epoch, drop_remainder=True).repeat().take(steps)
 
-    return tf.data.Dataset.range(int(start_epoch), 2**62).flat_map(one_epoch)
+    stream = one_epoch(int(start_epoch))
+    for epoch in range(int(start_epoch) + 1, int(epochs)):
+        stream = stream.concatenate(one_epoch(epoch))
+    return stream
 
 
 def _backup_epoch(backup_dir: Path) -> int:
