@@ -133,6 +133,92 @@ def _run_models(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- train
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train one fold of a registered model with its team recipe")
+    p.add_argument("model", help="registry name, e.g. team1_densenet121_512 (see `hpa-zoo models`)")
+    p.add_argument("--data", required=True, help="Kaggle-layout folder (train.csv + train/) or TFDS name "
+                                                 "like hpa_kaggle/512")
+    p.add_argument("--data-dir", default=None, help="TFDS data directory (TFDS data only)")
+    p.add_argument("--fold", type=int, default=0, help="validation fold id (default 0)")
+    p.add_argument("--folds-csv", default=None, help="Id,fold CSV (default: computed, saved to OUT/folds.csv)")
+    p.add_argument("--out", required=True, help="output folder; re-running the same command resumes")
+    p.add_argument("--epochs", type=int, default=None, help="epochs (the LR schedule is scaled to it)")
+    p.add_argument("--image-size", type=int, default=None, help="side the images are loaded at")
+    p.add_argument("--input-size", type=int, default=None, help="side of the network input (the crop)")
+    p.add_argument("--batch-size", type=int, default=None, help="global batch size")
+    p.add_argument("--steps-per-epoch", type=int, default=None, help="default: train images // batch size")
+    p.add_argument("--precision", choices=["float32", "mixed_float16", "mixed_bfloat16"], default=None)
+    p.add_argument("--xla", action="store_true", help="compile the train step with XLA (jit_compile)")
+    p.add_argument("--strategy", choices=["default", "mirrored", "multiworker", "tpu"], default=None,
+                   help="hpa_zoo.distribute: mirrored = all local GPUs (JAX: DataParallel), multiworker = the "
+                        "TF_CONFIG cluster, tpu; --batch-size is the global batch")
+    p.add_argument("--weights", default=None, help="initial weights: imagenet, hpa or a .weights.h5 file")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic TF ops: bit-identical reruns and resumes (slower on GPU)")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args) -> int:
+    from hpa_zoo.training import train
+
+    train(args.model, args.data, fold=args.fold, folds_csv=args.folds_csv, out_dir=args.out,
+          data_dir=args.data_dir, epochs=args.epochs, image_size=args.image_size, input_size=args.input_size,
+          batch_size=args.batch_size, steps_per_epoch=args.steps_per_epoch, precision=args.precision,
+          jit_compile=args.xla, strategy=args.strategy, seed=args.seed, weights=args.weights,
+          deterministic=args.deterministic)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- predict
+def _add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="preset(s) -> Kaggle submission + probabilities CSV (folds averaged)")
+    p.add_argument("presets", nargs="+", metavar="PRESET_DIR", help="preset folder(s) written by `hpa-zoo train`")
+    p.add_argument("--data", required=True, help="Kaggle folder (sample_submission.csv + test/) or TFDS name")
+    p.add_argument("--data-dir", default=None, help="TFDS data directory (TFDS data only)")
+    p.add_argument("--out", required=True, help="output folder for submission.csv and probabilities.csv")
+    p.add_argument("--tta", choices=["default", "none"], default="default", help="the recipe's TTA or none")
+    p.add_argument("--thresholds", choices=["preset", "refit"], default="preset",
+                   help="the presets' fitted thresholds, or the recipe's rule re-fitted on the test probabilities")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.set_defaults(func=_run_predict)
+
+
+def _run_predict(args) -> int:
+    from hpa_zoo.predict import predict
+
+    predict(args.presets, args.data, out_dir=args.out, data_dir=args.data_dir, tta=args.tta,
+            batch_size=args.batch_size, thresholds=None if args.thresholds == "preset" else "refit")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- demo
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="end-to-end demo on synthetic data (synthesise, TFDS, train, report, predict)")
+    p.add_argument("--out", default="hpa_zoo_demo", help="output folder (default ./hpa_zoo_demo)")
+    p.add_argument("--n-train", type=int, default=300)
+    p.add_argument("--n-test", type=int, default=60)
+    p.add_argument("--size", type=int, default=128, help="side of the synthetic images")
+    p.add_argument("--image-size", type=int, default=None, help="training load size (default --size)")
+    p.add_argument("--input-size", type=int, default=None, help="network input (default 3/4 of image size)")
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--tta", choices=["default", "none"], default="default")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", default="team1_densenet121_512", help="registered model to train (needs a recipe)")
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args) -> int:
+    from hpa_zoo.demo import run_demo
+
+    run_demo(args.out, n_train=args.n_train, n_test=args.n_test, size=args.size, image_size=args.image_size,
+             input_size=args.input_size, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+             tta=args.tta, model_name=args.model)
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- autoaugment-search
 def _add_autoaugment_search(sub) -> None:
     p = sub.add_parser("autoaugment-search",
@@ -353,92 +439,6 @@ def _run_embed(args) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------------------------------- train
-def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train one fold of a registered model with its team recipe")
-    p.add_argument("model", help="registry name, e.g. team1_densenet121_512 (see `hpa-zoo models`)")
-    p.add_argument("--data", required=True, help="Kaggle-layout folder (train.csv + train/) or TFDS name "
-                                                 "like hpa_kaggle/512")
-    p.add_argument("--data-dir", default=None, help="TFDS data directory (TFDS data only)")
-    p.add_argument("--fold", type=int, default=0, help="validation fold id (default 0)")
-    p.add_argument("--folds-csv", default=None, help="Id,fold CSV (default: computed, saved to OUT/folds.csv)")
-    p.add_argument("--out", required=True, help="output folder; re-running the same command resumes")
-    p.add_argument("--epochs", type=int, default=None, help="epochs (the LR schedule is scaled to it)")
-    p.add_argument("--image-size", type=int, default=None, help="side the images are loaded at")
-    p.add_argument("--input-size", type=int, default=None, help="side of the network input (the crop)")
-    p.add_argument("--batch-size", type=int, default=None, help="global batch size")
-    p.add_argument("--steps-per-epoch", type=int, default=None, help="default: train images // batch size")
-    p.add_argument("--precision", choices=["float32", "mixed_float16", "mixed_bfloat16"], default=None)
-    p.add_argument("--xla", action="store_true", help="compile the train step with XLA (jit_compile)")
-    p.add_argument("--strategy", choices=["default", "mirrored", "multiworker", "tpu"], default=None,
-                   help="hpa_zoo.distribute: mirrored = all local GPUs (JAX: DataParallel), multiworker = the "
-                        "TF_CONFIG cluster, tpu; --batch-size is the global batch")
-    p.add_argument("--weights", default=None, help="initial weights: imagenet, hpa or a .weights.h5 file")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--deterministic", action="store_true",
-                   help="deterministic TF ops: bit-identical reruns and resumes (slower on GPU)")
-    p.set_defaults(func=_run_train)
-
-
-def _run_train(args) -> int:
-    from hpa_zoo.training import train
-
-    train(args.model, args.data, fold=args.fold, folds_csv=args.folds_csv, out_dir=args.out,
-          data_dir=args.data_dir, epochs=args.epochs, image_size=args.image_size, input_size=args.input_size,
-          batch_size=args.batch_size, steps_per_epoch=args.steps_per_epoch, precision=args.precision,
-          jit_compile=args.xla, strategy=args.strategy, seed=args.seed, weights=args.weights,
-          deterministic=args.deterministic)
-    return 0
-
-
-# ---------------------------------------------------------------------------------------------- predict
-def _add_predict(sub) -> None:
-    p = sub.add_parser("predict", help="preset(s) -> Kaggle submission + probabilities CSV (folds averaged)")
-    p.add_argument("presets", nargs="+", metavar="PRESET_DIR", help="preset folder(s) written by `hpa-zoo train`")
-    p.add_argument("--data", required=True, help="Kaggle folder (sample_submission.csv + test/) or TFDS name")
-    p.add_argument("--data-dir", default=None, help="TFDS data directory (TFDS data only)")
-    p.add_argument("--out", required=True, help="output folder for submission.csv and probabilities.csv")
-    p.add_argument("--tta", choices=["default", "none"], default="default", help="the recipe's TTA or none")
-    p.add_argument("--thresholds", choices=["preset", "refit"], default="preset",
-                   help="the presets' fitted thresholds, or the recipe's rule re-fitted on the test probabilities")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.set_defaults(func=_run_predict)
-
-
-def _run_predict(args) -> int:
-    from hpa_zoo.predict import predict
-
-    predict(args.presets, args.data, out_dir=args.out, data_dir=args.data_dir, tta=args.tta,
-            batch_size=args.batch_size, thresholds=None if args.thresholds == "preset" else "refit")
-    return 0
-
-
-# ---------------------------------------------------------------------------------------------- demo
-def _add_demo(sub) -> None:
-    p = sub.add_parser("demo", help="end-to-end demo on synthetic data (synthesise, TFDS, train, report, predict)")
-    p.add_argument("--out", default="hpa_zoo_demo", help="output folder (default ./hpa_zoo_demo)")
-    p.add_argument("--n-train", type=int, default=300)
-    p.add_argument("--n-test", type=int, default=60)
-    p.add_argument("--size", type=int, default=128, help="side of the synthetic images")
-    p.add_argument("--image-size", type=int, default=None, help="training load size (default --size)")
-    p.add_argument("--input-size", type=int, default=None, help="network input (default 3/4 of image size)")
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--tta", choices=["default", "none"], default="default")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--model", default="team1_densenet121_512", help="registered model to train (needs a recipe)")
-    p.set_defaults(func=_run_demo)
-
-
-def _run_demo(args) -> int:
-    from hpa_zoo.demo import run_demo
-
-    run_demo(args.out, n_train=args.n_train, n_test=args.n_test, size=args.size, image_size=args.image_size,
-             input_size=args.input_size, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-             tta=args.tta, model_name=args.model)
-    return 0
-
-
 def _not_yet(args) -> int:
     print(f"hpa-zoo {args.command}: not implemented yet", file=sys.stderr)
     return 2
@@ -446,8 +446,8 @@ def _not_yet(args) -> int:
 
 COMMANDS = [_add_synth, _add_prepare, _add_folds, _add_evaluate, _add_models]
 COMMANDS += [_add_train, _add_predict, _add_demo]
-COMMANDS += [_add_autoaugment_search]
 COMMANDS += [_add_finetune, _add_export, _add_explain, _add_embed]
+COMMANDS += [_add_autoaugment_search]
 
 
 def build_parser() -> argparse.ArgumentParser:
