@@ -26,6 +26,9 @@ _JAX_SCRIPT = textwrap.dedent(
     from hpa_zoo import losses, tta
     from zoo_models.team1_bestfitting import build_densenet121
 
+    # Checked right after import: building a keras.applications trunk lets Keras itself use tf.io.gfile
+    # whenever TensorFlow happens to be installed, which hpa-zoo does not control.
+    tensorflow_imported = "tensorflow" in sys.modules
     data = np.load(sys.argv[1])
     y, z, images = data["y"], data["z"], data["images"]
     out = {
@@ -36,8 +39,7 @@ _JAX_SCRIPT = textwrap.dedent(
     }
     out["d4"] = [np.asarray(tta.d4_apply(images, k)).tolist() for k in range(8)]
     model = build_densenet121(num_classes=28, input_shape=images.shape[1:], large=True)
-    # Checked before load_weights: Keras' own file utilities use tf.io.gfile whenever TensorFlow is installed.
-    out["tensorflow_imported"] = "tensorflow" in sys.modules
+    out["tensorflow_imported"] = tensorflow_imported
     model.load_weights(sys.argv[2])
     out["logits"] = np.asarray(model(images, training=False)).tolist()
     print(json.dumps(out))
