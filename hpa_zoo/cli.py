@@ -439,11 +439,6 @@ def _run_embed(args) -> int:
     return 0
 
 
-def _not_yet(args) -> int:
-    print(f"hpa-zoo {args.command}: not implemented yet", file=sys.stderr)
-    return 2
-
-
 COMMANDS = [_add_synth, _add_prepare, _add_folds, _add_evaluate, _add_models]
 COMMANDS += [_add_train, _add_predict, _add_demo]
 COMMANDS += [_add_finetune, _add_export, _add_explain, _add_embed]
