@@ -14,17 +14,14 @@ Every artifact is written into a temporary path beside the destination and renam
 """
 from __future__ import annotations
 
-import contextlib
 import datetime
-import os
 import shutil
-import tempfile
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from hpa_zoo.atomic import atomic_path, atomic_write_text
+from hpa_zoo.atomic import atomic_dir, atomic_path, atomic_write_text
 from hpa_zoo.constants import CHANNELS, CLASS_NAMES
 from hpa_zoo.errors import ConfigError, HpaZooError
 
@@ -43,25 +40,6 @@ class ExportError(HpaZooError, RuntimeError):
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-@contextlib.contextmanager
-def _atomic_dir(path: Path) -> Iterator[Path]:
-    """Yield an empty temporary folder beside ``path``; on success it replaces ``path`` (a folder), else removed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        yield tmp
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            os.replace(path, old / "x")
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def _refuse_foreign(path: Path, marker: str) -> None:
     """Refuse to replace an existing non-empty folder that is not an earlier export (has no ``marker``)."""
     if path.exists() and (not path.is_dir() or (any(path.iterdir()) and not (path / marker).exists())):
@@ -110,7 +88,7 @@ def export_saved_model(model, path, *, verbose: bool = False) -> Path:
     """
     path = Path(path)
     _refuse_foreign(path, "saved_model.pb")
-    with _atomic_dir(path) as tmp:
+    with atomic_dir(path) as tmp:
         model.export(str(tmp), format="tf_saved_model", verbose=verbose)
     return path
 
@@ -321,7 +299,7 @@ def export_bioimageio(model_or_preset, out_dir, *, name: str, class_names: Seque
                                   f"location classifier (multi-label, {n_out} classes).")
     cites = [PAPER_CITATION] + [dict(c) for c in (citations or []) if c.get("doi") != PAPER_CITATION["doi"]]
 
-    with _atomic_dir(out_dir) as pkg:
+    with atomic_dir(out_dir) as pkg:
         if verbose:
             print(f"[export_bioimageio] saving model.keras ({prob_model.count_params():,} parameters)", flush=True)
         with atomic_path(pkg / "model.keras") as tmp:

@@ -22,11 +22,10 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from hpa_zoo.atomic import atomic_dir
 from hpa_zoo.constants import CLASS_NAMES, NUM_CLASSES
 from hpa_zoo.errors import ConfigError, WeightsError
 from hpa_zoo.registry import get_spec
@@ -203,22 +202,10 @@ def save_preset(model, directory, *, model_name: str | None = None, build_config
     }
     meta.update(meta_in)
 
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
-    try:
+    with atomic_dir(directory) as tmp:
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
         (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=_json_default))
         model.save_weights(tmp / WEIGHTS_FILE)
-        if directory.exists():  # replace an older preset: move it aside, rename, then delete it
-            old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".old", dir=directory.parent))
-            os.replace(directory, old / "preset")
-            os.replace(tmp, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory
 
 
