@@ -93,14 +93,26 @@ def _resize(images, size: int | None):
 
 
 def _crop_views(images, boxes: np.ndarray, size: int) -> list:
-    """The crops of ``boxes`` (N, K, 3), each resized to ``size``: a list of K float32 (N, size, size, C) batches."""
+    """The crops of ``boxes`` (N, K, 3), each resized to ``size``: a list of K float32 (N, size, size, C) batches.
+
+    Crop + bilinear resize is one ``affine_transform`` per view (sampling input ``left + (x + 0.5) * s / size - 0.5``,
+    which is exactly what `_resize` with half-pixel centres samples inside the crop), so every call has the same
+    shapes: slicing one crop per image (each a different side) made the JAX and TF backends compile a new kernel
+    per crop.
+    """
+    n, height, width = int(images.shape[0]), int(images.shape[1]), int(images.shape[2])
+    if size > height or size > width:
+        raise ConfigError(f"TTA crops are resized to {size} px but the image is {height}x{width}; crops need "
+                          "input_size <= image side.")
     views = []
     for j in range(boxes.shape[1]):
-        crops = [
-            _resize(images[i : i + 1, t : t + s, l : l + s, :], size)
-            for i, (t, l, s) in enumerate(boxes[:, j].tolist())
-        ]
-        views.append(ops.concatenate(crops, axis=0))
+        top, left, side = (boxes[:, j, i].astype(np.float64) for i in range(3))
+        scale = side / size
+        zero = np.zeros(n)
+        transform = np.stack([scale, zero, left + 0.5 * scale - 0.5, zero, scale, top + 0.5 * scale - 0.5,
+                              zero, zero], axis=1).astype(np.float32)
+        out = ops.image.affine_transform(images, transform, interpolation="bilinear", fill_mode="nearest")
+        views.append(out[:, :size, :size, :])
     return views
 
 
