@@ -73,6 +73,12 @@ class Recipe:
             ``{"logits", "aux_logits"}``): output name -> weight of its loss (Keras ``compile(loss_weights=...)``).
             ``make_loss`` then returns a dict of losses with the same keys, and every output is trained against
             the same ``multi_hot`` target (``(image, {key: multi_hot for key in loss_weights})``). None = one output.
+        train_sampler: which training images each epoch sees, in which order: ``(ids: list[str], labels:
+            float32 NumPy (N, 28) multi-hot, *, seed: int, batch_size: int) -> list[str]``, the epoch's ids in
+            training order, repeats allowed (Team 2's rare-class oversampling, Team 4's rarest-label weighted
+            sampling and Kaggle/external alternating batches). ``seed`` differs per epoch and is a function of the
+            run seed and the epoch, so a resumed run replays the same epochs. None = every training image once per
+            epoch, shuffled.
         notes: where the recipe deviates from or infers beyond the facts.
     """
 
@@ -93,4 +99,5 @@ class Recipe:
     make_metrics: Optional[Callable[[], list]] = None
     swa_last_n: int = 0
     loss_weights: Optional[dict[str, float]] = None
+    train_sampler: Optional[Callable[..., list]] = None
     notes: str = ""
