@@ -2,8 +2,9 @@
 
 The method section, in order: constants (each citing `shared/research/teams.md` §2), the model (the RGBY input's
 yellow plane dropped inside the model, ImageNet normalisation, DenseNet121/169 trunk -> ReLU -> GAP -> Dense 28),
-the loss, the oversampling rules v2/v3/v4, the schedule (Adamax with cosine warm restarts, then Adam-amsgrad at
-1e-5 and 1e-6), the data maps, TTA and thresholds, the recipe for `hpa_zoo.training`, and the team's blend.
+the loss, the oversampling rules v2/v3/v4 (the recipe's epoch sampler), the schedule (Adamax with cosine warm
+restarts, then Adam-amsgrad at 1e-5 and 1e-6), the data maps, TTA and thresholds, the recipe for
+`hpa_zoo.training`, and the team's blend.
 
 Deviations (also in the recipe ``notes``): `hpa_zoo.training` runs one optimiser per run, so the two Adam-amsgrad
 phases (epochs 19-23, a new optimiser every epoch in the original) run as the tail of `Team2Schedule` on the same
@@ -51,6 +52,8 @@ OVERSAMPLING_RULES: dict[str, tuple[tuple[int, int], ...]] = {
 OVERSAMPLING_RULES["v4"] = OVERSAMPLING_RULES["v3"]
 #: teams.md §2.4: v4 (the "_v5" models) also drops external images labelled only {0}, only {25} or only {0, 25}.
 V4_DROPPED_EXTERNAL_LABELS = ((0,), (25,), (0, 25))
+#: teams.md §2.1, §2.4: DenseNet169 and 4 of the 7 models are "_v5" models, which use rule v4 (the recipes' default).
+DEFAULT_OVERSAMPLING = "v4"
 
 #: teams.md §2.5: Adamax(lr 1e-3, wd 0) with WarmRestart cosine (T_max 10, eta_min 1e-5, T_mult 2), stepped per
 #: epoch, epochs 0-18; then a new Adam(amsgrad, lr 1e-5, wd 1e-5) every epoch for epochs 19-20, lr 1e-6 for 21-23.
@@ -78,9 +81,10 @@ ENSEMBLE_MEMBERS = ("DenseNet121_change_avg_v2", "DenseNet121_change_avg_v3", "D
 
 NOTES = ("Keras ImageNet DenseNet weights (not torchvision's). One optimiser per run: the Adam-amsgrad phases "
          "(epochs 19-23) run as the tail of Team2Schedule on Adamax; use make_amsgrad_optimizer for a faithful "
-         "restart. HueSaturationValue is left out of the colour OneOf (RGBY input). Oversampling (oversample_ids) "
-         "must be applied to the id list given to the data source; hpa_zoo.training has no sampler hook. "
-         "Checkpoint on min validation loss (teams.md §2.5).")
+         "restart. HueSaturationValue is left out of the colour OneOf (RGBY input). Rare-class oversampling is the "
+         "recipe's train_sampler (rule v4 by default, the _v5 models'; make_recipe(oversampling='v2'|'v3') for the "
+         "other DenseNet121 variants); Kaggle vs external images are told apart by the id (Kaggle UUID vs not, "
+         "hpa_zoo.constants.is_kaggle_id). Checkpoint on min validation loss (teams.md §2.5).")
 
 
 # ---------------------------------------------------------------------------------------------- model
@@ -203,8 +207,8 @@ def make_loss() -> keras.losses.Loss:
 
 
 # ---------------------------------------------------------------------------------------------- oversampling
-def oversample_ids(df, rule: str = "v3") -> list[str]:
-    """teams.md §2.4: the training id list with rare-class images duplicated (WAIR ``dataset.py``).
+def oversample_copies(ids: Sequence[str], label_sets: Sequence, rule: str = "v3") -> np.ndarray:
+    """teams.md §2.4: how many times each image appears in WAIR's training list (0 = dropped by v4).
 
     Each image's copies come from the FIRST rule (in `OVERSAMPLING_RULES` order) whose class is among its labels
     (an image with classes 27 and 8 gets class 27's 10 copies); images matching no rule appear once. ``"v4"`` is
@@ -212,30 +216,88 @@ def oversample_ids(df, rule: str = "v3") -> list[str]:
     {0}, {25} or {0, 25}.
 
     Args:
+        ids: N image ids (str).
+        label_sets: N iterables of class ids (ints), or an (N, C) multi-hot array.
+        rule: ``"v2"``, ``"v3"`` or ``"v4"``.
+
+    Returns:
+        int64 (N,) copies per image.
+    """
+    if rule not in OVERSAMPLING_RULES:
+        raise ConfigError(f"oversampling rule {rule!r}: use one of {sorted(OVERSAMPLING_RULES)} (teams.md §2.4)")
+    if isinstance(label_sets, np.ndarray) and label_sets.ndim == 2:
+        label_sets = [np.flatnonzero(row > 0) for row in label_sets]
+    if len(label_sets) != len(ids):
+        raise ConfigError(f"oversampling: {len(ids)} ids but {len(label_sets)} label rows; give one per image")
+    dropped = {frozenset(s) for s in V4_DROPPED_EXTERNAL_LABELS}
+    copies = np.ones(len(ids), np.int64)
+    for k, (image_id, labels) in enumerate(zip(ids, label_sets)):
+        labels = frozenset(int(c) for c in labels)
+        if rule == "v4" and labels in dropped and not is_kaggle_id(str(image_id)):
+            copies[k] = 0
+        else:
+            copies[k] = next((n for cls, n in OVERSAMPLING_RULES[rule] if cls in labels), 1)
+    return copies
+
+
+def oversample_ids(df, rule: str = "v3") -> list[str]:
+    """teams.md §2.4: the training id list with rare-class images duplicated (WAIR ``dataset.py``), see
+    `oversample_copies` for the rules.
+
+    Args:
         df: DataFrame with ``Id`` and either ``labels`` (sequences of class ids, `hpa_zoo.labels.read_labels_csv`)
             or ``Target`` (space-separated class ids).
         rule: ``"v2"``, ``"v3"`` or ``"v4"``.
 
     Returns:
-        list of ids (str) in the input order, each repeated its number of copies consecutively (the training
-        pipeline shuffles).
+        list of ids (str) in the input order, each repeated its number of copies consecutively
+        (`oversampling_sampler` shuffles them for an epoch).
     """
     if rule not in OVERSAMPLING_RULES:
         raise ConfigError(f"oversampling rule {rule!r}: use one of {sorted(OVERSAMPLING_RULES)} (teams.md §2.4)")
     if "Id" not in df.columns or not ({"labels", "Target"} & set(df.columns)):
         raise ConfigError(f"oversample_ids needs columns Id and labels (or Target); got {list(df.columns)}")
     if "labels" in df.columns:
-        label_sets = [frozenset(int(c) for c in labels) for labels in df["labels"]]
+        label_sets = [tuple(int(c) for c in labels) for labels in df["labels"]]
     else:
-        label_sets = [frozenset(int(c) for c in str(t).split()) for t in df["Target"]]
-    dropped = {frozenset(s) for s in V4_DROPPED_EXTERNAL_LABELS}
-    out: list[str] = []
-    for image_id, labels in zip(df["Id"].astype(str), label_sets):
-        if rule == "v4" and labels in dropped and not is_kaggle_id(image_id):
-            continue
-        copies = next((n for cls, n in OVERSAMPLING_RULES[rule] if cls in labels), 1)
-        out.extend([image_id] * copies)
-    return out
+        label_sets = [tuple(int(c) for c in str(t).split()) for t in df["Target"]]
+    ids = [str(i) for i in df["Id"]]
+    copies = oversample_copies(ids, label_sets, rule)
+    return [image_id for image_id, n in zip(ids, copies) for _ in range(int(n))]
+
+
+def oversampling_sampler(ids: Sequence[str], labels, *, seed: int, batch_size: int = BATCH_SIZE,
+                         rule: str = DEFAULT_OVERSAMPLING) -> list[str]:
+    """Team 2's epoch (teams.md §2.4) as a `hpa_zoo.recipe.Recipe.train_sampler`: every training image repeated
+    `oversample_copies` times, the whole list shuffled with ``seed`` (WAIR's DataLoader shuffles the duplicated
+    list every epoch).
+
+    Args:
+        ids: N training ids (str).
+        labels: float32 (N, 28) multi-hot labels of ``ids``.
+        seed: the epoch's seed (a different permutation per epoch; the same seed gives the same list).
+        batch_size: unused (the duplicated list is independent of the batch size); part of the sampler signature.
+        rule: ``"v2"``, ``"v3"`` or ``"v4"`` (`OVERSAMPLING_RULES`).
+
+    Returns:
+        list[str] of length ``sum(oversample_copies(ids, labels, rule))``, in training order.
+    """
+    del batch_size
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or len(labels) != len(ids):
+        raise ConfigError(f"oversampling_sampler: labels must be (N, C) multi-hot for the {len(ids)} ids; got "
+                          f"shape {labels.shape}")
+    copies = oversample_copies(list(ids), labels, rule)
+    order = np.random.default_rng(int(seed)).permutation(np.repeat(np.arange(len(ids)), copies))
+    return [str(ids[k]) for k in order]
+
+
+def make_sampler(rule: str = DEFAULT_OVERSAMPLING):
+    """The `oversampling_sampler` with ``rule`` fixed: ``(ids, labels, *, seed, batch_size) -> list[str]``, a
+    `hpa_zoo.recipe.Recipe.train_sampler`. Raises ConfigError for an unknown rule."""
+    if rule not in OVERSAMPLING_RULES:
+        raise ConfigError(f"oversampling rule {rule!r}: use one of {sorted(OVERSAMPLING_RULES)} (teams.md §2.4)")
+    return functools.partial(oversampling_sampler, rule=rule)
 
 
 # ---------------------------------------------------------------------------------------------- schedule
@@ -373,11 +435,14 @@ def eval_map(example: dict, *, input_size: int):
 
 
 # ---------------------------------------------------------------------------------------------- recipe
-def make_recipe(model_name: str | None = "team2_densenet121_rgb_512", **overrides) -> Recipe:
+def make_recipe(model_name: str | None = "team2_densenet121_rgb_512", *,
+                oversampling: str | None = DEFAULT_OVERSAMPLING, **overrides) -> Recipe:
     """Team 2's recipe (both DenseNets share it); ``overrides`` replace `Recipe` fields.
 
     Args:
         model_name: a Team 2 registry name (both use the same recipe; the name only labels it).
+        oversampling: the rare-class oversampling rule of the epoch list (`oversampling_sampler`): ``"v4"``
+            (default, the "_v5" models), ``"v3"``, ``"v2"``, or None (every image once per epoch).
         overrides: any `Recipe` field; ``image_size`` / ``input_size`` also rebuild the data maps (the team trained
             on the whole 512 image, so input_size defaults to image_size).
 
@@ -400,6 +465,7 @@ def make_recipe(model_name: str | None = "team2_densenet121_rgb_512", **override
         monitor_mode="min",
         tta=TTA,
         thresholds=THRESHOLDS,
+        train_sampler=None if oversampling is None else make_sampler(oversampling),
         notes=NOTES,
     )
     fields.update(overrides)

@@ -13,7 +13,10 @@ Deviations (also in the recipes' ``notes``): qubvel's pre-activation ResNet18 ta
 ``stage{2,3,4}_unit1_relu1``, ``relu1``) are mapped to the torchvision ResNet18 of `zoo_models.backbones.resnet`
 (``relu``, ``layer1``..``layer4``); the SE reduction ratio (16) is not in the facts; IAAAffine's shear is left out
 (ShiftScaleRotate with the same translate/rotate/scale); the 8 random-augmentation median TTA is replaced by the
-8 dihedral transforms with the median; Dmytro's semi-balanced sampler is not reproduced.
+8 dihedral transforms with the median; Dmytro's semi-balanced sampler is not reproduced (its rate depends on the
+epoch number, which `hpa_zoo.recipe.Recipe.train_sampler` does not receive). The GAPNet epoch sampler
+(`rarest_label_sampler`) tells Kaggle from external images by the id (Kaggle UUID or not) and weights each source
+by its own class counts (not stated in the facts).
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from hpa_zoo.constants import NUM_CLASSES
+from hpa_zoo.constants import NUM_CLASSES, is_kaggle_id
 from hpa_zoo.errors import ConfigError, HpaDataError
 from hpa_zoo.recipe import Recipe, ThresholdConfig, TTAConfig
 from zoo_models.pooling import GWAP_BORDER, GlobalWeightedAveragePooling2D
@@ -79,9 +82,11 @@ TTA_CROP = TTAConfig("identity", aggregate="mean")
 THRESHOLDS = ThresholdConfig("freq_match")
 
 NOTES = ("ResNet18 taps mapped from qubvel's pre-activation names to torchvision's (relu, layer1-4); SE ratio 16 "
-         "(not in the facts); IAAAffine without shear; dihedral median TTA instead of 8 random passes; sampling "
-         "weights (sampling_weights / weighted_sample_ids) and Kaggle/external alternation (alternate_batches) must "
-         "be applied to the data source, hpa_zoo.training has no sampler hook.")
+         "(not in the facts); IAAAffine without shear; dihedral median TTA instead of 8 random passes. The GAPNet "
+         "recipes' train_sampler draws each epoch by rarest-label weight with batches alternating Kaggle / external "
+         "images 50/50 (rarest_label_sampler; an id's source = Kaggle UUID or not; each source weighted by its own "
+         "class counts, an inference). The GWAP member keeps plain shuffling: Dmytro's semi-balanced sampler "
+         "needs the epoch number, which the sampler hook does not receive.")
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -427,6 +432,78 @@ def alternate_batches(kaggle_batches, external_batches, *, kaggle_fraction: floa
                                                 stop_on_empty_dataset=True)
 
 
+def is_external_id(image_id: str) -> bool:
+    """The source of a training image, read from its id: Kaggle ids are 36-character UUIDs
+    (``"00070df0-bbc3-11e8-b2bc-ac1f6b6435d0"``; the synthetic dataset's ids too), anything else is external
+    (HPAv18 ``{antibody}_{plate}_{well}_{field}`` such as ``"10580_1610_C1_1"``, Kevin's ``ENSG…_`` form;
+    teams.md §0.1, §0.3). `hpa_zoo.constants.is_kaggle_id`, the rule Teams 2 and 3 used."""
+    return not is_kaggle_id(str(image_id))
+
+
+def batch_sources(n: int, batch_size: int, kaggle_fraction: float = KAGGLE_FRACTION) -> np.ndarray:
+    """The source of each of ``n`` positions of an epoch list cut into consecutive batches of ``batch_size``:
+    batch k comes from ``alternation_pattern(kaggle_fraction)[k % len(pattern)]`` (0 = Kaggle, 1 = external);
+    the last batch may be partial. int64 (n,)."""
+    if batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size}: must be >= 1")
+    pattern = np.asarray(alternation_pattern(kaggle_fraction), np.int64)
+    return pattern[(np.arange(int(n)) // int(batch_size)) % len(pattern)]
+
+
+def rarest_label_sampler(ids: Sequence[str], labels, *, seed: int, batch_size: int = BATCH_SIZE,
+                         kaggle_fraction: float = KAGGLE_FRACTION, n: Optional[int] = None) -> list[str]:
+    """Team 4's epoch (teams.md §4.2) as a `hpa_zoo.recipe.Recipe.train_sampler`: ``n`` ids drawn with
+    replacement, each with probability proportional to its `sampling_weights` (its rarest label), ordered so that
+    consecutive batches of ``batch_size`` alternate between Kaggle and external images in the team's ratio
+    (`batch_sources`: 50/50 -> K, E, K, E...; 0.6 -> K, K, E, K, E...).
+
+    The source of an id is `is_external_id` (Kaggle UUID or not). Each source is drawn from its own weighted
+    sampler, the weights computed from that source's own class counts (one weighted generator per source, as the
+    alternating loaders imply; not stated in the facts). With only one source present (e.g. Kaggle or synthetic
+    data alone) it is plain weighted sampling over all ids.
+
+    Args:
+        ids: N training ids (str).
+        labels: float32 (N, 28) multi-hot labels of ``ids``.
+        seed: the epoch's seed (same seed -> same list).
+        batch_size: the training batch size the list will be cut into.
+        kaggle_fraction: share of Kaggle batches (teams.md §4.2: 0.5; 0.6 in ``13_ext_60_40``).
+        n: epoch length (default N, an epoch as long as the training set).
+
+    Returns:
+        list[str] of length ``n`` in training order.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or len(labels) != len(ids):
+        raise ConfigError(f"rarest_label_sampler: labels must be (N, C) multi-hot for the {len(ids)} ids; got "
+                          f"shape {labels.shape}")
+    if len(ids) == 0:
+        raise ConfigError("rarest_label_sampler: no training ids")
+    n = len(ids) if n is None else int(n)
+    rng = np.random.default_rng(int(seed))
+    external = np.array([is_external_id(i) for i in ids], bool)
+    groups = [np.flatnonzero(~external), np.flatnonzero(external)]
+    if not (len(groups[0]) and len(groups[1])):  # one source: plain weighted sampling
+        sources = np.zeros(n, np.int64)
+        groups = [np.arange(len(ids))]
+    else:
+        sources = batch_sources(n, batch_size, kaggle_fraction)
+    picks = np.empty(n, np.int64)
+    for source, members in enumerate(groups):
+        slots = np.flatnonzero(sources == source)
+        if len(slots):
+            w = sampling_weights(labels[members])
+            picks[slots] = members[rng.choice(len(members), size=len(slots), replace=True, p=w / w.sum())]
+    return [str(ids[k]) for k in picks]
+
+
+def make_sampler(kaggle_fraction: float = KAGGLE_FRACTION):
+    """`rarest_label_sampler` with the team's Kaggle share fixed: a `hpa_zoo.recipe.Recipe.train_sampler`
+    ``(ids, labels, *, seed, batch_size) -> list[str]``."""
+    alternation_pattern(kaggle_fraction)  # validates the fraction now, not at the first epoch
+    return functools.partial(rarest_label_sampler, kaggle_fraction=kaggle_fraction)
+
+
 # ---------------------------------------------------------------------------------------------- data maps
 def _augment(image, seed):
     """teams.md §4.2: RandomRotate90, HorizontalFlip, affine (translate .1, rotate 45, scale .9-1.1; no shear)."""
@@ -476,7 +553,8 @@ def make_recipe(model_name: str = "team4_gapnet_resnet18_512", **overrides) -> R
     ``team4_gapnet_resnet18_512``: 512 whole images, GAPNet loss/optimiser, dihedral median TTA.
     ``team4_gapnet_resnet18_1024crop512``: 1024 images, random 512 crops; ``image_size``/``input_size`` overrides
     keep the 2:1 ratio unless both are given. ``team4_gwap_resnet34_512``: focal loss, SGD cosine restarts.
-    All use frequency-matched thresholds (teams.md §4.1).
+    All use frequency-matched thresholds (teams.md §4.1). The GAPNet recipes sample each epoch with
+    `rarest_label_sampler` (Christof, teams.md §4.2); the GWAP member shuffles plainly (see ``NOTES``).
 
     Returns:
         `hpa_zoo.recipe.Recipe`.
@@ -503,6 +581,7 @@ def make_recipe(model_name: str = "team4_gapnet_resnet18_512", **overrides) -> R
         monitor_mode="min",
         tta=TTA_CROP if crop else TTA_FULL,
         thresholds=THRESHOLDS,
+        train_sampler=None if gwap else make_sampler(KAGGLE_FRACTION),
         notes=NOTES,
     )
     fields.update(overrides)
