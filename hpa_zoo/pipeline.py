@@ -278,21 +278,53 @@ def _ids_in_folder(images_dir: Path) -> list[str]:
 
 #: (signature, length) of the formats ``tf.io.decode_image`` reads: PNG, JPEG, GIF, BMP, WebP (RIFF).
 _IMAGE_MAGIC = ((b"\x89PNG", 4), (b"\xff\xd8\xff", 3), (b"GIF8", 4), (b"BM", 2), (b"RIFF", 4))
+#: (signature, trailer): a complete PNG ends with the IEND chunk (type + CRC), a complete JPEG with the EOI
+#: marker; a cut file lacks it. Up to `_TRAILER_SLACK` bytes of padding after it are tolerated (decoders ignore them).
+_IMAGE_TRAILER = ((b"\x89PNG", b"IEND\xaeB`\x82"), (b"\xff\xd8\xff", b"\xff\xd9"))
+_TRAILER_SLACK = 16
+_BAD_FILE_FIX = "re-download it, or build with `hpa-zoo prepare --skip-bad` to list bad files"
+
+
+def _has_trailer(data: tf.Tensor, trailer: bytes) -> tf.Tensor:
+    """scalar bool: `trailer` ends `data` or is followed by at most `_TRAILER_SLACK` bytes."""
+    n, window = len(trailer), len(trailer) + _TRAILER_SLACK
+    size = tf.strings.length(data)
+    tail = tf.strings.substr(data, tf.maximum(size - window, 0), window)
+    pos = tf.maximum(tf.strings.length(tail) - n - tf.range(_TRAILER_SLACK + 1), 0)
+    ends = tf.strings.substr(tf.fill([_TRAILER_SLACK + 1], tail), pos, tf.fill([_TRAILER_SLACK + 1], n))
+    return tf.reduce_any(tf.equal(ends, trailer))
 
 
 def _decode_plane(path: tf.Tensor, plane: int | None) -> tf.Tensor:
-    """One stain file -> (H, W) uint8. `plane` None: grayscale file; else that RGB plane of a colour file."""
+    """One stain file -> (H, W) uint8. `plane` None: grayscale file; else that RGB plane of a colour file.
+
+    TF's decoders do not name the file in their errors, so what can be checked before decoding is checked here
+    with messages ``[<file>] [<what is wrong>; <fix>]``: the signature (corrupt / not an image), the PNG/JPEG
+    trailer (truncated), and after decoding the plane count (a colour file where one stain was expected).
+    """
     data = tf.io.read_file(path)
     head = tf.strings.substr(data, 0, 4)
     # decode_image's own error ("Unknown image file format") does not name the file: check the signature first
     known = tf.reduce_any(tf.stack([tf.equal(tf.strings.substr(head, 0, n), magic) for magic, n in _IMAGE_MAGIC]))
     check = tf.debugging.Assert(known, [path, "cannot be decoded as an image (corrupt or not PNG/JPEG/GIF/BMP/WebP); "
-                                        "re-download it, or build with `hpa-zoo prepare --skip-bad` to list bad files"])
+                                        + _BAD_FILE_FIX])
     with tf.control_dependencies([check]):
+        # a truncated file fails inside the decoder ("Invalid PNG data, size ..."), again without the file
+        checks = [tf.debugging.Assert(
+            tf.logical_or(tf.not_equal(tf.strings.substr(head, 0, len(magic)), magic), _has_trailer(data, trailer)),
+            [path, f"is truncated or corrupt (no {'PNG IEND chunk' if magic[1:4] == b'PNG' else 'JPEG end marker'} "
+                   f"at its end); " + _BAD_FILE_FIX]) for magic, trailer in _IMAGE_TRAILER]
+    with tf.control_dependencies(checks):
         data = tf.identity(data)
     if plane is None:
-        img = tf.io.decode_image(data, channels=1, dtype=tf.uint8, expand_animations=False)
-        return img[..., 0]
+        # channels as stored (forcing channels=1 would silently turn a colour file into luma)
+        img = tf.io.decode_image(data, channels=0, dtype=tf.uint8, expand_animations=False)
+        grey = tf.reduce_all(tf.equal(img[..., :1], img[..., 1:3]))  # True for a 1-plane image (empty slice)
+        same = tf.debugging.Assert(tf.logical_and(grey, tf.not_equal(tf.shape(img)[-1], 2)), [
+            path, "has", tf.shape(img)[-1], "colour planes but a single-stain grayscale image was expected; for HPAv18 "
+            "RGB JPEGs use layout='hpav18'"])
+        with tf.control_dependencies([same]):
+            return tf.identity(img[..., 0])
     img = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
     return img[..., plane]
 
