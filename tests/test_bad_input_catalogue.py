@@ -153,6 +153,56 @@ def pipeline_corrupt_png(tmp):
     return _iterate(folder_dataset(tmp / "train", csv))
 
 
+def pipeline_truncated_png(tmp):
+    from hpa_zoo.pipeline import folder_dataset
+
+    csv = _kaggle(tmp)
+    path = tmp / "train" / "b_yellow.png"
+    cv2.imwrite(str(path), np.random.default_rng(0).integers(0, 255, (32, 32), np.uint8))
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # valid signature, data cut
+    return _iterate(folder_dataset(tmp / "train", csv))
+
+
+def pipeline_truncated_jpeg_hpav18(tmp):
+    from hpa_zoo.pipeline import folder_dataset
+
+    folder = tmp / "train"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for c in CHANNELS:
+        cv2.imwrite(str(folder / f"a_{c}.jpg"), rng.integers(0, 255, (32, 32, 3), np.uint8))
+    path = folder / "a_red.jpg"
+    path.write_bytes(path.read_bytes()[:-200])
+    return _iterate(folder_dataset(folder, ids=["a"], layout="hpav18", labelled=False))
+
+
+def pipeline_empty_file(tmp):
+    from hpa_zoo.pipeline import folder_dataset
+
+    csv = _kaggle(tmp)
+    (tmp / "train" / "a_red.png").write_bytes(b"")
+    return _iterate(folder_dataset(tmp / "train", csv))
+
+
+def pipeline_colour_png_in_kaggle_layout(tmp):
+    from hpa_zoo.pipeline import folder_dataset
+
+    csv = _kaggle(tmp)
+    rgb = np.zeros((16, 16, 3), np.uint8)
+    rgb[..., 1] = 200  # decoding it as 1 channel would silently give luma 118
+    cv2.imwrite(str(tmp / "train" / "b_green.png"), rgb)
+    return _iterate(folder_dataset(tmp / "train", csv))
+
+
+def pipeline_grey_saved_as_rgb(tmp):
+    from hpa_zoo.pipeline import folder_dataset
+
+    csv = _kaggle(tmp)
+    cv2.imwrite(str(tmp / "train" / "b_green.png"), np.full((16, 16, 3), 77, np.uint8))  # 3 equal planes
+    rows = _iterate(folder_dataset(tmp / "train", csv))
+    assert rows[1]["image"].shape == (16, 16, 4) and (rows[1]["image"][..., 1] == 77).all()
+
+
 def tfds_build_corrupt_png(tmp):
     import tfds_hpa
 
@@ -366,6 +416,15 @@ CATALOGUE = {
                                       r"the blue channel has another size than red; all four stains .*\[b\]"),
     "pipeline/corrupt_png": (pipeline_corrupt_png, tf.errors.InvalidArgumentError,
                              r"b_green\.png\] \[cannot be decoded as an image .*re-download it"),
+    "pipeline/truncated_png": (pipeline_truncated_png, tf.errors.InvalidArgumentError,
+                               r"b_yellow\.png\] \[is truncated or corrupt \(no PNG IEND chunk at its end\); re-download it"),
+    "pipeline/truncated_jpeg_hpav18": (pipeline_truncated_jpeg_hpav18, tf.errors.InvalidArgumentError,
+                                       r"a_red\.jpg\] \[is truncated or corrupt \(no JPEG end marker .*re-download it"),
+    "pipeline/empty_file": (pipeline_empty_file, tf.errors.InvalidArgumentError,
+                            r"a_red\.png\] \[cannot be decoded as an image .*re-download it"),
+    "pipeline/wrong_channel_count": (pipeline_colour_png_in_kaggle_layout, tf.errors.InvalidArgumentError,
+                                     r"b_green\.png\] \[has\] \[3\] \[colour planes but a single-stain grayscale .*use layout="),
+    "pipeline/grey_saved_as_rgb": (pipeline_grey_saved_as_rgb, OK, ""),
     "tfds/corrupt_png": (tfds_build_corrupt_png, HpaDataError, r"b_red\.png: cannot be decoded .*re-download"),
     # CSVs
     "csv/missing_column": (csv_missing_column, HpaDataError,
