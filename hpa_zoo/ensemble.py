@@ -3,8 +3,9 @@
 * **Prediction files** (`save_predictions` / `load_predictions`): a CSV with ``Id`` + one probability column per
   class name (the layout of `hpa_zoo.predict`'s ``probabilities.csv``; `hpa_zoo.training`'s
   ``val_predictions.csv`` also has ``Target``/``Predicted``, and ``Target`` is read as the labels) and a JSON
-  sidecar ``<file>.json`` with ``model_name``, ``fold``, ``tta``, ``class_names`` and ``n_rows``. Both written
-  atomically. Files without a sidecar load with empty metadata.
+  sidecar ``<file>.json`` with ``format_version``, ``model_name``, ``fold``, ``tta``, ``class_names`` and
+  ``n_rows``. Both written atomically. Files without a sidecar load with empty metadata; `write_sidecar` adds one to
+  a CSV written elsewhere; a sidecar of a newer format version is refused rather than misread.
 * **Blends** of M probability arrays (N, C): `blend_mean` (Teams 2, 3; teams.md §2.6), `blend_logit_mean`
   (Russ, §4.1 step 2), `blend_weighted` (Christof's hill-climb weights, §4.1), `blend_class_weighted` (Russ'
   class-specific weights, §4.1).
@@ -15,7 +16,9 @@
 * **Weighted voting** (`weighted_vote`, §4.1 step 4) over binary submissions, and `parse_vote_filename`, our
   reading of Team 4's file-name encoding (the voting script itself is not in the repo).
 * **Thresholds**: `threshold_labels` turns probabilities into labels with any team's `ThresholdConfig` through
-  `hpa_zoo.thresholds.from_config` (no rule is re-implemented here).
+  `hpa_zoo.thresholds.from_config` (no rule is re-implemented here): Team 1 ``lb_ratio_match`` + forced top
+  class, Team 2 ``f1_optimal_scaled`` with its fallbacks, Team 3 ``proportion_match``, Team 4 ``freq_match``,
+  ``f1_optimal`` and ``fixed``.
 
 Everything is NumPy (it runs after the networks); probabilities are float in [0, 1], labels uint8 0/1.
 """
@@ -146,10 +149,32 @@ def save_predictions(path: str | os.PathLike, ids: Sequence[str], probs, *, mode
     ids = _check_ids(ids, len(probs), str(path))
     frame = pd.concat([pd.DataFrame({"Id": ids}), pd.DataFrame(probs, columns=names)], axis=1)
     atomic_to_csv(frame, path, float_format="%.6f")
-    meta = {"format_version": FORMAT_VERSION, "model_name": model_name, "fold": fold, "tta": _tta_dict(tta),
-            "class_names": names, "n_rows": len(ids)}
-    atomic_write_text(sidecar_path(path), json.dumps(meta, indent=2))
+    write_sidecar(path, model_name=model_name, fold=fold, tta=tta, class_names=names, n_rows=len(ids))
     return path
+
+
+def write_sidecar(path: str | os.PathLike, *, model_name: str, fold: Union[int, str, None] = None,
+                  tta: Union[TTAConfig, dict, str, None] = None, class_names: Sequence[str] = CLASS_NAMES,
+                  n_rows: int) -> Path:
+    """Write the JSON sidecar `sidecar_path(path)` of a predictions CSV written elsewhere (e.g. `hpa_zoo.predict`'s
+    ``probabilities.csv`` or `hpa_zoo.training`'s ``val_predictions.csv``), so it loads with its model name, fold
+    and TTA.
+
+    Args:
+        path: the predictions CSV (``Id`` + one column per class name).
+        model_name: the model (or blend) that produced it.
+        fold: fold id (int) for out-of-fold predictions, or a tag such as ``"test"``.
+        tta: the TTA used (`TTAConfig`, dict or name).
+        class_names: the C class columns.
+        n_rows: number of rows of the CSV (checked by `load_predictions`, which refuses a stale sidecar).
+
+    Returns:
+        the sidecar path (written atomically). Keys: ``format_version`` (`FORMAT_VERSION`), ``model_name``,
+        ``fold``, ``tta``, ``class_names``, ``n_rows``.
+    """
+    meta = {"format_version": FORMAT_VERSION, "model_name": str(model_name), "fold": fold, "tta": _tta_dict(tta),
+            "class_names": [str(c) for c in class_names], "n_rows": int(n_rows)}
+    return atomic_write_text(sidecar_path(path), json.dumps(meta, indent=2))
 
 
 def load_predictions(path: str | os.PathLike, *, class_names: Sequence[str] = CLASS_NAMES) -> Predictions:
@@ -181,6 +206,13 @@ def load_predictions(path: str | os.PathLike, *, class_names: Sequence[str] = CL
             meta = json.loads(side.read_text())
         except json.JSONDecodeError as exc:
             raise HpaDataError(f"{side}: not valid JSON ({exc}); delete it or re-save the predictions") from exc
+        if not isinstance(meta, dict):
+            raise HpaDataError(f"{side}: expected a JSON object (format_version, model_name, fold, tta, "
+                               f"class_names, n_rows); delete it or re-save the predictions")
+        version = meta.get("format_version", FORMAT_VERSION)
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise HpaDataError(f"{side}: format_version {version!r} is newer than this hpa-zoo reads "
+                               f"({FORMAT_VERSION}); upgrade hpa-zoo to read it")
     names = [str(c) for c in meta.get("class_names", class_names)]
     frame = pd.read_csv(path, dtype={"Id": str}, keep_default_na=False, encoding="utf-8-sig")
     frame.columns = [str(c).strip() for c in frame.columns]
@@ -262,7 +294,8 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 def _check_weights(weights, shape: tuple, name: str) -> np.ndarray:
     w = np.asarray(weights, dtype=np.float64)
     if w.shape != shape:
-        raise ConfigError(f"{name}: weights must have shape {shape} (one per model{', per class' if len(shape) > 1 else ''}); got {w.shape}")
+        per = "one per model" + (", per class" if len(shape) > 1 else "")
+        raise ConfigError(f"{name}: weights must have shape {shape} ({per}); got {w.shape}")
     if (w < 0).any() or not np.isfinite(w).all():
         raise ConfigError(f"{name}: weights must be finite and >= 0; got {w}")
     if (w.sum(axis=0) <= 0).any():
@@ -346,11 +379,19 @@ def threshold_labels(probs, rule: Union[str, ThresholdConfig], *, fit_probs=None
     Returns:
         uint8 (N, C) labels.
     """
-    from hpa_zoo.thresholds import from_config
+    from hpa_zoo.thresholds import _NEEDS_Y_TRUE, from_config
 
     config = as_threshold_config(rule, **kwargs)
-    fitted = from_config(config, probs if fit_probs is None else fit_probs, y_true=y_true)
-    return fitted.apply(probs)
+    fit = probs if fit_probs is None else fit_probs
+    if config.rule in _NEEDS_Y_TRUE:
+        if y_true is None:
+            raise ConfigError(f"threshold rule {config.rule!r} is fitted on labelled predictions: pass "
+                              f"fit_probs= (e.g. the OOF probabilities) and y_true= (their labels)")
+        if np.shape(y_true) != np.shape(fit):
+            raise HpaDataError(f"threshold rule {config.rule!r}: y_true {np.shape(y_true)} does not match the "
+                               f"probabilities it fits on {np.shape(fit)}; pass fit_probs= (the probabilities of "
+                               f"the labelled images) when labelling other images")
+    return from_config(config, fit, y_true=y_true).apply(probs)
 
 
 # ============================================================================================ hill climbing

@@ -210,3 +210,73 @@ def test_threshold_labels_uses_each_teams_rule():
     np.testing.assert_array_equal(labels[full], plain[full])
     fixed = ensemble.threshold_labels(probs, "fixed", value=0.9)
     np.testing.assert_array_equal(fixed, (probs > 0.9).astype(np.uint8))
+
+
+def _independent_freq_match(probs, ratios):
+    """teams.md §4.1 step 3, written as the loop it describes: per class scan t from 0.95 down to 0.05 in 101 steps
+    and stop at the first t whose predicted-positive fraction reaches the desired one."""
+    out = np.empty(probs.shape[1])
+    for c in range(probs.shape[1]):
+        out[c] = 0.05
+        for t in np.linspace(0.95, 0.05, 101):
+            if (probs[:, c] > t).mean() >= ratios[c]:
+                out[c] = t
+                break
+    return out
+
+
+def test_every_team_rule_through_one_interface_matches_its_definition():
+    rng = np.random.default_rng(7)
+    oof, test = rng.random((60, C)), rng.random((50, C))
+    y = _labels(60, seed=7, p=0.2)
+    # Team 4: frequency-matched on the probabilities being labelled
+    ratios = np.linspace(0.02, 0.4, C)
+    team4 = ensemble.threshold_labels(test, ThresholdConfig("freq_match", kwargs={"ratios": tuple(ratios)}))
+    np.testing.assert_array_equal(team4, (test > _independent_freq_match(test, ratios)).astype(np.uint8))
+    # Team 1: LB-ratio match and the most probable class forced on in every row
+    team1 = ensemble.threshold_labels(test, ThresholdConfig("lb_ratio_match", force_top=True,
+                                                            kwargs={"ratios": (0.0,) * C}))
+    top = np.zeros_like(team1)
+    top[np.arange(50), test.argmax(1)] = 1
+    assert (team1 >= top).all() and team1.any(1).all()
+    # Team 3: proportion match fitted on labelled OOF: each class's predicted fraction on the OOF is the grid
+    # value closest to its label fraction
+    team3_oof = ensemble.threshold_labels(oof, "proportion_match", y_true=y)
+    grid = np.arange(0.05, 1.00, 0.01)
+    for c in range(C):
+        fractions = np.array([(oof[:, c] > t).mean() for t in grid])
+        assert team3_oof[:, c].mean() == fractions[np.argmin(np.abs(fractions - y[:, c].mean()))]
+    # Team 2 on test images: thresholds 0.7 x the F1-optimal ones of the OOF; empty rows retry 0.6x, then 0.5x
+    th = fit_thresholds(oof, "f1_optimal", y_true=y)
+    team2 = ensemble.threshold_labels(test, ThresholdConfig("f1_optimal_scaled", kwargs={"scale": 0.7}),
+                                      fit_probs=oof, y_true=y)
+    expected = test > 0.7 * th
+    for f in (0.6, 0.5):
+        empty = ~expected.any(1)
+        expected[empty] = test[empty] > f * th
+    np.testing.assert_array_equal(team2, expected.astype(np.uint8))
+
+
+def test_label_fitted_rules_say_what_is_missing():
+    rng = np.random.default_rng(8)
+    oof, test, y = rng.random((30, C)), rng.random((20, C)), _labels(30, seed=8)
+    with pytest.raises(ConfigError, match="fit_probs=.*y_true="):
+        ensemble.threshold_labels(test, "f1_optimal_scaled")
+    with pytest.raises(HpaDataError, match=r"y_true \(30, 28\) does not match .*\(20, 28\).*fit_probs="):
+        ensemble.threshold_labels(test, "proportion_match", y_true=y)
+    assert ensemble.threshold_labels(test, "proportion_match", fit_probs=oof, y_true=y).shape == (20, C)
+
+
+def test_sidecar_for_a_csv_written_elsewhere_and_newer_formats_refused(tmp_path):
+    probs = np.random.default_rng(9).random((3, C))
+    frame = pd.concat([pd.DataFrame({"Id": ["a", "b", "c"]}), pd.DataFrame(probs, columns=list(CLASS_NAMES))], axis=1)
+    frame.to_csv(tmp_path / "probabilities.csv", index=False)  # as hpa_zoo.predict writes it
+    ensemble.write_sidecar(tmp_path / "probabilities.csv", model_name="team4_gapnet_resnet18_512", fold="test",
+                           tta=TTAConfig("d4", aggregate="median"), n_rows=3)
+    loaded = ensemble.load_predictions(tmp_path / "probabilities.csv")
+    assert (loaded.model_name, loaded.fold, loaded.tta["aggregate"]) == ("team4_gapnet_resnet18_512", "test", "median")
+    np.testing.assert_allclose(loaded.probs, probs, atol=1e-6)
+    side = ensemble.sidecar_path(tmp_path / "probabilities.csv")
+    side.write_text(json.dumps({**json.loads(side.read_text()), "format_version": ensemble.FORMAT_VERSION + 1}))
+    with pytest.raises(HpaDataError, match="newer.*upgrade hpa-zoo"):
+        ensemble.load_predictions(tmp_path / "probabilities.csv")
