@@ -49,7 +49,31 @@ def _add_prepare(sub) -> None:
                    help="leave out bad samples (missing/unreadable channels, bad CSV rows) and list them, "
                         "instead of stopping at the first one")
     p.add_argument("--csv-name", default=None, help="hpa_v18 only: the label CSV in --manual-dir")
+    beam = p.add_argument_group("Apache Beam (full-resolution data; needs `pip install 'hpa-zoo[beam]'`, docs/BEAM.md)")
+    beam.add_argument("--beam", action="store_true",
+                      help="generate the splits with an Apache Beam pipeline (same examples as without it)")
+    beam.add_argument("--runner", default=None,
+                      help="Beam runner: DirectRunner (default, this machine), FnApiRunner (in-process, offline), "
+                           "DataflowRunner, SparkRunner, FlinkRunner, PortableRunner; implies --beam")
+    beam.add_argument("--beam-option", action="append", default=[], metavar="NAME=VALUE",
+                      help="a Beam pipeline option, repeatable, e.g. --beam-option direct_num_workers=2 "
+                           "--beam-option project=my-project; implies --beam")
     p.set_defaults(func=_run_prepare)
+
+
+def _beam_flags(args) -> list[str] | None:
+    """`prepare`'s Beam arguments as pipeline flags (``["--runner=...", "--name=value", ...]``); None: no Beam."""
+    from hpa_zoo.errors import ConfigError
+
+    if not (args.beam or args.runner or args.beam_option):
+        return None
+    flags = [f"--runner={args.runner}"] if args.runner else []
+    for option in args.beam_option:
+        name, sep, _ = option.lstrip("-").partition("=")
+        if not name or not sep:
+            raise ConfigError(f"--beam-option {option!r}: write NAME=VALUE, e.g. --beam-option direct_num_workers=2")
+        flags.append("--" + option.lstrip("-"))
+    return flags
 
 
 def _run_prepare(args) -> int:
@@ -58,7 +82,7 @@ def _run_prepare(args) -> int:
     extra = {"csv_name": args.csv_name} if args.csv_name else {}
     print(f"building {args.dataset}/{args.config} from {args.manual_dir} ...", flush=True)
     builder = tfds_hpa.build(args.dataset, manual_dir=args.manual_dir, data_dir=args.data_dir, config=args.config,
-                             on_error="skip" if args.skip_bad else "raise", **extra)
+                             on_error="skip" if args.skip_bad else "raise", beam_options=_beam_flags(args), **extra)
     print(f"{args.dataset}/{args.config} written to {builder.data_dir}")
     for name, split in builder.info.splits.items():
         print(f"  {name}: {split.num_examples} examples")

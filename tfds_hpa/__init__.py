@@ -6,6 +6,7 @@ Importing this package registers both builders with TFDS (``tfds.builder("hpa_ka
 from __future__ import annotations
 
 import os
+from typing import Sequence
 
 import tensorflow_datasets as tfds
 
@@ -17,7 +18,8 @@ BUILDERS = {"hpa_kaggle": hpa_kaggle_dataset_builder.Builder, "hpa_v18": hpa_v18
 
 
 def build(name: str, *, manual_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None,
-          config: str = "512", on_error: str = "raise", **builder_kwargs) -> tfds.core.DatasetBuilder:
+          config: str = "512", on_error: str = "raise", beam_options: Sequence[str] | None = None,
+          **builder_kwargs) -> tfds.core.DatasetBuilder:
     """Build (download_and_prepare) one HPA dataset from its manual-download folder and return the builder.
 
     Args:
@@ -27,6 +29,10 @@ def build(name: str, *, manual_dir: str | os.PathLike, data_dir: str | os.PathLi
         config: image-size config name: ``"512"``, ``"1024"``, ``"1536"`` or ``"128"``.
         on_error: ``"raise"`` (stop at the first bad sample) or ``"skip"`` (leave bad samples out; see
             ``builder.skip_report``).
+        beam_options: None: the plain (single-process) build. A list of Apache Beam pipeline flags: build with
+            Beam (docs/BEAM.md), e.g. ``[]`` or ``["--runner=DirectRunner", "--direct_num_workers=2"]`` (local),
+            ``["--runner=DataflowRunner", "--project=P", "--region=R", "--temp_location=gs://..."]``.
+            Needs the ``beam`` extra (``pip install hpa-zoo[beam]``). The examples are the same either way.
         builder_kwargs: extra builder options, e.g. ``csv_name=`` / ``images_subdir=`` for ``hpa_v18``.
     Returns:
         The prepared builder: ``builder.as_dataset(split="train")`` yields dicts with ``id`` (string),
@@ -42,7 +48,35 @@ def build(name: str, *, manual_dir: str | os.PathLike, data_dir: str | os.PathLi
         raise ConfigError(f"{name}: unknown config {config!r}; choose one of {names}")
     if not os.path.isdir(manual_dir):
         raise HpaDataError(f"{manual_dir}: manual-download folder not found.\n{cls.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+    download_config = tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir),
+                                                   beam_options=_pipeline_options(beam_options))
     builder = cls(config=str(config), data_dir=None if data_dir is None else os.fspath(data_dir),
-                  on_error=on_error, **builder_kwargs)
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir)))
+                  on_error=on_error, beam=beam_options is not None, **builder_kwargs)
+    builder.download_and_prepare(download_config=download_config)
     return builder
+
+
+def _pipeline_options(flags: Sequence[str] | None):
+    """Beam ``PipelineOptions`` from flags (DirectRunner unless ``--runner`` is given); None for a plain build."""
+    if flags is None:
+        return None
+    if isinstance(flags, str):
+        raise ConfigError(f"beam_options={flags!r}: pass a list of flags, e.g. ['--runner=DirectRunner']")
+    try:
+        from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+    except ImportError as exc:
+        raise ConfigError(f"building with Apache Beam needs apache-beam ({exc}); install it with "
+                          f"`pip install 'hpa-zoo[beam]'` (apache-beam==2.77.0)") from exc
+    flags = [str(f) for f in flags]
+    bad = [f for f in flags if not f.startswith("--")]
+    if bad:
+        raise ConfigError(f"beam_options: {bad} are not Beam flags; write them as --name=value, "
+                          f"e.g. --runner=DataflowRunner")
+    if not any(f.startswith("--runner") for f in flags):
+        flags = ["--runner=DirectRunner", *flags]
+    options = PipelineOptions(flags)
+    runner = options.view_as(StandardOptions).runner
+    if isinstance(runner, str) and "." not in runner and runner not in StandardOptions.KNOWN_RUNNER_NAMES:
+        raise ConfigError(f"Beam runner {runner!r} is unknown; use one of {StandardOptions.KNOWN_RUNNER_NAMES} "
+                          f"(or a runner's full Python path)")
+    return options

@@ -9,10 +9,19 @@ Bad-input policy (``on_error``, a builder keyword argument):
     each split (`SkipReport.summary`), kept on ``builder.skip_report`` and written to the dataset's metadata
     (``builder.info.metadata["skipped"]``). Through ``tfds build`` pass it in the dataset name:
     ``tfds build hpa_kaggle/512:1.0.0/on_error=skip --imports tfds_hpa --manual_dir DIR``.
+
+Apache Beam (``beam=True``, a builder keyword argument; docs/BEAM.md): each split becomes a ``beam.PTransform``
+(TFDS runs it with the ``DownloadConfig(beam_options=...)`` runner: DirectRunner, Dataflow, Spark, Flink). The
+CSV is read and validated on the launching machine, the images are decoded on the workers by the same
+`rgby_example` and the same skip rule (`example_or_skip`), so the examples equal the plain build's. Skips are
+counted with Beam metrics (namespace `BEAM_METRICS_NAMESPACE`, counters ``<split>_examples`` /
+``<split>_skipped``), and the skipped samples are collected into ``builder.skip_report`` and
+``info.metadata["skipped"]`` in the same order as the plain build (CSV rows, then images in CSV order).
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 from pathlib import Path
@@ -33,6 +42,10 @@ log = logging.getLogger("tfds_hpa")
 INTERPOLATION = cv2.INTER_LINEAR
 
 HOMEPAGE = "https://www.kaggle.com/c/human-protein-atlas-image-classification"
+
+#: Namespace of the Beam counters ``<split>_examples`` and ``<split>_skipped``.
+BEAM_METRICS_NAMESPACE = "tfds_hpa"
+_SKIPPED = "skipped"  # tag of the Beam side output carrying skipped samples
 
 
 @dataclasses.dataclass(eq=False)
@@ -93,6 +106,79 @@ def rgby_example(image_id: str, labels: Sequence[int], *, folder: Path, size: in
     return {"id": image_id, "image": image, "labels": list(labels), "multi_hot": to_multi_hot(labels)}
 
 
+def example_or_skip(image_id: str, labels: Sequence[int], make_example: Callable[[str, Sequence[int]], dict],
+                    on_error: OnError) -> tuple[dict | None, str | None]:
+    """The one bad-input rule of both build paths (plain and Beam): make the example, or say why not.
+
+    Args:
+        image_id, labels: one CSV row (labels: sorted class ids).
+        make_example: ``(id, labels) -> example dict`` (e.g. a `functools.partial` of `rgby_example`); raises
+            `HpaDataError` on bad input.
+        on_error: ``"raise"``: the `HpaDataError` propagates; ``"skip"``: it becomes the returned reason.
+    Returns:
+        ``(example, None)`` or, in skip mode, ``(None, reason)`` where reason is the error message (names the file).
+    """
+    try:
+        return make_example(image_id, labels), None
+    except HpaDataError as exc:
+        if on_error == "raise":
+            raise
+        return None, str(exc)
+
+
+def _beam_example(row: tuple[int, str, tuple[int, ...]], *, make_example, split: str, on_error: OnError):
+    """Beam FlatMap body: ``(row index, id, labels)`` -> ``(id, example)``, or a tagged ``(index, what, reason)``."""
+    from apache_beam import metrics, pvalue
+
+    index, image_id, labels = row
+    example, reason = example_or_skip(image_id, labels, make_example, on_error)
+    if reason is None:
+        metrics.Metrics.counter(BEAM_METRICS_NAMESPACE, f"{split}_examples").inc()
+        yield image_id, example
+    else:
+        metrics.Metrics.counter(BEAM_METRICS_NAMESPACE, f"{split}_skipped").inc()
+        yield pvalue.TaggedOutput(_SKIPPED, (index, f"{split} {image_id}", reason))
+
+
+def _write_skipped(entries: list, path: str) -> None:
+    """Beam sink of one split's skipped samples: ``[[what, reason], ...]`` in CSV row order, as JSON."""
+    from etils import epath
+
+    epath.Path(path).write_text(json.dumps([[what, why] for _, what, why in sorted(entries)]))
+
+
+def beam_examples(rows: Sequence[tuple[str, Sequence[int]]], make_example: Callable[[str, Sequence[int]], dict], *,
+                  split: str, on_error: OnError, skipped_path: str):
+    """One split as a ``beam.PTransform``: ``pipeline -> PCollection of (id, example)`` (TFDS writes it).
+
+    Args:
+        rows: the split's validated ``(id, sorted class ids)`` rows (read on the launching machine).
+        make_example: picklable ``(id, labels) -> example dict``, run on the workers.
+        split: split name (counter names, skip report).
+        on_error: as `example_or_skip`.
+        skipped_path: file (local or ``gs://``; readable back by the launching machine) that receives the skipped
+            samples as JSON ``[[what, reason], ...]``.
+    Returns:
+        A ``beam.PTransform``; the work is spread over workers with ``beam.Reshuffle`` after ``beam.Create``.
+    """
+    beam = tfds.core.lazy_imports.apache_beam
+    rows = [(index, str(image_id), tuple(int(c) for c in labels)) for index, (image_id, labels) in enumerate(rows)]
+
+    @beam.ptransform_fn
+    def expand(pipeline):
+        out = (pipeline
+               | "Rows" >> beam.Create(rows)
+               | "Spread" >> beam.Reshuffle()
+               | "Decode" >> beam.FlatMap(_beam_example, make_example=make_example, split=split, on_error=on_error)
+               .with_outputs(_SKIPPED, main="examples"))
+        _ = (out[_SKIPPED]
+             | "CollectSkipped" >> beam.combiners.ToList()
+             | "WriteSkipped" >> beam.Map(_write_skipped, path=skipped_path))
+        return out.examples
+
+    return expand()  # pylint: disable=no-value-for-parameter
+
+
 def check_on_error(on_error: str) -> OnError:
     """Validate the ``on_error`` builder argument (``"raise"`` or ``"skip"``)."""
     if on_error not in ("raise", "skip"):
@@ -123,10 +209,15 @@ class HpaBuilderBase(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}
 
-    def __init__(self, *, on_error: str = "raise", **kwargs):
-        """Args: on_error: ``"raise"`` or ``"skip"`` (see the module docstring); kwargs: tfds builder kwargs."""
+    def __init__(self, *, on_error: str = "raise", beam: bool = False, **kwargs):
+        """Args: on_error: ``"raise"`` or ``"skip"``; beam: generate the splits with Apache Beam (see the module
+        docstring; pass the runner with ``DownloadConfig(beam_options=...)``); kwargs: tfds builder kwargs."""
         self.on_error = check_on_error(on_error)
+        if not isinstance(beam, bool):
+            raise ConfigError(f"beam={beam!r}: use True (generate with Apache Beam) or False")
+        self.beam = beam
         self.skip_report = SkipReport()
+        self._beam_splits: list[tuple[str, list[tuple[str, str]], str]] = []
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -145,29 +236,59 @@ class HpaBuilderBase(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             raise HpaDataError(str(exc)) from exc
 
     def generate(self, split: str, read_rows: Callable[[], Iterable[tuple[str, Sequence[int]]]],
-                 make_example: Callable[[str, Sequence[int]], dict]) -> Iterator[tuple[str, dict]]:
-        """Yield ``(id, example)`` for each ``(id, labels)`` row; on bad input raise or skip per ``on_error``.
+                 make_example: Callable[[str, Sequence[int]], dict]):
+        """One split's examples, ``(id, example)`` per ``(id, labels)`` row; bad input raises or is skipped.
 
         Args:
             split: split name, used in the skip report.
             read_rows: reads the split's CSV (recording skipped rows in ``self.skip_report``) and returns
                 ``(id, sorted class ids)`` pairs.
-            make_example: ``(id, labels) -> example dict``; raises `HpaDataError` on bad input.
+            make_example: ``(id, labels) -> example dict``; raises `HpaDataError` on bad input. Must be picklable
+                for Beam (a `functools.partial` of a module-level function).
+        Returns:
+            A generator (plain build) or, with ``beam=True``, a ``beam.PTransform`` (`beam_examples`).
 
         In skip mode the split's skipped rows and samples are logged (`SkipReport.summary`) when the split is
         done and recorded in ``info.metadata["skipped"]`` as ``[what, reason]`` pairs.
         """
+        if not self.beam:
+            return self._iter_examples(split, read_rows, make_example)
+        before = len(self.skip_report)
+        rows = list(read_rows())  # CSV problems raise (or are recorded) here, on the launching machine
+        csv_skips = self.skip_report.skipped[before:]
+        del self.skip_report.skipped[before:]  # re-inserted before the split's image skips, as in the plain build
+        skipped_path = os.fspath(self.data_path / f"{split}.skipped.json")
+        self._beam_splits.append((split, csv_skips, skipped_path))
+        return beam_examples(rows, make_example, split=split, on_error=self.on_error, skipped_path=skipped_path)
+
+    def _iter_examples(self, split, read_rows, make_example) -> Iterator[tuple[str, dict]]:
         before = len(self.skip_report)
         for image_id, labels in read_rows():
-            try:
-                example = make_example(image_id, labels)
-            except HpaDataError as exc:
-                if self.on_error == "raise":
-                    raise
-                self.skip_report.add(f"{split} {image_id}", str(exc))
+            example, reason = example_or_skip(image_id, labels, make_example, self.on_error)
+            if reason is not None:
+                self.skip_report.add(f"{split} {image_id}", reason)
                 continue
             yield image_id, example
         self.finish_split(split, before)
+
+    def _process_pipeline_result(self, pipeline_result) -> None:
+        """After a Beam build: log the counters and collect each split's skipped samples into the report."""
+        counters = {r.key.metric.name: r.committed for r in pipeline_result.metrics().query(
+            tfds.core.lazy_imports.apache_beam.metrics.MetricsFilter().with_namespace(BEAM_METRICS_NAMESPACE)
+        )["counters"]}
+        if counters:
+            log.info("%s/%s Beam counters: %s", self.name, self.builder_config.name,
+                     ", ".join(f"{k}={v}" for k, v in sorted(counters.items())))
+        from etils import epath
+
+        for split, csv_skips, skipped_path in self._beam_splits:
+            path = epath.Path(skipped_path)
+            images = [tuple(e) for e in json.loads(path.read_text())] if path.exists() else []
+            path.unlink(missing_ok=True)  # it is in the metadata now; keep the dataset folder TFDS-only
+            before = len(self.skip_report)
+            self.skip_report.skipped.extend(csv_skips + images)
+            self.finish_split(split, before)
+        self._beam_splits.clear()
 
     def finish_split(self, split: str, before: int = 0) -> None:
         """Log what ``split`` skipped (entries after index ``before``) and store the report in the metadata."""

@@ -36,6 +36,9 @@ Then pass the folder in one of two ways:
 
 (or `hpa-zoo prepare --dataset hpa_kaggle --manual-dir <manual_dir>`). To leave out bad samples instead of
 stopping at the first one, add `/on_error=skip` after the version: `tfds build hpa_kaggle/512:1.0.0/on_error=skip`.
+For the full-resolution TIFFs (configs 1024/1536) build with Apache Beam, locally or on a cluster:
+`hpa-zoo prepare ... --beam [--runner DataflowRunner|SparkRunner|FlinkRunner] [--beam-option NAME=VALUE]`
+(docs/BEAM.md).
 """
 
 CONFIGS = make_configs({
@@ -60,7 +63,8 @@ class Builder(HpaBuilderBase):
                 "test": self._generate_examples(root, "test")}
 
     def _generate_examples(self, root: Path, split: str):
-        """Yield ``(id, example)`` for one split; see `tfds_hpa._common.rgby_example` for the example."""
+        """One split's ``(id, example)`` generator, or a ``beam.PTransform`` with ``beam=True`` (`generate`);
+        see `tfds_hpa._common.rgby_example` for the example."""
         folder, allow_16bit = self._image_folder(root, split)
         labelled = split == "train"
         csv = root / ("train.csv" if labelled else "sample_submission.csv")
@@ -71,7 +75,7 @@ class Builder(HpaBuilderBase):
 
         make = functools.partial(rgby_example, folder=folder, size=self.builder_config.image_size,
                                  layout="kaggle", allow_16bit=allow_16bit)
-        yield from self.generate(split, read_rows, make)
+        return self.generate(split, read_rows, make)
 
     def _image_folder(self, root: Path, split: str) -> tuple[Path, bool]:
         """The folder to read ``split`` from and whether it holds (possibly 16-bit) full-resolution TIFFs."""

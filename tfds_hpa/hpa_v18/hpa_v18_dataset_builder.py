@@ -39,7 +39,9 @@ Then pass the folder in one of two ways:
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir="<manual_dir>"))
 
 (or `hpa-zoo prepare --dataset hpa_v18 --manual-dir <manual_dir>`). Options go after the version with
-`tfds build`: `tfds build hpa_v18/512:1.0.0/on_error=skip,csv_name=my_labels.csv`.
+`tfds build`: `tfds build hpa_v18/512:1.0.0/on_error=skip,csv_name=my_labels.csv`. For all 74,606 fields of
+view build with Apache Beam, locally or on a cluster: `hpa-zoo prepare ... --beam [--runner DataflowRunner]
+[--beam-option NAME=VALUE]` (docs/BEAM.md).
 """
 
 CONFIGS = make_configs({
@@ -75,13 +77,14 @@ class Builder(HpaBuilderBase):
         return {"train": self._generate_examples(csv, images)}
 
     def _generate_examples(self, csv: Path, images: Path):
-        """Yield ``(id, example)``; see `tfds_hpa._common.rgby_example` for the example."""
+        """The ``(id, example)`` generator, or a ``beam.PTransform`` with ``beam=True`` (`generate`);
+        see `tfds_hpa._common.rgby_example` for the example."""
         def read_rows():
             df = read_labels_csv(csv, on_error=self.on_error, report=self.skip_report)
             return zip(df["Id"], df["labels"])
 
         make = functools.partial(rgby_example, folder=images, size=self.builder_config.image_size, layout="hpav18")
-        yield from self.generate("train", read_rows, make)
+        return self.generate("train", read_rows, make)
 
 
 def find_csv(root: Path, csv_name: str | None = None) -> Path:
