@@ -299,16 +299,27 @@ def _decode_plane(path: tf.Tensor, plane: int | None) -> tf.Tensor:
     """One stain file -> (H, W) uint8. `plane` None: grayscale file; else that RGB plane of a colour file.
 
     TF's decoders do not name the file in their errors, so what can be checked before decoding is checked here
-    with messages ``[<file>] [<what is wrong>; <fix>]``: the signature (corrupt / not an image), the PNG/JPEG
-    trailer (truncated), and after decoding the plane count (a colour file where one stain was expected).
+    with messages ``[<file>] [<what is wrong>; <fix>]``: the signature (corrupt / not an image / a TIFF), a
+    16-bit PNG, the PNG/JPEG trailer (truncated), and after decoding the plane count (a colour file where one
+    stain was expected).
     """
     data = tf.io.read_file(path)
     head = tf.strings.substr(data, 0, 4)
     # decode_image's own error ("Unknown image file format") does not name the file: check the signature first
     known = tf.reduce_any(tf.stack([tf.equal(tf.strings.substr(head, 0, n), magic) for magic, n in _IMAGE_MAGIC]))
-    check = tf.debugging.Assert(known, [path, "cannot be decoded as an image (corrupt or not PNG/JPEG/GIF/BMP/WebP); "
-                                        + _BAD_FILE_FIX])
-    with tf.control_dependencies([check]):
+    tiff = tf.logical_or(tf.equal(head, b"II*\x00"), tf.equal(head, b"MM\x00*"))
+    check = [tf.debugging.Assert(tf.logical_not(tiff), [
+        path, "is a TIFF, which tf.data cannot decode; build a TFDS dataset from it with `hpa-zoo prepare` (reads "
+        "TIFFs, 16-bit scaled to 8) or convert it to an 8-bit PNG"])]
+    with tf.control_dependencies(check):
+        check.append(tf.debugging.Assert(known, [
+            path, "cannot be decoded as an image (corrupt or not PNG/JPEG/GIF/BMP/WebP); " + _BAD_FILE_FIX]))
+    # IHDR bit depth (byte 24): decode_image(dtype=uint8) would silently rescale 16-bit PNGs, unlike images.load_rgby
+    check.append(tf.debugging.Assert(tf.logical_not(tf.logical_and(
+        tf.equal(head, b"\x89PNG"), tf.equal(tf.strings.substr(data, 24, 1), b"\x10"))), [
+        path, "is 16-bit but 8-bit was expected; convert it to 8 bits (round(x / 257)), or build a TFDS dataset "
+        "with `hpa-zoo prepare` (full-size TIFF folders may be 16-bit)"]))
+    with tf.control_dependencies(check):
         # a truncated file fails inside the decoder ("Invalid PNG data, size ..."), again without the file
         checks = [tf.debugging.Assert(
             tf.logical_or(tf.not_equal(tf.strings.substr(head, 0, len(magic)), magic), _has_trailer(data, trailer)),
