@@ -194,6 +194,23 @@ def pipeline_colour_png_in_kaggle_layout(tmp):
     return _iterate(folder_dataset(tmp / "train", csv))
 
 
+def pipeline_16bit_png(tmp):
+    from hpa_zoo.pipeline import folder_dataset
+
+    csv = _kaggle(tmp)
+    cv2.imwrite(str(tmp / "train" / "a_blue.png"), np.full((16, 16), 3000, np.uint16))
+    return _iterate(folder_dataset(tmp / "train", csv))
+
+
+def pipeline_tiff_file(tmp):
+    from hpa_zoo.pipeline import folder_dataset
+
+    csv = _kaggle(tmp)
+    (tmp / "train" / "b_red.png").unlink()
+    cv2.imwrite(str(tmp / "train" / "b_red.tif"), np.full((16, 16), 9, np.uint8))
+    return _iterate(folder_dataset(tmp / "train", csv))
+
+
 def pipeline_grey_saved_as_rgb(tmp):
     from hpa_zoo.pipeline import folder_dataset
 
@@ -424,6 +441,10 @@ CATALOGUE = {
                             r"a_red\.png\] \[cannot be decoded as an image .*re-download it"),
     "pipeline/wrong_channel_count": (pipeline_colour_png_in_kaggle_layout, tf.errors.InvalidArgumentError,
                                      r"b_green\.png\] \[has\] \[3\] \[colour planes but a single-stain grayscale .*use layout="),
+    "pipeline/16bit_png": (pipeline_16bit_png, tf.errors.InvalidArgumentError,
+                           r"a_blue\.png\] \[is 16-bit but 8-bit was expected; convert it to 8 bits"),
+    "pipeline/tiff_file": (pipeline_tiff_file, tf.errors.InvalidArgumentError,
+                           r"b_red\.tif\] \[is a TIFF, which tf\.data cannot decode; build a TFDS dataset .*hpa-zoo prepare"),
     "pipeline/grey_saved_as_rgb": (pipeline_grey_saved_as_rgb, OK, ""),
     "tfds/corrupt_png": (tfds_build_corrupt_png, HpaDataError, r"b_red\.png: cannot be decoded .*re-download"),
     # CSVs
