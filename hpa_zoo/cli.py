@@ -86,6 +86,8 @@ def _run_prepare(args) -> int:
     print(f"{args.dataset}/{args.config} written to {builder.data_dir}")
     for name, split in builder.info.splits.items():
         print(f"  {name}: {split.num_examples} examples")
+    if getattr(builder, "beam_counters", None):  # empty when an existing dataset was reused
+        print("Beam counters: " + ", ".join(f"{k}={v}" for k, v in builder.beam_counters.items()))
     if args.skip_bad:  # from the dataset's metadata, so a build reused from --data-dir reports it too
         from hpa_zoo.labels import SkipReport
 

@@ -116,6 +116,7 @@ def test_prepare_cli_beam_hpa_v18_skips_and_reports(tmp_path, capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "train: 2 examples" in out and "skipped 1 sample(s):\n  train 1_A1_3: " in out and "1_A1_3_green.jpg" in out
+    assert "Beam counters: train_examples=2, train_skipped=1" in out
     got = {ex["id"].decode(): ex for ex in tfds.as_numpy(
         tfds.builder("hpa_v18/128", data_dir=str(tmp_path / "tfds")).as_dataset(split="train"))}
     assert sorted(got) == ["1_A1_1", "1_A1_2"]

@@ -218,6 +218,8 @@ class HpaBuilderBase(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         self.beam = beam
         self.skip_report = SkipReport()
         self._beam_splits: list[tuple[str, list[tuple[str, str]], str]] = []
+        #: after a Beam build: the `BEAM_METRICS_NAMESPACE` counters, e.g. ``{"train_examples": 3, ...}``
+        self.beam_counters: dict[str, int] = {}
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -276,6 +278,7 @@ class HpaBuilderBase(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         counters = {r.key.metric.name: r.committed for r in pipeline_result.metrics().query(
             tfds.core.lazy_imports.apache_beam.metrics.MetricsFilter().with_namespace(BEAM_METRICS_NAMESPACE)
         )["counters"]}
+        self.beam_counters = dict(sorted(counters.items()))
         if counters:
             log.info("%s/%s Beam counters: %s", self.name, self.builder_config.name,
                      ", ".join(f"{k}={v}" for k, v in sorted(counters.items())))
