@@ -143,6 +143,14 @@ def test_prepare_cli_bad_beam_arguments_fail_clearly(tmp_path, capsys, argv, mes
     assert code == 1 and re.search(message, capsys.readouterr().err)
 
 
+def test_beam_without_apache_beam_says_what_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "apache_beam.options.pipeline_options", None)  # import now raises ImportError
+    with pytest.raises(ConfigError, match=r"needs apache-beam .*pip install 'hpa-zoo\[beam\]'"):
+        tfds_hpa._pipeline_options([])
+
+
 def test_build_rejects_beam_options_that_are_not_flags():
     with pytest.raises(ConfigError, match=r"\['runner=DirectRunner'\] are not Beam flags; write them as --name=value"):
         tfds_hpa._pipeline_options(["runner=DirectRunner"])
