@@ -47,7 +47,17 @@ BASELINE_PERCENTILES = (10, 50, 90, 99)
 
 @dataclass(frozen=True)
 class Budget:
-    """How much to train. ``size`` is the network input side; each recipe's load size keeps its team ratio."""
+    """How much to train.
+
+    Attributes:
+        n_train, n_test: synthetic train / test images (ignored with ``--data-dir``).
+        size: the network input side; each recipe's load size keeps its team ratio (`_sizes`).
+        epochs, batch_size: training length and batch (None = the team's own).
+        synthetic_size: side of the synthetic PNGs.
+        stacker_epochs: epochs of Team 4's 5-crop stacker.
+        models: the registry models trained by default (None = every model with a recipe); the others get a
+            "not run" row. ``--models`` overrides it.
+    """
 
     n_train: int
     n_test: int
@@ -56,11 +66,12 @@ class Budget:
     batch_size: Optional[int]
     synthetic_size: int
     stacker_epochs: int
+    models: Optional[tuple[str, ...]] = None
 
 
 #: micro: CI (< 3 min for two members); small: all rows on 2 CPU cores in <= 30 min; full: the teams' own settings.
 BUDGETS = {
-    "micro": Budget(n_train=40, n_test=16, size=64, epochs=1, batch_size=8, synthetic_size=128, stacker_epochs=5),
+    "micro": Budget(n_train=40, n_test=16, size=32, epochs=1, batch_size=8, synthetic_size=64, stacker_epochs=5),
     "small": Budget(n_train=300, n_test=100, size=64, epochs=3, batch_size=16, synthetic_size=128, stacker_epochs=40),
     "full": Budget(n_train=3000, n_test=600, size=512, epochs=None, batch_size=None, synthetic_size=512,
                    stacker_epochs=60),
@@ -297,6 +308,12 @@ def _fmt(v, digits=4) -> str:
     return "—" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{digits}f}"
 
 
+def ranking(rows: list[dict]) -> list[tuple[str, float]]:
+    """(model, macro F1) of the rows that ran, best first (ties keep the row order)."""
+    ok = [(r["model"], float(r["macro_f1"])) for r in rows if r["status"] == "ok"]
+    return sorted(ok, key=lambda mf: -mf[1])
+
+
 def write_report(rows: list[dict], out: Path, *, synthetic: bool, settings: dict, class_order: np.ndarray) -> Path:
     """``report.md``, ``report.csv`` (one row per model + the baseline), ``per_class_f1.csv`` and the PNGs."""
     import pandas as pd
@@ -306,13 +323,21 @@ def write_report(rows: list[dict], out: Path, *, synthetic: bool, settings: dict
     atomic_to_csv(pd.DataFrame(flat), out / "report.csv", index=False)
     per_class = pd.DataFrame({r["model"]: r["per_class_f1"] for r in rows if "per_class_f1" in r},
                              index=list(CLASS_NAMES))
-    atomic_to_csv(per_class.iloc[class_order].rename_axis("class"), out / "per_class_f1.csv")
+    atomic_to_csv(per_class.iloc[class_order].rename_axis("class").reset_index(), out / "per_class_f1.csv")
     pngs = _plots(rows, class_order, out, banner)
     lines = [f"# Team comparison — {banner}", ""]
     if synthetic:
         lines += ["> **Synthetic data — not HPA results.** These numbers show how the recipes behave on hpa-zoo's "
                   "synthetic images at a tiny budget; the column *their reported HPA score* is the teams' own "
                   "Kaggle leaderboard number, not measured here.", ""]
+    ok = ranking(rows)
+    if ok:
+        place = [m for m, _ in ok].index(BASELINE) + 1 if BASELINE in dict(ok) else None
+        above = [m for m, f in ok if m != BASELINE and place and f > dict(ok)[BASELINE]]
+        lines += ["Ranking by macro F1 (ours): " + ", ".join(f"{k}. `{m}` {f:.4f}" for k, (m, f) in
+                                                            enumerate(ok, 1)) + ".",
+                  "" if place is None else f"The weak baseline is {place} of {len(ok)}; "
+                  f"{len(above)} recipe(s) score above it" + (f" ({', '.join(above)})." if above else "."), ""]
     lines += [f"Settings: `{json.dumps(settings)}`", "",
               "| model | team | status | macro F1 (ours) | single-label F1 | multi-label F1 | macro precision | "
               "macro recall | train s | inference img/s | thresholds | their reported HPA score |",
@@ -359,20 +384,22 @@ def compare(out: str | os.PathLike, *, budget: str = "small", models: Optional[S
     b = replace(b, size=size or b.size, epochs=epochs or b.epochs)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
     folder, synthetic = prepare_data(out, b, data_dir, seed)
     truth_ids, y_true = _test_truth(folder)
     all_names = list_models()
     trainable = [n for n in all_names if get_spec(n).recipe]
-    chosen = list(models) if models else trainable
+    chosen = list(models) if models else [m for m in (b.models or trainable)]
     unknown = [m for m in chosen if m not in all_names]
     if unknown:
         get_spec(unknown[0])  # UnknownModelError with suggestions
+    skipped = "not run (--models)" if models else f"not run ({budget} budget; add it with --models)"
     rows = []
     for name in all_names:
         spec = get_spec(name)
         if name not in chosen:
             rows.append(_row(name, spec.team, None, truth_ids, y_true, _reported(spec),
-                             "not run (--models)" if spec.recipe else "not run (no recipe)"))
+                             skipped if spec.recipe else "not run (no recipe)"))
             continue
         if verbose:
             print(f"== {name}", flush=True)
@@ -389,10 +416,11 @@ def compare(out: str | os.PathLike, *, budget: str = "small", models: Optional[S
     train_labels = read_labels_csv(folder / "train.csv")
     from hpa_zoo.labels import multi_hot_matrix
 
-    freq = multi_hot_matrix(list(train_labels["labels"])).sum(0)
+    freq = multi_hot_matrix(list(train_labels["labels"])).sum(0).astype(np.int64)  # uint8 sums are unsigned
     class_order = np.argsort(-freq, kind="stable")
     settings = {"budget": budget, "data": str(folder), "synthetic": synthetic, "size": b.size, "epochs": b.epochs,
-                "batch_size": b.batch_size, "seed": seed, "n_test": len(truth_ids)}
+                "batch_size": b.batch_size, "seed": seed, "n_train": len(train_labels), "n_test": len(truth_ids),
+                "wall_s": round(time.time() - t_start, 1)}
     return write_report(rows, out, synthetic=synthetic, settings=settings, class_order=class_order)
 
 

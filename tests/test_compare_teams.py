@@ -14,6 +14,7 @@ import pytest
 pytest.importorskip("keras")
 pytest.importorskip("sklearn")
 
+from hpa_zoo.constants import CLASS_NAMES  # noqa: E402
 from hpa_zoo.registry import list_models  # noqa: E402
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "compare_teams.py"
@@ -56,5 +57,17 @@ def test_micro_budget_report_has_every_team_row_and_the_baseline(tmp_path):
         assert f"| {name} |" in text
     per_class = pd.read_csv(tmp_path / "per_class_f1.csv")
     assert len(per_class) == 28 and {member, ct.BASELINE} <= set(per_class.columns)
+    # Fig. 2c order: classes by decreasing training frequency, counted here from train.csv
+    train = pd.read_csv(tmp_path / "synthetic" / "train.csv", keep_default_na=False)
+    counts = np.zeros(28, int)
+    for target in train["Target"]:
+        counts[[int(c) for c in target.split()]] += 1
+    assert list(per_class["class"]) == [CLASS_NAMES[c] for c in np.argsort(-counts, kind="stable")]
+    assert counts[[CLASS_NAMES.index(c) for c in per_class["class"]]].tolist() == sorted(counts, reverse=True)
+    ranked = ct.ranking([{"model": m, "status": s, "macro_f1": f} for m, s, f in
+                         zip(table["model"], table["status"], table["macro_f1"])])
+    assert [m for m, _ in ranked] == list(ok.loc[ok["status"] == "ok", "macro_f1"].sort_values(
+        ascending=False, kind="stable").index)
+    assert "Ranking by macro F1 (ours): 1." in text and "The weak baseline is " in text
     for png in ("macro_f1.png", "per_class_f1.png", "single_vs_multi_label.png"):
         assert (tmp_path / png).stat().st_size > 1000
