@@ -12,11 +12,13 @@
    becomes the **cumulative average of its per-batch statistics**, weighted by batch size. pudae obtains that
    average with the momentum trick ``b / (n + b)``; here it is accumulated exactly, in float32, with keras.ops.
 
-`average_checkpoints` + `recalibrate_batchnorm` is the whole of pudae's SWA; `zoo_models.team3_recipe.apply_swa`
-runs both on a training run's checkpoint folder.
+`average_checkpoints` + `recalibrate_batchnorm` is the whole of pudae's SWA; `apply_swa` runs both on a training
+run's checkpoint folder (``run_dir/checkpoints/epochs``, written by `EpochCheckpoints`) and saves
+``run_dir/checkpoints/swa.weights.h5``. `hpa_zoo.training.train` does all of it for a recipe with ``swa_last_n > 0``.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -26,7 +28,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from hpa_zoo.atomic import atomic_path
+from hpa_zoo.atomic import atomic_path, atomic_write_text
 from hpa_zoo.errors import ConfigError, WeightsError
 
 # teams.md §3.3: SWA over the last 10 epoch checkpoints (``swa.10.040.pth`` = 10 checkpoints up to epoch 40).
@@ -36,9 +38,13 @@ EPOCH_FILE_FORMAT = "epoch_{epoch:03d}.weights.h5"
 _EPOCH_FILE_RE = re.compile(r"^epoch_(\d+)\.weights\.h5$")
 # teams.md §3.3: ``bn_update`` resets the running statistics: mean 0, variance 1 (PyTorch ``reset_running_stats``).
 RESET_MEAN, RESET_VARIANCE = 0.0, 1.0
+#: Where a training run keeps its per-epoch checkpoints and the SWA result (relative to the run folder).
+EPOCH_CHECKPOINT_DIR = Path("checkpoints") / "epochs"
+SWA_WEIGHTS_FILE = Path("checkpoints") / "swa.weights.h5"
 
 __all__ = ["EpochCheckpoints", "epoch_checkpoints", "average_checkpoints", "batchnorm_layers",
-           "recalibrate_batchnorm", "DEFAULT_SWA_LAST_N", "EPOCH_FILE_FORMAT"]
+           "recalibrate_batchnorm", "apply_swa", "DEFAULT_SWA_LAST_N", "EPOCH_FILE_FORMAT", "EPOCH_CHECKPOINT_DIR",
+           "SWA_WEIGHTS_FILE"]
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
@@ -254,3 +260,45 @@ def recalibrate_batchnorm(model: keras.Model, dataset: Iterable, steps: Optional
         bn.moving_mean.assign(ops.cast(acc.mean_sum / acc.count, bn.moving_mean.dtype))
         bn.moving_variance.assign(ops.cast(acc.var_sum / acc.count, bn.moving_variance.dtype))
     return seen
+
+
+# ---------------------------------------------------------------------------------------------- a run's SWA
+def apply_swa(run_dir: str | os.PathLike, model: keras.Model, train_ds: Iterable, *,
+              last_n: int = DEFAULT_SWA_LAST_N, steps: Optional[int] = None, verbose: int = 1) -> Path:
+    """teams.md §3.3 after training: average the last `last_n` epoch checkpoints of ``run_dir`` into `model`,
+    recalibrate its BatchNorm statistics on `train_ds`, and save ``run_dir/checkpoints/swa.weights.h5`` (+ a
+    ``swa.json`` ``{"averaged": [file names], "bn_images": int}``), both atomically.
+
+    Args:
+        run_dir: the training run folder (epoch files in ``run_dir/checkpoints/epochs``, from `EpochCheckpoints`).
+        model: the trained architecture (its weights are replaced by the SWA weights).
+        train_ds: batches of TRAINING images with the *validation* transform, images (B, s, s, C) float32 in
+            [0, 255], or (images, labels) tuples; one pass is made (see `recalibrate_batchnorm`).
+        last_n: checkpoints to average (fewer are averaged, with a message, when fewer exist).
+        steps: limit the recalibration pass to this many batches.
+        verbose: 1 prints what was averaged and a progress bar.
+    Returns:
+        the path of the SWA weights file.
+    Raises:
+        ConfigError: no epoch checkpoint in the run folder, or `train_ds` yields no batch.
+        WeightsError: a checkpoint does not fit `model`.
+    """
+    run_dir = Path(run_dir)
+    files = epoch_checkpoints(run_dir / EPOCH_CHECKPOINT_DIR, last_n=last_n)
+    if not files:
+        raise ConfigError(f"apply_swa: no epoch_NNN.weights.h5 in {run_dir / EPOCH_CHECKPOINT_DIR}; train with "
+                          f"an EpochCheckpoints(run_dir / EPOCH_CHECKPOINT_DIR) callback (hpa_zoo.training does "
+                          f"when Recipe.swa_last_n > 0) so every epoch is saved")
+    if verbose:
+        short = f" (only {len(files)} of {last_n} wanted)" if len(files) < last_n else ""
+        print(f"SWA: averaging {len(files)} checkpoints{short}: {files[0].name} .. {files[-1].name}", flush=True)
+    average_checkpoints(model, files)
+    seen = recalibrate_batchnorm(model, train_ds, steps=steps, verbose=verbose)
+    out = run_dir / SWA_WEIGHTS_FILE
+    with atomic_path(out) as tmp:
+        model.save_weights(tmp)
+    atomic_write_text(out.with_name("swa.json"),
+                      json.dumps({"averaged": [f.name for f in files], "bn_images": seen}, indent=2))
+    if verbose:
+        print(f"SWA: BatchNorm recalibrated on {seen} images; saved {out}", flush=True)
+    return out

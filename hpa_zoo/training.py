@@ -5,12 +5,18 @@
 1. looks the model up in the registry and asks its team module for the `Recipe` (sizes/epochs overridable);
 2. opens the data (a Kaggle-layout folder or a TFDS name), makes or reads the folds and splits by fold id;
 3. builds the tf.data pipelines with the recipe's ``train_map`` (random crop + augmentation) / ``eval_map``;
+   each epoch is re-seeded from (seed, epoch); a recipe ``train_sampler`` picks each epoch's ids and order
+   (see `_sampled_source`: kept exactly for folders, multiplicities only for TFDS);
 4. builds and compiles the model (optional mixed precision, XLA, ``tf.distribute`` strategy) with the recipe
-   loss and optimizer, the ``val_focal`` metric and the streaming macro F1;
+   loss and optimizer, the ``val_focal`` metric and the streaming macro F1. A recipe with ``loss_weights``
+   trains the builder's multi-output graph (``with_aux=True``) with those weights; metrics, the checkpoint
+   monitor, thresholds, report and preset use the main output ``logits`` only (`MAIN_OUTPUT`);
 5. fits with: best-checkpoint on ``recipe.monitor`` (written atomically), `BackupAndRestore` (a re-run of the
-   same call resumes model, optimizer and epoch), CSV + TensorBoard logs, and a NaN guard;
-6. reloads the best weights, predicts the validation split, fits the recipe's thresholds, saves a preset and
-   a validation report.
+   same call resumes model, optimizer and epoch), CSV + TensorBoard logs, a NaN guard, and with
+   ``recipe.swa_last_n`` a checkpoint every epoch;
+6. takes the final weights (``swa_last_n > 0``: `hpa_zoo.swa` average of the last N epoch checkpoints with
+   BatchNorm recalibrated on the training split; else the best epoch), predicts the validation split, fits the
+   recipe's thresholds, saves a preset and a validation report.
 
 Files under ``out_dir``::
 
@@ -18,6 +24,8 @@ Files under ``out_dir``::
     folds.csv                 Id,fold used for the split
     backup/                   resume state (model + optimizer + epoch), kept after the run ends
     checkpoints/best.weights.h5 + best.json   the best epoch on recipe.monitor
+    checkpoints/epochs/epoch_NNN.weights.h5   every epoch, the last swa_last_n kept (SWA recipes only)
+    checkpoints/swa.weights.h5 + swa.json     the SWA weights and what was averaged (SWA recipes only)
     training_log.csv, logs/   per-epoch metrics, TensorBoard
     preset/                   the trained model (``hpa_zoo.load(out_dir / "preset")``) + metadata (thresholds...)
     val_predictions.csv       Id, Target, Predicted, 28 probability columns
@@ -50,7 +58,11 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 #: Settings that must match for a re-run to resume from ``out_dir/backup`` (``epochs`` may change).
 _RESUME_KEYS = ("model_name", "data", "fold", "image_size", "input_size", "batch_size", "steps_per_epoch",
-                "precision", "seed", "weights")
+                "precision", "seed", "weights", "sampler")
+
+#: The output of a multi-output model (a dict of tensors, `Recipe.loss_weights`) that is validated, thresholded,
+#: saved in the preset and predicted; the others (Team 3's ``aux_logits``) only add training losses.
+MAIN_OUTPUT = "logits"
 
 
 class TrainingDivergedError(HpaZooError, FloatingPointError):
@@ -107,9 +119,14 @@ def load_recipe(model_name: str, *, epochs: Optional[int] = None, image_size: Op
                           f"{recipe.image_size}->{recipe.input_size} or extend make_recipe")
     if rest:  # plain data fields; the LR schedule is built later from the final epoch count
         recipe = dataclasses.replace(recipe, **rest)
-    if recipe.input_size > recipe.image_size:
-        raise ConfigError(f"input_size {recipe.input_size} > image_size {recipe.image_size}: the network input is a "
-                          f"crop of the loaded image, so choose input_size <= image_size")
+    if recipe.input_size > recipe.image_size and not getattr(module, "INPUT_IS_RESIZED_IMAGE", False):
+        raise ConfigError(f"input_size {recipe.input_size} > image_size {recipe.image_size}: the network input of "
+                          f"{model_name!r} is a crop of the loaded image, so choose input_size <= image_size (only "
+                          f"recipes whose maps resize the whole image, INPUT_IS_RESIZED_IMAGE = True in the recipe "
+                          f"module, e.g. Team 3's 512 -> 1024, may upsample)")
+    if recipe.loss_weights is not None and MAIN_OUTPUT not in recipe.loss_weights:
+        raise ConfigError(f"the recipe of {model_name!r} has loss_weights {recipe.loss_weights} without the main "
+                          f"output {MAIN_OUTPUT!r}; the main output is the one validated, thresholded and exported")
     return recipe
 
 
@@ -215,6 +232,85 @@ def _split_sources(data, table, fold: int, *, data_dir, image_size: int):
     count = tf.data.experimental.assert_cardinality
     return (train.apply(count(len(train_ids))), valid.apply(count(len(valid_ids))), len(train_ids),
             len(valid_ids))
+
+
+def _labels_of(data, ids: list[str], *, data_dir, verbose) -> np.ndarray:
+    """Multi-hot labels (len(ids), 28) float32 of `ids` (training images), in that order."""
+    all_ids, multi_hot = _all_labels(data, data_dir=data_dir, verbose=verbose)
+    row = {image_id: i for i, image_id in enumerate(all_ids)}
+    missing = [i for i in ids if i not in row]
+    if missing:
+        raise HpaDataError(f"{data}: {len(missing)} training id(s) of the folds table have no label, e.g. "
+                           f"{missing[:3]}; the folds table does not match the data")
+    return multi_hot[[row[i] for i in ids]].astype(np.float32)
+
+
+class _EpochSampler:
+    """A recipe's ``train_sampler`` bound to one fold's training split (`hpa_zoo.recipe.Recipe.train_sampler`).
+
+    ``ids(epoch)`` calls ``sampler(train_ids, labels (N, 28) float32, seed=_epoch_seed(seed, epoch),
+    batch_size=batch_size)`` once per epoch (cached) and checks the answer: a non-empty list of training ids
+    (repeats allowed); an id outside the fold's training split (e.g. a validation image) is refused.
+    """
+
+    def __init__(self, sampler, train_ids: list[str], labels: np.ndarray, *, seed: int, batch_size: int,
+                 fold: int):
+        self.sampler, self.train_ids, self.labels = sampler, list(train_ids), labels
+        self.seed, self.batch_size, self.fold = int(seed), int(batch_size), int(fold)
+        self.known = set(self.train_ids)
+        self._cache: dict[int, list[str]] = {}
+
+    @property
+    def name(self) -> str:
+        return _callable_name(self.sampler)
+
+    def ids(self, epoch: int) -> list[str]:
+        """The ids of epoch ``epoch`` (0-based), in training order; list[str], repeats allowed."""
+        if epoch not in self._cache:
+            out = self.sampler(list(self.train_ids), self.labels, seed=_epoch_seed(self.seed, epoch),
+                               batch_size=self.batch_size)
+            if isinstance(out, (str, bytes)) or not hasattr(out, "__len__"):
+                raise ConfigError(f"train_sampler {self.name} returned a {type(out).__name__}; it must return the "
+                                  f"epoch's ids as a list of str (hpa_zoo.recipe.Recipe.train_sampler)")
+            out = [str(i) for i in out]
+            if not out:
+                raise ConfigError(f"train_sampler {self.name} returned no id for epoch {epoch + 1}; it must return "
+                                  f"at least one batch of training ids")
+            unknown = [i for i in out if i not in self.known]
+            if unknown:
+                raise ConfigError(f"train_sampler {self.name} returned {len(unknown)} id(s) that are not in the "
+                                  f"training split of fold {self.fold}, e.g. {unknown[:3]}; it may only return ids "
+                                  f"it was given (validation images must never be trained on)")
+            self._cache[epoch] = out
+        return self._cache[epoch]
+
+
+def _sampled_source(data, train_src, epoch_ids: list[str], *, image_size: int, seed: int):
+    """The examples of one sampled epoch (`_EpochSampler`): a dataset of example dicts, ``len(epoch_ids)`` long.
+
+    * Kaggle-layout folder: exactly ``epoch_ids`` in that order, repeats included
+      (`hpa_zoo.pipeline.folder_dataset` keeps the order of ``ids``); nothing reshuffles it.
+    * TFDS: records are read in their stored order, so the sampler's **order is not kept**: each training
+      record is emitted as many times as the sampler lists its id (0 = left out this epoch), then shuffled
+      (buffer `SAMPLED_TFDS_SHUFFLE`, seeded by the epoch) — the multiplicities, i.e. the class balance, hold.
+    """
+    import tensorflow as tf
+
+    from hpa_zoo import pipeline
+
+    if _is_folder(data):
+        folder = Path(data)
+        return pipeline.folder_dataset(folder / "train", folder / "train.csv", ids=epoch_ids, image_size=image_size)
+    unique, counts = np.unique(np.asarray(epoch_ids, dtype=object).astype(str), return_counts=True)
+    table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+        tf.constant(unique.tolist()), tf.constant(counts, tf.int64)), default_value=0)
+    repeated = train_src.flat_map(lambda e: tf.data.Dataset.from_tensors(e).repeat(table.lookup(e["id"])))
+    return (repeated.apply(tf.data.experimental.assert_cardinality(len(epoch_ids)))
+            .shuffle(SAMPLED_TFDS_SHUFFLE, seed=seed, reshuffle_each_iteration=False))
+
+
+#: Shuffle buffer of a sampled TFDS epoch (`_sampled_source`): spreads an image's repeats over the epoch.
+SAMPLED_TFDS_SHUFFLE = 1024
 
 
 # ------------------------------------------------------------------------------------------------ callbacks
@@ -383,7 +479,9 @@ def train(model_name: str, data: str | os.PathLike, *, fold: int = 0, folds_csv:
         epochs: train for this many epochs (the recipe's LR schedule is scaled to it).
         image_size: side the images are loaded at; input_size: side of the network input (the crop).
         batch_size: global batch size (split over the replicas of ``strategy``).
-        steps_per_epoch: default ``n_train // batch_size`` (incomplete batches dropped, teams.md §1.4).
+        steps_per_epoch: default ``n_train // batch_size`` (incomplete batches dropped, teams.md §1.4); with a
+            recipe ``train_sampler``, ``len(epoch 0's ids) // batch_size`` (an epoch whose list is shorter than
+            the steps wraps around to its start).
         precision: None/"float32", "mixed_float16" (loss scaling on) or "mixed_bfloat16".
         jit_compile: compile the train step with XLA.
         strategy: a name from `hpa_zoo.distribute.STRATEGIES` ("mirrored", "multiworker", "tpu"), a
@@ -396,8 +494,9 @@ def train(model_name: str, data: str | os.PathLike, *, fold: int = 0, folds_csv:
             from ``out_dir/backup`` ends where an uninterrupted one does (tests/test_resume.py).
         verbose: 0 silent, 1 progress bars and messages.
     Returns:
-        ``out_dir / "preset"``, loadable with ``hpa_zoo.load``; its metadata holds the fitted thresholds (28,),
-        the recipe summary and the validation macro F1.
+        ``out_dir / "preset"``, loadable with ``hpa_zoo.load``: the single-output (``logits``) model; its
+        metadata holds the fitted thresholds (28,), the recipe summary, the validation macro F1 and
+        ``weights_from`` (``"swa"``, with the ``swa`` entry naming the averaged epochs, ``"best"`` or ``"last"``).
     Raises:
         ConfigError: impossible settings, or ``out_dir`` holds a run with other settings.
         HpaDataError: unreadable data / folds.
@@ -422,7 +521,8 @@ def train(model_name: str, data: str | os.PathLike, *, fold: int = 0, folds_csv:
     settings = {"model_name": model_name, "data": data_str, "fold": int(fold), "image_size": recipe.image_size,
                 "input_size": recipe.input_size, "batch_size": recipe.batch_size, "epochs": recipe.epochs,
                 "steps_per_epoch": steps_per_epoch, "precision": precision or "float32", "seed": int(seed),
-                "weights": weights, "jit_compile": bool(jit_compile)}
+                "weights": weights, "jit_compile": bool(jit_compile),
+                "sampler": _callable_name(recipe.train_sampler) if recipe.train_sampler is not None else None}
     _check_resume(out_dir, settings)
     atomic_write_text(out_dir / "run.json", json.dumps(settings, indent=2))
     _log(verbose, f"training {model_name} ({recipe.name}) fold {fold}: images {recipe.image_size}px -> input "
@@ -437,15 +537,28 @@ def train(model_name: str, data: str | os.PathLike, *, fold: int = 0, folds_csv:
     table = _fold_table(data, data_dir=data_dir, folds_csv=folds_csv, out_dir=out_dir, verbose=verbose)
     train_src, valid_src, n_train, n_valid = _split_sources(data, table, fold, data_dir=data_dir,
                                                             image_size=recipe.image_size)
-    steps = steps_per_epoch or n_train // recipe.batch_size
+    epoch_source, n_epoch = None, n_train
+    if recipe.train_sampler is not None:  # Recipe.train_sampler: the epoch's ids, in training order
+        train_ids = list(table.loc[table["fold"] != fold, "Id"])
+        sampler = _EpochSampler(recipe.train_sampler, train_ids,
+                                _labels_of(data, train_ids, data_dir=data_dir, verbose=verbose),
+                                seed=seed, batch_size=recipe.batch_size, fold=fold)
+        n_epoch = len(sampler.ids(0))  # epoch 0's length sets the steps, also in a resumed process
+        epoch_source = lambda epoch: _sampled_source(  # noqa: E731
+            data, train_src, sampler.ids(epoch), image_size=recipe.image_size, seed=_epoch_seed(seed, epoch))
+    steps = steps_per_epoch or n_epoch // recipe.batch_size
     if steps <= 0 or n_valid == 0:
         raise ConfigError(f"fold {fold}: {n_train} training / {n_valid} validation images, batch size "
                           f"{recipe.batch_size}: no complete training batch or empty validation split; use a smaller "
                           f"--batch-size or more data")
-    train_ds = _epoch_stream(train_src, recipe.train_map, batch_size=recipe.batch_size, seed=seed, steps=steps,
-                             start_epoch=_backup_epoch(out_dir / "backup"), epochs=recipe.epochs)
-    valid_ds = pipeline.batch_pipeline(valid_src, recipe.eval_map, batch_size=recipe.batch_size, training=False)
-    _log(verbose, f"fold {fold}: {n_train} train / {n_valid} valid images, {steps} steps per epoch")
+    targets = tuple(recipe.loss_weights) if recipe.loss_weights else None
+    train_ds = _epoch_stream(train_src, _with_output_targets(recipe.train_map, targets), batch_size=recipe.batch_size,
+                             seed=seed, steps=steps, start_epoch=_backup_epoch(out_dir / "backup"),
+                             epochs=recipe.epochs, epoch_source=epoch_source)
+    valid_ds = pipeline.batch_pipeline(valid_src, _with_output_targets(recipe.eval_map, targets),
+                                       batch_size=recipe.batch_size, training=False)
+    sampled = f" ({n_epoch} sampled by {settings['sampler']})" if epoch_source is not None else ""
+    _log(verbose, f"fold {fold}: {n_train} train{sampled} / {n_valid} valid images, {steps} steps per epoch")
 
     strategy = _resolve_strategy(strategy)
     if strategy is not None:  # hpa_zoo.distribute: global batch split evenly, datasets sharded by element
@@ -461,9 +574,10 @@ def train(model_name: str, data: str | os.PathLike, *, fold: int = 0, folds_csv:
         scope = strategy.scope() if strategy is not None else _null_scope()
         with scope:
             model = _build_model(model_name, spec, recipe, weights)
-            model.compile(optimizer=recipe.make_optimizer(steps, recipe.epochs), loss=recipe.make_loss(),
-                          metrics=_metrics(recipe), jit_compile=bool(jit_compile),
-                          auto_scale_loss=precision == "mixed_float16")
+            metrics = _metrics(recipe)  # on the main output only: aux heads only add training losses
+            model.compile(optimizer=recipe.make_optimizer(steps, recipe.epochs), loss=_loss(recipe),
+                          loss_weights=recipe.loss_weights, metrics={MAIN_OUTPUT: metrics} if targets else metrics,
+                          jit_compile=bool(jit_compile), auto_scale_loss=precision == "mixed_float16")
         best_cb, callbacks = _callbacks(out_dir, recipe, verbose)
         # keras.distribution (JAX) is consulted by fit itself: keep its scope; tf.distribute is captured by compile
         fit_scope = strategy.scope() if distribute.is_keras_distribution(strategy) else _null_scope()
@@ -475,20 +589,32 @@ def train(model_name: str, data: str | os.PathLike, *, fold: int = 0, folds_csv:
             print(f"\ninterrupted: the resume state is in {out_dir / 'backup'} (end of the last finished epoch); "
                   f"re-run the same command to continue")
             raise
-        preset = _finish(model, best_cb, recipe, settings, valid_src, table, fold, out_dir, verbose)
+        preset = _finish(model, best_cb, recipe, settings, train_src, valid_src, table, fold, out_dir, verbose)
     finally:
         keras.mixed_precision.set_dtype_policy(previous_policy)
     _log(verbose, f"done in {time.time() - t_start:.0f}s")
     return preset
 
 
-def _epoch_stream(src, map_fn, *, batch_size: int, seed: int, steps: int, start_epoch: int, epochs: int):
+def _epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of epoch ``epoch`` (0-based) of a run seeded ``seed``: its shuffle, augmentation and sampler
+    (a Python int, so a resumed process derives the same one)."""
+    return int(seed) * 1_000_003 + int(epoch)
+
+
+def _epoch_stream(src, map_fn, *, batch_size: int, seed: int, steps: int, start_epoch: int, epochs: int,
+                  epoch_source=None):
     """The training batches from epoch ``start_epoch`` on: epoch e is ``steps`` batches of a pipeline seeded by
-    (seed, e), so a run resumed at epoch e sees exactly the batches an uninterrupted run sees there.
+    ``_epoch_seed(seed, e)``, so a run resumed at epoch e sees exactly the batches an uninterrupted run sees there.
 
     (A single ``batch_pipeline(...).repeat()`` re-randomises per iteration *within one process*: a resumed
     process would replay epoch 0's order and augmentation.) Each epoch is a fresh pass (repeated if ``steps``
     exceeds one pass), as Team 1's per-epoch re-seeded sampler (teams.md §1.5).
+
+    With ``epoch_source`` (``epoch -> dataset of example dicts`` in training order, from a recipe's
+    ``train_sampler``, see `_sampled_source`) epoch e is that dataset, **not reshuffled**, mapped with
+    per-example seeds drawn from ``_epoch_seed(seed, e)``; otherwise `src` is shuffled by
+    `hpa_zoo.pipeline.batch_pipeline`. Incomplete batches are dropped either way.
 
     The epochs are concatenated with Python-int seeds: inside ``Dataset.flat_map`` the epoch is a symbolic
     tensor, and ``Dataset.shuffle`` / ``Dataset.random`` in `hpa_zoo.pipeline.batch_pipeline` need a Python seed.
@@ -497,16 +623,38 @@ def _epoch_stream(src, map_fn, *, batch_size: int, seed: int, steps: int, start_
         a dataset of ``(epochs - start_epoch) * steps`` ``map_fn`` batches (B, ...), B = ``batch_size``
         (at least one epoch, so a finished run's re-run still has a valid iterator).
     """
+    import tensorflow as tf
+
     from hpa_zoo import pipeline
 
     def one_epoch(epoch: int):
-        return pipeline.batch_pipeline(src, map_fn, batch_size=batch_size, training=True,
-                                       seed=int(seed) * 1_000_003 + epoch, drop_remainder=True).repeat().take(steps)
+        epoch_seed = _epoch_seed(seed, epoch)
+        if epoch_source is None:
+            return pipeline.batch_pipeline(src, map_fn, batch_size=batch_size, training=True, seed=epoch_seed,
+                                           drop_remainder=True).repeat().take(steps)
+        seeds = tf.data.Dataset.random(seed=epoch_seed).batch(2, drop_remainder=True)  # static (2,), as batch_pipeline
+        examples = tf.data.Dataset.zip(epoch_source(epoch), seeds)
+        return (examples.map(map_fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+                .batch(batch_size, drop_remainder=True).repeat().take(steps).prefetch(tf.data.AUTOTUNE))
 
     stream = one_epoch(int(start_epoch))
     for epoch in range(int(start_epoch) + 1, int(epochs)):
         stream = stream.concatenate(one_epoch(epoch))
     return stream
+
+
+def _with_output_targets(map_fn, keys):
+    """``map_fn -> (image, multi_hot)`` made ``-> (image, {key: multi_hot for key in keys})``: every output of a
+    multi-output model (`Recipe.loss_weights`) is trained against the same target. ``keys`` None: unchanged."""
+    if not keys:
+        return map_fn
+    keys = tuple(keys)
+
+    def mapped(*args):
+        image, target = map_fn(*args)
+        return image, {key: target for key in keys}
+
+    return mapped
 
 
 def _backup_epoch(backup_dir: Path) -> int:
@@ -515,19 +663,25 @@ def _backup_epoch(backup_dir: Path) -> int:
     return int(state["epoch"]) if state else 0
 
 
-def _finish(model, best_cb: AtomicBestCheckpoint, recipe: Recipe, settings: dict, valid_src, table, fold: int,
-            out_dir: Path, verbose: int) -> Path:
-    """Best weights -> validation probabilities -> thresholds -> preset, predictions CSV, report."""
+def _finish(model, best_cb: AtomicBestCheckpoint, recipe: Recipe, settings: dict, train_src, valid_src, table,
+            fold: int, out_dir: Path, verbose: int) -> Path:
+    """Final weights (SWA with ``recipe.swa_last_n``, else the best epoch) -> validation probabilities of the main
+    output -> thresholds -> preset (the main output only), predictions CSV, report."""
     import pandas as pd
 
     from hpa_zoo import metrics, models_api, pipeline, thresholds
     from hpa_zoo.labels import format_target
+    from hpa_zoo.predict import main_output_model
 
-    if best_cb.path.is_file():
+    swa_info = None
+    if recipe.swa_last_n:
+        swa_info = _apply_swa(model, recipe, train_src, out_dir, verbose)
+    elif best_cb.path.is_file():
         model.load_weights(best_cb.path)
         _log(verbose, f"loaded the best weights: {best_cb.path} ({best_cb.best})")
     else:
-        _log(verbose, f"no improving epoch on {recipe.monitor}; keeping the last weights")
+        _log(verbose, f"no improving epoch on {best_cb.monitor}; keeping the last weights")
+    model = main_output_model(model, MAIN_OUTPUT)  # Team 3's aux head is for training only (teams.md §3.2)
     with_ids = lambda e: (*recipe.eval_map(e), e["id"])  # noqa: E731
     ds = pipeline.batch_pipeline(valid_src, with_ids, batch_size=recipe.batch_size, training=False)
     probs, y_true, ids = [], [], []
@@ -553,7 +707,10 @@ def _finish(model, best_cb: AtomicBestCheckpoint, recipe: Recipe, settings: dict
     metadata = {
         "model_name": settings["model_name"], "class_names": list(CLASS_NAMES), "thresholds": th.tolist(),
         "recipe": recipe_summary(recipe), "data": settings["data"], "fold": int(fold),
-        "threshold_fallbacks": list(fitted.fallbacks), "val_macro_f1": macro, "best": best_cb.best, "precision": settings["precision"], "seed": settings["seed"],
+        "threshold_fallbacks": list(fitted.fallbacks), "val_macro_f1": macro, "best": best_cb.best,
+        "precision": settings["precision"], "seed": settings["seed"],
+        # which weights the preset holds: the SWA average (teams.md §3.3) or the best epoch on the monitor
+        "weights_from": "swa" if swa_info else ("best" if best_cb.best else "last"), "swa": swa_info,
     }
     models_api.save_preset(model, preset, metadata=metadata)
 
@@ -573,6 +730,19 @@ def _finish(model, best_cb: AtomicBestCheckpoint, recipe: Recipe, settings: dict
     return preset
 
 
+def _apply_swa(model, recipe: Recipe, train_src, out_dir: Path, verbose: int) -> dict:
+    """`hpa_zoo.swa.apply_swa` on this run: the last ``recipe.swa_last_n`` epoch checkpoints averaged into `model`,
+    BatchNorm recalibrated on one pass over the fold's training images with the *validation* transform
+    (teams.md §3.3). Returns the metadata entry ``{"last_n", "averaged": [files], "bn_images", "weights"}``."""
+    from hpa_zoo import pipeline, swa
+
+    images_only = lambda e: recipe.eval_map(e)[0]  # noqa: E731
+    bn_ds = pipeline.batch_pipeline(train_src, images_only, batch_size=recipe.batch_size, training=False)
+    path = swa.apply_swa(out_dir, model, bn_ds, last_n=recipe.swa_last_n, verbose=verbose)
+    info = json.loads(path.with_name("swa.json").read_text())
+    return {"last_n": int(recipe.swa_last_n), **info, "weights": str(path)}
+
+
 def _report_markdown(report: dict, title: str) -> str:
     from hpa_zoo import metrics
 
@@ -580,13 +750,55 @@ def _report_markdown(report: dict, title: str) -> str:
 
 
 def _build_model(model_name, spec, recipe: Recipe, weights):
+    """The model to train. A recipe with ``loss_weights`` trains the builder's multi-output graph: the registry
+    builder called with ``with_aux=True`` (Team 3's Inception-v3: ``{"logits", "aux_logits"}``); weights other
+    than None / "imagenet" are loaded into the single-output model and copied over by layer name (the auxiliary
+    head then starts as initialised)."""
     from hpa_zoo import models_api
 
     shape = (recipe.input_size, recipe.input_size, spec.num_channels)
-    model = models_api.load(model_name, weights=weights, num_classes=NUM_CLASSES, input_shape=shape)
-    if not model.built:
-        model.build((None, *shape))
+    if recipe.loss_weights is None:
+        model = models_api.load(model_name, weights=weights, num_classes=NUM_CLASSES, input_shape=shape)
+        if not model.built:
+            model.build((None, *shape))
+        return model
+    build = spec.build_fn()
+    if "with_aux" not in inspect.signature(build).parameters:
+        raise ConfigError(f"the recipe of {model_name!r} has loss_weights {recipe.loss_weights} (several outputs) "
+                          f"but its builder {spec.builder} has no with_aux parameter to build the training outputs")
+    direct = weights if weights in (None, "imagenet") else None
+    model = build(num_classes=NUM_CLASSES, input_shape=shape, weights=direct, with_aux=True, **spec.builder_kwargs)
+    outputs = set(model.output) if isinstance(model.output, dict) else {MAIN_OUTPUT}
+    if outputs != set(recipe.loss_weights):
+        raise ConfigError(f"{model_name}: the training model's outputs {sorted(outputs)} differ from the recipe's "
+                          f"loss_weights keys {sorted(recipe.loss_weights)}")
+    if direct is None and weights is not None:
+        from zoo_models.surgery import transplant_weights
+
+        single = models_api.load(model_name, weights=weights, num_classes=NUM_CLASSES, input_shape=shape)
+        transplant_weights(single, model, first_conv=None, match="name")  # same channel count: a plain copy
     return model
+
+
+def _loss(recipe: Recipe):
+    """``recipe.make_loss()``, checked against ``recipe.loss_weights`` (a dict of losses with the same keys)."""
+    loss = recipe.make_loss()
+    if recipe.loss_weights is not None and (not isinstance(loss, dict) or set(loss) != set(recipe.loss_weights)):
+        got = sorted(loss) if isinstance(loss, dict) else type(loss).__name__
+        raise ConfigError(f"recipe {recipe.name!r}: make_loss() must return a dict with the loss_weights keys "
+                          f"{sorted(recipe.loss_weights)} for a multi-output model, got {got}")
+    return loss
+
+
+def _monitor(recipe: Recipe) -> str:
+    """The logged name of ``recipe.monitor``. With several outputs Keras logs the main output's loss and metrics
+    as ``val_logits_loss`` / ``val_logits_<metric>`` (``val_loss`` is the weighted total, aux included): the
+    checkpoint follows the main output's."""
+    monitor = recipe.monitor
+    if recipe.loss_weights is None or monitor.startswith(f"val_{MAIN_OUTPUT}_"):
+        return monitor
+    prefix = "val_" if monitor.startswith("val_") else ""
+    return f"{prefix}{MAIN_OUTPUT}_{monitor[len(prefix):]}"
 
 
 def _metrics(recipe: Recipe) -> list:
@@ -599,11 +811,18 @@ def _metrics(recipe: Recipe) -> list:
 
 
 def _callbacks(out_dir: Path, recipe: Recipe, verbose: int):
-    best = AtomicBestCheckpoint(out_dir / "checkpoints" / "best.weights.h5", recipe.monitor, recipe.monitor_mode,
+    from hpa_zoo import swa
+
+    best = AtomicBestCheckpoint(out_dir / "checkpoints" / "best.weights.h5", _monitor(recipe), recipe.monitor_mode,
                                 verbose=verbose)
     backup = out_dir / "backup"
+    # SWA (teams.md §3.3): every epoch's weights, written before the backup records the epoch as done, so a
+    # resumed run never lacks one (a kill in between re-trains that epoch and rewrites the same file).
+    epochs = ([swa.EpochCheckpoints(out_dir / swa.EPOCH_CHECKPOINT_DIR, keep_last=recipe.swa_last_n)]
+              if recipe.swa_last_n else [])
     callbacks = [
         StopOnNaN(best, backup),  # first: raises before anything saves diverged weights
+        *epochs,
         # Kept after the run so a re-run with more epochs continues; atomic, with the previous epoch as fallback.
         AtomicBackupAndRestore(str(backup)),
         best,
@@ -644,6 +863,16 @@ class _null_scope:
 
     def __exit__(self, *exc):
         return False
+
+
+def _callable_name(fn) -> str:
+    """A stable name of a function / ``functools.partial`` (module.qualname(keywords)), recorded in run.json."""
+    import functools
+
+    if isinstance(fn, functools.partial):
+        kw = ", ".join(f"{k}={v!r}" for k, v in sorted(fn.keywords.items()))
+        return f"{_callable_name(fn.func)}({kw})"
+    return f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
 
 
 def _jsonable(obj):

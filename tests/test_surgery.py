@@ -152,3 +152,39 @@ def test_replace_head_keeps_trunk_and_gives_float32_logits_of_new_size():
     new = surgery.replace_head(model, 7)
     assert new.output_shape == (None, 7) and new.get_layer("logits").dtype_policy.compute_dtype == "float32"
     assert new.get_layer("fc") is model.get_layer("fc") and new.name == "m"
+
+
+def test_replace_head_rebuilds_the_attention_head_and_keeps_the_trunk():
+    """Team 3's class-wise attention head (two 1x1 convs -> ClassAttentionPooling "logits"): both per-class convs
+    get the new class count; the pooled feature map and the trunk are shared; the new logits equal the NumPy
+    formula (teams.md §3.2) on the shared features with the new convs' weights."""
+    from zoo_models.attention import attention_head
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((12, 12, 3))
+    feat = keras.layers.Conv2D(6, 3, name="feat")(inp)
+    main = attention_head(feat, 28, attention_size=4, name="attention", output_name="logits")
+    aux = attention_head(feat, 28, name="aux_attention", output_name="aux_logits")
+    model = keras.Model(inp, {"logits": main, "aux_logits": aux}, name="att")
+
+    new = surgery.replace_head(model, 5)
+    assert tuple(new.output["logits"].shape) == (None, 5) and tuple(new.output["aux_logits"].shape) == (None, 28)
+    assert new.get_layer("feat") is model.get_layer("feat") and new.name == "att"
+    assert new.get_layer("attention_pool") is model.get_layer("attention_pool")
+    assert new.get_layer("aux_attention_class_conv") is model.get_layer("aux_attention_class_conv")
+    for name in ("attention_class_conv", "attention_att_conv"):
+        assert new.get_layer(name) is not model.get_layer(name) and new.get_layer(name).kernel.shape == (1, 1, 6, 5)
+
+    x = RNG.normal(size=(2, 12, 12, 3)).astype(np.float32)
+    pooled = keras.ops.convert_to_numpy(keras.Model(inp, model.get_layer("attention_pool").output)(x))
+    conv = lambda name: np.einsum("bhwc,ck->bhwk", pooled, keras.ops.convert_to_numpy(  # noqa: E731
+        new.get_layer(name).kernel)[0, 0]) + keras.ops.convert_to_numpy(new.get_layer(name).bias)
+    logits_map, att = conv("attention_class_conv").reshape(2, -1, 5), conv("attention_att_conv").reshape(2, -1, 5)
+    att = np.exp(att - att.max(1, keepdims=True))
+    want = (logits_map * att / att.sum(1, keepdims=True)).sum(1)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(new(x)["logits"]), want, rtol=1e-4, atol=1e-5)
+
+    both = surgery.replace_head(model, 5, classifier=("logits", "aux_logits"))
+    assert tuple(both.output["logits"].shape) == tuple(both.output["aux_logits"].shape) == (None, 5)
+    with pytest.raises(ConfigError, match="no layer 'nope'"):
+        surgery.replace_head(model, 5, classifier="nope")

@@ -1,7 +1,10 @@
-"""zoo_models.team3_recipe: Team 3's recipe facts, loss weighting, data maps, SWA helper, blend and short training."""
+"""zoo_models.team3_recipe: Team 3's recipe facts, loss weighting, data maps, policy loading and blend.
+
+Training Team 3 through the generic trainer (loss falls, 0.4 x aux, SWA preset, predict) is in
+tests/test_train_team3.py; the SWA arithmetic against NumPy is in tests/test_swa.py.
+"""
 from __future__ import annotations
 
-import importlib.util
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -17,11 +20,6 @@ from zoo_models import team3_recipe as t3  # noqa: E402
 
 INCEPTION, SERESNEXT, RESNET34 = ("team3_attention_inceptionv3_1024", "team3_attention_se_resnext50_1024",
                                   "team3_resnet34_512")
-# Training tests use two cheap sub-policies: tracing pudae's 25-branch policy graph alone takes ~45 s on 2 CPUs.
-CHEAP_POLICY = [augment.SubPolicy(augment.PolicyOp("RandomBrightness", 0.5, {"limit": 0.2}),
-                                  augment.PolicyOp("RandomContrast", 0.5, {"limit": 0.2})),
-                augment.SubPolicy(augment.PolicyOp("InvertImg", 0.25, {}),
-                                  augment.PolicyOp("RandomGamma", 0.5, {"gamma_limit": (80, 120)}))]
 
 
 def _np_focal_mean(y, z):
@@ -29,14 +27,6 @@ def _np_focal_mean(y, z):
     p = 1.0 / (1.0 + np.exp(-z.astype(np.float64)))
     pt = np.where(y > 0.5, p, 1.0 - p)
     return float(np.mean(-((1.0 - pt) ** 2) * np.log(pt)))
-
-
-@pytest.fixture(scope="module")
-def synthetic(tmp_path_factory):
-    from hpa_zoo.synthetic import write_synthetic_dataset
-
-    return write_synthetic_dataset(tmp_path_factory.mktemp("t3") / "data", n_train=24, n_test=4, size=64,
-                                   workers=0, progress=False)
 
 
 def _two_output_model(size, seed=0):
@@ -134,63 +124,12 @@ def test_blend_team3_is_the_weighted_mean():
         t3.blend_team3({INCEPTION: probs[INCEPTION], SERESNEXT: probs[SERESNEXT][:3]})
 
 
-def _fit(recipe, model, data_dir, *, run_dir=None, epochs=3, n_images=8, batch=2):
-    """model.fit with the recipe's train_map, loss (+ loss_weights), optimiser and SWA callbacks; per-epoch losses."""
-    src = pipeline.folder_dataset(data_dir / "train", data_dir / "train.csv",
-                                  image_size=recipe.image_size).take(n_images).cache()
-    ds = pipeline.batch_pipeline(src, recipe.train_map, batch_size=batch, training=True, seed=0)
-    if recipe.loss_weights:
-        ds = ds.map(lambda x, y: t3.repeat_targets(x, y, tuple(recipe.loss_weights)))
-    steps = n_images // batch
-    model.compile(optimizer=recipe.make_optimizer(steps, epochs), loss=recipe.make_loss(),
-                  loss_weights=recipe.loss_weights)
-    callbacks = t3.make_callbacks(run_dir, recipe) if run_dir is not None else []
-    history = model.fit(ds, epochs=epochs, verbose=0, callbacks=callbacks)
-    return history.history["loss"]
+def test_swa_helpers_point_at_the_run_folder_the_trainer_uses(tmp_path):
+    from hpa_zoo import swa
 
-
-def test_short_training_with_swa_on_synthetic_data(synthetic, tmp_path):
-    """The recipe pieces train a stand-in two-output model (its validation focal loss falls); apply_swa then
-    averages the last epoch checkpoints, recalibrates BN on the training images and saves the result."""
-    recipe = t3.make_recipe(INCEPTION, policy=CHEAP_POLICY, image_size=64, input_size=48, swa_last_n=3)
-    model = _two_output_model(48)
-    src = pipeline.folder_dataset(synthetic / "train", synthetic / "train.csv", image_size=64).take(8).cache()
-    bn_ds = pipeline.batch_pipeline(src, recipe.eval_map, batch_size=4, training=False)
-    loss_fn = recipe.make_loss()["logits"]
-    eval_loss = lambda: float(np.mean([loss_fn(y, model(x)["logits"]) for x, y in bn_ds]))  # noqa: E731
-    before = eval_loss()
-    _fit(recipe, model, synthetic, run_dir=tmp_path, epochs=6)
-    assert eval_loss() < before
-    files = sorted((tmp_path / t3.EPOCH_CHECKPOINT_DIR).glob("epoch_*.weights.h5"))
-    assert [f.name for f in files] == ["epoch_004.weights.h5", "epoch_005.weights.h5", "epoch_006.weights.h5"]
-    kernels = []
-    for f in files:
-        model.load_weights(f)
-        kernels.append(keras.ops.convert_to_numpy(model.get_layer("conv").kernel))
-    out = t3.apply_swa(tmp_path, model, bn_ds, last_n=recipe.swa_last_n, verbose=0)
-    fresh = _two_output_model(48, seed=7)
-    fresh.load_weights(out)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(fresh.get_layer("conv").kernel), np.mean(kernels, 0),
-                               rtol=1e-5, atol=1e-7)
-    conv_out = keras.Model(fresh.input, fresh.get_layer("conv").output)
-    feats = [conv_out(x).numpy().reshape(-1, 32) for x, _ in bn_ds]
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(fresh.get_layer("bn").moving_mean),
-                               np.mean([f.mean(0) for f in feats], 0), rtol=1e-4, atol=1e-5)
+    (callback,) = t3.make_callbacks(tmp_path, t3.make_recipe(RESNET34))
+    assert isinstance(callback, swa.EpochCheckpoints) and callback.keep_last == 10  # teams.md §3.3
+    assert callback.directory == tmp_path / "checkpoints" / "epochs" == tmp_path / swa.EPOCH_CHECKPOINT_DIR
+    assert t3.make_callbacks(tmp_path, t3.make_recipe(RESNET34, swa_last_n=0)) == []
     with pytest.raises(ConfigError, match="no epoch_NNN"):
-        t3.apply_swa(tmp_path / "empty", model, bn_ds, verbose=0)
-
-
-_HAS_BUILDERS = importlib.util.find_spec("zoo_models.team3_pudae") is not None
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not _HAS_BUILDERS, reason="zoo_models.team3_pudae (Team 3 builders) has not landed yet")
-@pytest.mark.parametrize("name,size,kw", [(INCEPTION, 96, {"with_aux": True}), (SERESNEXT, 64, {}),
-                                          (RESNET34, 64, {})])
-def test_each_team3_model_overfits_a_few_synthetic_images(synthetic, name, size, kw):
-    # grad_accum_steps=1: 4 optimiser steps in 2 epochs of 2 images (SE-ResNeXt's grouped convs are slow on CPU)
-    recipe = t3.make_recipe(name, policy=CHEAP_POLICY, image_size=64, input_size=size, grad_accum_steps=1)
-    keras.utils.set_random_seed(0)
-    model = t3.build_model(name, num_classes=28, input_shape=(size, size, 4), **kw)
-    losses = _fit(recipe, model, synthetic, epochs=2, n_images=2, batch=1)
-    assert losses[-1] < losses[0]
+        t3.apply_swa(tmp_path / "empty", _two_output_model(8), [], verbose=0)

@@ -246,33 +246,88 @@ def imagenet_backbone(app_fn: Callable, input_shape: Sequence, *, n_channels: in
     return dst
 
 
-def replace_head(model, num_classes: int, *, classifier: str = "logits"):
-    """A model whose classifier layer is replaced by a fresh ``Dense(num_classes)`` of the same name.
+def replace_head(model, num_classes: int, *, classifier: str | Sequence[str] = "logits"):
+    """A model whose classification head is replaced by a fresh one with ``num_classes`` outputs.
 
-    The new layer is float32 (logits stay float32 under mixed precision) with the old layer's activation and
-    bias setting; everything before it is shared with ``model`` (same layers, same weights).
+    The head of a ``classifier`` layer with K outputs is that layer plus, walking back from it, every layer that
+    feeds it a per-class tensor (last axis K) and has ``units`` / ``filters`` = K. So one rule covers:
+
+    * a Dense classifier (Teams 1, 2, 4, ResNet34): the head is the ``Dense`` itself;
+    * Team 3's class-wise attention head (`zoo_models.attention.attention_head`): the weightless
+      ``ClassAttentionPooling`` named ``classifier`` and the two 1×1 convs that feed it (``*_class_conv``,
+      ``*_att_conv``); the optional ``*_pool`` and the trunk are not per-class and stay.
+
+    Each head layer is rebuilt from its config with K replaced by ``num_classes`` (same names, activation, bias,
+    initialisers; fresh weights) in float32, so the logits stay float32 under mixed precision. Everything else is
+    shared with ``model`` (same layers, same weights), and the output structure is kept (a dict of outputs stays
+    a dict; heads not named in ``classifier`` are kept as they are).
 
     Args:
-        model: functional keras.Model whose ``classifier`` layer is a ``Dense`` (registry row's ``classifier``).
+        model: functional keras.Model.
         num_classes: outputs of the new head.
-        classifier: name of the classifier layer.
+        classifier: the classifier layer's name (registry row ``classifier``), or several names (e.g.
+            ``("logits", "aux_logits")`` for Team 3's training model with its auxiliary head).
 
     Returns:
-        keras.Model, same inputs, output (B, num_classes) float32.
+        keras.Model, same inputs, the replaced output(s) (B, num_classes) float32.
+
+    Raises:
+        ConfigError: no such layer, or a head layer with weights whose class count cannot be changed (neither
+            ``units`` nor ``filters``).
     """
     import keras
 
-    try:
-        old = model.get_layer(classifier)
-    except ValueError as exc:
-        raise ConfigError(f"model {model.name!r} has no layer {classifier!r} to replace; pass the registry "
-                          f"row's classifier name") from exc
-    if not isinstance(old, keras.layers.Dense):
-        raise ConfigError(f"layer {classifier!r} of {model.name!r} is a {type(old).__name__}, not a Dense")
-    new = keras.layers.Dense(num_classes, activation=old.activation, use_bias=old.use_bias, dtype="float32",
-                             name=classifier)
+    names = (classifier,) if isinstance(classifier, str) else tuple(classifier)
+    head: list = []  # producers before consumers
+    for name in names:
+        try:
+            old = model.get_layer(name)
+        except ValueError as exc:
+            raise ConfigError(f"model {model.name!r} has no layer {name!r} to replace; pass the registry "
+                              f"row's classifier name") from exc
+        _collect_head(old, int(old.output.shape[-1]), head)
+    new_layers = {}
+    for layer in head:
+        config = layer.get_config()
+        for key in ("units", "filters"):
+            if key in config:
+                config[key] = int(num_classes)
+        if layer.weights and not {"units", "filters"} & set(config):
+            raise ConfigError(f"layer {layer.name!r} ({type(layer).__name__}) of {model.name!r} has weights but no "
+                              f"units/filters: replace_head cannot give it {num_classes} classes")
+        config["dtype"] = "float32"
+        new_layers[id(layer)] = type(layer).from_config(config)
+    built: dict[int, object] = {}
+
+    def rebuilt(tensor):
+        producer = tensor._keras_history.operation
+        if id(producer) not in new_layers:
+            return tensor
+        if id(producer) not in built:
+            inputs = producer.input
+            args = [rebuilt(t) for t in inputs] if isinstance(inputs, (list, tuple)) else rebuilt(inputs)
+            built[id(producer)] = new_layers[id(producer)](args)
+        return built[id(producer)]
+
+    outputs = model.output
+    outputs = ({k: rebuilt(t) for k, t in outputs.items()} if isinstance(outputs, dict)
+               else [rebuilt(t) for t in outputs] if isinstance(outputs, (list, tuple)) else rebuilt(outputs))
     inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs  # a lone tensor: no structure warning
-    return keras.Model(inputs, new(old.input), name=model.name)
+    return keras.Model(inputs, outputs, name=model.name)
+
+
+def _collect_head(layer, k: int, head: list) -> None:
+    """Append to ``head`` (producers first) ``layer`` and the layers feeding it a last-axis-``k`` tensor that have
+    ``units``/``filters`` == k (see `replace_head`)."""
+    if any(layer is h for h in head):
+        return
+    inputs = layer.input if isinstance(layer.input, (list, tuple)) else [layer.input]
+    for tensor in inputs:
+        producer = tensor._keras_history.operation
+        config = producer.get_config() if hasattr(producer, "get_config") else {}
+        if tensor.shape[-1] == k and k in (config.get("units"), config.get("filters")):
+            _collect_head(producer, k, head)
+    head.append(layer)
 
 
 def _weighted_layers(model):

@@ -197,9 +197,9 @@ def drop_aux_head(model: keras.Model) -> keras.Model:
 
     Returns keras.Model (B, H, W, C) -> logits (B, K) float32.
     """
-    if not isinstance(model.output, dict):
-        return model
-    return keras.Model(_single_input(model), model.get_layer(MAIN_OUTPUT).output, name=model.name)
+    from hpa_zoo.predict import main_output_model  # the one implementation (training and predict use it too)
+
+    return main_output_model(model, MAIN_OUTPUT)
 
 
 # ---------------------------------------------------------------------------------------------- helpers

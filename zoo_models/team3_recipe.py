@@ -16,10 +16,9 @@ its epsilon). Thresholds are fitted on the trainer's validation split, pudae use
 from __future__ import annotations
 
 import functools
-import json
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, Iterable, Mapping, NamedTuple, Optional
 
 import numpy as np
 
@@ -62,9 +61,9 @@ MODELS: dict[str, ModelFacts] = {
 DEFAULT_POLICY = "team3"
 #: teams.md §3.3: SWA = equal-weight average of the last 10 epoch checkpoints, then BN recalibration.
 SWA_LAST_N = 10
-#: Where a run keeps its per-epoch checkpoints and the SWA result (relative to the run folder).
-EPOCH_CHECKPOINT_DIR = Path("checkpoints") / "epochs"
-SWA_WEIGHTS_FILE = Path("checkpoints") / "swa.weights.h5"
+#: teams.md §3.4: every model's input is the whole (augmented) image *resized* to the input side, never a crop,
+#: so `hpa_zoo.training.load_recipe` accepts input_size > image_size (the 1024 models upsample the 512 PNGs).
+INPUT_IS_RESIZED_IMAGE = True
 
 #: teams.md §3.1 / §3.6: blend = weighted mean of probabilities; each resnet34 fold 1/5, inception-v3 1,
 #: se-resnext50 1.
@@ -76,8 +75,9 @@ BLEND_WEIGHTS: dict[str, float] = {
 
 NOTES = ("Gradient accumulation averages the k gradients (Keras) where PyTorch sums them; Adam is scale-invariant "
          "up to epsilon. The 1024 models augment the 512 image and then upsample it (teams.md §3.4). Thresholds: "
-         "proportion matching on whatever split they are fitted on (pudae: the test_val hold-out). SWA needs "
-         "EpochCheckpoints during training and apply_swa after it.")
+         "proportion matching on whatever split they are fitted on (pudae: the test_val hold-out). hpa_zoo.training "
+         "checkpoints every epoch and makes the preset the SWA model (BatchNorm recalibrated on the training split "
+         "with the validation transform); the best-on-val_logits_loss checkpoint is kept beside it.")
 
 
 # ---------------------------------------------------------------------------------------------- loss
@@ -85,7 +85,8 @@ def make_loss(aux: bool = False):
     """teams.md §3.3: focal loss γ=2 averaged over all elements (`hpa_zoo.losses.FocalLoss`, mode ``"mean"``).
 
     With ``aux`` (Inception-v3, §3.2) a dict ``{"logits": loss, "aux_logits": loss}``, to be combined with
-    ``loss_weights={"logits": 1.0, "aux_logits": 0.4}`` (`Recipe.loss_weights`). Each loss maps
+    ``loss_weights={"logits": 1.0, "aux_logits": 0.4}`` (`Recipe.loss_weights`; `hpa_zoo.training.train` passes
+    them to ``compile`` and feeds every output the same multi-hot target). Each loss maps
     (y_true (B, 28), logits (B, 28)) to a float32 scalar.
     """
     from hpa_zoo.losses import FocalLoss
@@ -94,15 +95,6 @@ def make_loss(aux: bool = False):
         return FocalLoss(gamma=FOCAL_GAMMA, mode=FOCAL_REDUCTION, name="focal_mean")
     return {key: FocalLoss(gamma=FOCAL_GAMMA, mode=FOCAL_REDUCTION, name=f"{key}_focal_mean")
             for key in (MAIN_OUTPUT, AUX_OUTPUT)}
-
-
-def repeat_targets(images, multi_hot, keys: Sequence[str] = (MAIN_OUTPUT, AUX_OUTPUT)):
-    """tf.data map for multi-output training: ``(images, multi_hot) -> (images, {key: multi_hot})``.
-
-    images: any tensor (passed through); multi_hot: (..., 28) float32. Apply it to the batched train/validation
-    datasets of a recipe with ``loss_weights`` (keys = ``loss_weights``' keys).
-    """
-    return images, {key: multi_hot for key in keys}
 
 
 # ---------------------------------------------------------------------------------------------- optimiser
@@ -207,55 +199,24 @@ def build_model(model_name: str, **kw):
 
 # ---------------------------------------------------------------------------------------------- SWA
 def make_callbacks(run_dir: str | os.PathLike, recipe: Recipe) -> list:
-    """The training callbacks Team 3 needs beyond the generic trainer's: `hpa_zoo.swa.EpochCheckpoints` into
-    ``run_dir/checkpoints/epochs`` keeping the last ``recipe.swa_last_n`` epochs (teams.md §3.3). [] when SWA is off.
-    """
-    from hpa_zoo.swa import EpochCheckpoints
+    """teams.md §3.3: a checkpoint every epoch, for a training loop other than `hpa_zoo.training.train` (which adds
+    it itself): `hpa_zoo.swa.EpochCheckpoints` into ``run_dir/checkpoints/epochs`` keeping the last
+    ``recipe.swa_last_n`` epochs. [] when SWA is off."""
+    from hpa_zoo import swa
 
     if not recipe.swa_last_n:
         return []
-    return [EpochCheckpoints(Path(run_dir) / EPOCH_CHECKPOINT_DIR, keep_last=recipe.swa_last_n)]
+    return [swa.EpochCheckpoints(Path(run_dir) / swa.EPOCH_CHECKPOINT_DIR, keep_last=recipe.swa_last_n)]
 
 
 def apply_swa(run_dir: str | os.PathLike, model, train_ds: Iterable, *, last_n: int = SWA_LAST_N,
               steps: Optional[int] = None, verbose: int = 1) -> Path:
-    """teams.md §3.3 after training: average the last `last_n` epoch checkpoints of ``run_dir`` into `model`,
-    recalibrate its BatchNorm statistics on `train_ds`, and save ``run_dir/checkpoints/swa.weights.h5`` (+ a
-    ``swa.json`` naming the averaged files), both atomically.
-
-    Args:
-        run_dir: the training run folder (epoch files in ``checkpoints/epochs``, see `make_callbacks`).
-        model: the trained architecture (its weights are replaced by the SWA weights).
-        train_ds: batches of TRAINING images with the *validation* transform (``eval_map``), images
-            (B, s, s, 4) float32 [0, 255], or (images, labels) tuples; one pass is made.
-        last_n: checkpoints to average (fewer are averaged, with a message, when fewer exist).
-        steps: limit the recalibration pass to this many batches.
-    Returns:
-        the path of the SWA weights file.
-    Raises:
-        ConfigError: no epoch checkpoint in the run folder.
-    """
+    """teams.md §3.3 after training: `hpa_zoo.swa.apply_swa` with Team 3's window (the last 10 epochs): average
+    the epoch checkpoints, recalibrate BatchNorm on `train_ds` (training images, validation transform), save
+    ``run_dir/checkpoints/swa.weights.h5``. Returns that path. `hpa_zoo.training.train` calls it for you."""
     from hpa_zoo import swa
-    from hpa_zoo.atomic import atomic_path, atomic_write_text
 
-    run_dir = Path(run_dir)
-    files = swa.epoch_checkpoints(run_dir / EPOCH_CHECKPOINT_DIR, last_n=last_n)
-    if not files:
-        raise ConfigError(f"apply_swa: no epoch_NNN.weights.h5 in {run_dir / EPOCH_CHECKPOINT_DIR}; train with "
-                          f"zoo_models.team3_recipe.make_callbacks(run_dir, recipe) so every epoch is saved")
-    if verbose:
-        short = f" (only {len(files)} of {last_n} wanted)" if len(files) < last_n else ""
-        print(f"SWA: averaging {len(files)} checkpoints{short}: {files[0].name} .. {files[-1].name}", flush=True)
-    swa.average_checkpoints(model, files)
-    seen = swa.recalibrate_batchnorm(model, train_ds, steps=steps, verbose=verbose)
-    out = run_dir / SWA_WEIGHTS_FILE
-    with atomic_path(out) as tmp:
-        model.save_weights(tmp)
-    atomic_write_text(out.with_suffix("").with_suffix(".json"),
-                      json.dumps({"averaged": [f.name for f in files], "bn_images": seen}, indent=2))
-    if verbose:
-        print(f"SWA: BatchNorm recalibrated on {seen} images; saved {out}", flush=True)
-    return out
+    return swa.apply_swa(run_dir, model, train_ds, last_n=last_n, steps=steps, verbose=verbose)
 
 
 # ---------------------------------------------------------------------------------------------- blend
