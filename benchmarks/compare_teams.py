@@ -1,15 +1,18 @@
 """Compare the registered team recipes on one dataset: the paper's Fig. 2 (Ouyang et al. 2019) for your own data.
 
-For every registered model with a recipe (or ``--models``): train one fold with `hpa_zoo.training.train` at the
-budget's size and length, predict the held-out test images with the team's own TTA and thresholds
-(`hpa_zoo.predict.predict`; Team 4's 1024crop512 model with its 5 crops + stacker), and score them against the test
-labels. A deliberately weak baseline — per-class logistic regression on pooled pixel statistics (per-channel
-mean, std and percentiles) — is scored the same way. The report (Markdown + CSV + PNG) has macro F1, per-class F1
-ordered by class frequency (Fig. 2c), single- vs multi-label macro F1 (Fig. 2d), macro precision / recall,
-training time and inference images/s, with the teams' own reported HPA leaderboard scores beside ours, labelled
-as theirs.
+For each model of the budget (``small``: Team 4's two GAPNet members, the cheapest recipes on 2 CPU cores;
+``full``: every registered model with a recipe; ``--models`` picks any): train one fold with
+`hpa_zoo.training.train` at the budget's size and length, predict the held-out test images with the team's own
+TTA and thresholds (`hpa_zoo.predict.predict`; Team 4's 1024crop512 model with its 5 crops + stacker), and score
+them against the test labels. A deliberately weak baseline — per-class logistic regression on pooled pixel
+statistics (per-channel mean, std and percentiles) — is scored the same way. The report (Markdown + CSV + PNG) has
+macro F1 and the ranking, per-class F1 ordered by class frequency (Fig. 2c), single- vs multi-label macro F1
+(Fig. 2d), macro precision / recall, training time and inference images/s, with the teams' own reported HPA
+leaderboard scores beside ours, labelled as theirs.
 
     python benchmarks/compare_teams.py --budget small --out runs/compare          # synthetic data
+    python benchmarks/compare_teams.py --budget small --models team3_resnet34_512 team4_gapnet_resnet18_512 \
+        --out runs/compare_t3t4                                                     # other members, same budget
     python benchmarks/compare_teams.py --data-dir data/kaggle_split --size 256 --epochs 8 --out runs/real
 
 Data: by default a synthetic HPA-like dataset (`hpa_zoo.synthetic`) is written to ``<out>/synthetic`` — its numbers
@@ -69,10 +72,15 @@ class Budget:
     models: Optional[tuple[str, ...]] = None
 
 
-#: micro: CI (< 3 min for two members); small: all rows on 2 CPU cores in <= 30 min; full: the teams' own settings.
+#: micro: CI (one member in ~1 min). small: Team 4's two GAPNet members (whole image; 1024->512 crops with the
+#: 5-crop stacker), the cheapest recipes, long enough (600 images, 8 epochs) for the whole-image GAPNet to beat the
+#: baseline, in well under 30 min on 2 CPU cores (measured: benchmarks/README.md); add members with --models.
+#: full: the teams' own sizes and epochs, every recipe (a GPU).
+SMALL_MODELS = ("team4_gapnet_resnet18_512", "team4_gapnet_resnet18_1024crop512")
 BUDGETS = {
     "micro": Budget(n_train=40, n_test=16, size=32, epochs=1, batch_size=8, synthetic_size=64, stacker_epochs=5),
-    "small": Budget(n_train=300, n_test=100, size=64, epochs=3, batch_size=16, synthetic_size=128, stacker_epochs=40),
+    "small": Budget(n_train=600, n_test=200, size=64, epochs=8, batch_size=16, synthetic_size=128, stacker_epochs=40,
+                    models=SMALL_MODELS),
     "full": Budget(n_train=3000, n_test=600, size=512, epochs=None, batch_size=None, synthetic_size=512,
                    stacker_epochs=60),
 }
@@ -125,7 +133,7 @@ def _sizes(model_name: str, size: int) -> tuple[int, int]:
 def run_member(name: str, folder: Path, out: Path, budget: Budget, seed: int, verbose: int) -> dict:
     """Train one registered model, predict the test split with its team's TTA and thresholds, score it."""
     from hpa_zoo import metrics
-    from hpa_zoo.ensemble import load_predictions
+    from hpa_zoo.ensemble import load_predictions, write_sidecar
     from hpa_zoo.predict import predict
     from hpa_zoo.training import train
 
@@ -149,6 +157,8 @@ def run_member(name: str, folder: Path, out: Path, budget: Budget, seed: int, ve
         submission, prob_csv = predict(preset, folder, out_dir=run / "test", thresholds=refit,
                                        batch_size=budget.batch_size or 8, seed=seed, verbose=verbose)
         infer_s = time.time() - t0
+        write_sidecar(prob_csv, model_name=name, fold="test", tta=(meta.get("recipe") or {}).get("tta"),
+                      n_rows=len(metrics.read_predictions_csv(submission)))
         loaded = load_predictions(prob_csv)
         ids, probs = list(loaded.ids), loaded.probs
         labels = metrics.read_predictions_csv(submission)
@@ -428,7 +438,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/compare_teams", help="output folder")
     parser.add_argument("--budget", default="small", choices=sorted(BUDGETS))
-    parser.add_argument("--models", nargs="*", help="registry names to train (default: all with a recipe)")
+    parser.add_argument("--models", nargs="*", help="registry names to train (default: the budget's models; "
+                                                    "full: all with a recipe)")
     parser.add_argument("--data-dir", help="Kaggle-layout folder with test/ and test_labels.csv (default: synthetic)")
     parser.add_argument("--size", type=int, help="network input side (overrides the budget)")
     parser.add_argument("--epochs", type=int, help="epochs (overrides the budget)")

@@ -14,6 +14,7 @@ import pytest
 pytest.importorskip("keras")
 pytest.importorskip("sklearn")
 
+from hpa_zoo import ensemble  # noqa: E402
 from hpa_zoo.constants import CLASS_NAMES  # noqa: E402
 from hpa_zoo.registry import list_models  # noqa: E402
 
@@ -69,5 +70,10 @@ def test_micro_budget_report_has_every_team_row_and_the_baseline(tmp_path):
     assert [m for m, _ in ranked] == list(ok.loc[ok["status"] == "ok", "macro_f1"].sort_values(
         ascending=False, kind="stable").index)
     assert "Ranking by macro F1 (ours): 1." in text and "The weak baseline is " in text
+    # the member's test probabilities are in the ensembling toolkit's format, with model name, fold and TTA
+    saved = ensemble.load_predictions(tmp_path / "runs" / member / "test" / "probabilities.csv")
+    assert (saved.model_name, saved.fold, saved.tta["aggregate"]) == (member, "test", "median")
+    truth = list(pd.read_csv(tmp_path / "synthetic" / "test_labels.csv")["Id"])
+    assert sorted(saved.ids) == sorted(truth) and len(truth) == 16
     for png in ("macro_f1.png", "per_class_f1.png", "single_vs_multi_label.png"):
         assert (tmp_path / png).stat().st_size > 1000
