@@ -293,6 +293,10 @@ def _sampled_source(data, train_src, epoch_ids: list[str], *, image_size: int, s
     * TFDS: records are read in their stored order, so the sampler's **order is not kept**: each training
       record is emitted as many times as the sampler lists its id (0 = left out this epoch), then shuffled
       (buffer `SAMPLED_TFDS_SHUFFLE`, seeded by the epoch) — the multiplicities, i.e. the class balance, hold.
+
+    Cost: all epochs of a run are built when ``fit`` starts (`_epoch_stream`); for a folder each epoch holds its
+    ids and file paths as constants (about 0.5 KB of host memory per sampled image and epoch, e.g. ~0.4 GB for
+    28 epochs of 30,000 images).
     """
     import tensorflow as tf
 

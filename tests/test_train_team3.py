@@ -187,6 +187,8 @@ def test_preset_is_the_swa_mean_of_the_last_epochs_with_bn_recalibrated(run, dat
 
     model = load(preset)
     assert not isinstance(model.output, dict) and model.output_shape == (None, 28)  # aux dropped
+    five = load(preset, num_classes=5)  # fine-tuning: surgery.replace_head swaps the attention head's convs
+    assert five.output_shape == (None, 5) and five.get_layer("attention_class_conv").kernel.shape[-1] == 5
     snapshots = []
     for f in files:  # each epoch's weights, read back with a fresh training-graph model
         m = build_standin(with_aux=True)
