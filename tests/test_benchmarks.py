@@ -3,13 +3,13 @@ augmentation is a real random-scale crop + dihedral transform."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests._subprocess import Children, finish, selected
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "train_throughput.py"
@@ -32,19 +32,36 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def _run(args, backend, *, prefix=()):
-    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run([sys.executable, *prefix, str(SCRIPT), *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert len(lines) == 1, proc.stdout
-    return json.loads(lines[0]), proc.stdout
-
-
-def test_keras_tensorflow_and_torch_reference_report_throughput():
+#: The benchmark runs of the two subprocess tests: (extra arguments, KERAS_BACKEND, arguments before the script).
+RUNS = {
     # --run-eagerly: building DenseNet121's TF train graph alone takes minutes on a busy 2-core CPU
-    result, text = _run([*TINY, "--run-eagerly", "--reference", "torch"], "tensorflow")
+    "test_keras_tensorflow_and_torch_reference_report_throughput": (
+        [*TINY, "--run-eagerly", "--reference", "torch"], "tensorflow", ()),
+    "test_benchmark_runs_without_tensorflow_on_the_torch_backend": (
+        [*TINY, "--steps", "1", "--no-large"], "torch", ("-c", NO_TF_RUNNER)),
+}
+
+
+@pytest.fixture(scope="module")
+def runs(request):
+    """The `RUNS` of the selected tests, started together (``--threads 1`` each: one core per run)."""
+    children = Children()
+    procs = {name: children.start([*prefix, str(SCRIPT), *args], env={"KERAS_BACKEND": backend})
+             for name, (args, backend, prefix) in RUNS.items() if selected(request, name)}
+    yield procs
+    children.close()
+
+
+def _result(runs, name):
+    """(the JSON result, the whole output) of the run of test ``name``."""
+    text = finish(runs[name], timeout=900, check=True)
+    lines = [line for line in text.splitlines() if line.startswith("{")]
+    assert len(lines) == 1, text
+    return json.loads(lines[0]), text
+
+
+def test_keras_tensorflow_and_torch_reference_report_throughput(runs):
+    result, text = _result(runs, "test_keras_tensorflow_and_torch_reference_report_throughput")
     assert result["backend"] == "tensorflow" and result["device"].startswith("cpu")
     assert (result["size"], result["image_size"], result["batch"]) == (64, 96, 2)
     for key in ("train_images_per_s", "torch_train_images_per_s", "keras_over_torch"):
@@ -55,8 +72,8 @@ def test_keras_tensorflow_and_torch_reference_report_throughput():
     assert "keras / torch" in text and "keras train" in text
 
 
-def test_benchmark_runs_without_tensorflow_on_the_torch_backend():
-    result, _ = _run([*TINY, "--steps", "1", "--no-large"], "torch", prefix=("-c", NO_TF_RUNNER))
+def test_benchmark_runs_without_tensorflow_on_the_torch_backend(runs):
+    result, _ = _result(runs, "test_benchmark_runs_without_tensorflow_on_the_torch_backend")
     assert result["backend"] == "torch" and result["model"] == "densenet121"
     assert result["train_images_per_s"] > 0 and np.isfinite(result["final_loss"])
 

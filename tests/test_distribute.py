@@ -14,14 +14,13 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests._subprocess import Children, finish, start
+
 GLOBAL_BATCH, STEPS, LR = 8, 3, 0.1
 
 
@@ -88,24 +87,6 @@ def _worker(role: str, out: str) -> None:
         raise SystemExit(f"unknown role {role}")
 
 
-def _run(role, out, env=None, timeout=180) -> subprocess.Popen:
-    full = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "", "KERAS_BACKEND": "tensorflow",
-            **(env or {})}
-    return subprocess.Popen([sys.executable, "-m", "tests.test_distribute", role, str(out)], cwd=REPO, env=full,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def _wait(proc, timeout=180) -> str:
-    try:
-        text, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        text, _ = proc.communicate()
-        pytest.fail(f"{proc.args[3]} process did not finish in {timeout}s:\n{text[-3000:]}")
-    assert proc.returncode == 0, text[-3000:]
-    return text
-
-
 def _free_ports(n: int) -> list[int]:
     socks = [socket.socket() for _ in range(n)]
     for s in socks:
@@ -122,12 +103,18 @@ def runs(tmp_path_factory):
     """The mirrored process and the two multi-worker processes, started together; their .npz results."""
     tmp = tmp_path_factory.mktemp("distribute")
     cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
-    procs = [_run("mirrored", tmp / "mirrored.npz")]
-    procs += [_run("multiworker", tmp / f"worker{i}.npz",
-                   env={"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})})
-              for i in range(2)]
-    for p in procs:
-        _wait(p, timeout=300)
+    tf_env = {"KERAS_BACKEND": "tensorflow"}
+    children = Children()
+    try:
+        procs = [children.start(["-m", "tests.test_distribute", "mirrored", str(tmp / "mirrored.npz")], env=tf_env)]
+        procs += [children.start(["-m", "tests.test_distribute", "multiworker", str(tmp / f"worker{i}.npz")],
+                                 env={**tf_env, "TF_CONFIG": json.dumps({"cluster": cluster,
+                                                                         "task": {"type": "worker", "index": i}})})
+                  for i in range(2)]
+        for p in procs:
+            finish(p, timeout=300, check=True)
+    finally:
+        children.close()
     return {name: np.load(tmp / f"{name}.npz") for name in ("mirrored", "worker0", "worker1")}
 
 
@@ -209,11 +196,8 @@ def test_jax_backend_gets_keras_data_parallel():
     """In a JAX process (the backend is fixed at import): DataParallel over the local devices."""
     code = ("import keras; from hpa_zoo import distribute as d; s = d.make_strategy('mirrored'); "
             "print(type(s).__name__, d.num_replicas(s), d.is_keras_distribution(s))")
-    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
-                         timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split()[-3:] == ["DataParallel", "1", "True"]
+    text = finish(start(["-c", code], env={"KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}), timeout=120, check=True)
+    assert text.split()[-3:] == ["DataParallel", "1", "True"]
 
 
 if __name__ == "__main__":
