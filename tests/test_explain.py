@@ -20,15 +20,12 @@ from hpa_zoo import explain  # noqa: E402
 from hpa_zoo.images import load_rgby  # noqa: E402
 from hpa_zoo.labels import read_labels_csv  # noqa: E402
 
-SIZE = 64
+from tests.conftest import MODEL_FIXTURE_SIZE as SIZE  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def model():
-    from zoo_models.team1_bestfitting import build_team1_densenet121_512
-
-    keras.utils.set_random_seed(3)
-    return build_team1_densenet121_512(input_shape=(SIZE, SIZE, 4))
+def model(team1_model_64):
+    return team1_model_64
 
 
 @pytest.fixture(scope="module")

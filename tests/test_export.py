@@ -4,6 +4,10 @@ bioimage.io's own validator.
 References: the Keras model's own outputs (SavedModel reloaded with ``tf.saved_model.load``, ONNX run by
 onnxruntime, the package's ``model.keras`` reloaded by plain ``keras.saving.load_model``), a NumPy sigmoid, and
 ``bioimageio.spec.load_description`` (and ``bioimageio.core.test_description`` where it is installed).
+
+The exporters are model-agnostic, so the model is ``tests/conftest.py::tiny_rgby_model``: the zoo contract
+(RGBY [0, 255] in, float32 logits out) with Team 1's layer kinds (``input_norm``, conv/BN/ReLU, max/average pools,
+concat, GAP+GMP head, dropout) at a fraction of DenseNet121's tracing and conversion time.
 """
 from __future__ import annotations
 
@@ -20,15 +24,12 @@ from hpa_zoo.constants import CLASS_NAMES  # noqa: E402
 from hpa_zoo.errors import ConfigError  # noqa: E402
 from hpa_zoo.images import load_rgby  # noqa: E402
 
-SIZE = 64
+from tests.conftest import MODEL_FIXTURE_SIZE as SIZE  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def model():
-    from zoo_models.team1_bestfitting import build_team1_densenet121_512
-
-    keras.utils.set_random_seed(0)
-    return build_team1_densenet121_512(input_shape=(SIZE, SIZE, 4))
+def model(tiny_rgby_model):
+    return tiny_rgby_model
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +69,7 @@ def test_onnx_path_must_end_in_onnx(model, tmp_path):
 def test_bioimageio_package_from_real_image_validates(model, real_samples_dir, tmp_path):
     spec = pytest.importorskip("bioimageio.spec")
     image = load_rgby(real_samples_dir, "b478cc78-bad4-11e8-b2b8-ac1f6b6435d0", size=SIZE)
-    rdf = export.export_bioimageio(model, tmp_path / "pkg", name="HPA Team 1 DenseNet121 (test)",
+    rdf = export.export_bioimageio(model, tmp_path / "pkg", name="HPA tiny RGBY model (test)",
                                    test_image=image, authors=[{"name": "Test Author"}], verbose=False)
     pkg = rdf.parent
 
