@@ -106,10 +106,12 @@ def user_data(tmp_path_factory):
     return csv, images, sorted({c for r in rows for c in r["labels"].split(";")})
 
 
-@pytest.mark.slow  # DenseNet121 train steps compiled twice (frozen, unfrozen): about 4 min of CPU
-def test_finetune_three_stains_five_classes_validation_loss_falls(user_data, tmp_path):
+def test_finetune_three_stains_five_classes_validation_loss_falls(user_data, tiny_registry_model, tmp_path):
+    # finetune() is model-agnostic (registry row: stem, classifier): a registry row of a tiny model with Team 1's
+    # layer kinds traces its train steps in seconds, where DenseNet121 took minutes. The DenseNet121 surgery
+    # itself is test_adapt_channels_keeps_mapped_filters_and_mean_for_unknown.
     csv, images, classes = user_data
-    preset = ft.finetune("team1_densenet121_512", csv, images, out_dir=tmp_path / "run",
+    preset = ft.finetune(tiny_registry_model, csv, images, out_dir=tmp_path / "run",
                          channels=("microtubules", "protein", "nucleus"), epochs=3, freeze_epochs=2,
                          image_size=SIZE, batch_size=8, learning_rate=3e-3, verbose=0)
     meta = json.loads((preset / "metadata.json").read_text())
@@ -120,7 +122,8 @@ def test_finetune_three_stains_five_classes_validation_loss_falls(user_data, tmp
     assert all(meta["thresholds"][i] == ft.DEFAULT_THRESHOLD for i in absent)
     hist = meta["history"]
     assert len(hist["val_loss"]) == 3
-    assert min(hist["val_loss"]) < hist["initial_val_loss"]
+    # measured (CPU, TF 2.21): 0.671 -> 0.649; a fall of at least 0.01, not just noise below the start
+    assert min(hist["val_loss"]) < hist["initial_val_loss"] - 0.01
 
     # independent check: the saved model's NumPy BCE on the validation images is the best logged val_loss
     from hpa_zoo.models_api import load
