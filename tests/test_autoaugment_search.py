@@ -54,9 +54,19 @@ def tiny_data(tmp_path_factory):
 
 
 def test_tiny_search_writes_policy_and_results_and_resumes(tiny_data, tmp_path, capsys):
+    # three proxy trainings in all (each one traces a new model and a new augmentation graph)
     out = tmp_path / "policy.json"
-    kw = dict(epochs=1, size=32, top_k=2, window=1, batch_size=4, proxy="small_cnn", seed=0)
-    aas.search(tiny_data, out, candidates=2, **kw)
+    kw = dict(epochs=1, size=32, window=1, batch_size=4, proxy="small_cnn", seed=0)
+    aas.search(tiny_data, out, candidates=1, top_k=1, **kw)
+    assert augment.load_policy(out) == aas.candidate_policy(0, 0)
+    results = pd.read_csv(tmp_path / "policy.results.csv")
+    assert sorted(results["candidate"]) == [aas.BASELINE_ID, 0]
+    assert "[1/2] baseline" in capsys.readouterr().out
+
+    aas.search(tiny_data, out, candidates=2, top_k=2, **kw)  # resume: only candidate 1 is trained
+    log = capsys.readouterr().out
+    assert "2 already in" in log and "[1/1] candidate_001" in log and "candidate_000:" not in log
+    assert "baseline:" not in log
 
     policy = augment.load_policy(out)
     assert len(policy) == 2 * 5
@@ -65,18 +75,12 @@ def test_tiny_search_writes_policy_and_results_and_resumes(tiny_data, tmp_path, 
     for row in results.itertuples():
         f1 = json.loads(row.f1_per_epoch)
         assert len(f1) == 1 and 0.0 <= f1[0] <= 1.0 and row.score == pytest.approx(f1[0], abs=1e-6)
-    # the written policy is the candidates' sub-policies, best score first
+    # the written policy is both candidates' sub-policies, best score first (ties: the lower id first)
     cands = results[results["candidate"] >= 0].sort_values(["score", "candidate"], ascending=[False, True])
     assert policy == sum((aas.candidate_policy(0, int(c)) for c in cands["candidate"]), [])
-    assert "[1/3] baseline" in capsys.readouterr().out
-
-    aas.search(tiny_data, out, candidates=3, **kw)  # resume: only candidate 2 is trained
-    log = capsys.readouterr().out
-    assert "3 already in" in log and "[1/1] candidate_002" in log and "candidate_000:" not in log
-    assert sorted(pd.read_csv(tmp_path / "policy.results.csv")["candidate"]) == [aas.BASELINE_ID, 0, 1, 2]
 
     with pytest.raises(ConfigError, match="epochs"):
-        aas.search(tiny_data, out, candidates=3, **{**kw, "epochs": 2})
+        aas.search(tiny_data, out, candidates=2, top_k=2, **{**kw, "epochs": 2})
 
 
 def test_cli_autoaugment_search_on_synthetic_data(tiny_data, tmp_path):
