@@ -460,7 +460,8 @@ def rarest_label_sampler(ids: Sequence[str], labels, *, seed: int, batch_size: i
     The source of an id is `is_external_id` (Kaggle UUID or not). Each source is drawn from its own weighted
     sampler, the weights computed from that source's own class counts (one weighted generator per source, as the
     alternating loaders imply; not stated in the facts). With only one source present (e.g. Kaggle or synthetic
-    data alone) it is plain weighted sampling over all ids.
+    data alone) it is plain weighted sampling over all ids. `hpa_zoo.training` keeps this order for a Kaggle-layout
+    folder; a TFDS source keeps the draw counts but reshuffles, so there the batches do not alternate.
 
     Args:
         ids: N training ids (str).
