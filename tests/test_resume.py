@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests._subprocess import Children, finish, read_json, selected
+
 TINY = "tiny_test_cnn"
 EPOCHS, STEPS = 4, 3
 TOLERANCE = 1e-6  # measured: 0.0 (bit-identical) on CPU TF 2.21 with --deterministic
@@ -98,31 +98,32 @@ def data(tmp_path_factory):
 
 
 def _command(data, out) -> list[str]:
-    return [sys.executable, "-m", "tests.test_resume", "train", TINY, "--data", str(data), "--out", str(out),
+    """Arguments after ``python`` of one driver run."""
+    return ["-m", "tests.test_resume", "train", TINY, "--data", str(data), "--out", str(out),
             "--epochs", str(EPOCHS), "--steps-per-epoch", str(STEPS), "--seed", "7", "--deterministic"]
 
 
-def _start(data, out, **env) -> subprocess.Popen:
-    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "", **env}
-    return subprocess.Popen(_command(data, out), cwd=REPO, env=full_env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+@pytest.fixture(scope="module")
+def children():
+    """Every driver process of this module; those still running at the end are killed."""
+    kids = Children()
+    yield kids
+    kids.close()
 
 
-def _finish(proc: subprocess.Popen, timeout: float = 300) -> str:
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
-        pytest.fail(f"training did not finish in {timeout}s:\n{out[-3000:]}")
-    return out
+@pytest.fixture(scope="module")
+def inf_run(data, children, tmp_path_factory):
+    """(process, out dir) of the infinite-loss run that `test_infinite_loss_...` checks."""
+    out = tmp_path_factory.mktemp("inf") / "inf"
+    return children.start(_command(data, out), env={"HPA_TEST_INF_AT": str(STEPS + 1)}), out  # epoch 2, step 2
 
 
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+@pytest.fixture
+def inf_run_alongside(request):
+    """Starts `inf_run` now, when its test is selected, so that it runs alongside the SIGKILL test's processes
+    (each process is mostly one busy core)."""
+    if selected(request, "test_infinite_loss_stops_the_cli_naming_the_step_and_the_last_good_checkpoint"):
+        request.getfixturevalue("inf_run")
 
 
 def _h5_arrays(path: Path) -> dict[str, np.ndarray]:
@@ -137,41 +138,42 @@ def _h5_arrays(path: Path) -> dict[str, np.ndarray]:
 
 
 # ---------------------------------------------------------------------------------------------- tests
-def test_sigkill_mid_epoch_then_rerun_resumes_and_matches_an_uninterrupted_run(data, tmp_path):
+def test_sigkill_mid_epoch_then_rerun_resumes_and_matches_an_uninterrupted_run(data, children, inf_run_alongside,
+                                                                              tmp_path):
     import pandas as pd
 
-    reference = _start(data, tmp_path / "reference")  # runs alongside the killed one
+    reference = children.start(_command(data, tmp_path / "reference"))  # runs alongside the killed one
     out = tmp_path / "killed"
-    victim = _start(data, out, HPA_TEST_SLOW="1.0")
+    victim = children.start(_command(data, out), env={"HPA_TEST_SLOW": "1.0"})
     deadline, killed_at = time.monotonic() + 240, None
     while time.monotonic() < deadline and victim.poll() is None:
-        backup = _read_json(out / "backup" / "training_metadata.json")
-        progress = _read_json(out / "progress.json")
+        backup = read_json(out / "backup" / "training_metadata.json")
+        progress = read_json(out / "progress.json")
         # the first epoch's backup exists and the second epoch is under way (slept after its first batch)
         if backup and backup["epoch"] >= 1 and progress and progress["epoch"] >= 1 and progress["batch"] >= 0:
             os.kill(victim.pid, signal.SIGKILL)
             killed_at = progress
             break
         time.sleep(0.1)
-    victim_out = _finish(victim, timeout=30)
+    victim_out = finish(victim, timeout=30)
     assert killed_at is not None, f"the run ended or stalled before it could be killed:\n{victim_out[-3000:]}"
     assert victim.returncode == -signal.SIGKILL
-    state = _read_json(out / "backup" / "training_metadata.json")
+    state = read_json(out / "backup" / "training_metadata.json")
     assert 1 <= state["epoch"] <= killed_at["epoch"] and state["iterations"] == state["epoch"] * STEPS
     resumed_from = state["epoch"]
 
-    resumed = _start(data, out)
-    resumed_out = _finish(resumed)
+    resumed = children.start(_command(data, out))
+    resumed_out = finish(resumed)
     assert resumed.returncode == 0, resumed_out[-3000:]
     # it started at the backed-up epoch (Keras numbers epochs from 1), not at epoch 1
     assert f"Epoch {resumed_from + 1}/{EPOCHS}" in resumed_out
     assert f"Epoch {resumed_from}/{EPOCHS}" not in resumed_out
-    reference_out = _finish(reference)
+    reference_out = finish(reference)
     assert reference.returncode == 0, reference_out[-3000:]
 
     # every epoch logged once, in order, across the two processes
     assert list(pd.read_csv(out / "training_log.csv")["epoch"]) == list(range(EPOCHS))
-    final = _read_json(out / "backup" / "training_metadata.json")
+    final = read_json(out / "backup" / "training_metadata.json")
     assert (final["epoch"], final["iterations"]) == (EPOCHS, EPOCHS * STEPS)  # optimizer step = schedule position
 
     got = _h5_arrays(out / "backup" / "latest.weights.h5")
@@ -188,15 +190,14 @@ def test_sigkill_mid_epoch_then_rerun_resumes_and_matches_an_uninterrupted_run(d
     assert [p for p in out.rglob("*.tmp*")] == []
 
 
-def test_infinite_loss_stops_the_cli_naming_the_step_and_the_last_good_checkpoint(data, tmp_path):
-    out = tmp_path / "inf"
-    proc = _start(data, out, HPA_TEST_INF_AT=str(STEPS + 1))  # epoch 2, its second step
-    text = _finish(proc)
+def test_infinite_loss_stops_the_cli_naming_the_step_and_the_last_good_checkpoint(inf_run):
+    proc, out = inf_run  # HPA_TEST_INF_AT: the loss is inf from epoch 2, its second step
+    text = finish(proc)
     assert proc.returncode == 1, text[-3000:]
     assert "error: training loss became inf at epoch 2, step 2 of the epoch" in text
     best = out / "checkpoints" / "best.weights.h5"
     assert f"last good checkpoint is {best}" in text and best.is_file()
-    state = _read_json(out / "backup" / "training_metadata.json")
+    state = read_json(out / "backup" / "training_metadata.json")
     assert (state["epoch"], state["iterations"]) == (1, STEPS)  # the diverged weights were never backed up
 
 
