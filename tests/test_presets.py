@@ -2,6 +2,11 @@
 published-weights path converts ONNX once and reuses its cache.
 
 The reference for a round trip is the original model's own outputs on the same images (inference mode).
+
+The preset mechanics (registry builder + build config + weights + metadata) are the same for every registry row,
+so the round trips use the tiny registry row of tests/conftest.py (Team 1's ``input_norm`` and head layer names,
+built in a fraction of a second); Team 1's DenseNet121 row is used where the row itself matters (published
+weights, its ``feature_layer``).
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ keras = pytest.importorskip("keras")
 import hpa_zoo  # noqa: E402
 from hpa_zoo import models_api  # noqa: E402
 from hpa_zoo.errors import ConfigError  # noqa: E402
+from tests.conftest import TINY_REGISTRY_NAME  # noqa: E402
 from zoo_models import team1_bestfitting as t1  # noqa: E402
 
 NAME, SIZE = "team1_densenet121_512", 32
@@ -39,12 +45,19 @@ def model():
     return _scramble(hpa_zoo.load(NAME, input_shape=(SIZE, SIZE, 4)))
 
 
-def test_preset_round_trip_gives_the_same_outputs_and_keras_hub_layout(model, tmp_path):
+@pytest.fixture
+def tiny(tiny_registry_model):
+    """The tiny registry row's model at SIZE px, scrambled."""
+    return _scramble(hpa_zoo.load(tiny_registry_model, input_shape=(SIZE, SIZE, 4)))
+
+
+def test_preset_round_trip_gives_the_same_outputs_and_keras_hub_layout(tiny, tmp_path):
+    model = tiny
     preset = hpa_zoo.save_preset(model, tmp_path / "p", metadata={"thresholds": np.full(28, 0.3), "fold": 0})
     assert sorted(p.name for p in preset.iterdir()) == ["config.json", "metadata.json", "model.weights.h5"]
     assert [p.name for p in tmp_path.iterdir()] == ["p"]  # no temp folders left behind
     config = json.loads((preset / "config.json").read_text())
-    assert config["model_name"] == NAME and config["build_config"] == {"num_classes": 28,
+    assert config["model_name"] == TINY_REGISTRY_NAME and config["build_config"] == {"num_classes": 28,
                                                                        "input_shape": [SIZE, SIZE, 4]}
     meta = models_api.load_metadata(preset)
     assert meta["class_names"][0] == "Nucleoplasm" and meta["thresholds"] == [0.3] * 28 and meta["fold"] == 0
@@ -53,7 +66,7 @@ def test_preset_round_trip_gives_the_same_outputs_and_keras_hub_layout(model, tm
     assert meta["keras_version"] == keras.__version__ and meta["parameter_count"] == model.count_params()
 
     loaded = hpa_zoo.load(preset)
-    assert loaded.name == NAME
+    assert loaded.name == TINY_REGISTRY_NAME
     np.testing.assert_allclose(_out(loaded), _out(model), rtol=1e-5, atol=1e-5)
 
     # overrides: another input size and class count: every weight but the new head's is the preset's
@@ -65,7 +78,8 @@ def test_preset_round_trip_gives_the_same_outputs_and_keras_hub_layout(model, tm
                 np.testing.assert_array_equal(a, b, err_msg=layer.name)
 
 
-def test_saving_again_replaces_a_preset_but_never_a_foreign_folder(model, tmp_path):
+def test_saving_again_replaces_a_preset_but_never_a_foreign_folder(tiny, tmp_path):
+    model = tiny
     preset = hpa_zoo.save_preset(model, tmp_path / "p", metadata={"fold": 1})
     hpa_zoo.save_preset(model, preset, metadata={"fold": 2})
     assert models_api.load_metadata(preset)["fold"] == 2 and len(list(tmp_path.iterdir())) == 1
@@ -80,7 +94,8 @@ def test_saving_again_replaces_a_preset_but_never_a_foreign_folder(model, tmp_pa
         hpa_zoo.save_preset(unnamed, tmp_path / "q")
 
 
-def test_keras_file_round_trip(model, tmp_path):
+def test_keras_file_round_trip(tiny, tmp_path):
+    model = tiny
     path = tmp_path / "m.keras"
     model.save(path)
     loaded = hpa_zoo.load(path)
