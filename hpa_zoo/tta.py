@@ -157,6 +157,52 @@ def _ssr_matrices(n: int, height: int, width: int, rng: np.random.Generator) -> 
     return np.stack(rows)
 
 
+#: The output TTA predicts with when a model returns a dict (Team 3's Inception-v3 trains ``{"logits",
+#: "aux_logits"}`` and predicts with ``logits``, teams.md §3.2; `hpa_zoo.predict.main_output_model`).
+MAIN_OUTPUT = "logits"
+
+
+def main_output(model: Callable) -> Callable:
+    """The model TTA calls: a functional Keras model whose output is a dict is reduced to its ``"logits"`` output
+    (`hpa_zoo.predict.main_output_model`, same layers and weights, so the auxiliary heads are not even computed);
+    anything else is returned unchanged (a callable returning a dict is handled per batch by `predict_tta`).
+
+    Args:
+        model: keras.Model or callable, (B, S, S, C) float32 -> logits (B, K) or ``{"logits": (B, K), ...}``.
+    Returns:
+        The same kind of object, returning logits (B, K).
+    Raises:
+        ConfigError: a dict output without ``"logits"``.
+    """
+    try:
+        outputs = model.output
+    except (AttributeError, ValueError):  # a plain callable, or a subclassed model that was never called
+        return model
+    if not isinstance(outputs, dict):
+        return model
+    from hpa_zoo.predict import main_output_model  # lazy: hpa_zoo.predict uses this module (no import cycle)
+
+    return main_output_model(model, MAIN_OUTPUT)
+
+
+def _logits_of(out, model) -> object:
+    """The (B, K) logits in a model's return value: the value itself, the ``"logits"`` entry of a dict, or the only
+    element of a one-element list/tuple."""
+    if isinstance(out, dict):
+        if MAIN_OUTPUT not in out:
+            raise ConfigError(f"predict_tta: the model {getattr(model, 'name', model)!r} returned outputs "
+                              f"{sorted(out)} but no {MAIN_OUTPUT!r}; return logits (B, K) or a dict with a "
+                              f"{MAIN_OUTPUT!r} entry")
+        return out[MAIN_OUTPUT]
+    if isinstance(out, (list, tuple)):
+        if len(out) != 1:
+            raise ConfigError(f"predict_tta: the model {getattr(model, 'name', model)!r} returned {len(out)} "
+                              f"outputs as a list; TTA needs one logits tensor (B, K): return a dict with a "
+                              f"{MAIN_OUTPUT!r} entry or build a single-output model")
+        return out[0]
+    return out
+
+
 def _predict_probs(model: Callable, views, batch_size: int) -> np.ndarray:
     """sigmoid(model(views)) in batches. views (B, S, S, C) float32 -> float32 NumPy (B, num_classes)."""
     out = []
@@ -166,7 +212,12 @@ def _predict_probs(model: Callable, views, batch_size: int) -> np.ndarray:
             logits = model.predict_on_batch(batch)
         else:
             logits = model(batch)
-        out.append(ops.convert_to_numpy(ops.sigmoid(ops.cast(ops.convert_to_tensor(logits), "float32"))))
+        logits = ops.cast(ops.convert_to_tensor(_logits_of(logits, model)), "float32")
+        if len(logits.shape) != 2:
+            raise ConfigError(f"predict_tta: the model {getattr(model, 'name', model)!r} returned shape "
+                              f"{tuple(logits.shape)} for a batch of {int(batch.shape[0])}; it must return "
+                              "logits (B, K)")
+        out.append(ops.convert_to_numpy(ops.sigmoid(logits)))
     return np.concatenate(out, axis=0)
 
 
@@ -209,7 +260,9 @@ def predict_tta(
     OpenCV's REFLECT_101). The sigmoid probabilities of all views are combined by ``config.aggregate``.
 
     Args:
-        model: a Keras model (or any callable) mapping (B, S, S, C) float32 images in [0, 255] to logits (B, K).
+        model: a Keras model (or any callable) mapping (B, S, S, C) float32 images in [0, 255] to logits (B, K),
+            or to a dict of outputs of which ``"logits"`` is used (Team 3's ``{"logits", "aux_logits"}``; a
+            functional model is first reduced to that output by `main_output`).
         images: (N, H, W, C) uint8 or float images in [0, 255], NumPy or tensor.
         config: `hpa_zoo.recipe.TTAConfig`.
         image_size: if given, images are first resized to (image_size, image_size) (Team 1: 1536), and crops are
@@ -223,6 +276,7 @@ def predict_tta(
     """
     images = ops.cast(ops.convert_to_tensor(images), "float32")
     _validate(config, images)
+    model = main_output(model)
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}.")
     if config.n_random_crops and input_size is None:

@@ -194,6 +194,38 @@ def test_clear_errors(dense_model):
         tta.d4_apply(_images(1, 0), 8)
 
 
+def _two_heads(seed=5):
+    """A tiny functional model with a dict output {"logits", "aux_logits"} (Team 3's Inception-v3 interface) and the
+    same graph with only "logits" (shared layers and weights)."""
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((S, S, C))
+    x = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255.0)(inp))
+    heads = {"logits": keras.layers.Dense(K, name="logits")(x), "aux_logits": keras.layers.Dense(K, name="aux")(x)}
+    return keras.Model(inp, heads), keras.Model(inp, heads["logits"])
+
+
+def test_predict_tta_uses_the_logits_output_of_a_multi_output_model():
+    both, single = _two_heads()
+    images = _images(3, 7)
+    config = TTAConfig("d4", aggregate="mean")
+    want = tta.predict_tta(single, images, config=config, batch_size=2)
+    np.testing.assert_allclose(tta.predict_tta(both, images, config=config, batch_size=2), want, rtol=1e-6)
+    # a plain callable returning the dict goes through the per-batch "logits" lookup instead of main_output
+    np.testing.assert_allclose(tta.predict_tta(lambda x: both(x), images, config=config), want, rtol=1e-5)
+    aux = tta.predict_tta(keras.Model(both.input, both.output["aux_logits"]), images, config=config)
+    assert np.abs(aux - want).max() > 1e-3  # taking the aux head instead would fail the comparisons above
+    assert tta.main_output(single) is single
+    inp = keras.Input((S, S, C))
+    flat = keras.layers.Flatten()(inp)
+    no_logits = keras.Model(inp, {"main": keras.layers.Dense(K)(flat)})
+    with pytest.raises(ConfigError, match="no 'logits'"):
+        tta.predict_tta(no_logits, images, config=config)
+    with pytest.raises(ConfigError, match="no 'logits'"):
+        tta.predict_tta(lambda x: {"main": no_logits(x)["main"]}, images, config=config)
+    with pytest.raises(ConfigError, match="2 outputs as a list"):
+        tta.predict_tta(lambda x: [both(x)["logits"]] * 2, images, config=config)
+
+
 def test_ssr_matrix_geometry_matches_numpy():
     image = _images(1, 11).astype(np.float32)
 
