@@ -1,4 +1,5 @@
-"""zoo_models.team3_recipe: Team 3's recipe facts, loss weighting, data maps, policy loading and blend.
+"""zoo_models.team3_recipe: Team 3's recipe facts, loss weighting, data maps, policy loading, blend, and a few real
+training steps of each of the three real networks with the recipe's loss and optimiser (the loss falls).
 
 Training Team 3 through the generic trainer (loss falls, 0.4 x aux, SWA preset, predict) is in
 tests/test_train_team3.py; the SWA arithmetic against NumPy is in tests/test_swa.py.
@@ -133,3 +134,59 @@ def test_swa_helpers_point_at_the_run_folder_the_trainer_uses(tmp_path):
     assert t3.make_callbacks(tmp_path, t3.make_recipe(RESNET34, swa_last_n=0)) == []
     with pytest.raises(ConfigError, match="no epoch_NNN"):
         t3.apply_swa(tmp_path / "empty", _two_output_model(8), [], verbose=0)
+
+
+def _recipe_loss_np(outputs, y, loss_weights):
+    """NumPy recipe loss of a model's outputs: focal mean, or Σ_k w_k focal_mean(y, outputs[k]) (teams.md §3.2)."""
+    if loss_weights is None:
+        return _np_focal_mean(y, keras.ops.convert_to_numpy(outputs))
+    return sum(w * _np_focal_mean(y, keras.ops.convert_to_numpy(outputs[k])) for k, w in loss_weights.items())
+
+
+BATCH = 4  # not 2: at these sizes the last feature map is 1x1, and BatchNorm over 2 values maps each to +-1
+
+
+# The smallest input each real network accepts (team3_pudae._shape minimums), a few Adam updates, run_eagerly: on a
+# busy 2-core machine the first compiled step (graph tracing) alone took ResNet34 37 s, Inception-v3 72 s and
+# SE-ResNeXt50 76 s, longer than all eager steps together (about 3, 5 and 12 s CPU per eager update; SE-ResNeXt's
+# cost is Keras' TF backend XLA-compiling each grouped conv and its gradient on every eager call).
+@pytest.mark.parametrize("name,size,updates", [(INCEPTION, 75, 2), (SERESNEXT, 32, 2), (RESNET34, 32, 3)])
+def test_each_real_team3_model_trains_and_its_recipe_loss_falls(name, size, updates):
+    """The real registry network with Team 3's real loss (Inception-v3: focal + 0.4 x aux on its with_aux=True
+    graph) and Adam trains on a fixed batch of four synthetic images: the first step's loss is the NumPy recipe
+    loss of the untrained outputs, and after `updates` steps the loss is below 0.6 x its initial value, with
+    every weight and output finite. grad_accum_steps=1: on one fixed batch k accumulated gradients are the same
+    gradient, so accumulation would only make each update k times slower."""
+    from hpa_zoo import models_api, synthetic
+    from hpa_zoo.registry import get_spec
+
+    rng = np.random.default_rng(0)
+    labels = synthetic.sample_labels(BATCH, rng)
+    x = np.stack([synthetic.synthesize_field(lab, size=size, rng=rng) for lab in labels]).astype("float32")
+    y = np.zeros((BATCH, 28), "float32")
+    for i, lab in enumerate(labels):
+        y[i, list(lab)] = 1.0
+    recipe = t3.make_recipe(name, image_size=size, input_size=size, grad_accum_steps=1)
+    keras.utils.set_random_seed(0)
+    if recipe.loss_weights:  # the training graph, as hpa_zoo.training builds it
+        spec = get_spec(name)
+        model = spec.build_fn()(num_classes=28, input_shape=(size, size, 4), weights=None, with_aux=True,
+                                **spec.builder_kwargs)
+        targets = {key: y for key in recipe.loss_weights}
+    else:
+        model = models_api.load(name, input_shape=(size, size, 4))
+        targets = y
+    model.compile(optimizer=recipe.make_optimizer(updates, 1), loss=recipe.make_loss(),
+                  loss_weights=recipe.loss_weights, run_eagerly=True)
+    # BatchNorm in training mode (batch statistics) is what train_on_batch sees; none of the models has dropout.
+    before = _recipe_loss_np(model(x, training=True), y, recipe.loss_weights)
+    losses = [float(np.ravel(model.train_on_batch(x, targets))[0]) for _ in range(updates)]
+    outputs = model(x, training=True)
+    after = _recipe_loss_np(outputs, y, recipe.loss_weights)
+    assert losses[0] == pytest.approx(before, rel=1e-4)
+    assert np.all(np.isfinite(losses)) and np.isfinite(after)
+    assert after < 0.6 * before, (before, losses, after)
+    for tensor in keras.tree.flatten(outputs):
+        assert np.all(np.isfinite(keras.ops.convert_to_numpy(tensor)))
+    for weight in model.weights:
+        assert np.all(np.isfinite(keras.ops.convert_to_numpy(weight))), weight.path
