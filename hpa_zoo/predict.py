@@ -11,7 +11,8 @@
 4. applies thresholds (the presets' mean, a rule re-fitted on the test probabilities, or given values), with
    the recipe's ``force_top`` (Team 1: the argmax class is always on);
 5. writes ``submission.csv`` (``Id,Predicted``) and ``probabilities.csv`` (``Id`` + 28 class columns),
-   atomically.
+   atomically, with the `hpa_zoo.ensemble` sidecar ``probabilities.csv.json`` (model name, ``fold="test"``, TTA),
+   so ``hpa_zoo.ensemble.load_predictions`` reads them with their provenance.
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ class _Member:
 
     model: Any
     name: str
+    model_name: str
     image_size: int
     input_size: int
     tta: TTAConfig
@@ -114,7 +116,8 @@ def _member(item, *, tta) -> _Member:
     th = np.asarray(meta["thresholds"], np.float32) if meta.get("thresholds") is not None else None
     if th is not None and th.shape != (NUM_CLASSES,):
         raise ConfigError(f"{name}: preset thresholds have shape {th.shape}, expected ({NUM_CLASSES},)")
-    return _Member(model, name, image_size, input_size, cfg, th, th_cfg,
+    model_name = str(meta.get("model_name") or getattr(model, "name", None) or name)
+    return _Member(model, name, model_name, image_size, input_size, cfg, th, th_cfg,
                    tuple(float(f) for f in meta.get("threshold_fallbacks") or ()))
 
 
@@ -167,6 +170,25 @@ def predict_probabilities(member: _Member, data, *, data_dir=None, batch_size: i
     return out_ids, np.concatenate(probs)
 
 
+def _write_probabilities_sidecar(path: Path, members: Sequence[_Member], *, n_rows: int) -> Path:
+    """The `hpa_zoo.ensemble` sidecar (``probabilities.csv.json``) of the averaged test probabilities.
+
+    ``model_name``: the members' registry name (the preset metadata's ``model_name``, else the Keras model name),
+    or the distinct names joined with ``+`` for a mix of models; ``fold``: ``"test"`` (test-set predictions, not
+    out-of-fold ones, whichever folds the presets were trained on); ``tta``: the `TTAConfig` all members used
+    (as a dict), or ``{"per_model": [...]}`` when they differ.
+    """
+    import dataclasses
+
+    from hpa_zoo.ensemble import write_sidecar
+
+    names = list(dict.fromkeys(m.model_name for m in members))
+    configs = [dataclasses.asdict(m.tta) for m in members]
+    tta = configs[0] if all(c == configs[0] for c in configs) else {"per_model": configs}
+    return write_sidecar(path, model_name="+".join(names), fold="test", tta=tta, class_names=CLASS_NAMES,
+                         n_rows=n_rows)
+
+
 def predict(model_or_preset: Union[str, os.PathLike, Any, Sequence], data: str | os.PathLike, *,
             out_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None,
             tta: Union[str, TTAConfig, None] = None, batch_size: int = 8,
@@ -189,7 +211,8 @@ def predict(model_or_preset: Union[str, os.PathLike, Any, Sequence], data: str |
         verbose: 0 silent, 1 progress.
     Returns:
         (submission_csv, probabilities_csv) paths. Submission: ``Id,Predicted`` with space-separated class ids
-        (every test id once, in the test order); probabilities: ``Id`` + one float column per class name.
+        (every test id once, in the test order); probabilities: ``Id`` + one float column per class name, and
+        its sidecar ``probabilities.csv.json`` (`_write_probabilities_sidecar`).
     Raises:
         ConfigError: bad tta/thresholds values, presets with different class counts.
         HpaDataError: missing test data.
@@ -246,6 +269,7 @@ def predict(model_or_preset: Union[str, os.PathLike, Any, Sequence], data: str |
                                out_dir / "submission.csv")
     frame = pd.concat([pd.DataFrame({"Id": ids}), pd.DataFrame(probs, columns=list(CLASS_NAMES))], axis=1)
     probabilities = atomic_to_csv(frame, out_dir / "probabilities.csv", float_format="%.6f")
+    _write_probabilities_sidecar(probabilities, members, n_rows=len(ids))
     if verbose:
         empty = int((labels.sum(axis=1) == 0).sum())
         print(f"{len(ids)} test images, {labels.sum(axis=1).mean():.2f} labels per image, {empty} empty rows\n"

@@ -28,7 +28,9 @@ Files under ``out_dir``::
     checkpoints/swa.weights.h5 + swa.json     the SWA weights and what was averaged (SWA recipes only)
     training_log.csv, logs/   per-epoch metrics, TensorBoard
     preset/                   the trained model (``hpa_zoo.load(out_dir / "preset")``) + metadata (thresholds...)
-    val_predictions.csv       Id, Target, Predicted, 28 probability columns
+    val_predictions.csv       Id, Target, Predicted, 28 probability columns (the out-of-fold predictions)
+    val_predictions.csv.json  its `hpa_zoo.ensemble` sidecar: model name, fold, TTA (none), so
+                              ``hpa_zoo.ensemble.load_predictions`` reads it with its provenance and labels
     val_report.json / .md     macro F1 report of the validation split
 """
 from __future__ import annotations
@@ -63,6 +65,10 @@ _RESUME_KEYS = ("model_name", "data", "fold", "image_size", "input_size", "batch
 #: The output of a multi-output model (a dict of tensors, `Recipe.loss_weights`) that is validated, thresholded,
 #: saved in the preset and predicted; the others (Team 3's ``aux_logits``) only add training losses.
 MAIN_OUTPUT = "logits"
+
+#: The ``tta`` entry of the ``val_predictions.csv.json`` sidecar (`hpa_zoo.ensemble.write_sidecar`): validation
+#: probabilities are one pass of the recipe's ``eval_map``, without test-time augmentation.
+VAL_TTA = {"transforms": "none"}
 
 
 class TrainingDivergedError(HpaZooError, FloatingPointError):
@@ -582,6 +588,7 @@ def train(model_name: str, data: str | os.PathLike, *, fold: int = 0, folds_csv:
             model.compile(optimizer=recipe.make_optimizer(steps, recipe.epochs), loss=_loss(recipe),
                           loss_weights=recipe.loss_weights, metrics={MAIN_OUTPUT: metrics} if targets else metrics,
                           jit_compile=bool(jit_compile), auto_scale_loss=precision == "mixed_float16")
+            _build_optimizer(model)
         best_cb, callbacks = _callbacks(out_dir, recipe, verbose)
         # keras.distribution (JAX) is consulted by fit itself: keep its scope; tf.distribute is captured by compile
         fit_scope = strategy.scope() if distribute.is_keras_distribution(strategy) else _null_scope()
@@ -598,6 +605,19 @@ def train(model_name: str, data: str | os.PathLike, *, fold: int = 0, folds_csv:
         keras.mixed_precision.set_dtype_policy(previous_policy)
     _log(verbose, f"done in {time.time() - t_start:.0f}s")
     return preset
+
+
+def _build_optimizer(model) -> None:
+    """Create the optimizer's variables (slots, step counter, loss scale) eagerly, before ``fit``.
+
+    Without a ``tf.distribute`` strategy Keras 3 builds the optimizer lazily inside the first traced train step;
+    a ``tf.function`` that creates variables on its first trace is traced a second time (its
+    "no variable creation" variant), so the whole train step and the optimizer's apply were traced twice per run
+    (tests/test_training_tracing.py). The variables are zeros, as they would be when built in the step, and a resumed
+    run (`AtomicBackupAndRestore`) builds them the same way before loading the backup, so training is unchanged.
+    """
+    if model.optimizer is not None and not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -674,6 +694,7 @@ def _finish(model, best_cb: AtomicBestCheckpoint, recipe: Recipe, settings: dict
     import pandas as pd
 
     from hpa_zoo import metrics, models_api, pipeline, thresholds
+    from hpa_zoo.ensemble import write_sidecar
     from hpa_zoo.labels import format_target
     from hpa_zoo.predict import main_output_model
 
@@ -722,6 +743,10 @@ def _finish(model, best_cb: AtomicBestCheckpoint, recipe: Recipe, settings: dict
                           "Predicted": [format_target(np.flatnonzero(r)) for r in y_pred]})
     frame = pd.concat([frame, pd.DataFrame(probs, columns=list(CLASS_NAMES))], axis=1)
     atomic_to_csv(frame, out_dir / "val_predictions.csv", float_format="%.6f")
+    # hpa_zoo.ensemble's sidecar: these are the out-of-fold predictions of this model's fold, one pass of the
+    # recipe's eval_map (no test-time augmentation), so hill climbing / blending can load them with provenance
+    write_sidecar(out_dir / "val_predictions.csv", model_name=settings["model_name"], fold=int(fold),
+                  tta=VAL_TTA, class_names=CLASS_NAMES, n_rows=len(ids))
     atomic_write_text(out_dir / "val_report.json", json.dumps(_jsonable(report), indent=2))
     title = f"{settings['model_name']} fold {fold}: validation ({len(ids)} images)"
     atomic_write_text(out_dir / "val_report.md", _report_markdown(report, title))

@@ -82,6 +82,20 @@ def test_presets_are_averaged_and_default_tta_runs(tiny_model, synthetic_data, t
     plain = single[0][list(CLASS_NAMES)].to_numpy()
     assert np.all(tta >= plain - 1e-6) and np.any(tta > plain + 1e-4)
 
+    # every probabilities.csv loads through hpa_zoo.ensemble with its provenance: the presets' model name, the
+    # "test" tag (test-set predictions, not out-of-fold ones), and the TTA each was predicted with
+    import dataclasses
+
+    from hpa_zoo import ensemble
+
+    recipe_tta = dataclasses.asdict(make_recipe(input_size=SIZE).tta)
+    none_tta = {"transforms": "identity", "n_random_crops": 0, "n_random_passes": 0, "aggregate": "mean"}
+    assert recipe_tta != none_tta  # Team 1's D4 + crops: the two sidecars must differ
+    for path, want_tta in ((prob_csv, none_tta), (tta_csv, recipe_tta)):  # two presets of one model; one preset
+        loaded = ensemble.load_predictions(path)
+        assert (loaded.model_name, loaded.fold, loaded.tta) == ("tiny_test_cnn", "test", want_tta)
+        np.testing.assert_allclose(loaded.probs, pd.read_csv(path)[list(CLASS_NAMES)].to_numpy(), atol=1e-6)
+
 
 def test_refit_thresholds_need_no_labels_and_bad_values_are_refused(tiny_model, synthetic_data, tmp_path):
     from hpa_zoo.errors import ConfigError
