@@ -642,6 +642,9 @@ def _epoch_stream(src, map_fn, *, batch_size: int, seed: int, steps: int, start_
 
     The epochs are concatenated with Python-int seeds: inside ``Dataset.flat_map`` the epoch is a symbolic
     tensor, and ``Dataset.shuffle`` / ``Dataset.random`` in `hpa_zoo.pipeline.batch_pipeline` need a Python seed.
+    What is concatenated is each epoch's ``(example, seed)`` pairs (each pass cut to whole batches, ``steps *
+    batch_size`` pairs), mapped and batched once: the same batches as mapping each epoch's own pipeline, but
+    ``map_fn`` is traced once per run instead of once per epoch (a source of unknown length falls back to that).
 
     Returns:
         a dataset of ``(epochs - start_epoch) * steps`` ``map_fn`` batches (B, ...), B = ``batch_size``
@@ -650,6 +653,21 @@ def _epoch_stream(src, map_fn, *, batch_size: int, seed: int, steps: int, start_
     import tensorflow as tf
 
     from hpa_zoo import pipeline
+
+    def one_epoch_pairs(epoch: int):
+        # The (example, seed) pairs `one_epoch` maps, in the same order: each pass cut to whole batches (its
+        # drop_remainder), repeated, ``steps`` batches long. None when the pass length is unknown.
+        epoch_seed = _epoch_seed(seed, epoch)
+        if epoch_source is None:  # as pipeline.batch_pipeline(training=True)
+            examples = src.shuffle(_shuffle_buffer(), seed=epoch_seed, reshuffle_each_iteration=True)
+            seeds = tf.data.Dataset.random(seed=epoch_seed, rerandomize_each_iteration=True)
+        else:
+            examples, seeds = epoch_source(epoch), tf.data.Dataset.random(seed=epoch_seed)
+        n = int(examples.cardinality())
+        if n < 0:
+            return None
+        pairs = tf.data.Dataset.zip(examples, seeds.batch(2, drop_remainder=True))
+        return pairs.take(n // batch_size * batch_size).repeat().take(steps * batch_size)
 
     def one_epoch(epoch: int):
         epoch_seed = _epoch_seed(seed, epoch)
@@ -661,10 +679,27 @@ def _epoch_stream(src, map_fn, *, batch_size: int, seed: int, steps: int, start_
         return (examples.map(map_fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
                 .batch(batch_size, drop_remainder=True).repeat().take(steps).prefetch(tf.data.AUTOTUNE))
 
-    stream = one_epoch(int(start_epoch))
-    for epoch in range(int(start_epoch) + 1, int(epochs)):
+    epochs_run = range(int(start_epoch), max(int(epochs), int(start_epoch) + 1))
+    parts = [one_epoch_pairs(epoch) for epoch in epochs_run]
+    if all(part is not None for part in parts):
+        # One map over the concatenated epochs: map_fn is traced (and its function instantiated) once per run,
+        # not once per epoch; every epoch is steps * batch_size pairs, so batches never straddle two epochs.
+        stream = parts[0]
+        for part in parts[1:]:
+            stream = stream.concatenate(part)
+        return (stream.map(map_fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+                .batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
+    stream = one_epoch(epochs_run[0])  # a pass of unknown length: map each epoch's own pipeline
+    for epoch in epochs_run[1:]:
         stream = stream.concatenate(one_epoch(epoch))
     return stream
+
+
+def _shuffle_buffer() -> int:
+    """The shuffle buffer of `hpa_zoo.pipeline.batch_pipeline` (its default), which `_epoch_stream` reproduces."""
+    from hpa_zoo import pipeline
+
+    return int(inspect.signature(pipeline.batch_pipeline).parameters["shuffle_buffer"].default)
 
 
 def _with_output_targets(map_fn, keys):

@@ -3,8 +3,9 @@ through hpa_zoo.ensemble with their provenance.
 
 Without a tf.distribute strategy Keras 3 builds the optimizer inside the first traced train step, and a
 tf.function that creates variables on its first trace is traced again: every run traced its train step (model
-forward + backward + optimizer apply) twice. The counters below are Python side effects of ``train_step`` /
-``test_step``, which run once per trace (never per executed step).
+forward + backward + optimizer apply) twice; and each epoch mapped its own pipeline, tracing the recipe's train
+map once per epoch. The counters below are Python side effects of ``train_step`` / ``test_step`` and of the maps,
+which run once per trace (never per executed step or example).
 """
 from __future__ import annotations
 
@@ -31,8 +32,20 @@ def traced_run(synthetic_data, tmp_path_factory):  # noqa: F811
     registry.get_spec("team1_densenet121_512")  # fill the table first
     registry.register(registry.ModelSpec(name=TINY, team="test", builder="tests.test_training:build_tiny",
                                          input_size=SIZE, recipe="tests.test_training", classifier="logits"))
-    traces = {"train": [], "test": []}
+    traces = {"train": [], "test": [], "train_map": 0, "eval_map": 0}
     mp = pytest.MonkeyPatch()
+    with_targets = training._with_output_targets
+
+    def counted_maps(map_fn, keys):  # the train/eval maps handed to tf.data; a Python call = one trace
+        inner = with_targets(map_fn, keys)
+
+        def mapped(*args):
+            traces["train_map" if len(args) == 2 else "eval_map"] += 1  # (example, seed) vs (example,)
+            return inner(*args)
+
+        return mapped
+
+    mp.setattr(training, "_with_output_targets", counted_maps)
     for kind, attr in (("train", "train_step"), ("test", "test_step")):
         original = getattr(keras.Model, attr)
 
@@ -56,6 +69,8 @@ def test_train_and_validation_steps_are_traced_once_over_epochs(traced_run):
     assert list(log["epoch"]) == list(range(EPOCHS))  # the run really went through every epoch (+ validation)
     assert len(traces["train"]) == 1, f"train_step traced {len(traces['train'])} times: {traces['train']}"
     assert len(traces["test"]) == 1, f"test_step traced {len(traces['test'])} times: {traces['test']}"
+    # the tf.data maps: one trace of the train map for all epochs (was one per epoch), one of the eval map
+    assert (traces["train_map"], traces["eval_map"]) == (1, 1)
     # the one trace has the full static batch (drop_remainder) and float32 images / targets
     (images, targets), = traces["train"]
     assert images == ((8, 48, 48, 4), "float32") and targets == ((8, 28), "float32")
