@@ -295,6 +295,13 @@ def _has_trailer(data: tf.Tensor, trailer: bytes) -> tf.Tensor:
     return tf.reduce_any(tf.equal(ends, trailer))
 
 
+def _byte_at(data: tf.Tensor, pos: int) -> tf.Tensor:
+    """scalar string: byte ``pos`` of ``data``, or b"" when the data is shorter (``tf.strings.substr`` raises an
+    unnamed "pos out of range" error there, and graph ops do not short-circuit: an empty file must reach the
+    assertion that names it)."""
+    return tf.strings.substr(data, tf.minimum(pos, tf.strings.length(data)), 1)
+
+
 def _decode_plane(path: tf.Tensor, plane: int | None) -> tf.Tensor:
     """One stain file -> (H, W) uint8. `plane` None: grayscale file; else that RGB plane of a colour file.
 
@@ -316,7 +323,7 @@ def _decode_plane(path: tf.Tensor, plane: int | None) -> tf.Tensor:
             path, "cannot be decoded as an image (corrupt or not PNG/JPEG/GIF/BMP/WebP); " + _BAD_FILE_FIX]))
     # IHDR bit depth (byte 24): decode_image(dtype=uint8) would silently rescale 16-bit PNGs, unlike images.load_rgby
     check.append(tf.debugging.Assert(tf.logical_not(tf.logical_and(
-        tf.equal(head, b"\x89PNG"), tf.equal(tf.strings.substr(data, 24, 1), b"\x10"))), [
+        tf.equal(head, b"\x89PNG"), tf.equal(_byte_at(data, 24), b"\x10"))), [
         path, "is 16-bit but 8-bit was expected; convert it to 8 bits (round(x / 257)), or build a TFDS dataset "
         "with `hpa-zoo prepare` (full-size TIFF folders may be 16-bit)"]))
     with tf.control_dependencies(check):
