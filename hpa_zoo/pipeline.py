@@ -515,6 +515,29 @@ def tfds_dataset(name: str, split: str, *, data_dir: str | os.PathLike | None = 
 
 
 # ============================================================================================ batching
+def training_pairs(ds: tf.data.Dataset, *, seed: int, shuffle_buffer: int | None = 256,
+                   rerandomize_seeds: bool = True) -> tf.data.Dataset:
+    """One training pass as ``(example, ex_seed)`` pairs, in the order `batch_pipeline` (training) maps them.
+
+    ``ds`` shuffled with ``shuffle_buffer`` (re-shuffled each iteration), zipped with ``ex_seed``: a (2,) int64
+    tensor of consecutive draws of ``tf.data.Dataset.random(seed)``, re-randomised each iteration of a repeated
+    pass when ``rerandomize_seeds``.
+
+    Args:
+        ds: dataset of examples. seed: Python int.
+        shuffle_buffer: shuffle buffer size; None keeps ``ds``'s order (an epoch already ordered by a sampler).
+        rerandomize_seeds: new ``ex_seed`` draws on each iteration of a repeated pass.
+    Returns:
+        dataset of ``(example, ex_seed)``, as many as ``ds`` has.
+    """
+    if shuffle_buffer is not None:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    # drop_remainder: the seeds get the static shape (2,) that stateless ops (augment) check
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=rerandomize_seeds).batch(
+        2, drop_remainder=True)
+    return tf.data.Dataset.zip(ds, seeds)
+
+
 def batch_pipeline(
     ds: tf.data.Dataset,
     map_fn: Callable,
@@ -561,10 +584,7 @@ def batch_pipeline(
     if cache:
         ds = ds.cache() if cache is True else ds.cache(str(cache))
     if training:
-        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-        # drop_remainder: the seeds get the static shape (2,) that stateless ops (augment) check
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2, drop_remainder=True)
-        ds = tf.data.Dataset.zip(ds, seeds).map(
+        ds = training_pairs(ds, seed=seed, shuffle_buffer=shuffle_buffer).map(
             map_fn, num_parallel_calls=num_parallel_calls, deterministic=True)
         drop = True if drop_remainder is None else drop_remainder
     else:

@@ -637,8 +637,9 @@ def _epoch_stream(src, map_fn, *, batch_size: int, seed: int, steps: int, start_
 
     With ``epoch_source`` (``epoch -> dataset of example dicts`` in training order, from a recipe's
     ``train_sampler``, see `_sampled_source`) epoch e is that dataset, **not reshuffled**, mapped with
-    per-example seeds drawn from ``_epoch_seed(seed, e)``; otherwise `src` is shuffled by
-    `hpa_zoo.pipeline.batch_pipeline`. Incomplete batches are dropped either way.
+    per-example seeds drawn from ``_epoch_seed(seed, e)``; otherwise `src` is shuffled as
+    `hpa_zoo.pipeline.batch_pipeline` shuffles it (both use `hpa_zoo.pipeline.training_pairs`). Incomplete
+    batches are dropped either way.
 
     The epochs are concatenated with Python-int seeds: inside ``Dataset.flat_map`` the epoch is a symbolic
     tensor, and ``Dataset.shuffle`` / ``Dataset.random`` in `hpa_zoo.pipeline.batch_pipeline` need a Python seed.
@@ -654,29 +655,24 @@ def _epoch_stream(src, map_fn, *, batch_size: int, seed: int, steps: int, start_
 
     from hpa_zoo import pipeline
 
+    def pairs(epoch: int):
+        # the epoch's (example, seed) pairs, in the order batch_pipeline(training=True) maps them
+        if epoch_source is None:
+            return pipeline.training_pairs(src, seed=_epoch_seed(seed, epoch))
+        return pipeline.training_pairs(epoch_source(epoch), seed=_epoch_seed(seed, epoch), shuffle_buffer=None,
+                                       rerandomize_seeds=False)
+
     def one_epoch_pairs(epoch: int):
-        # The (example, seed) pairs `one_epoch` maps, in the same order: each pass cut to whole batches (its
-        # drop_remainder), repeated, ``steps`` batches long. None when the pass length is unknown.
-        epoch_seed = _epoch_seed(seed, epoch)
-        if epoch_source is None:  # as pipeline.batch_pipeline(training=True)
-            examples = src.shuffle(_shuffle_buffer(), seed=epoch_seed, reshuffle_each_iteration=True)
-            seeds = tf.data.Dataset.random(seed=epoch_seed, rerandomize_each_iteration=True)
-        else:
-            examples, seeds = epoch_source(epoch), tf.data.Dataset.random(seed=epoch_seed)
+        # each pass cut to whole batches (drop_remainder), repeated, ``steps`` batches long; None when the pass
+        # length is unknown
+        examples = pairs(epoch)
         n = int(examples.cardinality())
         if n < 0:
             return None
-        pairs = tf.data.Dataset.zip(examples, seeds.batch(2, drop_remainder=True))
-        return pairs.take(n // batch_size * batch_size).repeat().take(steps * batch_size)
+        return examples.take(n // batch_size * batch_size).repeat().take(steps * batch_size)
 
     def one_epoch(epoch: int):
-        epoch_seed = _epoch_seed(seed, epoch)
-        if epoch_source is None:
-            return pipeline.batch_pipeline(src, map_fn, batch_size=batch_size, training=True, seed=epoch_seed,
-                                           drop_remainder=True).repeat().take(steps)
-        seeds = tf.data.Dataset.random(seed=epoch_seed).batch(2, drop_remainder=True)  # static (2,), as batch_pipeline
-        examples = tf.data.Dataset.zip(epoch_source(epoch), seeds)
-        return (examples.map(map_fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return (pairs(epoch).map(map_fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
                 .batch(batch_size, drop_remainder=True).repeat().take(steps).prefetch(tf.data.AUTOTUNE))
 
     epochs_run = range(int(start_epoch), max(int(epochs), int(start_epoch) + 1))
@@ -693,13 +689,6 @@ def _epoch_stream(src, map_fn, *, batch_size: int, seed: int, steps: int, start_
     for epoch in epochs_run[1:]:
         stream = stream.concatenate(one_epoch(epoch))
     return stream
-
-
-def _shuffle_buffer() -> int:
-    """The shuffle buffer of `hpa_zoo.pipeline.batch_pipeline` (its default), which `_epoch_stream` reproduces."""
-    from hpa_zoo import pipeline
-
-    return int(inspect.signature(pipeline.batch_pipeline).parameters["shuffle_buffer"].default)
 
 
 def _with_output_targets(map_fn, keys):
