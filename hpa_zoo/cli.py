@@ -171,7 +171,8 @@ def _add_train(sub) -> None:
     p.add_argument("--out", required=True, help="output folder; re-running the same command resumes")
     p.add_argument("--epochs", type=int, default=None, help="epochs (the LR schedule is scaled to it)")
     p.add_argument("--image-size", type=int, default=None, help="side the images are loaded at")
-    p.add_argument("--input-size", type=int, default=None, help="side of the network input: the crop (Team 1) or the resize target (Team 3: 512 px images -> 1024)")
+    p.add_argument("--input-size", type=int, default=None,
+                   help="side of the network input: the crop (Team 1) or the resize target (Team 3: 512 -> 1024)")
     p.add_argument("--batch-size", type=int, default=None, help="global batch size")
     p.add_argument("--steps-per-epoch", type=int, default=None, help="default: train images // batch size")
     p.add_argument("--precision", choices=["float32", "mixed_float16", "mixed_bfloat16"], default=None)
