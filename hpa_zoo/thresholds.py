@@ -12,16 +12,31 @@ scaled thresholds (Team 2). ``from_config`` does both steps from a recipe's `Thr
 | ``"f1_optimal_scaled"`` | 2 (§2.6) | OOF probs + labels | ``scale`` (0.7) x the F1-optimal t; empty rows retry 0.6x, 0.5x |
 | ``"freq_match"`` | 4 (§4.1) | test probs | first t of linspace(.95,.05,101) with mean(prob>t) >= desired |
 | ``"fixed"`` | 4 Dmytro (§4.2) | - | a constant or per-class ``value`` |
+
+**Degenerate ratio matching.** Team 1's rule is kept as the team wrote it. On near-constant probabilities (an
+under-trained model, or test probabilities raised by max-TTA above thresholds fitted on validation) it, or the
+``force_top`` that follows it, can switch a class on for (nearly) every image. `from_config` and
+`hpa_zoo.predict.predict` check the labels with `degenerate_classes` and warn (``logging`` and
+`DegenerateThresholdsWarning`), naming the classes and their fractions. With ``tie_fallback=True`` the labels
+come from the tie-aware variant `rank_ratio_labels` instead (rule name `TIE_AWARE_RULE`): class c is on for the
+images ranked above the ``floor(ratio_c * N)``-th largest probability, a group tied at that boundary is left
+out, so at most ``ratio_c * N`` images get class c; the top class of a still-empty row is forced on only while
+its class stays within ``max(1, floor(ratio_c * N))``, again never splitting a group of tied rows.
 """
 from __future__ import annotations
 
+import logging
+import warnings
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
 from hpa_zoo.constants import KAGGLE_TRAIN_COUNTS, KAGGLE_TRAIN_SIZE, LB_RATIO_PLACEHOLDERS, PUBLIC_LB_RATIOS
 from hpa_zoo.errors import ConfigError, HpaDataError
 from hpa_zoo.recipe import ThresholdConfig
+
+log = logging.getLogger(__name__)
 
 RULES: tuple[str, ...] = ("lb_ratio_match", "proportion_match", "f1_optimal", "f1_optimal_scaled", "freq_match",
                           "fixed")
@@ -39,6 +54,14 @@ TEAM2_FALLBACKS = (0.6, 0.5)
 # teams.md §4.1 item 3: scan 0.95 -> 0.05 in 101 steps; eps 0.004 for the rare (placeholder) classes.
 FREQ_SCAN = np.linspace(0.95, 0.05, 101)
 TEAM4_RARE_EPS = 0.004
+#: A class on for at least this fraction of the images (when its target ratio is lower) is degenerate.
+DEGENERATE_FRACTION = 0.9
+#: The tie-aware, rank-based variant of ``lb_ratio_match`` (`rank_ratio_labels`).
+TIE_AWARE_RULE = "lb_ratio_rank"
+
+
+class DegenerateThresholdsWarning(UserWarning):
+    """A ratio-matching threshold rule switched a class on for (nearly) every image (see `degenerate_classes`)."""
 
 
 def team1_target_ratios() -> np.ndarray:
@@ -187,6 +210,104 @@ def apply_thresholds(probs, thresholds, *, force_top: bool = False, fallbacks=()
     return labels.astype(np.uint8)
 
 
+def degenerate_classes(labels, ratios, probs=None, *, fraction: float = DEGENERATE_FRACTION) -> list[dict]:
+    """The classes a ratio rule switched on for (nearly) every image although their target ratio is lower.
+
+    Args:
+        labels: (N, C) 0/1 labels the rule produced.
+        ratios: (C,) target positive fractions (a scalar is broadcast).
+        probs: optional (N, C) probabilities the labels came from, to describe the ties.
+        fraction: a class on for ``>= fraction`` of the images with ``ratio < fraction`` is degenerate.
+    Returns:
+        one dict per degenerate class, in class order: ``class`` (int), ``fraction`` (float, share of images on),
+        ``ratio`` (float target), and with ``probs`` ``spread`` (float, max - min of its probabilities) and
+        ``tied`` (float, share of images whose probability equals the class's most common value to 1e-4).
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or labels.shape[0] == 0:
+        raise HpaDataError(f"labels must be a non-empty (N, C) array; got shape {labels.shape}.")
+    ratios = _check_vector("ratios", ratios, labels.shape[1])
+    on = (labels > 0).mean(axis=0)
+    out = []
+    for c in np.flatnonzero((on >= fraction) & (ratios < fraction)):
+        row = {"class": int(c), "fraction": float(on[c]), "ratio": float(ratios[c])}
+        if probs is not None:
+            col = np.asarray(probs, np.float64)[:, c]
+            _, counts = np.unique(np.round(col, 4), return_counts=True)
+            row.update(spread=float(col.max() - col.min()), tied=float(counts.max() / len(col)))
+        out.append(row)
+    return out
+
+
+def warn_degenerate(labels, ratios, probs=None, *, where: str = "", fallback: bool = False) -> list[dict]:
+    """`degenerate_classes`, and when there are any a log record plus a `DegenerateThresholdsWarning`.
+
+    Args:
+        labels, ratios, probs: as for `degenerate_classes`.
+        where: what was labelled (e.g. ``"validation"``), for the message.
+        fallback: whether the caller switches to `rank_ratio_labels` (said in the message).
+    Returns:
+        the `degenerate_classes` list (empty: nothing was said).
+    """
+    from hpa_zoo.constants import CLASS_NAMES
+
+    bad = degenerate_classes(labels, ratios, probs)
+    if not bad:
+        return bad
+    names = ", ".join(f"{b['class']} {CLASS_NAMES[b['class']]} on for {b['fraction']:.0%} of "
+                      f"{len(labels)} images (target ratio {b['ratio']:.3f}"
+                      + (f", {b['tied']:.0%} of its probabilities tied, spread {b['spread']:.2g}" if "tied" in b else "")
+                      + ")" for b in bad)
+    then = (f"using the tie-aware variant {TIE_AWARE_RULE!r} (at most ratio x N images per class)" if fallback else
+            f"pass tie_fallback=True (CLI: --tie-fallback) for the tie-aware variant {TIE_AWARE_RULE!r}")
+    msg = (f"LB-ratio thresholds{' on ' + where if where else ''} are degenerate: {names}. The probabilities are "
+           f"(nearly) tied, so matching the ratios cannot rank the images; {then}.")
+    log.warning(msg)
+    warnings.warn(msg, DegenerateThresholdsWarning, stacklevel=2)
+    return bad
+
+
+def rank_ratio_labels(probs, ratios, *, force_top: bool = True) -> np.ndarray:
+    """Tie-aware rank-based LB-ratio labels: at most ``ratio_c * N`` images per class (module docstring).
+
+    Class c is on for the images whose probability is above the ``k_c + 1``-th largest one, ``k_c =
+    floor(ratio_c * N)`` (so a group tied across the boundary is left out and fewer than ``k_c`` may be on). With
+    ``force_top`` each row left empty gets its most probable class while that class holds fewer than
+    ``max(1, k_c)`` images; rows are taken by decreasing top probability and a group of rows tied on the same class
+    and probability goes in whole or not at all.
+
+    Args:
+        probs: (N, C) float probabilities of the images being labelled (label-free, like Team 1's rule).
+        ratios: (C,) target positive fractions (a scalar is broadcast).
+        force_top: fill empty rows with their top class, within the caps.
+    Returns:
+        uint8 (N, C) labels.
+    """
+    probs = _check_probs(probs)
+    n, n_classes = probs.shape
+    ratios = _check_vector("ratios", ratios, n_classes)
+    k = np.floor(np.clip(ratios, 0, 1) * n + 1e-9).astype(np.int64)
+    ordered = -np.sort(-probs, axis=0)  # descending per class
+    boundary = np.where(k < n, ordered[np.minimum(k, n - 1), np.arange(n_classes)], -np.inf)
+    labels = probs > boundary[None, :]
+    labels[:, k == 0] = False
+    if force_top:
+        cap = np.maximum(k, 1)
+        count = labels.sum(axis=0)
+        empty = np.flatnonzero(~labels.any(axis=1))
+        top = np.argmax(probs[empty], axis=1) if len(empty) else np.zeros(0, np.int64)
+        value = probs[empty, top] if len(empty) else np.zeros(0)
+        for c in np.unique(top):
+            rows, vals = empty[top == c], value[top == c]
+            for v in np.unique(vals)[::-1]:  # groups of rows tied on (class, probability), best first
+                group = rows[vals == v]
+                if count[c] + len(group) > cap[c]:
+                    break
+                labels[group, c] = True
+                count[c] += len(group)
+    return labels.astype(np.uint8)
+
+
 @dataclass(frozen=True)
 class FittedThresholds:
     """Thresholds fitted by `from_config`, ready to apply.
@@ -195,19 +316,41 @@ class FittedThresholds:
         thresholds: float64 (C,).
         force_top: see `apply_thresholds`.
         fallbacks: scale factors relative to ``thresholds`` (see `apply_thresholds`).
+        rank_ratios: float64 (C,) when the tie-aware variant replaced the degenerate rule: `apply` then labels
+            with `rank_ratio_labels` on the probabilities it is given (``thresholds`` are the rule's, unused).
+        degenerate: the `degenerate_classes` found when fitting (empty when there were none).
     """
 
     thresholds: np.ndarray
     force_top: bool = False
     fallbacks: tuple[float, ...] = ()
+    rank_ratios: Optional[np.ndarray] = None
+    degenerate: tuple = ()
 
     def apply(self, probs) -> np.ndarray:
         """uint8 (N, C) labels of (N, C) probabilities."""
+        if self.rank_ratios is not None:
+            return rank_ratio_labels(probs, self.rank_ratios, force_top=self.force_top)
         return apply_thresholds(probs, self.thresholds, force_top=self.force_top, fallbacks=self.fallbacks)
 
 
-def from_config(config: ThresholdConfig, probs, y_true=None) -> FittedThresholds:
+def config_ratios(config: ThresholdConfig, n_classes: int = 28) -> Optional[np.ndarray]:
+    """The target ratios (C,) float64 of a ratio rule (``lb_ratio_match``: the config's or Team 1's,
+    ``freq_match``: the config's or Team 4's); None for the other rules."""
+    ratios = dict(config.kwargs).get("ratios")
+    if config.rule == "lb_ratio_match":
+        return _check_vector("ratios", team1_target_ratios() if ratios is None else ratios, n_classes)
+    if config.rule == "freq_match":
+        return _check_vector("ratios", team4_target_ratios() if ratios is None else ratios, n_classes)
+    return None
+
+
+def from_config(config: ThresholdConfig, probs, y_true=None, *, tie_fallback: bool = False,
+                where: str = "") -> FittedThresholds:
     """Fit a recipe's threshold rule.
+
+    For ``lb_ratio_match`` the labels it gives on ``probs`` are checked (`warn_degenerate`); with
+    ``tie_fallback`` a degenerate fit returns the tie-aware variant (``rank_ratios`` set, `rank_ratio_labels`).
 
     ``config.kwargs`` may hold ``ratios``, ``scale``, ``value`` and ``fallbacks``. For ``"f1_optimal_scaled"`` the
     fallbacks are factors of the *unscaled* F1-optimal thresholds, as Team 2 states them (default (0.6, 0.5)); they
@@ -217,6 +360,8 @@ def from_config(config: ThresholdConfig, probs, y_true=None) -> FittedThresholds
         config: `hpa_zoo.recipe.ThresholdConfig`.
         probs: (N, C) probabilities to fit on (see `fit_thresholds`).
         y_true: (N, C) labels, for the label-based rules.
+        tie_fallback: switch to `rank_ratio_labels` when Team 1's rule is degenerate on ``probs``.
+        where: what ``probs`` are (e.g. ``"validation"``), for the warning.
 
     Returns:
         `FittedThresholds` (call ``.apply(test_probs)`` for uint8 labels).
@@ -228,4 +373,13 @@ def from_config(config: ThresholdConfig, probs, y_true=None) -> FittedThresholds
         scale = float(kw.setdefault("scale", TEAM2_SCALE))
         fallbacks = tuple(f / scale for f in (fallbacks or TEAM2_FALLBACKS))
     thresholds = fit_thresholds(probs, config.rule, y_true=y_true, ratios=ratios, **kw)
-    return FittedThresholds(thresholds=thresholds, force_top=bool(config.force_top), fallbacks=fallbacks)
+    fitted = FittedThresholds(thresholds=thresholds, force_top=bool(config.force_top), fallbacks=fallbacks)
+    if config.rule != "lb_ratio_match":
+        return fitted
+    target = config_ratios(config, thresholds.shape[0])
+    bad = warn_degenerate(fitted.apply(probs), target, probs, where=where, fallback=tie_fallback)
+    if bad and tie_fallback:
+        return FittedThresholds(thresholds=thresholds, force_top=fitted.force_top, fallbacks=fallbacks,
+                                rank_ratios=target, degenerate=tuple(bad))
+    return FittedThresholds(thresholds=thresholds, force_top=fitted.force_top, fallbacks=fallbacks,
+                            degenerate=tuple(bad))

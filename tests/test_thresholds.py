@@ -168,3 +168,97 @@ def test_clear_errors():
         th.apply_thresholds(np.zeros(3), np.zeros(3))
     with pytest.raises(ConfigError, match="scale"):
         th.fit_thresholds(probs, "fixed", scale=0.7)
+
+
+# ---------------------------------------------------------------------------------------------- degenerate LB ratios
+def _rank_reference(probs, ratios):
+    """Image i is on for class c iff at most floor(ratio_c * N) images (i and its ties included) have a
+    probability >= its own: an O(N^2) count per image, written from the rule, not from the implementation."""
+    n, n_classes = probs.shape
+    out = np.zeros((n, n_classes), np.uint8)
+    for c in range(n_classes):
+        k = int(np.floor(ratios[c] * n + 1e-9))
+        for i in range(n):
+            out[i, c] = int((probs[:, c] >= probs[i, c]).sum() <= k)
+    return out
+
+
+def test_team1_rule_on_tied_probabilities_warns_and_names_the_class(caplog):
+    # An untrained model: every image gets the same probabilities, class 1 (Nuclear membrane) the highest.
+    row = np.full(28, 0.1)
+    row[1] = 0.3
+    probs = np.tile(row, (56, 1))
+    cfg = ThresholdConfig("lb_ratio_match", force_top=True)
+    with pytest.warns(th.DegenerateThresholdsWarning, match=r"1 Nuclear membrane on for 100% of 56 images"):
+        fitted = th.from_config(cfg, probs, where="validation")
+    # Team 1's rule is unchanged: the same thresholds, and force_top switches class 1 on everywhere
+    np.testing.assert_array_equal(fitted.thresholds, th.fit_thresholds(probs, "lb_ratio_match"))
+    labels = fitted.apply(probs)
+    assert labels[:, 1].all() and labels.sum() == 56
+    assert [b["class"] for b in fitted.degenerate] == [1]
+    assert fitted.degenerate[0]["tied"] == 1.0 and fitted.degenerate[0]["spread"] == 0.0
+    assert any("degenerate" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+
+
+def test_distinct_probabilities_do_not_warn():
+    import warnings
+
+    probs = _uniform_columns(200, 28, seed=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", th.DegenerateThresholdsWarning)
+        fitted = th.from_config(ThresholdConfig("lb_ratio_match", force_top=True), probs, tie_fallback=True)
+    assert fitted.rank_ratios is None and fitted.degenerate == ()
+
+
+def test_degenerate_classes_reports_fraction_and_ties():
+    labels = np.zeros((10, 28), np.uint8)
+    labels[:9, 4] = 1  # 90 %: degenerate (target 0.075)
+    labels[:8, 0] = 1  # 80 %: below the 90 % line
+    probs = np.zeros((10, 28))
+    probs[:, 4] = [0.5] * 7 + [0.6, 0.7, 0.8]
+    bad = th.degenerate_classes(labels, th.team1_target_ratios(), probs)
+    assert [b["class"] for b in bad] == [4]
+    assert bad[0]["fraction"] == pytest.approx(0.9) and bad[0]["tied"] == pytest.approx(0.7)
+    assert bad[0]["spread"] == pytest.approx(0.3)
+    # a class whose own target is that high is not degenerate
+    assert th.degenerate_classes(labels, np.full(28, 0.95)) == []
+
+
+def test_rank_ratio_labels_match_a_counting_reference_with_ties():
+    rng = np.random.default_rng(0)
+    probs = np.round(rng.random((60, 28)), 1)  # ten values: many ties at every boundary
+    ratios = th.team1_target_ratios()
+    labels = th.rank_ratio_labels(probs, ratios, force_top=False)
+    np.testing.assert_array_equal(labels, _rank_reference(probs, ratios))
+    assert (labels.sum(axis=0) <= np.floor(ratios * 60 + 1e-9)).all()
+
+
+def test_rank_ratio_labels_force_top_stays_within_the_caps():
+    rng = np.random.default_rng(1)
+    probs = np.round(rng.random((80, 28)) ** 3, 2)
+    ratios = th.team1_target_ratios()
+    labels = th.rank_ratio_labels(probs, ratios, force_top=True)
+    base = _rank_reference(probs, ratios)
+    assert (labels >= base).all()  # force_top only adds
+    cap = np.maximum(np.floor(ratios * 80 + 1e-9), 1)
+    assert (labels.sum(axis=0) <= cap).all()
+    added = np.argwhere(labels > base)
+    for i, c in added:  # what force_top adds: a row's top class, on a row that was empty
+        assert not base[i].any() and probs[i, c] == probs[i].max()
+    # fully tied rows: the rank rule can not order them, so no class goes beyond its cap
+    tied = np.tile(np.linspace(0.1, 0.2, 28), (56, 1))
+    out = th.rank_ratio_labels(tied, ratios, force_top=True)
+    assert (out.sum(axis=0) <= np.maximum(np.floor(ratios * 56 + 1e-9), 1)).all()
+
+
+def test_tie_fallback_switches_the_fit_to_the_rank_variant():
+    row = np.full(28, 0.1)
+    row[1] = 0.3
+    probs = np.tile(row, (56, 1))
+    probs[:5, 0] = 0.9  # five images rank above the rest for class 0 (target 0.3624 -> 20 of 56)
+    with pytest.warns(th.DegenerateThresholdsWarning, match="using the tie-aware variant"):
+        fitted = th.from_config(ThresholdConfig("lb_ratio_match", force_top=True), probs, tie_fallback=True)
+    assert fitted.rank_ratios is not None
+    labels = fitted.apply(probs)
+    np.testing.assert_array_equal(labels[:5, 0], 1)
+    assert labels[:, 1].sum() <= max(1, int(np.floor(th.team1_target_ratios()[1] * 56)))
