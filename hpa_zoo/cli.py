@@ -20,6 +20,8 @@ def _add_synth(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed; the same seed gives byte-identical files")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all CPUs; 0 = this process)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
+    p.add_argument("--preset", choices=("hpa", "demo"), default="hpa",
+                   help="difficulty: hpa (realistic, default) or demo (learnable on a CPU in minutes)")
     p.set_defaults(func=_run_synth)
 
 
@@ -30,11 +32,12 @@ def _run_synth(args) -> int:
 
     start = time.perf_counter()
     out = write_synthetic_dataset(args.out_dir, n_train=args.n_train, n_test=args.n_test, size=args.size,
-                                  seed=args.seed, workers=args.workers, overwrite=args.overwrite)
+                                  seed=args.seed, workers=args.workers, overwrite=args.overwrite,
+                                  preset=args.preset)
     took = time.perf_counter() - start
     n = args.n_train + args.n_test
-    print(f"wrote {n} synthetic images ({args.size}px) to {out} in {took:.1f}s ({n / max(took, 1e-9):.1f} images/s); "
-          f"synthetic data: its numbers are never HPA results")
+    print(f"wrote {n} synthetic images ({args.size}px, preset {args.preset}) to {out} in {took:.1f}s "
+          f"({n / max(took, 1e-9):.1f} images/s); synthetic data: its numbers are never HPA results")
     return 0
 
 

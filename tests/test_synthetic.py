@@ -209,3 +209,49 @@ def test_a_linear_classifier_on_colocalisation_features_learns_nucleoplasm():
                                method="predict_proba")[:, 1]
     auc = roc_auc_score(y, scores)
     assert auc > 0.8, auc  # chance is 0.5
+
+
+# ---------------------------------------------------------------------------------------------- presets
+def test_presets_are_deterministic_and_hpa_is_the_default(tmp_path):
+    kw = dict(n_train=6, n_test=2, size=64, progress=False)
+    default = _tree(synthetic.write_synthetic_dataset(tmp_path / "d", seed=4, workers=0, **kw))
+    hpa = _tree(synthetic.write_synthetic_dataset(tmp_path / "h", seed=4, workers=0, preset="hpa", **kw))
+    demo_a = _tree(synthetic.write_synthetic_dataset(tmp_path / "a", seed=4, workers=0, preset="demo", **kw))
+    demo_b = _tree(synthetic.write_synthetic_dataset(tmp_path / "b", seed=4, workers=2, preset="demo", **kw))
+    demo_c = _tree(synthetic.write_synthetic_dataset(tmp_path / "c", seed=5, workers=0, preset="demo", **kw))
+    assert default == hpa and demo_a == demo_b and demo_a != demo_c
+    pngs = [k for k in demo_a if k.endswith(".png")]
+    assert pngs and all(demo_a[k] != hpa.get(k) for k in pngs if "_blue" in k)
+    assert "Preset `demo`" in demo_a["README.md"].decode() and "synthetic" in demo_a["README.md"].decode()
+    with pytest.raises(ConfigError, match="unknown synthetic preset 'easy'.*hpa, demo"):
+        synthetic.write_synthetic_dataset(tmp_path / "x", n_train=1, n_test=0, size=32, preset="easy")
+    assert main(["synth", str(tmp_path / "cli"), "--n-train", "2", "--n-test", "1", "--size", "48", "--workers",
+                 "0", "--preset", "demo"]) == 0
+    assert (tmp_path / "cli" / "README.md").read_text() == synthetic.README_TEXT.format(
+        size=48, n_train=2, n_test=1, seed=0, floor=synthetic.CLASS_FLOOR_FRACTION, preset="demo",
+        description=synthetic.PRESETS["demo"].description)
+
+
+def _nuclei(image):
+    """Connected components of the thresholded blue channel: (count, mean area in pixels)."""
+    blue = cv2.GaussianBlur(image[..., 2], (0, 0), 1.0)
+    n, _, stats, _ = cv2.connectedComponentsWithStats((blue > 40).astype(np.uint8))
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    areas = areas[areas >= 8]
+    return len(areas), float(areas.mean()) if len(areas) else 0.0
+
+
+def test_demo_preset_has_fewer_larger_cells_and_a_flatter_class_balance():
+    counts = {}
+    for name in ("hpa", "demo"):
+        stats = [_nuclei(synthetic.synthesize_field([25], size=128, rng=np.random.default_rng(k), preset=name))
+                 for k in range(12)]
+        counts[name] = np.mean([s[0] for s in stats]), np.mean([s[1] for s in stats if s[0]])
+    assert counts["demo"][0] < 0.6 * counts["hpa"][0]  # zoom 2: about a quarter of the cells per field
+    assert counts["demo"][1] > 2.5 * counts["hpa"][1]  # and nuclei about four times the area
+    labels = synthetic.sample_labels(3000, np.random.default_rng(0), synthetic.PRESETS["demo"].class_weights)
+    freq = np.bincount([c for t in labels for c in t], minlength=NUM_CLASSES)
+    assert freq.min() >= 40 and freq.max() / freq.min() < 10  # hpa: ~8 Rods & rings per 2,000, 1,171x Kaggle's
+    assert spearmanr(freq, KAGGLE_TRAIN_COUNTS).correlation > 0.8  # still ordered like the Kaggle counts
+    mean_labels = np.mean([len(t) for t in labels])
+    assert abs(mean_labels - 1.634) < 0.06  # Kaggle's labels-per-image distribution is kept
