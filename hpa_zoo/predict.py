@@ -48,6 +48,7 @@ class _Member:
     thresholds: Optional[np.ndarray]
     threshold_cfg: ThresholdConfig
     fallbacks: tuple = ()
+    tie_aware_ratios: Optional[np.ndarray] = None
 
 
 def main_output_model(model, output: str = "logits"):
@@ -117,8 +118,10 @@ def _member(item, *, tta) -> _Member:
     if th is not None and th.shape != (NUM_CLASSES,):
         raise ConfigError(f"{name}: preset thresholds have shape {th.shape}, expected ({NUM_CLASSES},)")
     model_name = str(meta.get("model_name") or getattr(model, "name", None) or name)
+    rank = meta.get("tie_aware_ratios")
     return _Member(model, name, model_name, image_size, input_size, cfg, th, th_cfg,
-                   tuple(float(f) for f in meta.get("threshold_fallbacks") or ()))
+                   tuple(float(f) for f in meta.get("threshold_fallbacks") or ()),
+                   None if rank is None else np.asarray(rank, np.float64))
 
 
 def _test_source(data, *, data_dir, image_size: int):
@@ -193,7 +196,7 @@ def predict(model_or_preset: Union[str, os.PathLike, Any, Sequence], data: str |
             out_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None,
             tta: Union[str, TTAConfig, None] = None, batch_size: int = 8,
             thresholds: Union[None, str, Sequence[float], np.ndarray] = None, seed: int = 0,
-            verbose: int = 1) -> tuple[Path, Path]:
+            tie_fallback: bool = False, verbose: int = 1) -> tuple[Path, Path]:
     """Predict the test images and write a Kaggle submission and a probabilities CSV.
 
     Args:
@@ -208,7 +211,12 @@ def predict(model_or_preset: Union[str, os.PathLike, Any, Sequence], data: str |
             recipe's rule re-fitted on the test probabilities (label-free rules such as Team 1's
             ``lb_ratio_match``, as the team did, teams.md §1.6); or 28 values.
         seed: seed of the random crops of the TTA.
-        verbose: 0 silent, 1 progress.
+        tie_fallback: when Team 1's LB-ratio labels of the test images are degenerate (a class on for >= 90 % of
+            them, `hpa_zoo.thresholds.warn_degenerate`, which warns either way), label with the tie-aware rank
+            variant (`hpa_zoo.thresholds.rank_ratio_labels`) instead. A preset whose validation fit already
+            switched to it (metadata ``tie_aware_ratios``) uses it on the test images in any case.
+        verbose: 0 silent, 1 progress; the summary gives the labels per image beside the number the rule's
+            target ratios expect (their sum).
     Returns:
         (submission_csv, probabilities_csv) paths. Submission: ``Id,Predicted`` with space-separated class ids
         (every test id once, in the test order); probabilities: ``Id`` + one float column per class name, and
@@ -245,6 +253,9 @@ def predict(model_or_preset: Union[str, os.PathLike, Any, Sequence], data: str |
     probs = total / len(items)
 
     cfg, fallbacks = members[0].threshold_cfg, members[0].fallbacks
+    ratios = th_mod.config_ratios(cfg, NUM_CLASSES)
+    rank = members[0].tie_aware_ratios
+    refit = None
     if thresholds is None:
         fitted = [m.thresholds for m in members if m.thresholds is not None]
         th = np.mean(fitted, axis=0) if fitted else np.full(NUM_CLASSES, 0.5, np.float32)
@@ -252,7 +263,7 @@ def predict(model_or_preset: Union[str, os.PathLike, Any, Sequence], data: str |
         if thresholds != "refit":
             raise ConfigError(f"thresholds={thresholds!r}: use None (the presets'), 'refit' or 28 numbers")
         try:
-            refit = th_mod.from_config(cfg, probs)
+            refit = th_mod.from_config(cfg, probs, tie_fallback=tie_fallback, where="the test images")
         except ConfigError as exc:
             raise ConfigError(f"thresholds='refit': {exc} Test images have no labels; use the presets' "
                               f"thresholds (the default) for this rule") from exc
@@ -262,7 +273,15 @@ def predict(model_or_preset: Union[str, os.PathLike, Any, Sequence], data: str |
     th = np.asarray(th, np.float32)
     if th.shape != (NUM_CLASSES,):
         raise ConfigError(f"thresholds have shape {th.shape}; expected ({NUM_CLASSES},)")
-    labels = th_mod.apply_thresholds(probs, th, force_top=cfg.force_top, fallbacks=fallbacks)
+    if refit is not None:  # fitted on these probabilities: from_config has checked (and maybe switched) already
+        labels = refit.apply(probs)
+    elif rank is not None and thresholds is None:  # the preset's validation fit switched to the tie-aware variant
+        labels = th_mod.rank_ratio_labels(probs, rank, force_top=cfg.force_top)
+    else:
+        labels = th_mod.apply_thresholds(probs, th, force_top=cfg.force_top, fallbacks=fallbacks)
+        if cfg.rule == "lb_ratio_match" and th_mod.warn_degenerate(labels, ratios, probs, where="the test images",
+                                                                   fallback=tie_fallback) and tie_fallback:
+            labels = th_mod.rank_ratio_labels(probs, ratios, force_top=cfg.force_top)
 
     submission = atomic_to_csv(pd.DataFrame({"Id": ids, "Predicted": [format_target(np.flatnonzero(r))
                                                                         for r in labels]}),
@@ -272,6 +291,8 @@ def predict(model_or_preset: Union[str, os.PathLike, Any, Sequence], data: str |
     _write_probabilities_sidecar(probabilities, members, n_rows=len(ids))
     if verbose:
         empty = int((labels.sum(axis=1) == 0).sum())
-        print(f"{len(ids)} test images, {labels.sum(axis=1).mean():.2f} labels per image, {empty} empty rows\n"
+        expect = "" if ratios is None else f" (the target ratios of {cfg.rule} expect {ratios.sum():.2f})"
+        print(f"{len(ids)} test images, {labels.sum(axis=1).mean():.2f} labels per image{expect}, {empty} empty "
+              f"rows\n"
               f"  submission:    {submission}\n  probabilities: {probabilities}", flush=True)
     return submission, probabilities

@@ -476,7 +476,7 @@ def train(model_name: str, data: str | os.PathLike, *, fold: int = 0, folds_csv:
           image_size: Optional[int] = None, input_size: Optional[int] = None, batch_size: Optional[int] = None,
           steps_per_epoch: Optional[int] = None, precision: Optional[str] = None, jit_compile: bool = False,
           strategy: Any = None, seed: int = 0, weights: Optional[str] = None, deterministic: bool = False,
-          verbose: int = 1) -> Path:
+          recipe_overrides: Optional[dict] = None, tie_fallback: bool = False, verbose: int = 1) -> Path:
     """Train one fold of a registered model with its team recipe; return the preset directory.
 
     Args:
@@ -502,6 +502,13 @@ def train(model_name: str, data: str | os.PathLike, *, fold: int = 0, folds_csv:
         deterministic: ``tf.config.experimental.enable_op_determinism()`` (TensorFlow backend; process-wide and
             irreversible, slower on GPU): the same call gives bit-identical weights, and a killed run resumed
             from ``out_dir/backup`` ends where an uninterrupted one does (tests/test_resume.py).
+        recipe_overrides: `Recipe` fields replaced after the recipe is loaded and sized (`load_recipe`), e.g.
+            ``{"thresholds": ThresholdConfig(...)}`` (Team 1's rule with the data's own label ratios) or
+            ``{"make_optimizer": fn}`` (a warm-up), as `hpa_zoo.demo` does on synthetic data. Not part of the
+            resume check: pass the same overrides to resume.
+        tie_fallback: when Team 1's LB-ratio rule is degenerate on the validation probabilities
+            (`hpa_zoo.thresholds.warn_degenerate`), label with the tie-aware rank variant instead; the preset's
+            metadata then holds ``tie_aware_ratios`` and `hpa_zoo.predict.predict` uses that variant too.
         verbose: 0 silent, 1 progress bars and messages.
     Returns:
         ``out_dir / "preset"``, loadable with ``hpa_zoo.load``: the single-output (``logits``) model; its
@@ -524,6 +531,12 @@ def train(model_name: str, data: str | os.PathLike, *, fold: int = 0, folds_csv:
     spec = get_spec(model_name)
     recipe = load_recipe(model_name, epochs=epochs, image_size=image_size, input_size=input_size,
                          batch_size=batch_size)
+    if recipe_overrides:
+        unknown = set(recipe_overrides) - {f.name for f in dataclasses.fields(Recipe)}
+        if unknown:
+            raise ConfigError(f"recipe_overrides {sorted(unknown)}: not fields of hpa_zoo.recipe.Recipe; valid: "
+                              f"{', '.join(f.name for f in dataclasses.fields(Recipe))}")
+        recipe = dataclasses.replace(recipe, **recipe_overrides)
     data_str = str(data)
     if not _is_folder(data) and "/" not in data_str and not data_str.startswith("hpa_"):
         raise HpaDataError(f"data {data_str!r} is neither a folder nor a TFDS name; pass a Kaggle-layout folder "
@@ -600,7 +613,8 @@ def train(model_name: str, data: str | os.PathLike, *, fold: int = 0, folds_csv:
             print(f"\ninterrupted: the resume state is in {out_dir / 'backup'} (end of the last finished epoch); "
                   f"re-run the same command to continue")
             raise
-        preset = _finish(model, best_cb, recipe, settings, train_src, valid_src, table, fold, out_dir, verbose)
+        preset = _finish(model, best_cb, recipe, settings, train_src, valid_src, table, fold, out_dir, verbose,
+                         tie_fallback=tie_fallback)
     finally:
         keras.mixed_precision.set_dtype_policy(previous_policy)
     _log(verbose, f"done in {time.time() - t_start:.0f}s")
@@ -712,7 +726,7 @@ def _backup_epoch(backup_dir: Path) -> int:
 
 
 def _finish(model, best_cb: AtomicBestCheckpoint, recipe: Recipe, settings: dict, train_src, valid_src, table,
-            fold: int, out_dir: Path, verbose: int) -> Path:
+            fold: int, out_dir: Path, verbose: int, *, tie_fallback: bool = False) -> Path:
     """Final weights (SWA with ``recipe.swa_last_n``, else the best epoch) -> validation probabilities of the main
     output -> thresholds -> preset (the main output only), predictions CSV, report."""
     import pandas as pd
@@ -746,7 +760,7 @@ def _finish(model, best_cb: AtomicBestCheckpoint, recipe: Recipe, settings: dict
     y_true = (np.concatenate(y_true) > 0.5).astype(np.uint8)
 
     cfg = recipe.thresholds
-    fitted = thresholds.from_config(cfg, probs, y_true=y_true)
+    fitted = thresholds.from_config(cfg, probs, y_true=y_true, tie_fallback=tie_fallback, where="validation")
     th = np.asarray(fitted.thresholds, np.float32)
     y_pred = fitted.apply(probs)
     report = metrics.f1_report(y_true, y_pred)
@@ -757,6 +771,8 @@ def _finish(model, best_cb: AtomicBestCheckpoint, recipe: Recipe, settings: dict
         "model_name": settings["model_name"], "class_names": list(CLASS_NAMES), "thresholds": th.tolist(),
         "recipe": recipe_summary(recipe), "data": settings["data"], "fold": int(fold),
         "threshold_fallbacks": list(fitted.fallbacks), "val_macro_f1": macro, "best": best_cb.best,
+        # set when the LB-ratio rule was degenerate and tie_fallback switched to the rank variant
+        "tie_aware_ratios": None if fitted.rank_ratios is None else [float(r) for r in fitted.rank_ratios],
         "precision": settings["precision"], "seed": settings["seed"],
         # which weights the preset holds: the SWA average (teams.md §3.3) or the best epoch on the monitor
         "weights_from": "swa" if swa_info else ("best" if best_cb.best else "last"), "swa": swa_info,
@@ -774,7 +790,8 @@ def _finish(model, best_cb: AtomicBestCheckpoint, recipe: Recipe, settings: dict
     atomic_write_text(out_dir / "val_report.json", json.dumps(_jsonable(report), indent=2))
     title = f"{settings['model_name']} fold {fold}: validation ({len(ids)} images)"
     atomic_write_text(out_dir / "val_report.md", _report_markdown(report, title))
-    _log(verbose, f"validation macro F1 {macro:.4f} ({len(ids)} images, thresholds: {cfg.rule}"
+    rule = thresholds.TIE_AWARE_RULE if fitted.rank_ratios is not None else cfg.rule
+    _log(verbose, f"validation macro F1 {macro:.4f} ({len(ids)} images, thresholds: {rule}"
                   f"{', force top' if cfg.force_top else ''})\n"
                   f"  preset:            {preset}\n"
                   f"  report:            {out_dir / 'val_report.md'} (+ .json)\n"

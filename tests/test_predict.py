@@ -109,3 +109,35 @@ def test_refit_thresholds_need_no_labels_and_bad_values_are_refused(tiny_model, 
         predict(preset, synthetic_data, out_dir=tmp_path / "bad", tta="none", thresholds=[0.5] * 3, verbose=0)
     with pytest.raises(ConfigError, match="tta"):
         predict(preset, synthetic_data, out_dir=tmp_path / "bad", tta="sometimes", verbose=0)
+
+
+def test_degenerate_lb_ratio_labels_warn_and_the_tie_fallback_caps_them(tiny_model, synthetic_data, tmp_path,
+                                                                         capsys):
+    from hpa_zoo.thresholds import DegenerateThresholdsWarning, team1_target_ratios
+    from hpa_zoo.predict import predict
+
+    preset, model = _preset(tmp_path / "p0", 0, np.zeros(28))  # thresholds 0: every class on everywhere
+    logits = model.get_layer("logits")
+    logits.kernel.assign(np.zeros(logits.kernel.shape, "float32"))  # same probabilities for every image: tied
+    from hpa_zoo.models_api import save_preset
+    from hpa_zoo.training import recipe_summary
+
+    save_preset(model, preset, metadata={"model_name": "tiny_test_cnn", "thresholds": [0.0] * 28,
+                                         "recipe": recipe_summary(make_recipe(input_size=SIZE))})
+    with pytest.warns(DegenerateThresholdsWarning, match=r"on for 100% of 12 images .*tie_fallback=True"):
+        sub_csv, _ = predict(preset, synthetic_data, out_dir=tmp_path / "plain", tta="none", verbose=1)
+    assert pd.read_csv(sub_csv)["Predicted"].str.split().map(len).eq(28).all()  # the rule as written: all on
+    out = capsys.readouterr().out
+    expect = team1_target_ratios().sum()
+    assert f"28.00 labels per image (the target ratios of lb_ratio_match expect {expect:.2f})" in out
+
+    with pytest.warns(DegenerateThresholdsWarning, match="using the tie-aware variant"):
+        sub_csv, _ = predict(preset, synthetic_data, out_dir=tmp_path / "rank", tta="none", tie_fallback=True,
+                             verbose=0)
+    sub = pd.read_csv(sub_csv, dtype=str, keep_default_na=False)
+    per_class = np.zeros(28, int)
+    for target in sub["Predicted"]:
+        for c in target.split():
+            per_class[int(c)] += 1
+    # tied probabilities cannot be ranked: no class beyond max(1, floor(ratio * 12)) images, here none at all
+    assert (per_class <= np.maximum(np.floor(team1_target_ratios() * 12), 1)).all() and per_class.sum() == 0
