@@ -39,13 +39,12 @@ if str(REPO_ROOT) not in sys.path:  # run as a script
     sys.path.insert(0, str(REPO_ROOT))
 
 from hpa_zoo.atomic import atomic_path, atomic_to_csv, atomic_write_text  # noqa: E402
+from hpa_zoo.baselines import BASELINE_PERCENTILES, PixelStatsBaseline, pixel_features  # noqa: E402,F401
 from hpa_zoo.constants import CLASS_NAMES, NUM_CLASSES  # noqa: E402
 from hpa_zoo.errors import ConfigError, HpaDataError  # noqa: E402
 
 SYNTHETIC_BANNER = "synthetic data — not HPA results"
 BASELINE = "baseline_logreg_pixel_stats"
-#: Percentiles of each channel used by the baseline (plus mean and std).
-BASELINE_PERCENTILES = (10, 50, 90, 99)
 
 
 @dataclass(frozen=True)
@@ -198,41 +197,22 @@ def _five_crop_stacker(name, preset, folder, run, image_size, input_size, budget
 
 
 # ============================================================================================ baseline
-def pixel_features(images: np.ndarray) -> np.ndarray:
-    """(N, H, W, 4) uint8 -> float64 (N, 4·(2 + len(BASELINE_PERCENTILES))): per-channel mean, std, percentiles."""
-    x = images.reshape(len(images), -1, images.shape[-1]).astype(np.float64)
-    parts = [x.mean(1), x.std(1)] + [np.percentile(x, q, axis=1) for q in BASELINE_PERCENTILES]
-    return np.concatenate(parts, axis=1)
-
-
 def run_baseline(folder: Path, size: int, seed: int) -> dict:
-    """Per-class logistic regression (sklearn) on `pixel_features`; thresholds F1-optimal on the training images."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
-
+    """`hpa_zoo.baselines.PixelStatsBaseline` (logistic regression on pooled pixel statistics, F1-optimal
+    thresholds on the training images) trained on ``train/`` and scored on ``test/``."""
     from hpa_zoo.labels import multi_hot_matrix, read_labels_csv
-    from hpa_zoo.thresholds import apply_thresholds, fit_thresholds
 
     t0 = time.time()
     train_df = read_labels_csv(folder / "train.csv")
     y = multi_hot_matrix(list(train_df["labels"]))
-    scaler = StandardScaler()
-    x = scaler.fit_transform(pixel_features(_read_images(folder, "train", list(train_df["Id"]), size)))
-    models = []
-    for c in range(NUM_CLASSES):
-        if 0 < y[:, c].sum() < len(y):
-            models.append(LogisticRegression(max_iter=1000, random_state=seed).fit(x, y[:, c]))
-        else:
-            models.append(float(y[:, c].mean()))  # a constant class: its frequency
-    predict = lambda f: np.stack([m.predict_proba(f)[:, 1] if not isinstance(m, float)  # noqa: E731
-                                  else np.full(len(f), m) for m in models], axis=1)
-    thresholds = fit_thresholds(predict(x), "f1_optimal", y_true=y)
+    model = PixelStatsBaseline().fit(_read_images(folder, "train", list(train_df["Id"]), size), y, seed=seed)
     train_s = time.time() - t0
     test_ids = list(read_labels_csv(folder / "sample_submission.csv", require_target=False)["Id"])
     t0 = time.time()
-    probs = predict(scaler.transform(pixel_features(_read_images(folder, "test", test_ids, size))))
+    test_images = _read_images(folder, "test", test_ids, size)
+    probs = model.predict_proba(test_images)
     infer_s = time.time() - t0
-    return {"ids": test_ids, "probs": probs.astype(np.float32), "labels": apply_thresholds(probs, thresholds),
+    return {"ids": test_ids, "probs": probs.astype(np.float32), "labels": model.predict(test_images),
             "train_s": train_s, "infer_s": infer_s, "tta": "none", "threshold_rule": "f1_optimal (train images)",
             "image_size": size, "input_size": size}
 
