@@ -1,30 +1,35 @@
-"""hpa_zoo.onnx_convert against an independent PyTorch reference exported like the bioimage.io package.
+"""hpa_zoo.onnx_convert against independent PyTorch references exported the way the published files were made.
 
-The reference (`tests/torch_refs/bestfitting_densenet.py`, plain PyTorch) gets random weights and BN statistics,
-is exported with the TorchScript exporter in eval mode (input ``image`` 1x4xHxW = uint8/255, outputs ``classes`` =
-sigmoid probabilities and ``features``; teams.md §1.8), converted into the Keras Team 1 model, and the Keras
-outputs on the real HPA samples are compared with onnxruntime's.
+The references (`tests/torch_refs/bestfitting_densenet.py`, plain PyTorch) get random weights and BN statistics
+and are exported with the TorchScript exporter in eval mode (input ``image`` 1x4xHxW = uint8/255, outputs
+``classes`` = probabilities and ``features``; docs/teams.md §1.8):
+
+* the **published form** (`PublishedDensenet`: in-place per-channel normalisation loop, adaptive pools created in
+  forward, torchvision module names, ``1 / (1 + exp(-x))`` ending) at opsets 11, 13 and 17, with and without
+  constant folding, in the large 1024 package layout and the non-large release-file layout (opset 9 cannot
+  export the in-place loop at all, which is tested too: the published files are opset >= 11);
+* the **tidy form** (`BestfittingDensenet`: broadcast buffers, ``torch.sigmoid``) at opset 9 and the default.
+
+Each export is converted into the Keras Team 1 model and the Keras outputs on the real HPA samples are compared
+with onnxruntime's. Files that are not Team 1's model are refused, each with its own message.
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
+import keras
+import onnx
+import onnxruntime as ort
+import torch
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-torch = pytest.importorskip("torch")
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
-keras = pytest.importorskip("keras")
-
-from hpa_zoo.errors import WeightsError  # noqa: E402
-from hpa_zoo.images import load_rgby  # noqa: E402
-from hpa_zoo.labels import read_labels_csv  # noqa: E402
-from hpa_zoo.onnx_convert import onnx_to_keras_weights  # noqa: E402
-from tests.torch_refs.bestfitting_densenet import (  # noqa: E402
-    BioimageWrapper, build_torch_bestfitting_densenet, randomize_)
-from zoo_models.team1_bestfitting import FEATURE_LAYER, build_densenet121  # noqa: E402
+from hpa_zoo.errors import WeightsError
+from hpa_zoo.images import load_rgby
+from hpa_zoo.labels import read_labels_csv
+from hpa_zoo.onnx_convert import FEATURE_REL_TOL, onnx_to_keras_weights
+from tests.torch_refs.bestfitting_densenet import (
+    BioimageWrapper, PublishedOutputs, build_published_densenet, build_torch_bestfitting_densenet, randomize_)
+from tests.torch_refs.resnets import torch_resnet
+from zoo_models.team1_bestfitting import FEATURE_LAYER, build_densenet121
 
 SIZE = 128  # test input size (the package uses 1024); `large` -> a 2x2 final map
 PROB_TOL = 1e-4
@@ -53,9 +58,10 @@ def images(real_samples_dir) -> np.ndarray:
     return (rgby.astype(np.float32) / 255.0).transpose(0, 3, 1, 2)
 
 
-def _export(wrapper, path, *, fold: bool):
+def _export(wrapper, path, *, fold: bool, opset: int | None = None):
     torch.onnx.export(wrapper, torch.zeros(1, 4, SIZE, SIZE), str(path), input_names=["image"],
-                      output_names=["classes", "features"], dynamo=False, do_constant_folding=fold)
+                      output_names=["classes", "features"], dynamo=False, do_constant_folding=fold,
+                      opset_version=opset)
     return path
 
 
@@ -81,6 +87,24 @@ def _run_keras(model, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     logits, feats = both(255.0 * images.transpose(0, 2, 3, 1), training=False)  # Keras: NHWC in [0, 255]
     logits, feats = keras.ops.convert_to_numpy(logits), keras.ops.convert_to_numpy(feats)
     return 1.0 / (1.0 + np.exp(-logits.astype(np.float64))), feats
+
+
+def _assert_keras_matches_onnxruntime(path, keras_model, images, record_property, label: str):
+    """Convert `path` into `keras_model`, then compare Keras and onnxruntime on `images` (the real samples)."""
+    probs, feats = _run_onnx(path, images)
+    assert probs.std() > 0.1 and np.abs(feats).max() > 0.1  # outputs informative enough for the test to fail
+    check = onnx_to_keras_weights(path, keras_model)
+    assert check.max_abs_diff_classes <= PROB_TOL and check.max_rel_diff_features <= FEATURE_REL_TOL
+    k_probs, k_feats = _run_keras(keras_model, images)
+    prob_diff = float(np.abs(k_probs - probs).max())
+    feat_diff = float(np.abs(k_feats - feats).max())
+    record_property("max_abs_diff_probabilities", prob_diff)
+    record_property("max_abs_diff_features", feat_diff)
+    print(f"{label}: max |p_keras - p_onnx| = {prob_diff:.3g}, max |f_keras - f_onnx| = {feat_diff:.3g} on the "
+          f"real samples; probe check {check.summary()}")
+    assert prob_diff <= PROB_TOL
+    assert feat_diff <= 1e-4 * max(1.0, float(np.abs(feats).max()))
+    return probs
 
 
 @pytest.mark.parametrize("fold", [True, False], ids=["bn_folded", "bn_separate"])
@@ -150,12 +174,34 @@ def test_normal_onnx_into_large_keras_model_fails_on_pooling(onnx_file, keras_mo
         onnx_to_keras_weights(_edited(onnx_file, tmp_path / "normal.onnx", drop_extra_pool), keras_model)
 
 
-def test_unused_initialiser_is_an_error(onnx_file, keras_model, tmp_path):
+def test_initialiser_no_node_reads_is_not_an_error(onnx_file, keras_model, tmp_path):
+    """What the graph computes is the check: a stored tensor that nothing reads changes nothing."""
     def add_stray(graph):
         graph.initializer.append(onnx.numpy_helper.from_array(np.ones((3, 7), np.float32), "stray.weight"))
 
-    with pytest.raises(WeightsError, match=r"stray\.weight \(3, 7\)"):
-        onnx_to_keras_weights(_edited(onnx_file, tmp_path / "extra.onnx", add_stray), keras_model)
+    check = onnx_to_keras_weights(_edited(onnx_file, tmp_path / "extra.onnx", add_stray), keras_model)
+    assert check.max_abs_diff_classes <= PROB_TOL
+
+
+def test_extra_weights_in_the_computation_are_refused_by_the_numbers(onnx_file, keras_model, tmp_path):
+    """An extra learned tensor the Keras model has no place for (here: a bias added to the features) changes the
+    outputs; the refusal names the output, the difference and the unmapped tensor."""
+    def add_feature_bias(graph):
+        for node in graph.node:  # the features' producer and readers (the logit Gemm) now use `features_raw`
+            for names in (node.output, node.input):
+                for i, name in enumerate(names):
+                    if name == "features":
+                        names[i] = "features_raw"
+        bias = np.random.default_rng(0).normal(0.0, 1.0, (1, 1024)).astype(np.float32)
+        graph.initializer.append(onnx.numpy_helper.from_array(bias, "stray.weight"))
+        graph.node.append(onnx.helper.make_node("Add", ["features_raw", "stray.weight"], ["features"]))
+
+    before = [w.numpy().copy() for w in keras_model.weights]
+    with pytest.raises(WeightsError) as err:
+        onnx_to_keras_weights(_edited(onnx_file, tmp_path / "extra.onnx", add_feature_bias), keras_model)
+    msg = str(err.value)
+    assert "output 'features'" in msg and "relative" in msg and "stray.weight (1, 1024)" in msg
+    assert all(np.array_equal(a, w.numpy()) for a, w in zip(before, keras_model.weights))  # all or nothing
 
 
 def test_different_input_normalisation_is_an_error(onnx_file, keras_model, tmp_path):
@@ -165,3 +211,143 @@ def test_different_input_normalisation_is_an_error(onnx_file, keras_model, tmp_p
 
     with pytest.raises(WeightsError, match="normalises its input differently"):
         onnx_to_keras_weights(_edited(onnx_file, tmp_path / "std.onnx", double_std), keras_model)
+
+
+# ---------------------------------------------------------------------------------------------- published form
+@pytest.fixture(scope="module")
+def published_models():
+    """The published form (`PublishedDensenet`), random weights and BN statistics, in both layouts: ``large``
+    (the bioimage.io 1024 package) and non-large (the v0.1.0 release file). Logit weights are scaled so the
+    probabilities spread."""
+    out = {}
+    for layout, large in (("package_large", True), ("release_normal", False)):
+        torch.manual_seed(0)
+        model = randomize_(build_published_densenet(num_classes=28, large=large), seed=2)
+        with torch.no_grad():
+            model.logit.weight.mul_(20.0)
+        out[layout] = model.eval()
+    return out
+
+
+@pytest.fixture(scope="module")
+def keras_normal_model():
+    return build_densenet121(num_classes=28, input_shape=(SIZE, SIZE, 4), large=False)
+
+
+def _export_published(model, path, *, fold: bool, opset: int, ending: str = "reciprocal"):
+    return _export(PublishedOutputs(model, ending).eval(), path, fold=fold, opset=opset)
+
+
+def test_published_form_really_is_what_the_exporter_sees(published_models, images, tmp_path):
+    """The reference reproduces what matters to the exporter: an in-place ScatterND normalisation with scalar
+    constants before the first Conv, the Neg -> Exp -> Add(1) -> Reciprocal ending, the adaptive max pool as a
+    size-specific MaxPool, torchvision names; and it equals the tidy form's computation."""
+    model = published_models["package_large"]
+    path = _export_published(model, tmp_path / "p.onnx", fold=True, opset=17)
+    graph = onnx.load(str(path)).graph
+    ops = [n.op_type for n in graph.node]
+    first_conv = ops.index("Conv")
+    assert ops[:first_conv].count("ScatterND") == 4 and "Sub" in ops[:first_conv] and "Div" in ops[:first_conv]
+    last_gemm = len(ops) - 1 - ops[::-1].index("Gemm")
+    assert [op for op in ops[last_gemm + 1:] if op != "Constant"] == ["Neg", "Exp", "Add", "Reciprocal"]
+    head_pool = [n for n in graph.node if n.op_type == "MaxPool"][-1]
+    assert [a.ints for a in head_pool.attribute if a.name == "kernel_shape"][0] == [SIZE // 64] * 2
+    names = {t.name for t in graph.initializer}
+    assert any(n.startswith("model.backbone.features.") for n in names)
+    x = torch.from_numpy(images[:1].copy())
+    with torch.no_grad():
+        given = x.clone()
+        p_pub, f_pub = PublishedOutputs(model).eval()(given)
+        assert not torch.equal(given, x)  # forward really normalised its input in place
+        tidy = build_torch_bestfitting_densenet(num_classes=28, large=True).eval()
+        state = {k.replace("backbone.features.", "features."): v for k, v in model.state_dict().items()
+                 if not k.startswith(("conv1.", "encoder", "backbone.classifier"))}
+        missing, unexpected = tidy.load_state_dict(state, strict=False)
+        assert sorted(missing) == ["mean", "std"] and not unexpected  # the tidy form's buffers: the same RGBY stats
+        p_tidy, f_tidy = BioimageWrapper(tidy).eval()(x.clone())
+    np.testing.assert_allclose(p_pub.numpy(), p_tidy.numpy(), atol=1e-6)
+    np.testing.assert_allclose(f_pub.numpy(), f_tidy.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("opset", [11, 13, 17])
+@pytest.mark.parametrize("fold", [True, False], ids=["folded", "unfolded"])
+@pytest.mark.parametrize("layout", ["package_large", "release_normal"])
+def test_published_form_exports_load_and_match_onnxruntime_on_real_images(
+        layout, fold, opset, published_models, keras_model, keras_normal_model, images, tmp_path, record_property):
+    model = published_models[layout]
+    path = _export_published(model, tmp_path / f"{layout}_{opset}_{fold}.onnx", fold=fold, opset=opset)
+    graph = onnx.load(str(path)).graph
+    assert "ScatterND" in [n.op_type for n in graph.node] and "Reciprocal" in [n.op_type for n in graph.node]
+    probs = _assert_keras_matches_onnxruntime(path, keras_model if layout == "package_large" else keras_normal_model,
+                                              images, record_property, f"published {layout} opset {opset} "
+                                              f"fold={fold}")
+    with torch.no_grad():
+        ref, _ = PublishedOutputs(model).eval()(torch.from_numpy(images.copy()))
+    assert np.abs(ref.numpy() - probs).max() < 1e-5  # the export itself is faithful
+
+
+def test_opset_9_cannot_export_the_published_inplace_loop(published_models, tmp_path):
+    """A fact about the published files, checked: the TorchScript exporter has no opset-9 form of the in-place
+    per-channel assignment, so those files are opset >= 11 (the tidy form does export at opset 9, below)."""
+    with pytest.raises(Exception, match="index_put.*opset 9"):
+        _export_published(published_models["package_large"], tmp_path / "p9.onnx", fold=True, opset=9)
+
+
+@pytest.mark.parametrize("fold", [True, False], ids=["folded", "unfolded"])
+def test_tidy_sigmoid_form_at_opset_9_loads_and_matches(fold, torch_model, keras_model, images, tmp_path,
+                                                        record_property):
+    path = _export(torch_model, tmp_path / "tidy9.onnx", fold=fold, opset=9)
+    assert "Sigmoid" in [n.op_type for n in onnx.load(str(path)).graph.node]
+    _assert_keras_matches_onnxruntime(path, keras_model, images, record_property, f"tidy opset 9 fold={fold}")
+
+
+# ---------------------------------------------------------------------------------------------- refusals
+def test_densenet169_is_refused_as_another_architecture(keras_model, tmp_path):
+    torch.manual_seed(0)
+    d169 = randomize_(build_published_densenet(large=True, block_config=(6, 12, 32, 32)), seed=3).eval()
+    path = _export_published(d169, tmp_path / "d169.onnx", fold=True, opset=17)
+    with pytest.raises(WeightsError, match=r"168 convolutions .* has 120 .*looks like DenseNet169"):
+        onnx_to_keras_weights(path, keras_model)
+
+
+def test_resnet_is_refused_as_another_architecture(keras_model, tmp_path):
+    class Outputs(torch.nn.Module):  # a 4-channel ResNet34 with the package's input/output contract
+        def __init__(self):
+            super().__init__()
+            self.net = torch_resnet(34, in_channels=4, num_classes=28)
+
+        def forward(self, image):
+            feats = torch.flatten(self.net.avgpool(self.net.features(image)), 1)
+            return torch.sigmoid(self.net.fc(feats)), feats
+
+    path = _export(Outputs().eval(), tmp_path / "resnet.onnx", fold=True, opset=17)
+    with pytest.raises(WeightsError, match=r"36 convolutions and 16 residual additions.*ResNet-style"):
+        onnx_to_keras_weights(path, keras_model)
+
+
+def test_other_normalisation_constants_are_refused_naming_them(keras_model, tmp_path):
+    torch.manual_seed(0)
+    imagenet_like = randomize_(build_published_densenet(large=True, mean=(0.485, 0.456, 0.406, 0.485),
+                                                        std=(0.229, 0.224, 0.225, 0.229)), seed=2).eval()
+    path = _export_published(imagenet_like, tmp_path / "norm.onnx", fold=True, opset=17)
+    before = [w.numpy().copy() for w in keras_model.weights]
+    with pytest.raises(WeightsError) as err:
+        onnx_to_keras_weights(path, keras_model)
+    msg = str(err.value)
+    assert "normalises its input differently" in msg and "0.485" in msg and "0.229" in msg and "0.074598" in msg
+    assert all(np.array_equal(a, w.numpy()) for a, w in zip(before, keras_model.weights))
+
+
+def test_model_without_the_sigmoid_is_refused(published_models, keras_model, tmp_path):
+    path = _export_published(published_models["package_large"], tmp_path / "logits.onnx", fold=True, opset=17,
+                             ending="logits")
+    with pytest.raises(WeightsError, match=r"output 'classes'.*missing sigmoid"):
+        onnx_to_keras_weights(path, keras_model)
+
+
+def test_truncated_file_is_refused(onnx_file, keras_model, tmp_path):
+    data = onnx_file.read_bytes()
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(WeightsError, match=r"cut\.onnx \(\d+ bytes\).*truncated"):
+        onnx_to_keras_weights(cut, keras_model)
