@@ -162,6 +162,29 @@ def _run_models(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- weights
+def _add_weights(sub) -> None:
+    p = sub.add_parser("weights", help="published weights: prove a conversion on the package's test tensors")
+    verbs = p.add_subparsers(dest="weights_command", required=True, metavar="VERB")
+    v = verbs.add_parser("verify", help="convert the published ONNX and compare Keras with the package's own "
+                                        "test tensors (test_input.npy -> test_output_classes/features.npy)")
+    v.add_argument("model", help="registry name, e.g. team1_densenet121_1024")
+    v.add_argument("--weights", default="hpa", help="the published set (default hpa)")
+    v.add_argument("--onnx", default=None, help="a local ONNX file instead of the (cached) download")
+    v.add_argument("--tensors", default=None, help="a folder with test_input.npy, test_output_classes.npy and "
+                                                   "test_output_features.npy instead of the download")
+    v.set_defaults(func=_run_weights_verify)
+
+
+def _run_weights_verify(args) -> int:
+    from hpa_zoo.weights import verify
+
+    report = verify(args.model, args.weights, onnx_path=args.onnx, tensors_dir=args.tensors)
+    for line in report.lines():
+        print(line)
+    return 0 if report.passed else 1
+
+
 # ---------------------------------------------------------------------------------------------- train
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train one fold of a registered model with its team recipe")
@@ -469,7 +492,7 @@ def _run_embed(args) -> int:
     return 0
 
 
-COMMANDS = [_add_synth, _add_prepare, _add_folds, _add_evaluate, _add_models]
+COMMANDS = [_add_synth, _add_prepare, _add_folds, _add_evaluate, _add_models, _add_weights]
 COMMANDS += [_add_train, _add_predict, _add_demo]
 COMMANDS += [_add_finetune, _add_export, _add_explain, _add_embed]
 COMMANDS += [_add_autoaugment_search]
@@ -484,11 +507,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_library_messages() -> None:
+    """hpa-zoo's INFO log records (e.g. a weights conversion's measured differences) on stderr, once."""
+    import logging
+
+    logger = logging.getLogger("hpa_zoo")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("hpa-zoo: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``hpa-zoo`` console script. Returns the process exit code."""
     from hpa_zoo.errors import HpaZooError
 
     args = build_parser().parse_args(argv)
+    _show_library_messages()
     try:
         return int(args.func(args) or 0)
     except HpaZooError as exc:

@@ -86,7 +86,7 @@ def _load_registered(name: str, weights, num_classes: int, input_shape, local_pa
     if str(weights).endswith(".weights.h5"):
         return _build_with_weights_file(spec, build, Path(os.fspath(weights)), shape, num_classes)
     if str(weights).endswith(".onnx"):  # a local export of this architecture (e.g. the 512 model's release file)
-        return _with_onnx(spec, Path(os.fspath(weights)), shape, num_classes, cache=None)
+        return _with_onnx(spec, Path(os.fspath(weights)), shape, num_classes, cache=None)[0]
     wspec = spec.weights_spec(str(weights))
     if wspec is None:
         sets = ", ".join(repr(w.name) for w in spec.weights) or "none"
@@ -96,7 +96,7 @@ def _load_registered(name: str, weights, num_classes: int, input_shape, local_pa
 
     file = Path(weights_mod.fetch(wspec, local_path=local_path))
     if wspec.format == "onnx":
-        return _with_onnx(spec, file, shape, num_classes, cache=file.parent / f"{file.stem}.{spec.name}.weights.h5")
+        return _with_onnx(spec, file, shape, num_classes, cache=converted_cache_path(file, spec.name))[0]
     if wspec.format == "keras_weights_h5":
         model = build(num_classes=NUM_CLASSES, input_shape=shape, weights=str(file), **spec.builder_kwargs)
         return _fit_classes(model, spec, num_classes)
@@ -120,23 +120,68 @@ def _build_with_weights_file(spec, build, path: Path, shape, num_classes: int):
             f"then replace the head (hpa_zoo.load(preset, num_classes=...))") from exc
 
 
+def build_from_onnx(name: str, onnx_path, *, input_shape=None, num_classes: int = NUM_CLASSES,
+                    cache=None):
+    """Registry model ``name`` with its weights converted from an ONNX export of the same architecture.
+
+    Args:
+        name: registry row (e.g. ``"team1_densenet121_1024"``).
+        onnx_path: the ONNX file (the published package, or a faithful re-export).
+        input_shape: (H, W, C) of the Keras model; default the row's.
+        num_classes: logits; another count than the file's gets a fresh head (fine-tuning).
+        cache: a ``.weights.h5`` path to reuse / write (see `_with_onnx`); None converts every time.
+
+    Returns:
+        (keras.Model (B, H, W, C) [0, 255] -> logits (B, num_classes) float32, the
+        `hpa_zoo.onnx_convert.ConversionCheck` or None when the weights came from the cache).
+
+    Raises:
+        WeightsError: a missing file or a conversion that the numeric check refuses (nothing is cached then).
+    """
+    spec = get_spec(name)
+    shape = tuple(input_shape) if input_shape is not None else (spec.input_size, spec.input_size, spec.num_channels)
+    return _with_onnx(spec, Path(os.fspath(onnx_path)), shape, num_classes,
+                      cache=Path(cache) if cache is not None else None)
+
+
+def converted_cache_path(onnx_file: Path, name: str) -> Path:
+    """Where the converted weights of ``onnx_file`` for registry model ``name`` are cached (next to it)."""
+    return onnx_file.parent / f"{onnx_file.stem}.{name}.weights.h5"
+
+
 def _with_onnx(spec, onnx_path: Path, shape, num_classes: int, *, cache: Path | None):
-    """Build ``spec`` with the published class count, fill it from an ONNX file (or its converted cache)."""
-    from hpa_zoo.atomic import atomic_path
+    """Build ``spec`` with the published class count and fill it from an ONNX file, or from its converted cache;
+    returns (model, ConversionCheck or None when read from the cache).
+
+    The conversion is accepted only when its numeric check passes (`hpa_zoo.onnx_convert`); only then are the
+    weights cached, with the measured differences in ``<cache stem>.check.json`` beside them. A cache without
+    that record, or older than the ONNX file, is converted (and checked) again.
+    """
+    from hpa_zoo.atomic import atomic_path, atomic_write_text
 
     model = spec.build_fn()(num_classes=NUM_CLASSES, input_shape=shape, weights=None, **spec.builder_kwargs)
-    if cache is not None and cache.is_file() and cache.stat().st_mtime >= onnx_path.stat().st_mtime:
+    record = conversion_record_path(cache) if cache is not None else None
+    if not onnx_path.is_file():
+        raise WeightsError(f"ONNX weights file {str(onnx_path)!r} does not exist")
+    if (cache is not None and cache.is_file() and record.is_file()
+            and min(cache.stat().st_mtime, record.stat().st_mtime) >= onnx_path.stat().st_mtime):
         model.load_weights(cache)
-    else:
-        if not onnx_path.is_file():
-            raise WeightsError(f"ONNX weights file {str(onnx_path)!r} does not exist")
-        from hpa_zoo.onnx_convert import onnx_to_keras_weights
+        return _fit_classes(model, spec, num_classes), None
+    from hpa_zoo.onnx_convert import onnx_to_keras_weights
 
-        onnx_to_keras_weights(onnx_path, model)
-        if cache is not None:
-            with atomic_path(cache) as tmp:
-                model.save_weights(tmp)
-    return _fit_classes(model, spec, num_classes)
+    check = onnx_to_keras_weights(onnx_path, model)  # WeightsError (nothing cached) unless the numbers agree
+    if cache is not None:
+        with atomic_path(cache) as tmp:
+            model.save_weights(tmp)
+        details = check.as_dict() if check is not None else {"passed": True}
+        atomic_write_text(record, json.dumps({**details, "model_name": spec.name}, indent=2))
+    return _fit_classes(model, spec, num_classes), check
+
+
+def conversion_record_path(cache: Path) -> Path:
+    """The ``.check.json`` beside a converted-weights cache ``X.weights.h5``: ``X.check.json``."""
+    name = cache.name[:-len(".weights.h5")] if cache.name.endswith(".weights.h5") else cache.stem
+    return cache.with_name(f"{name}.check.json")
 
 
 def _fit_classes(model, spec, num_classes: int):

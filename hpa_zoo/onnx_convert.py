@@ -279,6 +279,19 @@ def check_conversion(onnx_model, keras_model, *, path: str = "<onnx>", stem_inpu
                        f"{cause}")
 
 
+def run_onnx(onnx_path, x: np.ndarray) -> dict[str, np.ndarray]:
+    """Every output of the ONNX file at `onnx_path` for input `x` (1, C, H, W) float32, by output name
+    (onnxruntime when installed, else ``onnx.reference``).
+
+    Raises:
+        WeightsError: unreadable file, or the runtime cannot run it on `x` (names the file).
+    """
+    path = os.fspath(onnx_path)
+    model = _read_onnx(path)
+    names = [o.name for o in model.graph.output]
+    return dict(zip(names, _OnnxRunner(model, path).run(np.asarray(x, np.float32), names)))
+
+
 def _diagnose(runner, keras_model, probes, stem_input, logits, onnx_classes, rel_f, unmapped) -> str:
     """The most likely reason a check failed, in words: normalisation, a missing sigmoid, or architecture."""
     if stem_input is not None:

@@ -37,6 +37,10 @@ class WeightsSpec:
         license: licence of the weights.
         citation: who to cite.
         notes: anything a user must know (fold, resolution, which outputs...).
+        test_tensors: files published beside the weights to check a runtime reproduces them, as specs of their
+            own named ``"input"`` and after the outputs they hold (``"classes"``, ``"features"``); a spec without
+            sha256 there is checked by running the (hash-pinned) weights file on the input instead
+            (`hpa_zoo.weights.verify`).
     """
 
     name: str
@@ -48,6 +52,7 @@ class WeightsSpec:
     license: str = ""
     citation: str = ""
     notes: str = ""
+    test_tensors: tuple["WeightsSpec", ...] = ()
 
 
 @dataclass(frozen=True)
@@ -181,7 +186,21 @@ ROWS.append(ModelSpec(
         citation=_TEAM1_CITATION + " bioimage.io 'HPA Bestfitting Densenet' (polite-pig), doi:10.5281/zenodo.5942853.",
         notes=("bioimage.io package of class_densenet121_large_dropout (teams.md §1.8): ONNX, input RGBY "
                "(1, 4, 1024, 1024) in [0, 1], outputs sigmoid `classes` (28) and `features` (1024). Converted to "
-               "Keras weights on first use and cached next to the download; the Keras model returns logits."),
+               "Keras weights on first use (accepted only when Keras and the ONNX graph agree on probe images) "
+               "and cached next to the download; the Keras model returns logits. `hpa-zoo weights verify "
+               "team1_densenet121_1024` checks the conversion on the package's own test tensors."),
+        test_tensors=tuple(WeightsSpec(
+            name=role,
+            # teams.md §1.8: the test tensors sit in the same Zenodo record; the URL follows the record's pattern
+            urls=(f"https://zenodo.org/api/records/5942853/files/{file}/content",),
+            sha256="",  # not in the facts: verified by running the sha256-pinned ONNX file on test_input.npy
+            format="npy",
+            filename=f"team1_densenet_model.{file}",
+            notes=note,
+        ) for role, file, note in (
+            ("input", "test_input.npy", "(1, 4, 1024, 1024) float32 RGBY, already / 255, NCHW"),
+            ("classes", "test_output_classes.npy", "(1, 28) sigmoid probabilities"),
+            ("features", "test_output_features.npy", "(1, 1024) features"))),
     ),),
     reported=_team1_scores(0.565, 0.627, 0.593, 0.656),  # the last two: the final 1st-place submission
     description=("Team 1 (bestfitting, 1st place) final model: DenseNet121 with an extra 2x2 max-pool after the "

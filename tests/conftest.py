@@ -22,6 +22,16 @@ def _real_samples() -> Path | None:
     return None
 
 
+@pytest.fixture
+def server():
+    """A loopback HTTP server (`tests._http.LoopbackServer`: 127.0.0.1 only), closed after the test."""
+    from tests._http import LoopbackServer
+
+    s = LoopbackServer()
+    yield s
+    s.close()
+
+
 @pytest.fixture(scope="session")
 def real_samples_dir() -> Path:
     """The three real HPA fields of view (`../shared/data/hpa_real_samples`); skips the test if absent."""
