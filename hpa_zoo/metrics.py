@@ -79,6 +79,43 @@ def macro_f1(y_true, y_pred) -> float:
     return float(per_class_scores(y_true, y_pred)["f1"].mean())
 
 
+def bootstrap_macro_f1(y_true, y_pred, *, n_boot: int = 1000, confidence: float = 0.95, seed: int = 0) -> dict:
+    """Macro F1 with a percentile bootstrap interval over images (rows resampled with replacement).
+
+    Resample b draws ``rng.integers(0, N, N)`` from ``numpy.random.default_rng(seed)`` (b = 0 .. n_boot - 1, in
+    order) and scores `macro_f1` on those rows; the interval is the ``(1 - confidence) / 2`` and
+    ``(1 + confidence) / 2`` quantiles (``numpy.quantile``, linear) of the ``n_boot`` scores.
+
+    Args:
+        y_true, y_pred: (N, C) 0/1 arrays (N >= 1).
+        n_boot: resamples (>= 1).
+        confidence: interval coverage in (0, 1).
+        seed: seed of the resampling.
+    Returns:
+        ``{"macro_f1": float (all rows), "low": float, "high": float, "n_boot": int, "confidence": float}``.
+    Raises:
+        HpaDataError: bad arrays (see `per_class_scores`), N = 0, or bad ``n_boot`` / ``confidence``.
+    """
+    t, p = _binary(y_true, "y_true").astype(np.int64), _binary(y_pred, "y_pred").astype(np.int64)
+    if t.shape != p.shape or len(t) == 0:
+        raise HpaDataError(f"y_true {t.shape} and y_pred {p.shape} must be the same non-empty (N, C) shape")
+    if int(n_boot) < 1 or not 0 < float(confidence) < 1:
+        raise HpaDataError(f"n_boot={n_boot} must be >= 1 and confidence={confidence} in (0, 1)")
+    rng = np.random.default_rng(seed)
+    n = len(t)
+    tp_rows, fp_rows, fn_rows = t * p, (1 - t) * p, t * (1 - p)
+    scores = np.empty(int(n_boot))
+    for b in range(int(n_boot)):
+        # per-row weights: how often each image was drawn; the class counts are then weighted sums
+        w = np.bincount(rng.integers(0, n, n), minlength=n)
+        tp, fp, fn = w @ tp_rows, w @ fp_rows, w @ fn_rows
+        scores[b] = _safe_div(2 * tp, 2 * tp + fp + fn).mean()
+    alpha = (1 - float(confidence)) / 2
+    low, high = np.quantile(scores, [alpha, 1 - alpha])
+    return {"macro_f1": macro_f1(t, p), "low": float(low), "high": float(high), "n_boot": int(n_boot),
+            "confidence": float(confidence)}
+
+
 def f1_report(y_true, y_pred, class_names=CLASS_NAMES) -> dict:
     """Macro F1, the per-class table, and macro F1 over single- vs multi-label images (Fig. 2d).
 

@@ -146,3 +146,21 @@ def test_cli_evaluate_prints_and_writes_the_report(tmp_path, capsys):
     assert f"macro F1: **{(4 / 3) / 28:.4f}**" in printed
     assert out.read_text() == printed
     assert main(["evaluate", str(preds), str(tmp_path / "missing.csv")]) == 1
+
+
+def test_bootstrap_macro_f1_matches_sklearn_on_the_same_resamples():
+    rng = np.random.default_rng(4)
+    y_true = (rng.random((80, 28)) < 0.15).astype(np.uint8)
+    y_pred = np.where(rng.random((80, 28)) < 0.8, y_true, 1 - y_true).astype(np.uint8)
+    out = metrics.bootstrap_macro_f1(y_true, y_pred, n_boot=200, confidence=0.9, seed=7)
+    draw = np.random.default_rng(7)  # the documented resampling, scored by sklearn
+    ref = [f1_score(y_true[idx], y_pred[idx], average="macro", zero_division=0)
+           for idx in (draw.integers(0, 80, 80) for _ in range(200))]
+    assert out["macro_f1"] == pytest.approx(f1_score(y_true, y_pred, average="macro", zero_division=0))
+    assert out["low"] == pytest.approx(np.quantile(ref, 0.05)) and out["high"] == pytest.approx(np.quantile(ref, 0.95))
+    assert out["low"] < out["macro_f1"] < out["high"]
+    # perfect predictions: every resample scores the classes it contains 1, absent classes 0
+    exact = metrics.bootstrap_macro_f1(y_true, y_true, n_boot=50, seed=0)
+    assert exact["macro_f1"] == pytest.approx(1.0) and exact["high"] <= 1.0
+    with pytest.raises(HpaDataError, match="n_boot=0"):
+        metrics.bootstrap_macro_f1(y_true, y_pred, n_boot=0)
