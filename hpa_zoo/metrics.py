@@ -84,36 +84,43 @@ def bootstrap_macro_f1(y_true, y_pred, *, n_boot: int = 1000, confidence: float 
 
     Resample b draws ``rng.integers(0, N, N)`` from ``numpy.random.default_rng(seed)`` (b = 0 .. n_boot - 1, in
     order) and scores `macro_f1` on those rows; the interval is the ``(1 - confidence) / 2`` and
-    ``(1 + confidence) / 2`` quantiles (``numpy.quantile``, linear) of the ``n_boot`` scores.
+    ``(1 + confidence) / 2`` quantiles (``numpy.quantile``, linear) of the ``n_boot`` scores. With S predictions of
+    the same images (e.g. one model trained with S seeds) a resample's score is the mean of their S macro F1s on the
+    same rows, so the interval covers the seed-mean.
 
     Args:
-        y_true, y_pred: (N, C) 0/1 arrays (N >= 1).
+        y_true: (N, C) 0/1 array (N >= 1).
+        y_pred: (N, C) 0/1 array, or (S, N, C) for S predictions of the same images.
         n_boot: resamples (>= 1).
         confidence: interval coverage in (0, 1).
         seed: seed of the resampling.
     Returns:
-        ``{"macro_f1": float (all rows), "low": float, "high": float, "n_boot": int, "confidence": float}``.
+        ``{"macro_f1": float (all rows; the mean over S), "low": float, "high": float, "n_boot": int,
+        "confidence": float}``.
     Raises:
         HpaDataError: bad arrays (see `per_class_scores`), N = 0, or bad ``n_boot`` / ``confidence``.
     """
-    t, p = _binary(y_true, "y_true").astype(np.int64), _binary(y_pred, "y_pred").astype(np.int64)
-    if t.shape != p.shape or len(t) == 0:
-        raise HpaDataError(f"y_true {t.shape} and y_pred {p.shape} must be the same non-empty (N, C) shape")
+    t = _binary(y_true, "y_true").astype(np.int64)
+    p = np.asarray(y_pred)
+    p = np.stack([_binary(q, "y_pred") for q in (p if p.ndim == 3 else p[None])]).astype(np.int64)
+    if p.shape[1:] != t.shape or len(t) == 0:
+        raise HpaDataError(f"y_true {t.shape} and y_pred {np.shape(y_pred)} must be the same non-empty (N, C) shape "
+                           f"(or (S, N, C) predictions)")
     if int(n_boot) < 1 or not 0 < float(confidence) < 1:
         raise HpaDataError(f"n_boot={n_boot} must be >= 1 and confidence={confidence} in (0, 1)")
     rng = np.random.default_rng(seed)
     n = len(t)
-    tp_rows, fp_rows, fn_rows = t * p, (1 - t) * p, t * (1 - p)
+    tp_rows, fp_rows, fn_rows = t[None] * p, (1 - t[None]) * p, t[None] * (1 - p)  # (S, N, C)
     scores = np.empty(int(n_boot))
     for b in range(int(n_boot)):
         # per-row weights: how often each image was drawn; the class counts are then weighted sums
         w = np.bincount(rng.integers(0, n, n), minlength=n)
-        tp, fp, fn = w @ tp_rows, w @ fp_rows, w @ fn_rows
-        scores[b] = _safe_div(2 * tp, 2 * tp + fp + fn).mean()
+        tp, fp, fn = w @ tp_rows, w @ fp_rows, w @ fn_rows  # (S, C)
+        scores[b] = _safe_div(2 * tp, 2 * tp + fp + fn).mean(axis=1).mean()
     alpha = (1 - float(confidence)) / 2
     low, high = np.quantile(scores, [alpha, 1 - alpha])
-    return {"macro_f1": macro_f1(t, p), "low": float(low), "high": float(high), "n_boot": int(n_boot),
-            "confidence": float(confidence)}
+    return {"macro_f1": float(np.mean([macro_f1(t, q) for q in p])), "low": float(low), "high": float(high),
+            "n_boot": int(n_boot), "confidence": float(confidence)}
 
 
 def f1_report(y_true, y_pred, class_names=CLASS_NAMES) -> dict:

@@ -162,5 +162,14 @@ def test_bootstrap_macro_f1_matches_sklearn_on_the_same_resamples():
     # perfect predictions: every resample scores the classes it contains 1, absent classes 0
     exact = metrics.bootstrap_macro_f1(y_true, y_true, n_boot=50, seed=0)
     assert exact["macro_f1"] == pytest.approx(1.0) and exact["high"] <= 1.0
+    # two seeds' predictions of the same images: each resample scores the mean of their macro F1s
+    other = np.where(rng.random((80, 28)) < 0.6, y_true, 1 - y_true).astype(np.uint8)
+    both = metrics.bootstrap_macro_f1(y_true, np.stack([y_pred, other]), n_boot=100, seed=3)
+    draw = np.random.default_rng(3)
+    ref = [np.mean([f1_score(y_true[idx], q[idx], average="macro", zero_division=0) for q in (y_pred, other)])
+           for idx in (draw.integers(0, 80, 80) for _ in range(100))]
+    assert both["low"] == pytest.approx(np.quantile(ref, 0.025)) and both["high"] == pytest.approx(np.quantile(ref, 0.975))
+    assert both["macro_f1"] == pytest.approx(np.mean([f1_score(y_true, q, average="macro", zero_division=0)
+                                                      for q in (y_pred, other)]))
     with pytest.raises(HpaDataError, match="n_boot=0"):
         metrics.bootstrap_macro_f1(y_true, y_pred, n_boot=0)
