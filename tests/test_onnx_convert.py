@@ -351,3 +351,18 @@ def test_truncated_file_is_refused(onnx_file, keras_model, tmp_path):
     cut.write_bytes(data[: len(data) // 2])
     with pytest.raises(WeightsError, match=r"cut\.onnx \(\d+ bytes\).*truncated"):
         onnx_to_keras_weights(cut, keras_model)
+
+
+def test_export_with_symbolic_spatial_axes_is_checked_at_the_default_probe_size(torch_model, keras_model, images,
+                                                                                  tmp_path, record_property):
+    from hpa_zoo.onnx_convert import DEFAULT_PROBE_SIZE
+
+    path = tmp_path / "dynamic.onnx"
+    torch.onnx.export(torch_model, torch.zeros(1, 4, SIZE, SIZE), str(path), input_names=["image"],
+                      output_names=["classes", "features"], dynamo=False, opset_version=17,
+                      dynamic_axes={"image": {2: "height", 3: "width"}})
+    dims = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param for d in dims[2:]] == ["height", "width"]
+    check = onnx_to_keras_weights(path, keras_model)
+    assert check.probe_shape[1:3] == (DEFAULT_PROBE_SIZE, DEFAULT_PROBE_SIZE)
+    _assert_keras_matches_onnxruntime(path, keras_model, images, record_property, "tidy, symbolic H/W")
