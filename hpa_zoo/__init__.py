@@ -3,8 +3,9 @@
 Public API (imported lazily so that ``import hpa_zoo`` stays fast and does not start TensorFlow):
 
 * ``hpa_zoo.list_models()`` / ``hpa_zoo.get_spec(name)``: the registry table.
-* ``hpa_zoo.load(name_or_preset_dir, weights=None, num_classes=28, input_shape=None)``: a Keras model.
-* ``hpa_zoo.save_preset(model, directory, metadata=...)`` / ``hpa_zoo.feature_extractor(model)``.
+* ``hpa_zoo.load(name_or_preset_dir, weights=None, num_classes=None, input_shape=None)``: a Keras model.
+* ``hpa_zoo.save_preset(model, directory, metadata=...)`` / ``hpa_zoo.preset_info(directory)`` /
+  ``hpa_zoo.feature_extractor(model)``.
 * ``hpa_zoo.CLASS_NAMES``: the 28 class names.
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ _LAZY = {
     "load": "hpa_zoo.models_api",
     "save_preset": "hpa_zoo.models_api",
     "feature_extractor": "hpa_zoo.models_api",
+    "preset_info": "hpa_zoo.models_api",
 }
 
 

@@ -27,9 +27,9 @@
    (`hpa_zoo.thresholds`, rule ``"f1_optimal"``; `DEFAULT_THRESHOLD` for a class without validation positives), saved in the preset with the classes, channels and history
    (`hpa_zoo.models_api.save_preset`).
 
-A preset whose channels are the model's own loads with ``hpa_zoo.load(preset_dir)``. Registry builders take no
-normalisation statistics, so a preset with other channels also holds ``model.keras`` (the whole model): load it
-with ``hpa_zoo.load(preset_dir / "model.keras")``.
+Every preset written here loads with ``hpa_zoo.load(preset_dir)``: one with other channels is rebuilt from its
+registry row by the same channel surgery, with the normalisation its metadata recorded, before its weights are
+read. It also holds ``model.keras`` (the whole model) for tools that read Keras files.
 """
 from __future__ import annotations
 
@@ -47,6 +47,7 @@ import pandas as pd
 from hpa_zoo.atomic import atomic_path
 from hpa_zoo.constants import CHANNELS
 from hpa_zoo.errors import ConfigError, HpaDataError
+from zoo_models.surgery import adapt_channels  # the graph edit lives in the one surgery module
 
 #: User stain name (lower case) -> the HPA stain it is (teams.md §0: red = microtubules, green = protein of
 #: interest, blue = nucleus, yellow = endoplasmic reticulum).
@@ -91,69 +92,6 @@ def map_stains(channels: Sequence[str], channel_map: Mapping[str, str | None] | 
         else:
             out.append(STAIN_ALIASES.get(str(ch).lower()))
     return out
-
-
-def adapt_channels(model, stains: Sequence[str | None], *, source_stains: Sequence[str | None] = CHANNELS,
-                   first_conv: str | None, unknown_stats: Sequence[tuple[float, float]] | None = None):
-    """Rebuild ``model`` for new input channels and transplant its weights (stem rule in the module docstring).
-
-    Args:
-        model: functional keras.Model (B, H, W, c_src) [0, 255] -> logits, c_src = len(source_stains).
-        stains: per new channel, the HPA stain it carries or None (unknown).
-        source_stains: the stain of each of ``model``'s input channels (RGBY for zoo models).
-        first_conv: the stem conv's name (registry ``first_conv``).
-        unknown_stats: per new channel (mean, std) in [0, 255] units, used in ``input_norm`` for unknown stains
-            (default (127.5, 127.5)); ignored for known ones and when the model has no ``input_norm``.
-
-    Returns:
-        keras.Model (B, H, W, len(stains)) with the same layer names and name. Stem kernel channel i is the source
-        kernel's channel of stain ``stains[i]``, or the mean over the source channels for an unknown stain; every
-        other weight is copied unchanged.
-    """
-    import keras
-
-    from zoo_models import surgery
-
-    stains = list(stains)
-    src_index = {s: i for i, s in enumerate(source_stains) if s is not None}
-    n_src, n_new = len(source_stains), len(stains)
-    h, w = model.input_shape[1:3]
-    stats = list(unknown_stats or [(127.5, 127.5)] * n_new)
-    norm = _norm_stats(model)
-
-    def clone_layer(layer):
-        if layer.name == "input_norm" and norm is not None:
-            mean = [norm[0][src_index[s]] if s in src_index else stats[i][0] for i, s in enumerate(stains)]
-            var = [norm[1][src_index[s]] if s in src_index else stats[i][1] ** 2 for i, s in enumerate(stains)]
-            return keras.layers.Normalization(axis=-1, mean=mean, variance=var, name="input_norm")
-        return layer.__class__.from_config(layer.get_config())
-
-    new_input = keras.Input((h, w, n_new), name=model.inputs[0].name.split(":")[0] or "image")
-    new = keras.models.clone_model(model, input_tensors=new_input, clone_function=clone_layer)
-    source = [src_index.get(s, 0) for s in stains]
-    surgery.transplant_weights(model, new, first_conv=first_conv, rule="select", source=source)
-    stem = new.get_layer(first_conv) if first_conv else _first_weighted(new)
-    src_kernel = np.asarray((model.get_layer(stem.name)).weights[0])
-    with_mean = surgery.widen_stem_kernel(src_kernel, n_src + 1, "mean")  # channel n_src = mean filter
-    kernel = surgery.widen_stem_kernel(with_mean, n_new, "select",
-                                       source=[src_index.get(s, n_src) for s in stains])
-    stem.weights[0].assign(kernel)
-    return new
-
-
-def _norm_stats(model):
-    """(mean, variance) lists in [0, 255] units of the model's ``input_norm`` layer, or None."""
-    try:
-        cfg = model.get_layer("input_norm").get_config()
-    except ValueError:
-        return None
-    if cfg.get("mean") is None:
-        return None
-    return list(np.ravel(cfg["mean"]).astype(float)), list(np.ravel(cfg["variance"]).astype(float))
-
-
-def _first_weighted(model):
-    return next(layer for layer in model.layers if layer.weights)
 
 
 # ---------------------------------------------------------------------------------------------- data

@@ -15,6 +15,10 @@
 
 * a ``.keras`` file (``model.save("x.keras")``).
 
+Every preset hpa-zoo writes loads back as the model it was saved from: RGBY or other channels (fine-tuned on other
+stains), 28 or other classes, multi- or single-label, Team 3's training model with its auxiliary output.
+`preset_info` reads what it says about itself (classes, thresholds, stains, normalisation, pixel size).
+
 Every model takes raw [0, 255] images (B, H, W, C) float32 and returns float32 logits (B, num_classes).
 """
 from __future__ import annotations
@@ -38,15 +42,16 @@ METADATA_FILE = "metadata.json"
 
 
 # ---------------------------------------------------------------------------------------------- load
-def load(name_or_path, weights=None, num_classes: int = NUM_CLASSES, input_shape=None, *, local_path=None):
+def load(name_or_path, weights=None, num_classes: int | None = None, input_shape=None, *, local_path=None):
     """A Keras model from a registry name, a preset directory or a ``.keras`` file.
 
     Args:
         name_or_path: registry name, preset directory, or ``.keras`` file.
         weights: for a registry name: None, ``"imagenet"``, a published set of the row (``"hpa"``), or a path to a
             ``.weights.h5`` / ``.onnx`` file. For a preset: None (its own weights). Not used for ``.keras``.
-        num_classes: logits per image. With published or preset weights trained for another count, the
-            classifier (registry row ``classifier``) is replaced by a fresh one of this size (fine-tuning).
+        num_classes: logits per image; default the preset's own count (28 for a registry name). With published or
+            preset weights trained for another count, the classifier (registry row ``classifier``) is replaced by
+            a fresh one of this size (fine-tuning).
         input_shape: (H, W, C); default the row's ``(input_size, input_size, channels)`` or the preset's shape.
             Convolutional weights do not depend on H, W, so any size >= the backbone's minimum works.
         local_path: with a published set (``weights="hpa"``): a copy of the file you already have (verified
@@ -74,7 +79,8 @@ def load(name_or_path, weights=None, num_classes: int = NUM_CLASSES, input_shape
     if path.suffix == ".keras" or (os.sep in str(name_or_path) and not path.exists()):
         raise ConfigError(f"{str(path)!r} does not exist; pass a registry name (hpa_zoo.list_models()), a preset "
                           f"directory or an existing .keras file")
-    return _load_registered(str(name_or_path), weights, num_classes, input_shape, local_path)
+    return _load_registered(str(name_or_path), weights, NUM_CLASSES if num_classes is None else num_classes,
+                            input_shape, local_path)
 
 
 def _load_registered(name: str, weights, num_classes: int, input_shape, local_path):
@@ -185,7 +191,9 @@ def conversion_record_path(cache: Path) -> Path:
 
 
 def _fit_classes(model, spec, num_classes: int):
-    if int(model.output_shape[-1]) == int(num_classes):
+    out = model.output
+    current = out["logits"].shape[-1] if isinstance(out, dict) else model.output_shape[-1]
+    if int(current) == int(num_classes):
         return model
     from zoo_models.surgery import replace_head
 
@@ -230,8 +238,7 @@ def save_preset(model, directory, *, model_name: str | None = None, build_config
     if directory.exists() and not (directory / CONFIG_FILE).is_file():
         raise ConfigError(f"{directory} exists and is not an hpa-zoo preset; refusing to overwrite it. Choose a new "
                           f"folder or remove it")
-    build = dict(build_config) if build_config is not None else {
-        "num_classes": int(model.output_shape[-1]), "input_shape": [_dim(d) for d in model.input_shape[1:]]}
+    build = dict(build_config) if build_config is not None else _build_config_of(model)
     config = {"format": PRESET_FORMAT, "format_version": PRESET_FORMAT_VERSION, "model_name": name,
               "builder": get_spec(name).builder, "build_config": build}
     meta = {
@@ -260,25 +267,124 @@ def load_metadata(preset_dir) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _load_preset(directory: Path, *, num_classes: int, input_shape):
+def _load_preset(directory: Path, *, num_classes: int | None, input_shape):
     cfg_path = directory / CONFIG_FILE
     if not cfg_path.is_file():
         raise ConfigError(f"{directory} is not an hpa-zoo preset (no {CONFIG_FILE}); pass a folder written by "
                           f"hpa_zoo.save_preset / `hpa-zoo train`, a registry name or a .keras file")
-    config = json.loads(cfg_path.read_text())
+    config = _read_json(cfg_path)
     if config.get("format") != PRESET_FORMAT:
         raise ConfigError(f"{cfg_path}: format {config.get('format')!r} is not {PRESET_FORMAT!r}")
-    spec = get_spec(config["model_name"])
+    weights_file = directory / WEIGHTS_FILE
+    if not weights_file.is_file():
+        raise WeightsError(f"{directory}: no {WEIGHTS_FILE}; the preset is incomplete (an interrupted save?). "
+                           f"Save it again")
+    spec = get_spec(config.get("model_name", ""))
+    meta = load_metadata(directory)
     build = dict(config.get("build_config", {}))
     if input_shape is not None:
         build["input_shape"] = tuple(input_shape)
-    build["input_shape"] = tuple(build.get("input_shape") or (spec.input_size, spec.input_size, spec.num_channels))
-    model = spec.build_fn()(weights=None, **{**spec.builder_kwargs, **build})
+    shape = tuple(build.get("input_shape") or (spec.input_size, spec.input_size, spec.num_channels))
+    build["input_shape"] = shape
+    model = _build_preset_model(spec, build, meta, directory)
     try:
-        model.load_weights(directory / WEIGHTS_FILE)
+        model.load_weights(weights_file)
     except Exception as exc:
-        raise WeightsError(f"{directory / WEIGHTS_FILE} does not fit {spec.name} built with {build}: {exc}") from exc
-    return _fit_classes(model, spec, num_classes)
+        raise WeightsError(f"{weights_file} does not fit {spec.name} built with {build}: {exc}") from exc
+    return _fit_classes(model, spec, num_classes) if num_classes is not None else model
+
+
+def _build_preset_model(spec, build: dict, meta: dict, directory: Path):
+    """The registry builder's model for a preset's build config; for a preset whose input channels are not the
+    row's (fine-tuned on other stains), the row's model put through the same channel surgery as fine-tuning
+    (`zoo_models.surgery.adapt_channels`) with the normalisation the preset recorded."""
+    registry_channels = [{"R": "red", "G": "green", "B": "blue", "Y": "yellow"}[c] for c in spec.channels]
+    stains = meta.get("stains")
+    channels = int(build["input_shape"][-1])
+    if stains is None and channels != len(registry_channels):
+        raise ConfigError(f"{directory}: the preset takes {channels} channels but its metadata records no "
+                          f"'stains'; hpa-zoo cannot tell which stain each channel is (re-save it with "
+                          f"metadata={{'stains': [...]}})")
+    if stains is None or list(stains) == registry_channels:
+        return spec.build_fn()(weights=None, **{**spec.builder_kwargs, **build})
+    from zoo_models.surgery import adapt_channels
+
+    if len(stains) != channels:
+        raise ConfigError(f"{directory}: metadata 'stains' {stains} does not fit the {channels}-channel input")
+    h, w = build["input_shape"][:2]
+    base = spec.build_fn()(weights=None, **{**spec.builder_kwargs, **build,
+                                            "input_shape": (h, w, len(registry_channels))})
+    norm = meta.get("normalization") or {}
+    stats = None
+    if norm.get("mean") is not None:
+        stats = [(255.0 * m, 255.0 * sd) for m, sd in zip(norm["mean"], norm["std"])]
+    return adapt_channels(base, stains, source_stains=registry_channels, first_conv=spec.first_conv,
+                          norm_stats=stats)
+
+
+def preset_info(preset_dir) -> dict:
+    """What a preset says about itself, without building the model.
+
+    Args:
+        preset_dir: a folder written by `save_preset` (``hpa-zoo train`` / ``finetune``).
+
+    Returns:
+        dict with ``model_name``, ``num_classes``, ``input_shape`` ([H, W, C]), ``class_names`` (list of str, or
+        None for the 28 HPA classes), ``thresholds`` (list of float or None), ``activation`` (``"sigmoid"`` or
+        ``"softmax"``), ``stains`` (HPA stain per input channel, None = unknown), ``channels`` (the user's channel
+        names), ``normalization`` (mean/std in [0, 1] units, inside the model), ``pixel_size_um`` (µm per pixel
+        of the training images, or None), ``threshold_fallbacks`` and the rest of ``metadata.json`` under
+        ``metadata``.
+
+    Raises:
+        ConfigError: not a preset folder, or an unreadable config/metadata file (names it).
+    """
+    directory = Path(preset_dir)
+    cfg_path = directory / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise ConfigError(f"{directory} is not an hpa-zoo preset (no {CONFIG_FILE})")
+    config = _read_json(cfg_path)
+    meta = load_metadata(directory)
+    build = config.get("build_config", {})
+    spec = get_spec(config.get("model_name", meta.get("model_name", "")))
+    num_classes = int(build.get("num_classes", NUM_CLASSES))
+    names = meta.get("class_names") or (list(CLASS_NAMES) if num_classes == NUM_CLASSES else None)
+    return {
+        "model_name": spec.name,
+        "num_classes": num_classes,
+        "input_shape": list(build.get("input_shape") or (spec.input_size, spec.input_size, spec.num_channels)),
+        "class_names": names,
+        "thresholds": meta.get("thresholds"),
+        "threshold_fallbacks": meta.get("threshold_fallbacks_by_class") or {},
+        "activation": meta.get("activation") or ("sigmoid" if meta.get("multi_label", True) else "softmax"),
+        "stains": meta.get("stains") or [{"R": "red", "G": "green", "B": "blue", "Y": "yellow"}[c]
+                                         for c in spec.channels],
+        "channels": meta.get("channels"),
+        "normalization": meta.get("normalization"),
+        "pixel_size_um": meta.get("pixel_size_um", spec.pixel_size_um),
+        "metadata": meta,
+    }
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: unreadable ({exc}); the preset is damaged, save it again") from exc
+
+
+def _build_config_of(model) -> dict:
+    """``{"num_classes", "input_shape"}`` read off a model (+ ``with_aux`` for a Team 3 training model whose
+    outputs are ``{"logits", "aux_logits"}``)."""
+    out = model.output
+    if isinstance(out, dict):
+        if "logits" not in out:
+            raise ConfigError(f"model {model.name!r} has outputs {sorted(out)}; a preset needs a 'logits' output")
+        build = {"num_classes": int(out["logits"].shape[-1]), "with_aux": "aux_logits" in out}
+    else:
+        build = {"num_classes": int(model.output_shape[-1])}
+    build["input_shape"] = [_dim(d) for d in model.input_shape[1:]]
+    return build
 
 
 def _preset_model_name(model, given: str | None) -> str:

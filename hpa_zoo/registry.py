@@ -9,7 +9,9 @@ A model name is a stable string and the public API (``hpa_zoo.load("team1_densen
 * ``first_conv`` / ``classifier`` / ``feature_layer``: layer names used by backbone surgery, head replacement
   and embeddings (timm's pretrained-config idea);
 * ``weights``: the available weights (`WeightsSpec`, URL + sha256);
-* ``reported``: the team's own reported HPA scores, with their source. These are *theirs*, never ours.
+* ``reported``: the team's own reported HPA scores, with their source. These are *theirs*, never ours;
+* ``pixel_size_um``: µm per pixel of the images the recipe loads (its ``image_size``, before its own crop or
+  resize), derived in `pixel_size_of` from the full-resolution fields (`FULL_RES_PX` at `FULL_RES_UM`).
 
 Rows are added in ``ROWS`` at the bottom of this file only.
 """
@@ -82,6 +84,7 @@ class ModelSpec:
     description: str = ""
     citation: str = ""
     builder_kwargs: dict[str, Any] = field(default_factory=dict)
+    pixel_size_um: float | None = None
 
     @property
     def num_channels(self) -> int:
@@ -97,6 +100,19 @@ class ModelSpec:
         """Import and return the builder function."""
         module, _, attr = self.builder.partition(":")
         return getattr(importlib.import_module(module), attr)
+
+
+#: The Kaggle competition's full-resolution TIFFs: 2048 x 2048 px (docs/teams.md §0.1, from Team 1's diagram; not
+#: verified from data) at the HPA confocal images' 0.08 µm per pixel (docs/teams.md §0.1; HPA-Cell-Segmentation
+#: issue 27). The 512 px Kaggle PNGs are these fields resized, so each model's pixel size follows from its
+#: ``image_size``: 512 -> 0.32 µm, 768 -> 0.213 µm, 1024 -> 0.16 µm, 1536 -> 0.107 µm.
+FULL_RES_PX = 2048
+FULL_RES_UM = 0.08
+
+
+def pixel_size_of(image_size: int) -> float:
+    """µm per pixel of a whole HPA field of view resized to ``image_size`` px (`FULL_RES_PX` at `FULL_RES_UM`)."""
+    return round(FULL_RES_UM * FULL_RES_PX / float(image_size), 6)
 
 
 ROWS: list[ModelSpec] = []
@@ -174,6 +190,7 @@ ROWS.append(ModelSpec(
     name="team1_densenet121_1024",
     builder="zoo_models.team1_bestfitting:build_team1_densenet121_1024",
     input_size=1024,  # teams.md §1.1: 1536 -> random crop 1024 (final model)
+    pixel_size_um=pixel_size_of(1536),  # teams.md §1.1, §1.4: the 1536 px resizes of the fields, cropped to 1024 by the recipe
     weights=(WeightsSpec(
         name="hpa",
         urls=("https://zenodo.org/api/records/5942853/files/densenet_model.onnx/content",
@@ -214,6 +231,7 @@ ROWS.append(ModelSpec(
     name="team1_densenet121_512",
     builder="zoo_models.team1_bestfitting:build_team1_densenet121_512",
     input_size=512,  # teams.md §1.1: 768 -> random crop 512
+    pixel_size_um=pixel_size_of(768),  # teams.md §1.1, §1.4: the 768 px resizes, cropped to 512
     weights=(WeightsSpec(
         name="hpa",
         urls=("https://github.com/CellProfiling/densenet/releases/download/v0.1.0/external_crop512_focal_slov_"
@@ -250,6 +268,7 @@ ROWS.append(ModelSpec(
     team="team3",
     builder="zoo_models.team3_pudae:build_team3_attention_inceptionv3_1024",
     input_size=1024,  # teams.md §3.1, §3.4: the 512 PNGs upsampled to 1024
+    pixel_size_um=pixel_size_of(512),  # teams.md §3.4: the 512 PNGs, upsampled to 1024 by the recipe
     channels="RGBY",
     recipe="zoo_models.team3_recipe",
     first_conv="conv2d",
@@ -270,6 +289,7 @@ ROWS.append(ModelSpec(
     team="team3",
     builder="zoo_models.team3_pudae:build_team3_attention_se_resnext50_1024",
     input_size=1024,
+    pixel_size_um=pixel_size_of(512),  # teams.md §3.4: the 512 PNGs, upsampled to 1024 by the recipe
     channels="RGBY",
     recipe="zoo_models.team3_recipe",
     first_conv="layer0_conv1",
@@ -288,6 +308,7 @@ ROWS.append(ModelSpec(
     team="team3",
     builder="zoo_models.team3_pudae:build_team3_resnet34_512",
     input_size=512,
+    pixel_size_um=pixel_size_of(512),  # teams.md §3.4: the 512 PNGs
     channels="RGBY",
     recipe="zoo_models.team3_recipe",
     first_conv="conv1",
@@ -308,7 +329,8 @@ ROWS.append(ModelSpec(
 _TEAM2_CITATION = ("Ouyang W, Winsnes CF, Hjelmare M, et al. Analysis of the Human Protein Atlas Image Classification "
                    "competition. Nature Methods 16, 1254-1261 (2019), doi:10.1038/s41592-019-0658-6; Jun Lan (WAIR), "
                    "2nd-place solution, github.com/CellProfiling/HPA-competition-solutions (wair/).")
-_TEAM2_COMMON = dict(team="team2", channels="RGBY", recipe="zoo_models.team2_wair", first_conv="conv1_conv",
+_TEAM2_COMMON = dict(pixel_size_um=pixel_size_of(512),  # teams.md §2: the 512 PNGs
+                     team="team2", channels="RGBY", recipe="zoo_models.team2_wair", first_conv="conv1_conv",
                      classifier="logits", feature_layer="head_gap", citation=_TEAM2_CITATION, input_size=512,
                      reported=(ReportedScore("private LB macro F1 (7-model ensemble, not this model alone)", 0.571,
                                              "wair/README.md (teams.md §2.6)"),))
@@ -347,6 +369,7 @@ ROWS.append(ModelSpec(
     name="team4_gapnet_resnet18_512",
     builder="zoo_models.team4_wsg:build_team4_gapnet_resnet18_512",
     input_size=512,  # teams.md §4.2: 13_ext, whole 512 images
+    pixel_size_um=pixel_size_of(512),  # teams.md §4.2 13_ext: whole 512 images
     description=("Team 4 (Christof) GAPNet 13_ext: RGB ResNet18 with squeeze-excite + GAP at five depths, concat "
                  "-> BN -> Dropout .5 -> Dense 256 -> BN -> Dropout .5 -> Dense 28; 4 x BCE(pos_weight 10) - "
                  "log(batch F1), Adam 5e-4 cosine; frequency-matched thresholds."),
@@ -357,6 +380,7 @@ ROWS.append(ModelSpec(
     name="team4_gapnet_resnet18_1024crop512",
     builder="zoo_models.team4_wsg:build_team4_gapnet_resnet18_1024crop512",
     input_size=512,  # teams.md §4.2: 13_ext_512crop, the network sees 512 crops of 1024 images
+    pixel_size_um=pixel_size_of(1024),  # teams.md §4.2 13_ext_512crop: 1024 images, 512 crops
     description=("Team 4 (Christof) GAPNet 13_ext_512crop: the GAPNet trained on random 512 crops of 1024 images, "
                  "predicted on 5 fixed crops combined by a small stacker (zoo_models.team4_wsg.predict_five_crops, "
                  "train_stacker)."),
@@ -367,6 +391,7 @@ ROWS.append(ModelSpec(
     name="team4_gwap_resnet34_512",
     builder="zoo_models.team4_wsg:build_team4_gwap_resnet34_512",
     input_size=512,  # teams.md §4.2: Dmytro's models on 512 crops
+    pixel_size_um=pixel_size_of(512),  # teams.md §4.2: 512 crops with affine augmentation of the 512 images
     description=("Team 4 (Dmytro) resnet34_gwap: RGBY ResNet34 with a fresh stem, global weighted average pooling "
                  "(GWAP) at three depths -> Dense 256 -> 28; focal loss, SGD with cosine restarts."),
     **_TEAM4_COMMON,

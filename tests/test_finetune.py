@@ -130,6 +130,10 @@ def test_finetune_three_stains_five_classes_validation_loss_falls(user_data, tin
 
     model = load(preset / "model.keras")
     assert model.input_shape == (None, SIZE, SIZE, 3) and model.output_shape == (None, 5)
+    from_preset = load(preset)  # the preset itself: rebuilt from its registry row by the same channel surgery
+    probe = np.random.default_rng(1).uniform(0, 255, (2, SIZE, SIZE, 3)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(from_preset(probe, training=False)),
+                               np.asarray(model(probe, training=False)), rtol=1e-5, atol=1e-5)
     table = pd.read_csv(csv)
     val = table.iloc[meta["val_indices"]]
     x = np.stack([cv2.imread(str(images / f))[..., ::-1] for f in val["filename"]]).astype(np.float32)

@@ -136,3 +136,70 @@ def test_published_onnx_weights_are_converted_once_then_read_from_the_cache(mode
     assert second.output_shape == (None, 3) and second.get_layer("logits").dtype_policy.compute_dtype == "float32"
     np.testing.assert_allclose(_out(hpa_zoo.feature_extractor(second)), _out(hpa_zoo.feature_extractor(model)),
                                rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- every preset kind
+def _two_stain_single_label(tiny):
+    """What `hpa_zoo.finetune` makes of a zoo model for nucleus + protein images and 3 exclusive classes: the
+    channel surgery (blue, green, with the user's own statistics) and a new 3-class head."""
+    from zoo_models.surgery import adapt_channels, replace_head
+
+    two = adapt_channels(tiny, ["blue", None], first_conv="conv1_conv", unknown_stats=[(0, 1), (40.0, 20.0)])
+    return _scramble(replace_head(two, 3, classifier="logits"), seed=3)
+
+
+@pytest.mark.parametrize("kind", ["two_stains_single_label", "three_stains_five_classes"])
+def test_fine_tuned_presets_with_other_channels_and_classes_load_as_saved(kind, tiny, tmp_path):
+    """The issue's crash: a preset with 2 channels went through the RGBY builder (Incompatible shapes [1,1,1,4]
+    vs [1,1,1,2]). Now the row's model is put through the same surgery with the recorded normalisation."""
+    from zoo_models.surgery import adapt_channels, replace_head
+
+    if kind == "two_stains_single_label":
+        model, stains, meta = _two_stain_single_label(tiny), ["blue", None], {
+            "activation": "softmax", "multi_label": False, "class_names": ["a", "b", "c"]}
+    else:
+        model = _scramble(replace_head(adapt_channels(tiny, ["red", "green", "blue"], first_conv="conv1_conv"), 5,
+                                       classifier="logits"), seed=4)
+        stains, meta = ["red", "green", "blue"], {"class_names": list("vwxyz"), "thresholds": [0.3] * 5}
+    preset = hpa_zoo.save_preset(model, tmp_path / "p", model_name=TINY_REGISTRY_NAME,
+                                 metadata={**meta, "stains": stains, "channels": ["c"] * len(stains)})
+    loaded = hpa_zoo.load(preset)
+    x = X[..., : len(stains)] * np.linspace(0.5, 1.0, len(stains), dtype=np.float32)
+    assert loaded.input_shape == model.input_shape and loaded.output_shape == model.output_shape
+    np.testing.assert_allclose(_out(loaded, x), _out(model, x), rtol=1e-5, atol=1e-5)
+    info = hpa_zoo.preset_info(preset)
+    assert info["stains"] == stains and info["class_names"] == meta["class_names"]
+    assert info["num_classes"] == len(meta["class_names"]) and info["input_shape"][-1] == len(stains)
+    assert info["activation"] == meta.get("activation", "sigmoid")
+    norm = info["normalization"]
+    expected = np.asarray(model.get_layer("input_norm").get_config()["mean"], np.float64).ravel() / 255.0
+    np.testing.assert_allclose(norm["mean"], expected, atol=1e-6)
+
+
+def test_team3_training_model_with_its_aux_output_round_trips(tmp_path):
+    spec = hpa_zoo.get_spec("team3_attention_inceptionv3_1024")
+    model = _scramble(spec.build_fn()(num_classes=28, input_shape=(75, 75, 4), weights=None, with_aux=True), seed=5)
+    preset = hpa_zoo.save_preset(model, tmp_path / "t3", model_name=spec.name)
+    assert json.loads((preset / "config.json").read_text())["build_config"]["with_aux"] is True
+    loaded = hpa_zoo.load(preset)
+    x = X[:, :, :, :].repeat(3, axis=1).repeat(3, axis=2)[:, :75, :75]
+    a, b = loaded(x, training=False), model(x, training=False)
+    assert sorted(a) == ["aux_logits", "logits"]
+    for key in a:
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(a[key]), keras.ops.convert_to_numpy(b[key]),
+                                   rtol=1e-4, atol=1e-4)
+
+
+def test_damaged_presets_fail_naming_the_file(tiny, tmp_path):
+    from hpa_zoo.errors import WeightsError
+
+    preset = hpa_zoo.save_preset(tiny, tmp_path / "p", model_name=TINY_REGISTRY_NAME)
+    (preset / "model.weights.h5").unlink()
+    with pytest.raises(WeightsError, match=r"p: no model\.weights\.h5; the preset is incomplete"):
+        hpa_zoo.load(preset)
+    (preset / "config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match=r"config\.json: unreadable"):
+        hpa_zoo.load(preset)
+    other = hpa_zoo.save_preset(_two_stain_single_label(tiny), tmp_path / "q", model_name=TINY_REGISTRY_NAME)
+    with pytest.raises(ConfigError, match="records no 'stains'"):  # 2 channels, but which stains?
+        hpa_zoo.load(other)

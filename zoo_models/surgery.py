@@ -31,6 +31,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from hpa_zoo.constants import CHANNELS
 from hpa_zoo.errors import ConfigError, WeightsError
 
 #: The stem rules `widen_stem_kernel` understands (see the module docstring).
@@ -341,3 +342,74 @@ def _weighted_layers(model):
         elif layer.weights:
             out.append(layer)
     return out
+
+
+# ---------------------------------------------------------------------------------------------- channels
+def adapt_channels(model, stains: Sequence[str | None], *, source_stains: Sequence[str | None] = CHANNELS,
+                   first_conv: str | None, unknown_stats: Sequence[tuple[float, float]] | None = None,
+                   norm_stats: Sequence[tuple[float, float]] | None = None):
+    """Rebuild ``model`` for new input channels and transplant its weights (`hpa_zoo.finetune` step 2).
+
+    Stem init, per new channel: a channel that carries a stain the model knows takes that stain's filter, an
+    unknown stain (None) the mean of the model's stem filters. The ``input_norm`` layer keeps the known stains'
+    mean/std and takes ``unknown_stats`` for the others, or ``norm_stats`` for every channel when given (a preset
+    that recorded its own statistics).
+
+    Args:
+        model: functional keras.Model (B, H, W, c_src) [0, 255] -> logits, c_src = len(source_stains).
+        stains: per new channel, the HPA stain it carries or None (unknown).
+        source_stains: the stain of each of ``model``'s input channels (RGBY for zoo models).
+        first_conv: the stem conv's name (registry ``first_conv``).
+        unknown_stats: per new channel (mean, std) in [0, 255] units, used in ``input_norm`` for unknown stains
+            (default (127.5, 127.5)); ignored for known ones and when the model has no ``input_norm``.
+        norm_stats: per new channel (mean, std) in [0, 255] units for every channel of ``input_norm``.
+
+    Returns:
+        keras.Model (B, H, W, len(stains)) with the same layer names and name. Stem kernel channel i is the source
+        kernel's channel of stain ``stains[i]``, or the mean over the source channels for an unknown stain; every
+        other weight is copied unchanged.
+    """
+    import keras
+
+    stains = list(stains)
+    src_index = {s: i for i, s in enumerate(source_stains) if s is not None}
+    n_src, n_new = len(source_stains), len(stains)
+    h, w = model.input_shape[1:3]
+    stats = list(unknown_stats or [(127.5, 127.5)] * n_new)
+    norm = _norm_stats(model)
+
+    def clone_layer(layer):
+        if layer.name == "input_norm" and norm is not None:
+            if norm_stats is not None:
+                mean, var = [float(m) for m, _ in norm_stats], [float(s) ** 2 for _, s in norm_stats]
+            else:
+                mean = [norm[0][src_index[s]] if s in src_index else stats[i][0] for i, s in enumerate(stains)]
+                var = [norm[1][src_index[s]] if s in src_index else stats[i][1] ** 2 for i, s in enumerate(stains)]
+            return keras.layers.Normalization(axis=-1, mean=mean, variance=var, name="input_norm")
+        return layer.__class__.from_config(layer.get_config())
+
+    new_input = keras.Input((h, w, n_new), name=model.inputs[0].name.split(":")[0] or "image")
+    new = keras.models.clone_model(model, input_tensors=new_input, clone_function=clone_layer)
+    source = [src_index.get(s, 0) for s in stains]
+    transplant_weights(model, new, first_conv=first_conv, rule="select", source=source)
+    stem = new.get_layer(first_conv) if first_conv else _first_weighted(new)
+    src_kernel = np.asarray((model.get_layer(stem.name)).weights[0])
+    with_mean = widen_stem_kernel(src_kernel, n_src + 1, "mean")  # channel n_src = mean filter
+    kernel = widen_stem_kernel(with_mean, n_new, "select", source=[src_index.get(s, n_src) for s in stains])
+    stem.weights[0].assign(kernel)
+    return new
+
+
+def _norm_stats(model):
+    """(mean, variance) lists in [0, 255] units of the model's ``input_norm`` layer, or None."""
+    try:
+        cfg = model.get_layer("input_norm").get_config()
+    except ValueError:
+        return None
+    if cfg.get("mean") is None:
+        return None
+    return list(np.ravel(cfg["mean"]).astype(float)), list(np.ravel(cfg["variance"]).astype(float))
+
+
+def _first_weighted(model):
+    return next(layer for layer in model.layers if layer.weights)
