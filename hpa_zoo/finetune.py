@@ -24,7 +24,10 @@
    for ``freeze_epochs``, then everything is unfrozen and recompiled with a 10x smaller learning rate; the best
    epoch by ``val_loss`` is kept.
 6. **Thresholds** (multi-label): per-class F1-optimal thresholds fitted on the validation predictions
-   (`hpa_zoo.thresholds`, rule ``"f1_optimal"``; `DEFAULT_THRESHOLD` for a class without validation positives), saved in the preset with the classes, channels and history
+   (`hpa_zoo.thresholds`, rule ``"f1_optimal"``). A class with fewer than 5 validation positives, or whose fitted
+   threshold is extreme (<= 0.01 / >= 0.99), gets `DEFAULT_THRESHOLD` instead (`hpa_zoo.thresholds.check_evidence`)
+   and the metadata says which and why (``threshold_fallbacks_by_class``); saved in the preset with the classes,
+   channels and history
    (`hpa_zoo.models_api.save_preset`).
 
 Every preset written here loads with ``hpa_zoo.load(preset_dir)``: one with other channels is rebuilt from its
@@ -295,7 +298,7 @@ def finetune(base, data_csv, images_dir, *, out_dir, classes: Sequence[str] | No
 
     from hpa_zoo.models_api import save_preset
     from hpa_zoo.pipeline import batch_pipeline, random_d4, to_float
-    from hpa_zoo.thresholds import fit_thresholds
+    from hpa_zoo.thresholds import check_evidence, fit_thresholds
     from hpa_zoo.training import AtomicBestCheckpoint
     from zoo_models.surgery import replace_head
 
@@ -371,15 +374,15 @@ def finetune(base, data_csv, images_dir, *, out_dir, classes: Sequence[str] | No
     history["best_epoch"] = int(best.best["epoch"])
 
     logits = np.asarray(model.predict(val_ds, verbose=0), np.float64)
+    fallbacks: dict = {}
     if multi_label:
         probs = 1.0 / (1.0 + np.exp(-logits))
         fitted = fit_thresholds(probs, "f1_optimal", y_true=y[val_idx])
-        absent = y[val_idx].sum(axis=0) == 0  # no validation positive: F1 is 0 at every t, the grid would say 0.0
-        fitted[absent] = DEFAULT_THRESHOLD
+        fitted, fallbacks = check_evidence(fitted, y[val_idx], default=DEFAULT_THRESHOLD, class_names=classes)
         thresholds = fitted.tolist()
-        if absent.any():
-            log(f"no validation images of {[classes[i] for i in np.flatnonzero(absent)]}: threshold "
-                f"{DEFAULT_THRESHOLD} for them")
+        if fallbacks:
+            log(f"threshold {DEFAULT_THRESHOLD} (not fitted) for {len(fallbacks)} classes: "
+                + "; ".join(f"{c}: {r}" for c, r in fallbacks.items()))
     else:
         thresholds = None
     log(f"best epoch {history['best_epoch']}: val_loss {min(history['val_loss']):.4f} "
@@ -388,6 +391,7 @@ def finetune(base, data_csv, images_dir, *, out_dir, classes: Sequence[str] | No
     metadata = {
         "model_name": spec.name, "class_names": list(classes), "thresholds": thresholds,
         "threshold_rule": "f1_optimal (validation)" if multi_label else None,
+        "threshold_fallbacks_by_class": fallbacks,
         "activation": "sigmoid" if multi_label else "softmax", "multi_label": bool(multi_label),
         "channels": list(channels), "stains": stains, "base": str(base),
         "base_weights": None if weights is None else str(weights),

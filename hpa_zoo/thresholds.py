@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -383,3 +383,57 @@ def from_config(config: ThresholdConfig, probs, y_true=None, *, tie_fallback: bo
                                 rank_ratios=target, degenerate=tuple(bad))
     return FittedThresholds(thresholds=thresholds, force_top=fitted.force_top, fallbacks=fallbacks,
                             degenerate=tuple(bad))
+
+
+# ---------------------------------------------------------------------------------------------- evidence
+#: Fewest validation positives of a class for a label-fitted threshold to be kept.
+MIN_POSITIVES = 5
+#: Fitted thresholds at or beyond these are never kept silently: they switch the class on for every image (low)
+#: or for none (high).
+EXTREME_LOW, EXTREME_HIGH = 0.01, 0.99
+
+
+def check_evidence(thresholds, y_true, *, default=0.5, min_positives: int = MIN_POSITIVES,
+                   class_names: Sequence[str] | None = None) -> tuple[np.ndarray, dict]:
+    """Replace label-fitted thresholds that the validation labels cannot support by the rule's default.
+
+    A class with fewer than ``min_positives`` positive validation images, or whose fitted threshold is extreme
+    (<= `EXTREME_LOW` or >= `EXTREME_HIGH`), gets ``default``; each replacement is logged as a warning and
+    returned with its reason, for the preset's metadata.
+
+    Args:
+        thresholds: (K,) fitted thresholds (e.g. ``fit_thresholds(..., "f1_optimal", y_true=...)``).
+        y_true: (N, K) 0/1 validation labels they were fitted on.
+        default: the threshold used instead: a scalar or (K,) (0.5, or the team rule's default).
+        min_positives: the fewest positives that count as evidence.
+        class_names: K names for the reasons (default the class index).
+
+    Returns:
+        (thresholds (K,) float32 with the replacements, ``{class name: reason}`` for every replaced class).
+
+    Raises:
+        ConfigError: shapes that do not fit.
+    """
+    th = np.asarray(thresholds, np.float64).copy()
+    y = np.asarray(y_true)
+    if th.ndim != 1 or y.ndim != 2 or y.shape[1] != th.shape[0]:
+        raise ConfigError(f"check_evidence: thresholds {th.shape} and labels {y.shape} do not fit; expected (K,) "
+                          "and (N, K)")
+    fallback = np.broadcast_to(np.asarray(default, np.float64), th.shape)
+    names = list(class_names) if class_names is not None else [str(i) for i in range(th.shape[0])]
+    positives = y.sum(axis=0).astype(int)
+    reasons: dict[str, str] = {}
+    for k in range(th.shape[0]):
+        if positives[k] < min_positives:
+            why = (f"{positives[k]} validation positive(s) < {min_positives}: too few to fit a threshold")
+        elif th[k] <= EXTREME_LOW or th[k] >= EXTREME_HIGH:
+            why = (f"the fitted threshold {th[k]:.3g} is extreme (<= {EXTREME_LOW} switches the class on for every "
+                   f"image, >= {EXTREME_HIGH} for none)")
+        else:
+            continue
+        reasons[names[k]] = f"{why}; default {fallback[k]:g} used"
+        th[k] = fallback[k]
+    if reasons:
+        log.warning("thresholds: %d of %d classes use the default instead of the fitted value: %s", len(reasons),
+                    th.shape[0], "; ".join(f"{c}: {r}" for c, r in reasons.items()))
+    return th.astype(np.float32), reasons

@@ -262,3 +262,21 @@ def test_tie_fallback_switches_the_fit_to_the_rank_variant():
     labels = fitted.apply(probs)
     np.testing.assert_array_equal(labels[:5, 0], 1)
     assert labels[:, 1].sum() <= max(1, int(np.floor(th.team1_target_ratios()[1] * 56)))
+
+
+def test_check_evidence_replaces_unsupported_and_extreme_thresholds_and_says_why():
+    from hpa_zoo.thresholds import check_evidence
+
+    y = np.zeros((40, 4), int)
+    y[:10, 0] = 1   # 10 positives: kept
+    y[:3, 1] = 1    # 3 positives: too few
+    y[:20, 2] = 1   # enough, but its fitted threshold is 0.0 (on for every image)
+    y[:8, 3] = 1    # enough, fitted 0.995: on for none
+    fitted = np.array([0.42, 0.37, 0.0, 0.995])
+    th, why = check_evidence(fitted, y, default=0.5, class_names=["a", "b", "c", "d"])
+    # independent reference: the rule written out with NumPy
+    positives = y.sum(0)
+    expected = np.where((positives < 5) | (fitted <= 0.01) | (fitted >= 0.99), 0.5, fitted)
+    np.testing.assert_allclose(th, expected, rtol=1e-6)
+    assert sorted(why) == ["b", "c", "d"]
+    assert "3 validation positive(s) < 5" in why["b"] and "extreme" in why["c"] and "extreme" in why["d"]
