@@ -227,11 +227,24 @@ def _run_train(args) -> int:
 # ---------------------------------------------------------------------------------------------- predict
 def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="preset(s) -> Kaggle submission + probabilities CSV (folds averaged)")
-    p.add_argument("presets", nargs="+", metavar="PRESET_DIR", help="preset folder(s) written by `hpa-zoo train`")
-    p.add_argument("--data", required=True, help="Kaggle folder (sample_submission.csv + test/) or TFDS name")
+    p.add_argument("presets", nargs="+", metavar="PRESET_OR_MODEL",
+                   help="preset folder(s) written by `hpa-zoo train` / `finetune` (averaged), or a registry name")
+    p.add_argument("--data", default=None,
+                   help="Kaggle folder (sample_submission.csv + test/), TFDS name, a folder of your own "
+                        "{id}_{red,green,blue,yellow} images (no CSV needed) or a CSV of filename(s)[,labels]")
+    p.add_argument("--images", nargs="+", default=None, metavar="FILE",
+                   help="your own image files (one multi-channel image each, in the model's channel order)")
+    p.add_argument("--images-dir", default=None, help="the folder a --data CSV's file names are relative to")
+    p.add_argument("--weights", default=None, help="for a registry name: hpa, imagenet or a weights file")
+    p.add_argument("--features", action="store_true", help="also write features.npy + features_ids.csv")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip images with an incomplete channel set or an unreadable file (listed in skipped.csv)")
+    p.add_argument("--pixel-size", type=float, default=None, metavar="UM",
+                   help="µm per pixel of your images: rescale them to the model's scale first (default off)")
     p.add_argument("--data-dir", default=None, help="TFDS data directory (TFDS data only)")
     p.add_argument("--out", required=True, help="output folder for submission.csv and probabilities.csv")
-    p.add_argument("--tta", choices=["default", "none"], default="default", help="the recipe's TTA or none")
+    p.add_argument("--tta", choices=["default", "none", "d4"], default="default",
+                   help="the recipe's TTA, none, or d4 (8 dihedral views, mean; your own images only)")
     p.add_argument("--thresholds", choices=["preset", "refit"], default="preset",
                    help="the presets' fitted thresholds, or the recipe's rule re-fitted on the test probabilities")
     p.add_argument("--batch-size", type=int, default=8)
@@ -239,10 +252,28 @@ def _add_predict(sub) -> None:
 
 
 def _run_predict(args) -> int:
-    from hpa_zoo.predict import predict
+    from hpa_zoo.predict import is_kaggle_source
 
-    predict(args.presets, args.data, out_dir=args.out, data_dir=args.data_dir, tta=args.tta,
-            batch_size=args.batch_size, thresholds=None if args.thresholds == "preset" else "refit")
+    if args.images is None and args.data is None:
+        from hpa_zoo.errors import ConfigError
+
+        raise ConfigError("give --data (a folder, CSV or TFDS name) or --images FILE ...")
+    if args.images is None and is_kaggle_source(args.presets, args.data):
+        from hpa_zoo.predict import predict
+
+        predict(args.presets, args.data, out_dir=args.out, data_dir=args.data_dir, tta=args.tta,
+                batch_size=args.batch_size, thresholds=None if args.thresholds == "preset" else "refit",
+                tie_fallback=getattr(args, "tie_fallback", False))
+        return 0
+    from hpa_zoo.predict_images import predict_images
+
+    written = predict_images(args.presets if len(args.presets) > 1 else args.presets[0],
+                             args.images if args.images is not None else args.data, out_dir=args.out,
+                             images_dir=args.images_dir, weights=args.weights, tta=args.tta,
+                             batch_size=args.batch_size, features=args.features, skip_bad=args.skip_bad,
+                             pixel_size_um=args.pixel_size)
+    for kind, path in written.items():
+        print(f"  {kind + ':':22s} {path}")
     return 0
 
 
@@ -324,6 +355,8 @@ def _add_finetune(sub) -> None:
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate of the frozen phase (then /10)")
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pixel-size", type=float, default=None, metavar="UM",
+                   help="µm per pixel of your images: rescale them to the model's scale first (default off)")
     p.set_defaults(func=_run_finetune)
 
 
@@ -342,7 +375,7 @@ def _run_finetune(args) -> int:
                       channels=tuple(c.strip() for c in args.channels.split(",")), channel_map=channel_map or None,
                       weights=args.weights, epochs=args.epochs, freeze_epochs=args.freeze_epochs,
                       image_size=args.image_size, batch_size=args.batch_size, learning_rate=args.lr,
-                      val_fraction=args.val_fraction, seed=args.seed)
+                      val_fraction=args.val_fraction, seed=args.seed, pixel_size_um=args.pixel_size)
     print(f"fine-tuned preset: {preset}")
     return 0
 
@@ -442,6 +475,8 @@ def _add_embed(sub) -> None:
     p.add_argument("--image-size", type=int, default=None, help="input side (default: the model's)")
     p.add_argument("--layer", default=None, help="feature layer (default: the registry row's feature_layer)")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--pixel-size", type=float, default=None, metavar="UM",
+                   help="µm per pixel of your images: rescale them to the model's scale first (default off)")
     p.add_argument("--n-neighbors", type=int, default=15, help="UMAP n_neighbors (PCA below n_neighbors+1 images)")
     p.add_argument("--min-dist", type=float, default=0.1, help="UMAP min_dist")
     p.add_argument("--seed", type=int, default=0)
@@ -468,7 +503,20 @@ def _run_embed(args) -> int:
         csv = data / "labels.csv"
     model = _cli_model(args.model, args.weights, args.image_size)
     size = int(model.input_shape[1] or 512)
-    ds = folder_dataset(images_dir, csv, image_size=size, labelled=csv is not None)
+    if args.pixel_size is None:
+        print("note: no --pixel-size: each image is resized whole to the model input", flush=True)
+        ds = folder_dataset(images_dir, csv, image_size=size, labelled=csv is not None)
+    else:
+        from hpa_zoo.errors import ConfigError
+        from hpa_zoo.pipeline import rescale_to_model
+        from hpa_zoo.predict_images import model_pixel_size
+
+        target = model_pixel_size(args.model, size)
+        if target is None:
+            raise ConfigError(f"{args.model} has no known training pixel size; drop --pixel-size")
+        scale = args.pixel_size / target
+        ds = folder_dataset(images_dir, csv, labelled=csv is not None).map(
+            lambda e: {**e, "image": rescale_to_model(e["image"], size, scale)})
     ids = [i.decode() for i in ds.map(lambda e: e["id"]).as_numpy_iterator()]
     labels = list(read_labels_csv(csv)["labels"]) if csv is not None else [()] * len(ids)
     print(f"embedding {len(ids)} images from {images_dir} at {size}px ...", flush=True)
@@ -511,9 +559,14 @@ def _show_library_messages() -> None:
     """hpa-zoo's INFO log records (e.g. a weights conversion's measured differences) on stderr, once."""
     import logging
 
+    class _Stderr(logging.StreamHandler):  # the current sys.stderr at each record (it may be replaced)
+        def emit(self, record):
+            self.stream = sys.stderr
+            super().emit(record)
+
     logger = logging.getLogger("hpa_zoo")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, logging.StreamHandler) for h in logger.handlers):
+        handler = _Stderr()
         handler.setFormatter(logging.Formatter("hpa-zoo: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)

@@ -50,6 +50,7 @@ import pandas as pd
 from hpa_zoo.atomic import atomic_path
 from hpa_zoo.constants import CHANNELS
 from hpa_zoo.errors import ConfigError, HpaDataError
+from hpa_zoo.images import fit_to_model
 from zoo_models.surgery import adapt_channels  # the graph edit lives in the one surgery module
 
 #: User stain name (lower case) -> the HPA stain it is (teams.md §0: red = microtubules, green = protein of
@@ -99,7 +100,7 @@ def map_stains(channels: Sequence[str], channel_map: Mapping[str, str | None] | 
 
 # ---------------------------------------------------------------------------------------------- data
 def read_table(data_csv, *, classes: Sequence[str] | None = None, multi_label: bool = True,
-               n_channels: int) -> tuple[pd.DataFrame, list[str]]:
+               n_channels: int, require_labels: bool = True) -> tuple[pd.DataFrame, list[str]]:
     """Read and check the fine-tuning CSV (module docstring, item 4).
 
     Args:
@@ -107,6 +108,7 @@ def read_table(data_csv, *, classes: Sequence[str] | None = None, multi_label: b
         classes: the class names, in output order; default the sorted names found in ``labels``.
         multi_label: if False every row must have exactly one label.
         n_channels: channels per image (for ``filenames`` rows).
+        require_labels: False for prediction: a CSV without ``labels`` (or with empty ones) gives empty tuples.
 
     Returns:
         (table with columns ``files`` (tuple of relative paths) and ``labels`` (tuple of class names), classes).
@@ -119,6 +121,8 @@ def read_table(data_csv, *, classes: Sequence[str] | None = None, multi_label: b
     if not data_csv.is_file():
         raise HpaDataError(f"{data_csv}: CSV not found; pass a CSV with columns filename(s),labels")
     df = pd.read_csv(data_csv, dtype=str, keep_default_na=False)
+    if "labels" not in df.columns and not require_labels:
+        df["labels"] = ""
     if "labels" not in df.columns or not ({"filename", "filenames"} & set(df.columns)):
         raise HpaDataError(f"{data_csv}: columns {list(df.columns)}; need 'labels' and 'filename' (one "
                            f"multi-channel file) or 'filenames' ('{FILE_SEPARATOR}'-separated, one per channel)")
@@ -126,9 +130,9 @@ def read_table(data_csv, *, classes: Sequence[str] | None = None, multi_label: b
     for k, row in enumerate(df.itertuples(index=False), start=2):
         where = f"{data_csv}, line {k}"
         names = tuple(s.strip() for s in str(row.labels).split(LABEL_SEPARATOR) if s.strip())
-        if not names:
+        if not names and require_labels:
             raise HpaDataError(f"{where}: empty labels; write class names separated by '{LABEL_SEPARATOR}'")
-        if not multi_label and len(names) != 1:
+        if not multi_label and len(names) != 1 and (names or require_labels):
             raise HpaDataError(f"{where}: {len(names)} labels {names} but multi_label=False needs exactly one")
         if "filenames" in df.columns and str(getattr(row, "filenames")).strip():
             files = tuple(s.strip() for s in str(row.filenames).split(FILE_SEPARATOR))
@@ -150,8 +154,10 @@ def read_table(data_csv, *, classes: Sequence[str] | None = None, multi_label: b
     return pd.DataFrame(rows, columns=["files", "labels"]), classes
 
 
-def read_image(images_dir, files: Sequence[str], n_channels: int, size: int, *, where: str = "") -> np.ndarray:
-    """One image as (size, size, n_channels) uint8 from one multi-channel file or one file per channel.
+def read_image(images_dir, files: Sequence[str], n_channels: int, size: int | None, *,
+               where: str = "") -> np.ndarray:
+    """One image as (size, size, n_channels) uint8 (native (H, W, n_channels) for ``size=None``) from one
+    multi-channel file or one file per channel.
 
     A multi-channel PNG/TIFF is read with OpenCV (colour files are BGR(A) on disk order -> reversed to RGB(A));
     a multi-page TIFF gives one channel per page. 16-bit is scaled to 8-bit (`hpa_zoo.images.to_uint8`); the
@@ -185,6 +191,11 @@ def read_image(images_dir, files: Sequence[str], n_channels: int, size: int, *, 
     else:
         planes = [read_channel(images_dir / f, expect_dtype="any") for f in files]
     planes = [to_uint8(p) if p.dtype != np.uint8 else p for p in planes]
+    if len({p.shape for p in planes}) != 1:
+        raise HpaDataError(f"{where}{images_dir}: the channels {list(files)} have different sizes "
+                           f"{[p.shape for p in planes]}; all must be the same field of view")
+    if size is None:
+        return np.stack(planes, axis=-1)
     out = []
     for p in planes:
         if p.shape != (size, size):
@@ -240,6 +251,15 @@ def _load_base(base, weights, image_size: int):
     return load(spec.name, weights=weights, input_shape=shape), spec, registry_stains(spec)
 
 
+def _base_pixel_size(base) -> float | None:
+    """µm per pixel the base model was trained at: a preset's record, or the registry row's."""
+    from hpa_zoo.models_api import preset_info
+    from hpa_zoo.registry import get_spec
+
+    path = Path(os.fspath(base))
+    return preset_info(path)["pixel_size_um"] if path.is_dir() else get_spec(str(base)).pixel_size_um
+
+
 def registry_stains(spec) -> list[str]:
     """The HPA stain of each input channel of a registry row (``"RGBY"`` -> red, green, blue, yellow)."""
     names = {"R": "red", "G": "green", "B": "blue", "Y": "yellow"}
@@ -264,7 +284,8 @@ def _compile(model, multi_label: bool, lr: float) -> None:
 def finetune(base, data_csv, images_dir, *, out_dir, classes: Sequence[str] | None = None, multi_label: bool = True,
              channels: Sequence[str] = CHANNELS, channel_map: Mapping[str, str | None] | None = None,
              weights=None, epochs: int = 10, freeze_epochs: int = 2, image_size: int = 512, batch_size: int = 8,
-             learning_rate: float = 1e-3, val_fraction: float = 0.2, seed: int = 0, verbose: int = 1) -> Path:
+             learning_rate: float = 1e-3, val_fraction: float = 0.2, seed: int = 0, verbose: int = 1,
+             pixel_size_um: float | None = None) -> Path:
     """Fine-tune a zoo model on a folder of images + CSV (module docstring); return the preset folder.
 
     Args:
@@ -284,6 +305,10 @@ def finetune(base, data_csv, images_dir, *, out_dir, classes: Sequence[str] | No
         val_fraction: validation share of the images (seeded split).
         seed: split, shuffling, augmentation and head initialisation seed.
         verbose: 0 silent, 1 progress lines and Keras per-epoch lines.
+        pixel_size_um: µm per pixel of your images: each is rescaled to the base model's scale (registry
+            ``pixel_size_um``) and centred on the ``image_size`` canvas (`hpa_zoo.images.fit_to_model`), and the
+            preset records that scale, so `predict_images` can do the same; default off (images resized whole,
+            the preset's pixel size unknown).
 
     Returns:
         Path of the preset folder. ``metadata.json`` holds ``class_names``, ``activation``, ``thresholds``
@@ -312,10 +337,20 @@ def finetune(base, data_csv, images_dir, *, out_dir, classes: Sequence[str] | No
     stains = map_stains(channels, channel_map)
 
     table, classes = read_table(data_csv, classes=classes, multi_label=multi_label, n_channels=len(channels))
+    model_pixel = _base_pixel_size(base) if pixel_size_um is not None else None
+    if pixel_size_um is None:
+        log("note: no --pixel-size: images are resized whole to the input (give the µm per pixel to rescale them "
+            "to the model's scale)")
+    elif model_pixel is None:
+        raise ConfigError(f"{base}: its training pixel size is unknown (fine-tuned without a pixel size); drop "
+                          f"pixel_size_um")
     start = time.perf_counter()
     images = np.zeros((len(table), image_size, image_size, len(channels)), np.uint8)
     for n, files in enumerate(table["files"]):
-        images[n] = read_image(images_dir, files, len(channels), image_size, where=f"{data_csv}, line {n + 2}: ")
+        where = f"{data_csv}, line {n + 2}: "
+        native = read_image(images_dir, files, len(channels), None if model_pixel else image_size, where=where)
+        images[n] = (fit_to_model(native, image_size, pixel_size_um=pixel_size_um, model_pixel_size_um=model_pixel)
+                     if model_pixel else native)
         if verbose and ((n + 1) % 100 == 0 or n + 1 == len(table)):
             log(f"read {n + 1}/{len(table)} images ({time.perf_counter() - start:.1f}s)")
     y = encode_labels(table["labels"], classes)
@@ -392,6 +427,7 @@ def finetune(base, data_csv, images_dir, *, out_dir, classes: Sequence[str] | No
         "model_name": spec.name, "class_names": list(classes), "thresholds": thresholds,
         "threshold_rule": "f1_optimal (validation)" if multi_label else None,
         "threshold_fallbacks_by_class": fallbacks,
+        "pixel_size_um": model_pixel, "input_pixel_size_um": pixel_size_um,
         "activation": "sigmoid" if multi_label else "softmax", "multi_label": bool(multi_label),
         "channels": list(channels), "stains": stains, "base": str(base),
         "base_weights": None if weights is None else str(weights),

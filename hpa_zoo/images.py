@@ -148,3 +148,45 @@ def load_rgby(folder: str | os.PathLike, image_id: str, *,
         planes = [p if p.shape == (size, size) else cv2.resize(p, (size, size), interpolation=interpolation)
                   for p in planes]
     return np.stack(planes, axis=-1)
+
+
+def fit_to_model(image: np.ndarray, size: int, *, pixel_size_um: float | None = None,
+                 model_pixel_size_um: float | None = None) -> np.ndarray:
+    """Bring one user image to a model's ``size`` x ``size`` input, at the model's scale when both pixel sizes
+    are known.
+
+    Without pixel sizes the whole field is resized to ``size`` (what the teams did with the HPA fields). With them,
+    the image is first rescaled by ``pixel_size_um / model_pixel_size_um`` (so a cell spans as many pixels as in
+    the model's training images; area interpolation when shrinking, bilinear when enlarging), then centred on a
+    black ``size`` canvas: padded when smaller, centre-cropped when larger.
+
+    Args:
+        image: (H, W, C) uint8.
+        size: the model's image side.
+        pixel_size_um: µm per pixel of ``image``.
+        model_pixel_size_um: µm per pixel of the model's images (registry ``pixel_size_um``).
+
+    Returns:
+        (size, size, C) uint8.
+
+    Raises:
+        HpaDataError: a pixel size that is not a positive number.
+    """
+    def resize(img, hw):
+        interp = cv2.INTER_AREA if hw[0] < img.shape[0] else cv2.INTER_LINEAR
+        out = cv2.resize(img, (hw[1], hw[0]), interpolation=interp)
+        return out[..., None] if out.ndim == 2 else out
+
+    if pixel_size_um is None or model_pixel_size_um is None:
+        return image if image.shape[:2] == (size, size) else resize(image, (size, size))
+    if not (pixel_size_um > 0 and model_pixel_size_um > 0):
+        raise HpaDataError(f"pixel sizes {pixel_size_um} / {model_pixel_size_um} µm: both must be > 0")
+    scale = float(pixel_size_um) / float(model_pixel_size_um)
+    h, w = (max(1, int(round(d * scale))) for d in image.shape[:2])
+    scaled = image if (h, w) == image.shape[:2] else resize(image, (h, w))
+    canvas = np.zeros((size, size, image.shape[2]), np.uint8)
+    y0, x0 = max(0, (h - size) // 2), max(0, (w - size) // 2)  # crop offsets (TF's resize_with_crop_or_pad)
+    src = scaled[y0: y0 + min(size, h), x0: x0 + min(size, w)]
+    top, left = max(0, (size - h) // 2), max(0, (size - w) // 2)  # pad offsets
+    canvas[top: top + src.shape[0], left: left + src.shape[1]] = src
+    return canvas

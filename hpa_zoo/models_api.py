@@ -32,7 +32,7 @@ from typing import Any
 from hpa_zoo.atomic import atomic_dir
 from hpa_zoo.constants import CLASS_NAMES, NUM_CLASSES
 from hpa_zoo.errors import ConfigError, WeightsError
-from hpa_zoo.registry import get_spec
+from hpa_zoo.registry import get_spec, pixel_size_of
 
 PRESET_FORMAT = "hpa_zoo.preset"
 PRESET_FORMAT_VERSION = 1
@@ -361,7 +361,9 @@ def preset_info(preset_dir) -> dict:
                                          for c in spec.channels],
         "channels": meta.get("channels"),
         "normalization": meta.get("normalization"),
-        "pixel_size_um": meta.get("pixel_size_um", spec.pixel_size_um),
+        "pixel_size_um": (meta["pixel_size_um"] if "pixel_size_um" in meta else
+                          pixel_size_of(int((meta.get("recipe") or {}).get("image_size")
+                                            or (build.get("input_shape") or [spec.input_size])[0]))),
         "metadata": meta,
     }
 

@@ -82,6 +82,18 @@ def resize(image: tf.Tensor, size: int | tuple[int, int]) -> tf.Tensor:
     return _cast_like(out, image.dtype)
 
 
+def rescale_to_model(image: tf.Tensor, size: int, scale: float) -> tf.Tensor:
+    """Rescale by ``scale`` (user µm per pixel / model µm per pixel), then centre-pad (black) or centre-crop to
+    ``size`` x ``size``: the graph form of `hpa_zoo.images.fit_to_model` with pixel sizes.
+
+    image (H, W, C) any dtype -> (size, size, C) same dtype."""
+    hw = tf.cast(tf.shape(image)[:2], tf.float32) * float(scale)
+    hw = tf.maximum(tf.cast(tf.round(hw), tf.int32), 1)
+    image = tf.convert_to_tensor(image)
+    scaled = _cast_like(tf.image.resize(image, hw, method="area" if scale < 1 else "bilinear"), image.dtype)
+    return tf.image.resize_with_crop_or_pad(scaled, size, size)
+
+
 def center_resize(image: tf.Tensor, size: int) -> tf.Tensor:
     """Largest centred square, resized to (size, size): Team 1's validation / no-crop path (teams.md §1.4).
 

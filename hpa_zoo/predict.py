@@ -124,6 +124,20 @@ def _member(item, *, tta) -> _Member:
                    None if rank is None else np.asarray(rank, np.float64))
 
 
+def is_kaggle_source(presets, data) -> bool:
+    """Whether `predict` (Kaggle / TFDS test data, training presets) rather than
+    `hpa_zoo.predict_images.predict_images` (the user's own images, any preset or registry name) handles it:
+    every model is a preset folder and ``data`` is a Kaggle folder with ``sample_submission.csv`` or a TFDS name
+    (not an existing path)."""
+    items = list(presets) if isinstance(presets, (list, tuple)) else [presets]
+    if not all(Path(os.fspath(p)).is_dir() for p in items):
+        return False
+    path = Path(os.fspath(data))
+    if path.is_dir():
+        return (path / "sample_submission.csv").is_file()
+    return not path.exists() and path.suffix.lower() != ".csv"
+
+
 def _test_source(data, *, data_dir, image_size: int):
     """(ids list, dataset of {"id", "image" uint8 (image_size, image_size, 4)}) of the test images."""
     import tensorflow as tf

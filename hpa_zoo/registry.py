@@ -112,7 +112,7 @@ FULL_RES_UM = 0.08
 
 def pixel_size_of(image_size: int) -> float:
     """µm per pixel of a whole HPA field of view resized to ``image_size`` px (`FULL_RES_PX` at `FULL_RES_UM`)."""
-    return round(FULL_RES_UM * FULL_RES_PX / float(image_size), 6)
+    return FULL_RES_UM * FULL_RES_PX / float(image_size)
 
 
 ROWS: list[ModelSpec] = []

@@ -203,8 +203,9 @@ def _logits_of(out, model) -> object:
     return out
 
 
-def _predict_probs(model: Callable, views, batch_size: int) -> np.ndarray:
-    """sigmoid(model(views)) in batches. views (B, S, S, C) float32 -> float32 NumPy (B, num_classes)."""
+def _predict_probs(model: Callable, views, batch_size: int, activation: str = "sigmoid") -> np.ndarray:
+    """activation(model(views)) in batches (sigmoid, or softmax for single-label models). views (B, S, S, C)
+    float32 -> float32 NumPy (B, num_classes)."""
     out = []
     for start in range(0, int(views.shape[0]), batch_size):
         batch = views[start : start + batch_size]
@@ -217,7 +218,8 @@ def _predict_probs(model: Callable, views, batch_size: int) -> np.ndarray:
             raise ConfigError(f"predict_tta: the model {getattr(model, 'name', model)!r} returned shape "
                               f"{tuple(logits.shape)} for a batch of {int(batch.shape[0])}; it must return "
                               "logits (B, K)")
-        out.append(ops.convert_to_numpy(ops.sigmoid(logits)))
+        out.append(ops.convert_to_numpy(ops.softmax(logits, axis=-1) if activation == "softmax"
+                                        else ops.sigmoid(logits)))
     return np.concatenate(out, axis=0)
 
 
@@ -250,6 +252,7 @@ def predict_tta(
     input_size: int | None = None,
     batch_size: int = 8,
     seed: int = 0,
+    activation: str = "sigmoid",
 ) -> np.ndarray:
     """Predict probabilities with test-time augmentation.
 
@@ -270,10 +273,14 @@ def predict_tta(
         input_size: side the model sees (Team 1: 1024); None keeps the whole image as is (then random crops need it).
         batch_size: model batch size.
         seed: seed of the crop boxes and the random passes.
+        activation: ``"sigmoid"`` (multi-label, every zoo model) or ``"softmax"`` (a single-label fine-tuned
+            preset) turns each view's logits into probabilities.
 
     Returns:
         float32 NumPy array (N, K) of probabilities.
     """
+    if activation not in ("sigmoid", "softmax"):
+        raise ConfigError(f"activation={activation!r}: use 'sigmoid' or 'softmax'")
     images = ops.cast(ops.convert_to_tensor(images), "float32")
     _validate(config, images)
     model = main_output(model)
@@ -303,7 +310,7 @@ def predict_tta(
                 ops.image.affine_transform(view, _ssr_matrices(n, h, w, rng), fill_mode="reflect")
                 for _ in range(config.n_random_passes)
             ]
-        probs += [_predict_probs(model, t, batch_size) for t in transformed]
+        probs += [_predict_probs(model, t, batch_size, activation) for t in transformed]
     return _aggregate(np.stack(probs, axis=0), config.aggregate)
 
 
