@@ -12,6 +12,7 @@ concat, GAP+GMP head, dropout) at a fraction of DenseNet121's tracing and conver
 from __future__ import annotations
 
 import json
+import os
 
 import cv2
 import numpy as np
@@ -101,9 +102,24 @@ def test_bioimageio_package_from_real_image_validates(model, real_samples_dir, t
     reloaded = keras.saving.load_model(pkg / "model.keras", compile=False)
     np.testing.assert_allclose(np.asarray(reloaded(x, training=False)), y, atol=1e-6)
 
-    core = pytest.importorskip("bioimageio.core", reason="bioimageio.core not installed: spec validation only")
+    # bioimage.io's own runner (what `bioimageio test rdf.yaml` runs): loads model.keras with keras_v3 and
+    # reproduces test_output.npy from test_input.npy
+    import bioimageio.core as core
+
     summary = core.test_description(rdf)
     assert summary.status == "passed", summary.display()
+    passed = {d.name for d in summary.details if d.status == "passed"}
+    assert "Reproduce test outputs from test inputs (keras_v3)" in passed
+    assert {f"Run keras_v3 inference for inputs with batch_size: {b} and size parameter n: 0" for b in (1, 2)} <= passed
+    # and the command line a bioimage.io user runs (a relative path: an absolute one is looked up as an id)
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cli = Path(sys.executable).parent / "bioimageio"
+    run = subprocess.run([str(cli), "test", "rdf.yaml"], cwd=pkg, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
 
 def test_bioimageio_refuses_wrong_class_names_and_foreign_folder(model, tmp_path):
