@@ -51,6 +51,7 @@ from hpa_zoo.atomic import atomic_path
 from hpa_zoo.constants import CHANNELS
 from hpa_zoo.errors import ConfigError, HpaDataError
 from hpa_zoo.images import fit_to_model
+from hpa_zoo.safepaths import check_relative_name, resolve_inside
 from zoo_models.surgery import adapt_channels  # the graph edit lives in the one surgery module
 
 #: User stain name (lower case) -> the HPA stain it is (teams.md §0: red = microtubules, green = protein of
@@ -114,8 +115,9 @@ def read_table(data_csv, *, classes: Sequence[str] | None = None, multi_label: b
         (table with columns ``files`` (tuple of relative paths) and ``labels`` (tuple of class names), classes).
 
     Raises:
-        HpaDataError: missing file/columns, an empty or unknown label, a wrong file count; the message names the
-            CSV line (header = line 1) and the fix.
+        HpaDataError: missing file/columns, an empty or unknown label, a wrong file count, a file name that is
+            absolute or has a '..' part (`hpa_zoo.safepaths.check_relative_name`); the message names the CSV
+            line (header = line 1) and the fix.
     """
     data_csv = Path(data_csv)
     if not data_csv.is_file():
@@ -143,6 +145,8 @@ def read_table(data_csv, *, classes: Sequence[str] | None = None, multi_label: b
             files = (str(row.filename).strip(),)
         else:
             raise HpaDataError(f"{where}: no file name")
+        for f in files:
+            check_relative_name(f, f"{where}, {'filenames' if len(files) > 1 else 'filename'}")
         rows.append((files, names))
     if not rows:
         raise HpaDataError(f"{data_csv}: no rows")
@@ -164,13 +168,14 @@ def read_image(images_dir, files: Sequence[str], n_channels: int, size: int | No
     image is resized with area interpolation when a side shrinks, else bilinear.
 
     Raises:
-        HpaDataError: missing/unreadable file, or a channel count that is not ``n_channels``.
+        HpaDataError: missing/unreadable file, a channel count that is not ``n_channels``, or a file name that
+            resolves outside `images_dir` (``..``, absolute, a symlink out: `hpa_zoo.safepaths.resolve_inside`).
     """
     from hpa_zoo.images import read_channel, to_uint8
 
     images_dir = Path(images_dir)
     if len(files) == 1 and n_channels > 1:
-        path = images_dir / files[0]
+        path = resolve_inside(images_dir, files[0], where.rstrip(": "))
         if not path.is_file():
             raise HpaDataError(f"{where}{path}: file not found")
         ok, pages = cv2.imreadmulti(str(path), flags=cv2.IMREAD_UNCHANGED)
@@ -189,7 +194,7 @@ def read_image(images_dir, files: Sequence[str], n_channels: int, size: int | No
             raise HpaDataError(f"{where}{path}: has {len(planes)} channels but {n_channels} were declared; fix "
                                f"channels= or the file")
     else:
-        planes = [read_channel(images_dir / f, expect_dtype="any") for f in files]
+        planes = [read_channel(resolve_inside(images_dir, f, where.rstrip(": ")), expect_dtype="any") for f in files]
     planes = [to_uint8(p) if p.dtype != np.uint8 else p for p in planes]
     if len({p.shape for p in planes}) != 1:
         raise HpaDataError(f"{where}{images_dir}: the channels {list(files)} have different sizes "

@@ -14,6 +14,7 @@ import numpy as np
 
 from hpa_zoo.constants import CHANNELS
 from hpa_zoo.errors import HpaDataError
+from hpa_zoo.safepaths import check_image_id
 
 #: For HPAv18 website JPEGs (false-coloured RGB), the plane that carries each stain (teams.md §0.3,
 #: bestfitting COLOR_INDEXS): red -> R, green -> G, blue -> B, yellow -> R.
@@ -28,8 +29,9 @@ def find_channel_file(folder: str | os.PathLike, image_id: str, color: str,
     """Return the path of ``{folder}/{image_id}_{color}{ext}`` for the first extension that exists.
 
     Raises:
-        HpaDataError: no such file, naming every name that was tried.
+        HpaDataError: no such file, naming every name that was tried; an id that is a path.
     """
+    check_image_id(str(image_id), str(folder))
     folder = Path(folder)
     for ext in extensions:
         candidate = folder / f"{image_id}_{color}{ext}"

@@ -15,6 +15,7 @@ import pandas as pd
 
 from hpa_zoo.constants import NUM_CLASSES
 from hpa_zoo.errors import HpaDataError
+from hpa_zoo.safepaths import check_image_id
 
 OnError = Literal["raise", "skip"]
 
@@ -117,7 +118,8 @@ def read_labels_csv(
         DataFrame with columns ``Id`` (str) and, when ``require_target``, ``Target`` (the original string)
         and ``labels`` (tuple of sorted ints). Row order is the file's.
     Raises:
-        HpaDataError: missing file, missing column, empty/malformed/out-of-range Target, duplicate or empty Id.
+        HpaDataError: missing file, missing column, empty/malformed/out-of-range Target, duplicate or empty Id,
+            an Id that is a path (separator, ``..``, drive prefix, NUL: `hpa_zoo.safepaths.check_image_id`).
     """
     path = Path(path)
     if not path.is_file():
@@ -143,6 +145,7 @@ def read_labels_csv(
         try:
             if not image_id:
                 raise HpaDataError(f"{where}: empty Id; every row needs an image id")
+            check_image_id(image_id, where)  # ids are names, never paths (hpa_zoo.safepaths)
             if image_id in seen:
                 raise HpaDataError(f"{where}: duplicate Id {image_id!r}, first seen on line {seen[image_id]}; "
                                    f"remove one of the rows (or merge their Targets)")

@@ -30,6 +30,7 @@ from hpa_zoo.constants import CHANNELS, D4_ORDER, NUM_CLASSES
 from hpa_zoo.errors import ConfigError, HpaDataError
 from hpa_zoo.images import CHANNEL_EXTENSIONS, HPAV18_PLANE, find_channel_file
 from hpa_zoo.labels import OnError, SkipReport, read_labels_csv
+from hpa_zoo.safepaths import check_image_id
 
 log = logging.getLogger(__name__)
 
@@ -412,7 +413,8 @@ def folder_dataset(
         Dataset of ``{"id": tf.string (), "image": tf.uint8 (H, W, 4) R,G,B,Y, "multi_hot": tf.uint8 (28,)}``
         in CSV (or `ids`) order.
     Raises:
-        HpaDataError: missing folder/CSV/channel file, an id not in the CSV, malformed CSV rows.
+        HpaDataError: missing folder/CSV/channel file, an id not in the CSV, malformed CSV rows, an id that is a
+            path (`hpa_zoo.safepaths.check_image_id`).
         ConfigError: an unknown layout or ``labelled=True`` without a CSV.
     """
     if layout not in ("kaggle", "hpav18"):
@@ -442,7 +444,7 @@ def folder_dataset(
                                    f"{unknown[:3]}; pass ids from this CSV (check the fold file matches it)")
     elif ids is None:
         ids = _ids_in_folder(images_dir)
-    ids = [str(i) for i in ids]
+    ids = [check_image_id(str(i), f"folder_dataset(ids=...) item {k}") for k, i in enumerate(ids)]
     ids, paths = _list_channel_files(images_dir, ids, on_error, report)
     if len(report):
         log.warning("folder_dataset(%s): %s", images_dir, report.summary())

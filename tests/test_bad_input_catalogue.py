@@ -408,6 +408,137 @@ def weights_unknown_set(tmp):
     return hpa_zoo.load("team1_densenet121_512", weights="kaggle_2019")
 
 
+# ids are names, never paths (hpa_zoo.safepaths) ---------------------------------------------------
+def _escape_target(tmp):
+    """A complete image outside the image folder that an escaping id would point at."""
+    _sample(tmp / "other", "a")
+    return tmp / "other"
+
+
+def path_id_parent(tmp):
+    _escape_target(tmp)
+    _sample(tmp / "train", "b")
+    from hpa_zoo.pipeline import folder_dataset
+
+    return _iterate(folder_dataset(tmp / "train", _csv(tmp / "train.csv", "Id,Target\nb,0\n../other/a,1\n")))
+
+
+def path_id_absolute(tmp):
+    other = _escape_target(tmp)
+    _sample(tmp / "train", "b")
+    from hpa_zoo.pipeline import folder_dataset
+
+    return _iterate(folder_dataset(tmp / "train", _csv(tmp / "train.csv", f"Id,Target\n{other / 'a'},1\n")))
+
+
+def path_id_backslash(tmp):
+    return _labels(_csv(tmp / "train.csv", "Id,Target\na,0\n..\\other\\a,1\n"))
+
+
+def path_id_nul(tmp):
+    return _labels(_csv(tmp / "train.csv", "Id,Target\na\x00b,0\n"))
+
+
+def path_id_drive(tmp):
+    return _labels(_csv(tmp / "train.csv", "Id,Target\nC:a,0\n"))
+
+
+def path_ids_argument(tmp):
+    _escape_target(tmp)
+    _sample(tmp / "train", "b")
+    from hpa_zoo.pipeline import folder_dataset
+
+    return folder_dataset(tmp / "train", ids=["b", "../other/a"], labelled=False)
+
+
+def path_id_load_rgby(tmp):
+    _escape_target(tmp)
+    from hpa_zoo.images import load_rgby
+
+    return load_rgby(tmp / "train", "../other/a")
+
+
+def path_id_tfds(tmp):
+    import tfds_hpa
+
+    _escape_target(tmp / "manual")
+    _kaggle(tmp / "manual", rows="Id,Target\na,0\n../other/a,1\n")
+    _sample(tmp / "manual" / "test", "t")
+    _csv(tmp / "manual" / "sample_submission.csv", "Id,Predicted\nt,0\n")
+    return tfds_hpa.build("hpa_kaggle", manual_dir=tmp / "manual", data_dir=tmp / "tfds", config="128")
+
+
+def path_id_folds(tmp):
+    from hpa_zoo.folds import folds_for_folders
+
+    _escape_target(tmp)
+    _kaggle(tmp, rows="Id,Target\na,0\n../other/a,1\n")
+    return folds_for_folders(tmp)
+
+
+def path_id_predict_test(tmp):
+    from hpa_zoo.predict import _test_source
+
+    _escape_target(tmp)
+    _sample(tmp / "test", "t")
+    _csv(tmp / "sample_submission.csv", "Id,Predicted\nt,0\n../other/a,0\n")
+    return _test_source(tmp, data_dir=None, image_size=16)
+
+
+def _multichannel(path: Path, size=16):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), np.full((size, size, 4), 30, np.uint8))
+    return path
+
+
+def _finetune_table(tmp, name):
+    from hpa_zoo.finetune import read_image, read_table
+
+    table, _ = read_table(_csv(tmp / "data.csv", f"filename,labels\n{name},x\n"), n_channels=4)
+    return read_image(tmp / "images", table["files"][0], 4, 16, where="data.csv, line 2: ")
+
+
+def path_finetune_parent(tmp):
+    _multichannel(tmp / "secret.png")
+    return _finetune_table(tmp, "../secret.png")
+
+
+def path_finetune_absolute(tmp):
+    return _finetune_table(tmp, _multichannel(tmp / "secret.png"))
+
+
+def path_finetune_symlink_outside(tmp):
+    (tmp / "images").mkdir()
+    (tmp / "images" / "link.png").symlink_to(_multichannel(tmp / "secret.png"))
+    return _finetune_table(tmp, "link.png")
+
+
+def path_finetune_subfolder(tmp):
+    _multichannel(tmp / "images" / "plate1" / "a.png")
+    (tmp / "images" / "inside.png").symlink_to(tmp / "images" / "plate1" / "a.png")
+    assert _finetune_table(tmp, "plate1/a.png").shape == (16, 16, 4)
+    assert _finetune_table(tmp, "inside.png").shape == (16, 16, 4)  # a symlink that stays inside is fine
+
+
+def _predict_csv_item(tmp, rows: str):
+    from hpa_zoo.predict_images import discover, read_item
+
+    (tmp / "images").mkdir(exist_ok=True)
+    items, _ = discover(_csv(tmp / "images" / "list.csv", rows), stains=("red", "green", "blue", "yellow"))
+    return read_item(items[0], 4, 16)
+
+
+def path_predict_csv_parent(tmp):
+    _multichannel(tmp / "secret.png")
+    return _predict_csv_item(tmp, "filename\n../secret.png\n")
+
+
+def path_predict_csv_symlink(tmp):
+    (tmp / "images").mkdir()
+    (tmp / "images" / "link.png").symlink_to(_multichannel(tmp / "secret.png"))
+    return _predict_csv_item(tmp, "filename\nlink.png\n")
+
+
 # ---------------------------------------------------------------------------------------------- the table
 # name: (function, expected exception or OK, regex over the message: names the file/row/value + the fix)
 CATALOGUE = {
@@ -465,6 +596,32 @@ CATALOGUE = {
     "csv/windows_line_endings": (csv_windows_line_endings, OK, ""),
     "csv/bom_crlf_pipeline": (csv_bom_and_crlf_through_the_pipeline, OK, ""),
     "csv/missing_file": (csv_missing_file, HpaDataError, r"nope\.csv: label CSV not found; expected .*'Id,Target'"),
+    # ids are names, never paths
+    "paths/id_parent_folder": (path_id_parent, HpaDataError, r"train\.csv line 3 \(Id \.\./other/a\): Id '\.\./other/a' "
+                                                             r"contains a path separator.*fix the Id or remove"),
+    "paths/id_absolute": (path_id_absolute, HpaDataError,
+                          r"train\.csv line 2 \(Id /.*\): Id '/.*' contains a path separator.*outside the image folder"),
+    "paths/id_backslash": (path_id_backslash, HpaDataError, r"train\.csv line 3 .*contains a path separator"),
+    "paths/id_nul": (path_id_nul, HpaDataError, r"train\.csv line 2 .*contains a NUL character.*fix the Id"),
+    "paths/id_drive_prefix": (path_id_drive, HpaDataError, r"train\.csv line 2 \(Id C:a\): .*drive prefix.*fix the Id"),
+    "paths/ids_argument": (path_ids_argument, HpaDataError,
+                           r"folder_dataset\(ids=\.\.\.\) item 1: Id '\.\./other/a' contains a path"),
+    "paths/id_load_rgby": (path_id_load_rgby, HpaDataError, r"train: Id '\.\./other/a' contains a path separator"),
+    "paths/id_tfds_build": (path_id_tfds, HpaDataError, r"train\.csv line 3 \(Id \.\./other/a\): .*path separator"),
+    "paths/id_folds": (path_id_folds, HpaDataError, r"train\.csv line 3 \(Id \.\./other/a\): .*path separator"),
+    "paths/id_predict_test": (path_id_predict_test, HpaDataError,
+                              r"sample_submission\.csv line 3 \(Id \.\./other/a\): .*path separator"),
+    "paths/finetune_parent": (path_finetune_parent, HpaDataError,
+                              r"data\.csv, line 2, filename: file name '\.\./secret\.png' has a '\.\.' part.*--images-dir"),
+    "paths/finetune_absolute": (path_finetune_absolute, HpaDataError,
+                                r"data\.csv, line 2, filename: file name '/.*secret\.png' is an absolute path; give a path relative"),
+    "paths/finetune_symlink_outside": (path_finetune_symlink_outside, HpaDataError,
+                                       r"data\.csv, line 2: .*link\.png resolves to .*secret\.png, outside the image folder.*--images-dir"),
+    "paths/finetune_subfolder": (path_finetune_subfolder, OK, ""),
+    "paths/predict_csv_parent": (path_predict_csv_parent, HpaDataError,
+                                 r"list\.csv, line 2, filename: file name '\.\./secret\.png' has a '\.\.' part"),
+    "paths/predict_csv_symlink": (path_predict_csv_symlink, HpaDataError,
+                                  r"image 'link': .*link\.png resolves to .*outside the image folder"),
     # configuration
     "config/unknown_model": (unknown_model_name, UnknownModelError,
                              r"unknown model name 'team1_densenet121_521'\. Did you mean 'team1_densenet121_512'"),
