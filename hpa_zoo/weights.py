@@ -9,6 +9,11 @@ disappears, so: mirrors, pinned sha256, offline mode):
   truncated transfer or a crash never leaves a partial or bad file behind;
 * a cache hit is re-hashed; a corrupted entry is removed (with a warning) and downloaded again;
 * ``spec.urls`` are mirrors, tried in order; the error after the last one lists what went wrong with each;
+* a transient failure (connection reset, a stall past the timeout, HTTP 5xx, a short transfer) is retried with
+  exponential backoff, a bounded number of times per URL (``attempts`` / ``$HPA_ZOO_DOWNLOAD_ATTEMPTS``, default
+  3); a 4xx, an HTML page instead of the file or a wrong hash is not retried; the timeout per socket operation is
+  ``timeout`` / ``$HPA_ZOO_DOWNLOAD_TIMEOUT`` (seconds, default 60);
+* a cache folder that cannot be written (full disk, read-only) stops at once with the path and what to change;
 * ``HPA_ZOO_OFFLINE=1`` never touches the network; a miss names the exact path to put the file at;
 * a spec without sha256 is never downloaded (nothing to verify it with); only an explicit ``local_path`` is used.
 
@@ -24,6 +29,7 @@ import http.client
 import logging
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -33,7 +39,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from hpa_zoo.errors import WeightsError
+from hpa_zoo.errors import ConfigError, WeightsError
 from hpa_zoo.registry import WeightsSpec
 
 log = logging.getLogger(__name__)
@@ -42,7 +48,11 @@ CACHE_ENV = "HPA_ZOO_CACHE"
 OFFLINE_ENV = "HPA_ZOO_OFFLINE"
 DEFAULT_CACHE = Path("~/.cache/hpa_zoo")
 WEIGHTS_SUBDIR = "weights"
-DOWNLOAD_TIMEOUT_S = 60.0  # per socket operation, not for the whole file
+TIMEOUT_ENV = "HPA_ZOO_DOWNLOAD_TIMEOUT"
+ATTEMPTS_ENV = "HPA_ZOO_DOWNLOAD_ATTEMPTS"
+DOWNLOAD_TIMEOUT_S = 60.0  # per socket operation (connect, each read), not for the whole file; $HPA_ZOO_DOWNLOAD_TIMEOUT
+DOWNLOAD_ATTEMPTS = 3  # per URL, for transient failures (reset, timeout, 5xx, short transfer); $HPA_ZOO_DOWNLOAD_ATTEMPTS
+DOWNLOAD_BACKOFF_S = 1.0  # wait before the 2nd attempt; doubled before each further one
 _CHUNK = 1 << 20
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -96,8 +106,38 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def _positive_setting(value, env: str, default, kind, what: str):
+    """`value`, else ``$env``, else `default`, checked to be a positive `kind` (float or int)."""
+    source = f"{what}={value!r}"
+    if value is None:
+        raw = os.environ.get(env, "").strip()
+        if not raw:
+            return default
+        source = f"${env}={raw!r}"
+        value = raw
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not number > 0 or isinstance(value, bool):
+        raise ConfigError(f"{source}: must be a positive {'number of seconds' if kind is float else 'integer'}")
+    return number
+
+
+def download_settings(timeout: float | None = None, attempts: int | None = None) -> tuple[float, int]:
+    """(timeout in seconds per socket operation, attempts per URL): the arguments, else ``$HPA_ZOO_DOWNLOAD_TIMEOUT``
+    / ``$HPA_ZOO_DOWNLOAD_ATTEMPTS``, else `DOWNLOAD_TIMEOUT_S` / `DOWNLOAD_ATTEMPTS`.
+
+    Raises:
+        ConfigError: a value that is not a positive number (timeout) or integer (attempts).
+    """
+    return (_positive_setting(timeout, TIMEOUT_ENV, DOWNLOAD_TIMEOUT_S, float, "timeout"),
+            _positive_setting(attempts, ATTEMPTS_ENV, DOWNLOAD_ATTEMPTS, int, "attempts"))
+
+
 def fetch(spec: WeightsSpec, *, local_path: str | os.PathLike | None = None, force: bool = False,
-          progress: bool = True, unhashed: bool = False) -> Path:
+          progress: bool = True, unhashed: bool = False, timeout: float | None = None,
+          attempts: int | None = None) -> Path:
     """Return the path of a verified local copy of `spec`'s weights file.
 
     Args:
@@ -109,16 +149,22 @@ def fetch(spec: WeightsSpec, *, local_path: str | os.PathLike | None = None, for
         unhashed: allow a spec without sha256 to be downloaded (and a cached copy used as is). Only for files
             the caller checks another way, e.g. a package's test tensors that the hash-pinned weights file must
             reproduce (`verify`); the caller removes the file when that check fails.
+        timeout: seconds per socket operation (default ``$HPA_ZOO_DOWNLOAD_TIMEOUT`` or 60).
+        attempts: tries per URL for transient failures (default ``$HPA_ZOO_DOWNLOAD_ATTEMPTS`` or 3), with
+            exponential backoff from `DOWNLOAD_BACKOFF_S`.
 
     Returns:
         Path of the file (in the cache, unless `local_path` had to be used unverified).
 
     Raises:
         WeightsError: hash mismatch (names expected and actual sha256, the URL or file, and the remedy), every
-            mirror failed, offline and not cached (names the exact path to put the file at), or the spec has no
-            sha256 and no `local_path` was given.
+            mirror failed (names each URL, its attempts and the cache path to fill by hand), offline and not cached
+            (names the exact path to put the file at), the cache cannot be written (full or read-only disk), or the
+            spec has no sha256 and no `local_path` was given.
+        ConfigError: a non-positive `timeout` / `attempts` (or their environment variables).
     """
     expected = spec.sha256.strip().lower()
+    timeout, attempts = download_settings(timeout, attempts)
     if local_path is not None:
         return _use_local(spec, Path(local_path), expected)
     if not expected and not unhashed:
@@ -150,16 +196,50 @@ def fetch(spec: WeightsSpec, *, local_path: str | os.PathLike | None = None, for
                            f"(sha256 {expected}) at {target} or pass local_path=...")
     failures = []
     for url in spec.urls:
-        try:
-            _download_verified(url, target, expected, progress=progress)
-            return target
-        except WeightsError as e:
-            failures.append(f"  {url}: {e}")
+        for attempt in range(1, attempts + 1):
+            try:
+                _download_verified(url, target, expected, progress=progress, timeout=timeout)
+                return target
+            except _Transient as e:
+                if attempt == attempts:
+                    failures.append(f"  {url}: {attempt} attempt(s), last: {e}")
+                    break
+                wait = DOWNLOAD_BACKOFF_S * 2 ** (attempt - 1)
+                log.warning("download of %s failed (attempt %d of %d: %s); retrying in %.1f s",
+                            url, attempt, attempts, e, wait)
+                time.sleep(wait)
+            except _CacheWriteError:
+                raise
+            except WeightsError as e:
+                failures.append(f"  {url}: 1 attempt (not retried), {e}")
+                break
     raise WeightsError(
         f"could not download weights {spec.name!r} ({spec.filename}) from any of {len(spec.urls)} URL(s):\n"
         + "\n".join(failures)
-        + f"\nRemedy: check your network/proxy and retry, or download the file yourself, check its sha256 is "
+        + f"\nRemedy: check your network/proxy and retry (a slow link: set {TIMEOUT_ENV}, now {timeout:g} s; "
+          f"more tries: {ATTEMPTS_ENV}, now {attempts}), or download the file yourself, check its sha256 is "
           f"{expected}, and put it at {target} (or pass local_path=...).")
+
+
+class _Transient(WeightsError):
+    """A failure worth retrying: reset, timeout, HTTP 5xx, a short transfer."""
+
+
+class _CacheWriteError(WeightsError):
+    """The cache folder cannot be written (full, read-only, no permission): never retried."""
+
+
+def _cache_write_error(path: Path, exc: OSError) -> _CacheWriteError:
+    import errno
+
+    free = shutil.disk_usage(path.parent).free if path.parent.exists() else None
+    what = {errno.ENOSPC: f"the disk is full ({free / 1e6:.0f} MB free); free space there",
+            errno.EDQUOT: "the disk quota is exceeded; free space there",
+            errno.EROFS: "the file system is read-only",
+            errno.EACCES: "permission denied"}.get(exc.errno, str(exc))
+    return _CacheWriteError(f"cannot write the weights cache file {path}: {what} ({exc.strerror or exc}); "
+                            f"or set {CACHE_ENV} to a folder with room that you can write. Nothing was kept in "
+                            f"the cache")
 
 
 def _use_local(spec: WeightsSpec, local: Path, expected: str) -> Path:
@@ -191,7 +271,10 @@ def _use_local(spec: WeightsSpec, local: Path, expected: str) -> Path:
 @contextlib.contextmanager
 def _temp_in(folder: Path, name: str):
     """Yield a fresh temporary path in `folder`; it is removed on exit unless it was renamed away."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=folder)
+    except OSError as e:
+        raise _cache_write_error(folder / name, e) from e
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -200,38 +283,74 @@ def _temp_in(folder: Path, name: str):
         tmp_path.unlink(missing_ok=True)
 
 
-def _download_verified(url: str, target: Path, expected: str, *, progress: bool) -> None:
+def _download_verified(url: str, target: Path, expected: str, *, progress: bool,
+                       timeout: float = DOWNLOAD_TIMEOUT_S) -> None:
     """Stream `url` into a temp file beside `target`, check length and sha256, then rename onto `target`.
 
-    Raises WeightsError (never leaving a file behind) on network errors, short transfers and hash mismatches.
+    Raises WeightsError (never leaving a file behind): `_Transient` for failures worth retrying (network errors,
+    timeouts, HTTP 5xx, short transfers), `_CacheWriteError` when the cache cannot be written, a plain
+    WeightsError for the rest (HTTP 4xx, an HTML page, a hash mismatch).
     """
     with _temp_in(target.parent, target.name) as tmp:
         h = hashlib.sha256()
         received = 0
+        total = None
         try:
-            with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp, open(tmp, "wb") as out:
+            # unbuffered: a full disk fails in write() below, not later in close() where it would mask the cause
+            with urllib.request.urlopen(url, timeout=timeout) as resp, open(tmp, "wb", buffering=0) as out:
                 length = resp.headers.get("Content-Length")
                 total = int(length) if length and length.isdigit() else None
+                if (resp.headers.get("Content-Type") or "").split(";")[0].strip().lower() in ("text/html",
+                                                                                              "application/xhtml+xml"):
+                    head = resp.read(200).decode("utf-8", "replace").strip().replace("\n", " ")
+                    raise WeightsError(f"the server answered with an HTML page, not the weights file (a login, "
+                                       f"quota or error page?): {head[:120]!r}")
                 shown = _Progress(url, total) if progress else None
                 for chunk in iter(lambda: resp.read(_CHUNK), b""):
-                    out.write(chunk)
+                    try:
+                        view = memoryview(chunk)
+                        while view:  # raw writes may be short
+                            view = view[out.write(view):]
+                    except OSError as e:
+                        raise _cache_write_error(target, e) from e
                     h.update(chunk)
                     received += len(chunk)
                     if shown:
                         shown.update(received)
                 if shown:
                     shown.close(received)
-        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:  # HTTPError: URLError
+                try:
+                    os.fsync(out.fileno())
+                except OSError as e:
+                    raise _cache_write_error(target, e) from e
+        except WeightsError:
+            raise
+        except urllib.error.HTTPError as e:
+            if e.code >= 500 or e.code in (408, 429):
+                raise _Transient(f"HTTP {e.code} {e.reason}") from e
+            raise WeightsError(f"download failed: {e}") from e
+        except (TimeoutError, ConnectionError, http.client.IncompleteRead) as e:
+            raise _Transient(f"download failed after {received} bytes: {type(e).__name__}: {e or 'timed out'}") from e
+        except urllib.error.URLError as e:
+            if isinstance(e.reason, (TimeoutError, ConnectionError, socket.gaierror)):
+                raise _Transient(f"download failed after {received} bytes: {e.reason}") from e
             raise WeightsError(f"download failed after {received} bytes: {e}") from e
+        except (http.client.HTTPException, OSError) as e:
+            raise _Transient(f"download failed after {received} bytes: {e}") from e
+        except ValueError as e:
+            raise WeightsError(f"download failed: {e}") from e
         if total is not None and received != total:
-            raise WeightsError(f"truncated download: got {received} of {total} bytes (Content-Length); "
-                               "the connection was closed early, retry")
+            raise _Transient(f"truncated download: got {received} of {total} bytes (Content-Length); "
+                             "the connection was closed early")
         actual = h.hexdigest()
         if expected and actual != expected:
             raise WeightsError(f"sha256 mismatch for the file downloaded from {url}: got {actual}, expected "
                                f"{expected} ({received} bytes). The mirror serves a different or corrupted file; "
                                "nothing was written to the cache")
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError as e:
+            raise _cache_write_error(target, e) from e
 
 
 class _Progress:

@@ -32,6 +32,29 @@ def server():
     s.close()
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs at ``tmp_path/"disk"`` (a real full disk: writes past 1 MiB fail with ENOSPC), unmounted after
+    the test; ``small_disk.read_only()`` remounts it read-only (EROFS). Skipped where tmpfs cannot be mounted
+    (not root)."""
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+
+    class Disk(type(disk)):
+        def read_only(self) -> None:
+            subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+
+    try:
+        yield Disk(disk)
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
 @pytest.fixture(scope="session")
 def real_samples_dir() -> Path:
     """The three real HPA fields of view (`../shared/data/hpa_real_samples`); skips the test if absent."""

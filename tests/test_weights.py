@@ -21,6 +21,7 @@ def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HPA_ZOO_CACHE", str(root))
     monkeypatch.delenv("HPA_ZOO_OFFLINE", raising=False)
     monkeypatch.setattr(weights, "DOWNLOAD_TIMEOUT_S", 10.0)
+    monkeypatch.setattr(weights, "DOWNLOAD_BACKOFF_S", 0.05)
     return root
 
 
@@ -155,3 +156,120 @@ def test_spec_without_sha256_refuses_download_but_accepts_local_path(tmp_path, m
     local.write_bytes(b"unverifiable")
     with pytest.warns(RuntimeWarning, match="unverified"):
         assert weights.fetch(spec, local_path=local) == local
+
+
+# ---------------------------------------------------------------------------------------------- flaky networks
+def test_500_twice_then_200_is_retried_with_backoff(server, cache):
+    import time
+
+    server.routes["/m.onnx"] = ("fail:2", PAYLOAD)
+    start = time.perf_counter()
+    path = weights.fetch(_spec(server.url("/m.onnx")), progress=False)
+    assert path.read_bytes() == PAYLOAD and server.hits["/m.onnx"] == 3
+    assert time.perf_counter() - start >= 0.05 + 0.1  # waited 0.05 s, then 0.1 s
+    assert _cache_files(cache) == ["model.onnx"]
+
+
+def test_reset_mid_transfer_gives_up_after_the_attempts(server, cache):
+    server.routes["/m.onnx"] = ("reset", PAYLOAD)
+    with pytest.raises(WeightsError) as err:
+        weights.fetch(_spec(server.url("/m.onnx")), progress=False, attempts=2)
+    msg = str(err.value)
+    assert server.hits["/m.onnx"] == 2
+    assert f"{server.url('/m.onnx')}: 2 attempt(s), last: " in msg
+    assert str(cache / "weights" / "model.onnx") in msg and "HPA_ZOO_DOWNLOAD_ATTEMPTS" in msg
+    assert _cache_files(cache) == []  # no .part left
+
+
+def test_stall_past_the_timeout_from_the_environment(server, cache, monkeypatch):
+    import time
+
+    server.routes["/m.onnx"] = ("stall", PAYLOAD)
+    server.stall_s = 4.0
+    monkeypatch.setenv("HPA_ZOO_DOWNLOAD_TIMEOUT", "0.4")
+    monkeypatch.setenv("HPA_ZOO_DOWNLOAD_ATTEMPTS", "1")
+    start = time.perf_counter()
+    with pytest.raises(WeightsError, match=r"(?s)1 attempt\(s\), last: .*timed out.*HPA_ZOO_DOWNLOAD_TIMEOUT, now 0.4 s"):
+        weights.fetch(_spec(server.url("/m.onnx")), progress=False)
+    assert time.perf_counter() - start < 3.0  # the 0.4 s timeout fired, not the server's 4 s stall
+    assert _cache_files(cache) == []
+
+
+def test_html_page_is_not_the_file_and_not_retried(server, cache):
+    server.routes["/m.onnx"] = ("html", PAYLOAD)
+    with pytest.raises(WeightsError, match=r"(?s)not retried\), the server answered with an HTML page.*quota exceeded"):
+        weights.fetch(_spec(server.url("/m.onnx")), progress=False)
+    assert server.hits["/m.onnx"] == 1 and _cache_files(cache) == []
+
+
+def test_retries_then_next_mirror(server, cache):
+    server.routes["/a"] = ("fail:9", PAYLOAD)
+    server.routes["/b"] = ("ok", PAYLOAD)
+    assert weights.fetch(_spec(server.url("/a"), server.url("/b")), progress=False).read_bytes() == PAYLOAD
+    assert server.hits == {"/a": 3, "/b": 1}
+
+
+@pytest.mark.parametrize("env,value", [("HPA_ZOO_DOWNLOAD_TIMEOUT", "0"), ("HPA_ZOO_DOWNLOAD_ATTEMPTS", "-1"),
+                                       ("HPA_ZOO_DOWNLOAD_ATTEMPTS", "two")])
+def test_bad_download_settings_are_config_errors(server, monkeypatch, env, value):
+    from hpa_zoo.errors import ConfigError
+
+    monkeypatch.setenv(env, value)
+    with pytest.raises(ConfigError, match=rf"\${env}='{value}': must be a positive"):
+        weights.fetch(_spec(server.url("/m.onnx")), progress=False)
+    assert server.hits == {}
+
+
+def test_offline_never_opens_a_socket(server, cache, monkeypatch):
+    """HPA_ZOO_OFFLINE=1: a cache miss and a hit, and a published registry row, with every connect failing."""
+    import socket
+
+    from hpa_zoo.registry import get_spec
+
+    server.routes["/m.onnx"] = ("ok", PAYLOAD)
+    weights.fetch(_spec(server.url("/m.onnx")), progress=False)  # fill the cache while online
+    connects = []
+
+    def guard(self, address, *a):
+        connects.append(address)
+        raise AssertionError(f"socket connect to {address} while HPA_ZOO_OFFLINE=1")
+
+    monkeypatch.setattr(socket.socket, "connect", guard)
+    monkeypatch.setattr(socket.socket, "connect_ex", guard)
+    monkeypatch.setenv("HPA_ZOO_OFFLINE", "1")
+    assert weights.fetch(_spec(server.url("/m.onnx")), progress=False).read_bytes() == PAYLOAD
+    with pytest.raises(WeightsError, match=r"HPA_ZOO_OFFLINE is set .* Put the file other\.onnx"):
+        weights.fetch(WeightsSpec(name="hpa", urls=(server.url("/m.onnx"),), sha256=PAYLOAD_SHA, format="onnx",
+                                  filename="other.onnx"), progress=False)
+    published = get_spec("team1_densenet121_1024").weights_spec("hpa")  # a real row with https mirrors
+    assert published.sha256 and published.urls
+    with pytest.raises(WeightsError, match="HPA_ZOO_OFFLINE is set"):
+        weights.fetch(published, progress=False)
+    assert connects == [] and server.hits == {"/m.onnx": 1}
+
+
+def test_full_cache_disk_names_the_path_and_keeps_earlier_files(server, small_disk, monkeypatch):
+    """A real 1 MiB tmpfs as the cache: the 2.3 MB download hits ENOSPC; not retried; nothing half-written."""
+    monkeypatch.setenv("HPA_ZOO_CACHE", str(small_disk))
+    small = b"x" * 1000
+    server.routes["/small.onnx"] = ("ok", small)
+    server.routes["/m.onnx"] = ("ok", PAYLOAD)
+    earlier = weights.fetch(WeightsSpec(name="hpa", urls=(server.url("/small.onnx"),),
+                                        sha256=hashlib.sha256(small).hexdigest(), format="onnx",
+                                        filename="small.onnx"), progress=False)
+    with pytest.raises(WeightsError, match=rf"cannot write the weights cache file {small_disk}/weights/model\.onnx: "
+                                           r"the disk is full .*free space there .*HPA_ZOO_CACHE"):
+        weights.fetch(_spec(server.url("/m.onnx")), progress=False)
+    assert server.hits["/m.onnx"] == 1
+    assert sorted(p.name for p in (small_disk / "weights").iterdir()) == ["small.onnx"]
+    assert earlier.read_bytes() == small
+
+
+def test_read_only_cache_disk(server, small_disk, monkeypatch):
+    monkeypatch.setenv("HPA_ZOO_CACHE", str(small_disk))
+    (small_disk / "weights").mkdir()
+    small_disk.read_only()
+    server.routes["/m.onnx"] = ("ok", PAYLOAD)
+    with pytest.raises(WeightsError, match=rf"{small_disk}.*(read-only|not writable).*HPA_ZOO_CACHE"):
+        weights.fetch(_spec(server.url("/m.onnx")), progress=False)
+    assert server.hits == {}
