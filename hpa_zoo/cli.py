@@ -237,6 +237,9 @@ def _add_predict(sub) -> None:
     p.add_argument("--images-dir", default=None, help="the folder a --data CSV's file names are relative to")
     p.add_argument("--weights", default=None, help="for a registry name: hpa, imagenet or a weights file")
     p.add_argument("--features", action="store_true", help="also write features.npy + features_ids.csv")
+    p.add_argument("--runtime", choices=["auto", "keras", "onnx"], default="auto",
+                   help="onnx: onnxruntime on the project's own ONNX export (logits equal Keras to 1e-5, cached per "
+                        "preset); auto: onnx for presets on a CPU-only machine with onnxruntime, else keras")
     p.add_argument("--skip-bad", action="store_true",
                    help="skip images with an incomplete channel set or an unreadable file (listed in skipped.csv)")
     p.add_argument("--pixel-size", type=float, default=None, metavar="UM",
@@ -263,7 +266,7 @@ def _run_predict(args) -> int:
 
         predict(args.presets, args.data, out_dir=args.out, data_dir=args.data_dir, tta=args.tta,
                 batch_size=args.batch_size, thresholds=None if args.thresholds == "preset" else "refit",
-                tie_fallback=getattr(args, "tie_fallback", False))
+                tie_fallback=getattr(args, "tie_fallback", False), runtime=args.runtime)
         return 0
     from hpa_zoo.predict_images import predict_images
 
@@ -271,7 +274,7 @@ def _run_predict(args) -> int:
                              args.images if args.images is not None else args.data, out_dir=args.out,
                              images_dir=args.images_dir, weights=args.weights, tta=args.tta,
                              batch_size=args.batch_size, features=args.features, skip_bad=args.skip_bad,
-                             pixel_size_um=args.pixel_size)
+                             pixel_size_um=args.pixel_size, runtime=args.runtime)
     for kind, path in written.items():
         print(f"  {kind + ':':22s} {path}")
     return 0

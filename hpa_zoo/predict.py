@@ -88,8 +88,9 @@ def read_preset_metadata(preset_dir: str | os.PathLike) -> dict:
     return dict(models_api.load_metadata(preset_dir) or {})
 
 
-def _member(item, *, tta) -> _Member:
-    """Load one preset (or wrap a Keras model) with its TTA/threshold settings."""
+def _member(item, *, tta, runtime: str = "keras") -> _Member:
+    """Load one preset (or wrap a Keras model) with its TTA/threshold settings; ``runtime`` as
+    `hpa_zoo.predict_images.load_member` (a preset's export is cached by its weights' sha256)."""
     from hpa_zoo import models_api
 
     if isinstance(item, (str, os.PathLike)):
@@ -102,6 +103,11 @@ def _member(item, *, tta) -> _Member:
     else:
         model, meta, name = item, {}, getattr(item, "name", "model")
     model = main_output_model(model)  # a training model with an auxiliary head: predict with "logits"
+    if runtime != "keras":
+        from hpa_zoo.predict_images import _with_runtime
+
+        weights_file = Path(item) / models_api.WEIGHTS_FILE if isinstance(item, (str, os.PathLike)) else None
+        model = _with_runtime(model, runtime, weights_file)
     recipe = meta.get("recipe") or {}
     input_size = int(recipe.get("input_size") or model.input_shape[1])
     image_size = int(recipe.get("image_size") or input_size)
@@ -210,7 +216,7 @@ def predict(model_or_preset: Union[str, os.PathLike, Any, Sequence], data: str |
             out_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None,
             tta: Union[str, TTAConfig, None] = None, batch_size: int = 8,
             thresholds: Union[None, str, Sequence[float], np.ndarray] = None, seed: int = 0,
-            tie_fallback: bool = False, verbose: int = 1) -> tuple[Path, Path]:
+            tie_fallback: bool = False, runtime: str = "keras", verbose: int = 1) -> tuple[Path, Path]:
     """Predict the test images and write a Kaggle submission and a probabilities CSV.
 
     Args:
@@ -229,6 +235,8 @@ def predict(model_or_preset: Union[str, os.PathLike, Any, Sequence], data: str |
             them, `hpa_zoo.thresholds.warn_degenerate`, which warns either way), label with the tie-aware rank
             variant (`hpa_zoo.thresholds.rank_ratio_labels`) instead. A preset whose validation fit already
             switched to it (metadata ``tie_aware_ratios``) uses it on the test images in any case.
+        runtime: ``"keras"`` (default), ``"onnx"`` or ``"auto"``: onnxruntime on the project's own ONNX export
+            (`hpa_zoo.onnx_runtime`; logits equal Keras to 1e-5, export cached per preset).
         verbose: 0 silent, 1 progress; the summary gives the labels per image beside the number the rule's
             target ratios expect (their sum).
     Returns:
@@ -251,7 +259,7 @@ def predict(model_or_preset: Union[str, os.PathLike, Any, Sequence], data: str |
     ids, total = None, None
     members = []
     for n, item in enumerate(items, 1):
-        member = _member(item, tta=tta)
+        member = _member(item, tta=tta, runtime=runtime)
         members.append(member)
         if verbose:
             print(f"[{n}/{len(items)}] {member.name}: images {member.image_size}px -> {member.input_size}px, "

@@ -81,10 +81,11 @@ class Member:
     pixel_size_um: float | None
     feature_layer: str | None = None
     info: dict = field(default_factory=dict)
+    keras_model: Any = None
 
 
 # ---------------------------------------------------------------------------------------------- models
-def load_member(item, *, weights=None, tta: str | TTAConfig = "default") -> Member:
+def load_member(item, *, weights=None, tta: str | TTAConfig = "default", runtime: str = "keras") -> Member:
     """A preset folder or registry name with its inference settings.
 
     Args:
@@ -92,9 +93,12 @@ def load_member(item, *, weights=None, tta: str | TTAConfig = "default") -> Memb
         weights: for a registry name (``"hpa"``, a file...); must be None for a preset.
         tta: ``"default"`` (a training preset's recipe TTA; none for a fine-tuned preset or a bare registry
             model), ``"none"``, ``"d4"`` (8 dihedral views, mean) or a `TTAConfig`.
+        runtime: ``"keras"``, ``"onnx"`` (onnxruntime on the project's own export, `hpa_zoo.onnx_runtime`) or
+            ``"auto"``: onnx on a CPU-only machine with onnxruntime for a preset (its export is cached by the
+            weights' sha256), keras otherwise.
 
     Returns:
-        `Member`.
+        `Member` (``model`` runs the predictions; ``keras_model`` is the Keras model, for features).
     """
     from hpa_zoo import models_api
     from hpa_zoo.constants import CLASS_NAMES
@@ -127,6 +131,8 @@ def load_member(item, *, weights=None, tta: str | TTAConfig = "default") -> Memb
         from hpa_zoo.predict import main_output_model
 
         model = main_output_model(model)
+    keras_model = model
+    model = _with_runtime(model, runtime, path / models_api.WEIGHTS_FILE if path.is_dir() else None)
     if isinstance(tta, TTAConfig):
         cfg = tta
     elif tta in (None, "default"):
@@ -140,7 +146,18 @@ def load_member(item, *, weights=None, tta: str | TTAConfig = "default") -> Memb
     if thresholds.shape != (len(classes),):
         raise ConfigError(f"{name}: {thresholds.shape[0]} thresholds for {len(classes)} classes")
     return Member(model, name, spec.name, classes, stains, image_size, input_size, cfg, thresholds, activation,
-                  pixel, spec.feature_layer, info)
+                  pixel, spec.feature_layer, info, keras_model)
+
+
+def _with_runtime(model, runtime: str, weights_file):
+    """``model`` itself (keras) or its `hpa_zoo.onnx_runtime.OnnxModel` (onnx); ``auto`` uses onnx only where
+    the export can be cached (a preset's weights file) on a CPU-only machine with onnxruntime."""
+    from hpa_zoo import onnx_runtime
+
+    chosen = onnx_runtime.choose_runtime(runtime)
+    if chosen == "keras" or (runtime == "auto" and weights_file is None):
+        return model
+    return onnx_runtime.for_model(model, weights_file=weights_file)
 
 
 def model_pixel_size(name_or_preset, size: int) -> float | None:
@@ -293,7 +310,7 @@ def read_item(item: Item, n_channels: int, size: int, *, pixel_size_um: float | 
 # ---------------------------------------------------------------------------------------------- predict
 def predict_images(models, inputs, *, out_dir, images_dir=None, weights=None, tta: str | TTAConfig = "default",
                    batch_size: int = 8, features: bool = False, skip_bad: bool = False,
-                   pixel_size_um: float | None = None, seed: int = 0, workers: int = 4,
+                   pixel_size_um: float | None = None, seed: int = 0, workers: int = 4, runtime: str = "keras",
                    verbose: int = 1) -> dict[str, Path]:
     """Predict the user's images with one model or the mean of several (module docstring).
 
@@ -311,6 +328,7 @@ def predict_images(models, inputs, *, out_dir, images_dir=None, weights=None, tt
             a note: the whole field is resized to the model's input).
         seed: TTA random-crop seed.
         workers: decoding threads.
+        runtime: ``"keras"`` (default), ``"onnx"`` or ``"auto"`` (`load_member`; the CLI's default is auto).
         verbose: 0 silent, 1 progress and a summary (logged).
 
     Returns:
@@ -336,7 +354,7 @@ def predict_images(models, inputs, *, out_dir, images_dir=None, weights=None, tt
     if not names:
         raise ConfigError("predict_images: no model given")
     out_dir = Path(out_dir)
-    members = [load_member(m, weights=weights, tta=tta) for m in names]
+    members = [load_member(m, weights=weights, tta=tta, runtime=runtime) for m in names]
     first = members[0]
     for m in members[1:]:
         if m.class_names != first.class_names or m.stains != first.stains:
@@ -371,7 +389,7 @@ def predict_images(models, inputs, *, out_dir, images_dir=None, weights=None, tt
             if features and n_member == 0 and member.feature_layer:
                 from hpa_zoo.models_api import feature_extractor
 
-                extractor = feature_extractor(member.model, layer=member.feature_layer)
+                extractor = feature_extractor(member.keras_model, layer=member.feature_layer)
             bar = keras.utils.Progbar(len(items), verbose=verbose, unit_name="image")
             for start in range(0, len(items), CHUNK):
                 chunk = items[start:start + CHUNK]
@@ -398,7 +416,7 @@ def predict_images(models, inputs, *, out_dir, images_dir=None, weights=None, tt
             kept = ok_ids
             p = np.concatenate(probs)
             total = p if total is None else total + p
-            member.model = None
+            member.model = member.keras_model = None
     probs = total / len(members)
     labels = (np.eye(len(first.class_names), dtype=bool)[probs.argmax(1)] if first.activation == "softmax" else
               probs > np.mean([m.thresholds for m in members], axis=0))

@@ -23,6 +23,12 @@ from hpa_zoo.predict_images import predict_images
 SIZE = 32
 
 
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    """The CLI's runtime auto exports presets to ONNX into the hpa-zoo cache: keep it in the test's folder."""
+    monkeypatch.setenv("HPA_ZOO_CACHE", str(tmp_path / "cache"))
+
+
 # ---------------------------------------------------------------------------------------------- pixel size
 def test_fit_to_model_rescales_then_centres_on_the_canvas():
     rng = np.random.default_rng(0)
