@@ -1,6 +1,6 @@
 """Facts about the HPA Image Classification data shared by every module.
 
-Every number here cites `shared/research/teams.md` (the facts file), section in brackets.
+Every number here cites `docs/teams.md` (the facts file), section in brackets.
 """
 from __future__ import annotations
 

@@ -163,7 +163,7 @@ def _ensure_rows() -> None:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# The table. Team issues append rows here (one block per team, facts cited from shared/research/teams.md).
+# The table. Team issues append rows here (one block per team, facts cited from docs/teams.md).
 # --------------------------------------------------------------------------------------------------------------
 
 # ---------------------------------------------------------------------------------------- Team 1: bestfitting

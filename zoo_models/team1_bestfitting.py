@@ -1,6 +1,6 @@
 """Team 1 — bestfitting (Shubin Dai), 1st place: DenseNet121 on RGBY, focal + Lovász + hard-log loss, max-TTA.
 
-The method section, in order: constants (each citing `shared/research/teams.md`), the model (normalisation inside,
+The method section, in order: constants (each citing `docs/teams.md`), the model (normalisation inside,
 4-channel stem with the red filter copied for yellow, optional extra 2×2 max-pool, concat-pool dropout head), the
 learning-rate schedule, and the recipe (data maps, loss, optimiser, TTA, thresholds) for `hpa_zoo.training`.
 

@@ -1,6 +1,6 @@
 """Team 2 — WAIR (Jun Lan), 2nd place: ImageNet DenseNets on RGB, class-weighted BCE, rare-class oversampling.
 
-The method section, in order: constants (each citing `shared/research/teams.md` §2), the model (the RGBY input's
+The method section, in order: constants (each citing `docs/teams.md` §2), the model (the RGBY input's
 yellow plane dropped inside the model, ImageNet normalisation, DenseNet121/169 trunk -> ReLU -> GAP -> Dense 28),
 the loss, the oversampling rules v2/v3/v4 (the recipe's epoch sampler), the schedule (Adamax with cosine warm
 restarts, then Adam-amsgrad at 1e-5 and 1e-6), the data maps, TTA and thresholds, the recipe for

@@ -2,7 +2,7 @@
 focal loss averaged over all elements, constant-LR Adam with gradient accumulation, the searched AutoAugment
 policy, SWA over the last 10 epochs, D4 mean-TTA and proportion-matched thresholds (teams.md §3).
 
-The method section, in order: constants (each citing `shared/research/teams.md`), the loss (with Inception-v3's
+The method section, in order: constants (each citing `docs/teams.md`), the loss (with Inception-v3's
 auxiliary head), the optimiser, the data maps, the recipe for `hpa_zoo.training`, SWA after training
 (`apply_swa`), and the final blend (`blend_team3`). The model builders live in `zoo_models.team3_pudae`; the
 normalisation (per-image z-score for the 1024 models, (x - 127.5)/255 for ResNet34, §3.4) is inside the models,
