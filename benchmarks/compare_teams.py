@@ -365,11 +365,16 @@ def compare(out: str | os.PathLike, *, budget: str = "small", models: Optional[S
         seed: data, training and prediction seed.
         verbose: 0 quiet, 1 progress.
     """
+    from hpa_zoo.checks import positive_int
     from hpa_zoo.labels import read_labels_csv
     from hpa_zoo.registry import get_spec, list_models
 
     if budget not in BUDGETS:
         raise ConfigError(f"budget={budget!r}: use one of {sorted(BUDGETS)}")
+    positive_int(size, "size", allow_none=True, hint="--size, the network input side")
+    positive_int(epochs, "epochs", allow_none=True, hint="--epochs")
+    if seeds is not None and not list(seeds):
+        raise ConfigError("seeds=[]: give at least one seed (--seeds), or None for the budget's")
     b = BUDGETS[budget]
     b = replace(b, size=size or b.size, epochs=epochs or b.epochs)
     out = Path(out)

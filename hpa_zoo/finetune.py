@@ -48,6 +48,7 @@ import numpy as np
 import pandas as pd
 
 from hpa_zoo.atomic import atomic_path
+from hpa_zoo.checks import open_fraction, positive_float, positive_int
 from hpa_zoo.constants import CHANNELS
 from hpa_zoo.errors import ConfigError, HpaDataError
 from hpa_zoo.images import fit_to_model
@@ -332,7 +333,13 @@ def finetune(base, data_csv, images_dir, *, out_dir, classes: Sequence[str] | No
     from hpa_zoo.training import AtomicBestCheckpoint
     from zoo_models.surgery import replace_head
 
-    if epochs < 1 or not 0 <= freeze_epochs <= epochs:
+    positive_int(epochs, "epochs", hint="CLI: --epochs")
+    positive_int(image_size, "image_size", hint="CLI: --image-size")
+    positive_int(batch_size, "batch_size", hint="CLI: --batch-size")
+    positive_float(learning_rate, "learning_rate", hint="CLI: --lr")
+    open_fraction(val_fraction, "val_fraction", hint="the validation share of the images")
+    positive_float(pixel_size_um, "pixel_size_um", allow_none=True, hint="µm per pixel, CLI: --pixel-size")
+    if not 0 <= freeze_epochs <= epochs:
         raise ConfigError(f"epochs={epochs}, freeze_epochs={freeze_epochs}: need epochs >= 1 and "
                           f"0 <= freeze_epochs <= epochs")
     log = (lambda msg: print(f"[finetune] {msg}", flush=True)) if verbose else (lambda msg: None)

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from hpa_zoo.atomic import atomic_to_csv
+from hpa_zoo.checks import positive_int
 from hpa_zoo.constants import NUM_CLASSES, is_kaggle_id
 from hpa_zoo.errors import ConfigError, HpaDataError
 from hpa_zoo.images import load_rgby
@@ -75,6 +76,7 @@ def image_hashes(
         return [_phash64(np.ascontiguousarray(rgby[..., c])) for c in HASH_CHANNELS]
 
     ids = list(ids)
+    workers = positive_int(workers, "workers", hint="threads reading images")
     if workers > 1:
         from concurrent.futures import ThreadPoolExecutor
 
@@ -356,9 +358,15 @@ def folds_for_folders(
         progress, workers: see `image_hashes`.
     Returns:
         The `make_folds` table over all images (Kaggle rows first).
+    Raises:
+        ConfigError: no folder, n_splits < 2, a negative max_distance or workers < 1 (before any image is read).
+        HpaDataError: a missing folder or CSV, a bad CSV row.
     """
     from hpa_zoo.labels import read_labels_csv
 
+    positive_int(n_splits, "n_splits", minimum=2, hint="CLI: --n-splits; use 2 or more folds")
+    positive_int(max_distance, "max_distance", minimum=0, hint="the Hamming threshold of duplicate pHashes")
+    positive_int(workers, "workers", hint="threads reading images")
     parts, hashes = [], []
     sources = [(kaggle_dir, KAGGLE_CSV_NAMES, "kaggle"), (hpav18_dir, HPAV18_CSV_NAMES, "hpav18")]
     for root, csv_names, source in sources:

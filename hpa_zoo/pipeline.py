@@ -504,7 +504,8 @@ def tfds_dataset(name: str, split: str, *, data_dir: str | os.PathLike | None = 
         Dataset of ``{"id": tf.string (), "image": tf.uint8 (H, W, 4), "multi_hot": tf.uint8 (28,)}`` in the
         stored order (files are not shuffled).
     Raises:
-        HpaDataError: the dataset is not prepared in `data_dir` (the message says how to build it).
+        HpaDataError: the dataset is not prepared in `data_dir` (the message says how to build it), or has no
+            such split.
     """
     import tensorflow_datasets as tfds
 
@@ -516,6 +517,12 @@ def tfds_dataset(name: str, split: str, *, data_dir: str | os.PathLike | None = 
         raise HpaDataError(f"TFDS dataset {name!r} split {split!r} is not prepared in "
                            f"{data_dir or '~/tensorflow_datasets'} ({exc}); build it first with "
                            f"`hpa-zoo prepare` (or `tfds build`)") from exc
+    except ValueError as exc:
+        if "Unknown split" not in str(exc):
+            raise
+        raise HpaDataError(f"TFDS dataset {name!r} in {data_dir or '~/tensorflow_datasets'}: {exc} A dataset "
+                           f"prepared from a header-only sample_submission.csv has no test split; list the test "
+                           f"ids there and run `hpa-zoo prepare` again, or use another split") from exc
 
     def to_example(features):
         out = {"id": features["id"], "image": features["image"]}

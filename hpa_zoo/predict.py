@@ -24,6 +24,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from hpa_zoo.atomic import atomic_to_csv
+from hpa_zoo.checks import positive_int
 from hpa_zoo.constants import CLASS_NAMES, NUM_CLASSES
 from hpa_zoo.errors import ConfigError, HpaDataError
 from hpa_zoo.recipe import TTAConfig, ThresholdConfig
@@ -244,7 +245,7 @@ def predict(model_or_preset: Union[str, os.PathLike, Any, Sequence], data: str |
         (every test id once, in the test order); probabilities: ``Id`` + one float column per class name, and
         its sidecar ``probabilities.csv.json`` (`_write_probabilities_sidecar`).
     Raises:
-        ConfigError: bad tta/thresholds values, presets with different class counts.
+        ConfigError: bad tta/thresholds values, a batch_size < 1, presets with different class counts.
         HpaDataError: missing test data.
     """
     from hpa_zoo import thresholds as th_mod
@@ -252,6 +253,7 @@ def predict(model_or_preset: Union[str, os.PathLike, Any, Sequence], data: str |
 
     import pandas as pd
 
+    positive_int(batch_size, "batch_size", hint="CLI: --batch-size")
     items = list(model_or_preset) if isinstance(model_or_preset, (list, tuple)) else [model_or_preset]
     if not items:
         raise ConfigError("predict: no model or preset given")

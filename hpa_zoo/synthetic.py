@@ -797,7 +797,8 @@ def write_synthetic_dataset(out_dir: str | os.PathLike, *, n_train: int, n_test:
 
     Args:
         out_dir: the dataset folder to create.
-        n_train, n_test: numbers of images (>= 0).
+        n_train, n_test: numbers of images (n_train >= 1, n_test >= 0: a labelled-only dataset has a header-only
+            ``sample_submission.csv``).
         size: image side in pixels (>= 32; Kaggle is 512).
         seed: seed of labels, ids and images.
         workers: processes rendering images; None = all CPUs, 0 or 1 = in this process.
@@ -807,13 +808,16 @@ def write_synthetic_dataset(out_dir: str | os.PathLike, *, n_train: int, n_test:
     Returns:
         ``Path(out_dir)``.
     Raises:
-        ConfigError: negative counts, too small size, an unknown preset, or ``out_dir`` exists and is not empty
-            without ``overwrite``.
+        ConfigError: no training image or a negative count, a negative ``workers``, too small size, an unknown
+            preset, or ``out_dir`` exists and is not empty without ``overwrite``.
     """
     out = Path(out_dir)
     spec = get_preset(preset)
-    if n_train < 0 or n_test < 0:
-        raise ConfigError(f"n_train={n_train}, n_test={n_test}: image counts must be >= 0")
+    if int(n_train) < 1 or int(n_test) < 0:
+        raise ConfigError(f"n_train={n_train}, n_test={n_test}: a dataset needs n_train >= 1 training images and "
+                          f"n_test >= 0 test images (CLI: --n-train, --n-test)")
+    if workers is not None and int(workers) < 0:
+        raise ConfigError(f"workers={workers}: use None (all CPUs), 0 or 1 (this process) or a positive count")
     if int(size) < 32:
         raise ConfigError(f"size={size} is too small; use size >= 32 (Kaggle PNGs are 512)")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:

@@ -51,6 +51,7 @@ import numpy as np
 
 from hpa_zoo import distribute
 from hpa_zoo.atomic import atomic_path, atomic_to_csv, atomic_write_text
+from hpa_zoo.checks import positive_int
 from hpa_zoo.constants import CLASS_NAMES, NUM_CLASSES
 from hpa_zoo.errors import ConfigError, HpaDataError, HpaZooError
 from hpa_zoo.recipe import Recipe
@@ -102,8 +103,7 @@ def load_recipe(model_name: str, *, epochs: Optional[int] = None, image_size: Op
     overrides = {k: v for k, v in dict(epochs=epochs, image_size=image_size, input_size=input_size,
                                        batch_size=batch_size).items() if v is not None}
     for key, value in overrides.items():
-        if int(value) <= 0:
-            raise ConfigError(f"{key}={value}: must be a positive integer")
+        positive_int(value, key)
     if hasattr(module, "make_recipe"):
         params = inspect.signature(module.make_recipe).parameters
         takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
@@ -523,6 +523,8 @@ def train(model_name: str, data: str | os.PathLike, *, fold: int = 0, folds_csv:
     from hpa_zoo.registry import get_spec
 
     t_start = time.time()
+    positive_int(steps_per_epoch, "steps_per_epoch", allow_none=True, hint="CLI: --steps-per-epoch")
+    positive_int(fold, "fold", minimum=0, hint="the validation fold id, 0..n_splits-1 of the folds CSV")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     precision = None if precision in (None, "float32") else precision

@@ -539,6 +539,137 @@ def path_predict_csv_symlink(tmp):
     return _predict_csv_item(tmp, "filename\nlink.png\n")
 
 
+# argument sanity: counts and sizes that cannot work, refused before any work ----------------------------
+def synth_no_train_images(tmp):
+    from hpa_zoo.synthetic import write_synthetic_dataset
+
+    try:
+        return write_synthetic_dataset(tmp / "syn", n_train=0, n_test=0, size=32, workers=0, progress=False)
+    finally:
+        assert not (tmp / "syn").exists()
+
+
+def synth_negative_workers(tmp):
+    from hpa_zoo.synthetic import write_synthetic_dataset
+
+    return write_synthetic_dataset(tmp / "syn", n_train=2, n_test=0, size=32, workers=-1, progress=False)
+
+
+def folds_one_split(tmp):
+    from hpa_zoo.folds import folds_for_folders
+
+    _kaggle(tmp)
+    return folds_for_folders(tmp, n_splits=1)
+
+
+def folds_zero_workers(tmp):
+    from hpa_zoo.folds import folds_for_folders
+
+    _kaggle(tmp)
+    return folds_for_folders(tmp, workers=0)
+
+
+def train_zero_steps(tmp):
+    from hpa_zoo.training import train
+
+    _kaggle(tmp)
+    return train("team1_densenet121_512", tmp, out_dir=tmp / "run", steps_per_epoch=0, verbose=0)
+
+
+def train_negative_fold(tmp):
+    from hpa_zoo.training import train
+
+    _kaggle(tmp)
+    return train("team1_densenet121_512", tmp, out_dir=tmp / "run", fold=-1, verbose=0)
+
+
+def predict_zero_batch(tmp):
+    from hpa_zoo.predict import predict
+
+    return predict(tmp / "preset", tmp, out_dir=tmp / "out", batch_size=0, verbose=0)
+
+
+def predict_images_zero_batch(tmp):
+    from hpa_zoo.predict_images import predict_images
+
+    return predict_images(tmp / "preset", tmp, out_dir=tmp / "out", batch_size=0, verbose=0)
+
+
+def _finetune(tmp, **kw):
+    from hpa_zoo.finetune import finetune
+
+    return finetune("team1_densenet121_512", tmp / "data.csv", tmp, out_dir=tmp / "ft", verbose=0, **kw)
+
+
+def finetune_zero_image_size(tmp):
+    return _finetune(tmp, image_size=0)
+
+
+def finetune_val_fraction_one(tmp):
+    return _finetune(tmp, val_fraction=1.0)
+
+
+def finetune_negative_lr(tmp):
+    return _finetune(tmp, learning_rate=-1e-3)
+
+
+def compare_teams_zero_size(tmp):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.compare_teams import compare
+
+    try:
+        return compare(tmp / "cmp", budget="micro", size=0)
+    finally:
+        assert not (tmp / "cmp").exists()
+
+
+def download_zero_timeout(tmp):
+    from hpa_zoo.registry import WeightsSpec
+    from hpa_zoo.weights import fetch
+
+    return fetch(WeightsSpec(name="hpa", urls=("http://127.0.0.1:9/x",), sha256="ab" * 32, format="onnx",
+                             filename="x.onnx"), timeout=0)
+
+
+# TFDS builds with empty splits -------------------------------------------------------------------------
+def _kaggle_manual(tmp, train_rows="Id,Target\na,0\nb,1 2\n", test_rows="Id,Predicted\n"):
+    _kaggle(tmp / "manual", rows=train_rows)
+    (tmp / "manual" / "test").mkdir(exist_ok=True)
+    _csv(tmp / "manual" / "sample_submission.csv", test_rows)
+    return tmp / "manual"
+
+
+def tfds_header_only_submission(tmp):
+    import tfds_hpa
+
+    builder = tfds_hpa.build("hpa_kaggle", manual_dir=_kaggle_manual(tmp), data_dir=tmp / "tfds", config="128")
+    assert list(builder.info.splits) == ["train"] and builder.info.splits["train"].num_examples == 2
+
+
+def tfds_no_test_split(tmp):
+    import tfds_hpa
+    from hpa_zoo.pipeline import tfds_dataset
+
+    tfds_hpa.build("hpa_kaggle", manual_dir=_kaggle_manual(tmp), data_dir=tmp / "tfds", config="128")
+    return tfds_dataset("hpa_kaggle/128", "test", data_dir=tmp / "tfds")
+
+
+def tfds_header_only_train(tmp):
+    import tfds_hpa
+
+    return tfds_hpa.build("hpa_kaggle", manual_dir=_kaggle_manual(tmp, train_rows="Id,Target\n"),
+                          data_dir=tmp / "tfds", config="128")
+
+
+def tfds_every_row_skipped(tmp):
+    import tfds_hpa
+
+    manual = _kaggle_manual(tmp, train_rows="Id,Target\nghost,0\n")
+    return tfds_hpa.build("hpa_kaggle", manual_dir=manual, data_dir=tmp / "tfds", config="128", on_error="skip")
+
+
 # ---------------------------------------------------------------------------------------------- the table
 # name: (function, expected exception or OK, regex over the message: names the file/row/value + the fix)
 CATALOGUE = {
@@ -578,6 +709,13 @@ CATALOGUE = {
                            r"b_red\.tif\] \[is a TIFF, which tf\.data cannot decode; build a TFDS dataset .*hpa-zoo prepare"),
     "pipeline/grey_saved_as_rgb": (pipeline_grey_saved_as_rgb, OK, ""),
     "tfds/corrupt_png": (tfds_build_corrupt_png, HpaDataError, r"b_red\.png: cannot be decoded .*re-download"),
+    "tfds/header_only_submission": (tfds_header_only_submission, OK, ""),
+    "tfds/no_test_split": (tfds_no_test_split, HpaDataError,
+                           r"Unknown split 'test'.*header-only sample_submission\.csv has no test split; list"),
+    "tfds/header_only_train": (tfds_header_only_train, HpaDataError,
+                               r"train\.csv: has a header but no rows; a TFDS build needs at least one"),
+    "tfds/every_row_skipped": (tfds_every_row_skipped, HpaDataError,
+                               r"No examples were yielded.*Every row of that split was left out \(skipped 1.*ghost"),
     # CSVs
     "csv/missing_column": (csv_missing_column, HpaDataError,
                            r"train\.csv: missing column\(s\) \['Target'\]; found \['Id', 'Labels'\]; the header must"),
@@ -635,6 +773,23 @@ CATALOGUE = {
     "config/unknown_strategy": (unknown_strategy, ConfigError, r"strategy='horovod': use one of default, mirrored"),
     "config/data_not_found": (data_neither_folder_nor_tfds, HpaDataError,
                               r"data 'my_data' is neither a folder nor a TFDS name; pass a Kaggle-layout folder"),
+    "config/synth_no_train_images": (synth_no_train_images, ConfigError,
+                                     r"n_train=0, n_test=0: a dataset needs n_train >= 1 .*--n-train"),
+    "config/synth_negative_workers": (synth_negative_workers, ConfigError, r"workers=-1: use None \(all CPUs\)"),
+    "config/folds_one_split": (folds_one_split, ConfigError, r"n_splits=1: must be an integer >= 2 .*--n-splits"),
+    "config/folds_zero_workers": (folds_zero_workers, ConfigError, r"workers=0: must be a positive integer"),
+    "config/train_zero_steps": (train_zero_steps, ConfigError,
+                                r"steps_per_epoch=0: must be a positive integer \(CLI: --steps-per-epoch\)"),
+    "config/train_negative_fold": (train_negative_fold, ConfigError, r"fold=-1: must be an integer >= 0"),
+    "config/predict_zero_batch": (predict_zero_batch, ConfigError, r"batch_size=0: must be a positive integer"),
+    "config/predict_images_zero_batch": (predict_images_zero_batch, ConfigError, r"batch_size=0, workers=4: both"),
+    "config/finetune_zero_image_size": (finetune_zero_image_size, ConfigError,
+                                        r"image_size=0: must be a positive integer \(CLI: --image-size\)"),
+    "config/finetune_val_fraction_one": (finetune_val_fraction_one, ConfigError,
+                                         r"val_fraction=1\.0: must be a fraction strictly between 0 and 1"),
+    "config/finetune_negative_lr": (finetune_negative_lr, ConfigError, r"learning_rate=-0\.001: must be a positive"),
+    "config/compare_teams_zero_size": (compare_teams_zero_size, ConfigError, r"size=0: must be a positive integer"),
+    "config/download_zero_timeout": (download_zero_timeout, ConfigError, r"timeout=0: must be a positive number"),
     # weights
     "weights/another_model": (weights_of_another_model, WeightsError,
                               r"other\.weights\.h5: does not match model 'tiny_test_cnn'.*saved from another model.*load it with"),

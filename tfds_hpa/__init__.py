@@ -38,7 +38,9 @@ def build(name: str, *, manual_dir: str | os.PathLike, data_dir: str | os.PathLi
         The prepared builder: ``builder.as_dataset(split="train")`` yields dicts with ``id`` (string),
         ``image`` (S, S, 4) uint8 RGBY, ``labels`` (int64 class ids) and ``multi_hot`` (28,) uint8.
     Raises:
-        ConfigError: unknown dataset or config name. HpaDataError: bad input (with ``on_error="raise"``).
+        ConfigError: unknown dataset or config name. HpaDataError: bad input (with ``on_error="raise"``), a
+            labelled CSV without rows, or a split whose every row was skipped. A header-only
+            ``sample_submission.csv`` builds the train split only (with a warning).
     """
     if name not in BUILDERS:
         raise ConfigError(f"unknown dataset {name!r}; choose one of {sorted(BUILDERS)}")
@@ -52,7 +54,14 @@ def build(name: str, *, manual_dir: str | os.PathLike, data_dir: str | os.PathLi
                                                    beam_options=_pipeline_options(beam_options))
     builder = cls(config=str(config), data_dir=None if data_dir is None else os.fspath(data_dir),
                   on_error=on_error, beam=beam_options is not None, **builder_kwargs)
-    builder.download_and_prepare(download_config=download_config)
+    try:
+        builder.download_and_prepare(download_config=download_config)
+    except AssertionError as exc:  # TFDS: 'Failed to finalize writing of split "x": No examples were yielded.'
+        if "No examples were yielded" not in str(exc):
+            raise
+        raise HpaDataError(f"{name} in {manual_dir}: {exc} Every row of that split was left out "
+                           f"({builder.skip_report.summary(5)}); fix or add the image files, or remove the rows "
+                           f"from the CSV") from exc
     return builder
 
 

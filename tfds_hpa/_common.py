@@ -21,6 +21,7 @@ counted with Beam metrics (namespace `BEAM_METRICS_NAMESPACE`, counters ``<split
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -236,6 +237,20 @@ class HpaBuilderBase(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             return Path(os.fspath(dl_manager.manual_dir))
         except AssertionError as exc:  # tfds: "Manual directory ... does not exist or is empty"
             raise HpaDataError(str(exc)) from exc
+
+    @staticmethod
+    def has_rows(csv: Path, *, labelled: bool) -> bool:
+        """Whether `csv` has at least one data row (a header-only ``sample_submission.csv`` has none).
+
+        Raises:
+            HpaDataError: a labelled CSV (``train.csv``, an HPAv18 list) without rows: nothing to build.
+        """
+        with open(csv, encoding="utf-8-sig") as f:
+            rows = sum(1 for line in itertools.islice(f, 1, 3) if line.strip())
+        if not rows and labelled:
+            raise HpaDataError(f"{csv}: has a header but no rows; a TFDS build needs at least one labelled image "
+                               f"(Id,Target per line)")
+        return rows > 0
 
     def generate(self, split: str, read_rows: Callable[[], Iterable[tuple[str, Sequence[int]]]],
                  make_example: Callable[[str, Sequence[int]], dict]):

@@ -59,8 +59,14 @@ class Builder(HpaBuilderBase):
         root = self.manual_root(dl_manager)
         require_tree(root, ["train.csv", "sample_submission.csv"], ["train", "test"],
                      MANUAL_DOWNLOAD_INSTRUCTIONS)
-        return {"train": self._generate_examples(root, "train"),
-                "test": self._generate_examples(root, "test")}
+        splits = {"train": self._generate_examples(root, "train")}
+        self.has_rows(root / "train.csv", labelled=True)
+        if self.has_rows(root / "sample_submission.csv", labelled=False):
+            splits["test"] = self._generate_examples(root, "test")
+        else:
+            log.warning("hpa_kaggle: %s has no rows: building the train split only (a labelled-only dataset; "
+                        "predict needs a test split: list the test ids there)", root / "sample_submission.csv")
+        return splits
 
     def _generate_examples(self, root: Path, split: str):
         """One split's ``(id, example)`` generator, or a ``beam.PTransform`` with ``beam=True`` (`generate`);

@@ -74,6 +74,7 @@ class Builder(HpaBuilderBase):
             images = root / self.images_subdir
         else:
             images = root / "images" if (root / "images").is_dir() else root
+        self.has_rows(csv, labelled=True)
         return {"train": self._generate_examples(csv, images)}
 
     def _generate_examples(self, csv: Path, images: Path):
