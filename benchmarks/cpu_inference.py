@@ -37,8 +37,11 @@ def main(argv=None) -> int:
     import numpy as np
     import tensorflow as tf
 
-    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    except RuntimeError:  # TensorFlow already started in this process (e.g. under pytest)
+        print("note: TensorFlow's thread pools were already initialised; --threads applies to onnxruntime only")
     import hpa_zoo
     from hpa_zoo.onnx_runtime import OnnxModel
 

@@ -127,14 +127,21 @@ def random_scale_crop(image: tf.Tensor, crop_size: int, seed: tf.Tensor) -> tf.T
     Returns:
         (crop_size, crop_size, C), same dtype as `image`.
     """
+    top, left, side = random_scale_crop_box(tf.shape(image)[:2], crop_size, seed)
+    return resize(image[top:top + side, left:left + side], crop_size)
+
+
+def random_scale_crop_box(hw: tf.Tensor, crop_size: int, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """The (top, left, side) int32 scalars of `random_scale_crop`'s square for an image of shape ``hw`` (2,), so a
+    decoder can read only that window (``tf.image.decode_and_crop_jpeg``) and get the same crop."""
     s_side, s_top, s_left = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
-    shape = tf.shape(image)
-    max_side = tf.minimum(shape[0], shape[1])
+    hw = tf.cast(hw, tf.int32)
+    max_side = tf.minimum(hw[0], hw[1])
     min_side = tf.minimum(crop_size, max_side)
     side = tf.random.stateless_uniform([], s_side, min_side, max_side + 1, dtype=tf.int32)
-    top = tf.random.stateless_uniform([], s_top, 0, shape[0] - side + 1, dtype=tf.int32)
-    left = tf.random.stateless_uniform([], s_left, 0, shape[1] - side + 1, dtype=tf.int32)
-    return resize(image[top:top + side, left:left + side], crop_size)
+    top = tf.random.stateless_uniform([], s_top, 0, hw[0] - side + 1, dtype=tf.int32)
+    left = tf.random.stateless_uniform([], s_left, 0, hw[1] - side + 1, dtype=tf.int32)
+    return top, left, side
 
 
 def five_crop(image: tf.Tensor, crop_size: int) -> tf.Tensor:

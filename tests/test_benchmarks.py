@@ -106,3 +106,36 @@ def test_augmentation_is_a_scaled_crop_and_a_dihedral_transform():
         assert matches, "output is not a dihedral transform of the input"
         seen.add(matches[0])
     assert len(seen) >= 6  # all 8 are drawn; 64 draws miss >= 3 of them with probability < 1e-5
+
+
+def test_input_pipeline_benchmark_measures_every_format(real_samples_dir, capsys):
+    """benchmarks/input_pipeline.py at a fraction of a CPU-second per case: every format decodes to the original
+    pixels (lossless ones exactly, JPEG within its printed error) and gets a rate."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import input_pipeline as bench
+
+    images = bench.source_images(real_samples_dir, 64)
+    errors = {fmt: bench.pixel_error(images, fmt) for fmt in bench.FORMATS}
+    for fmt, (mean_err, max_err) in errors.items():
+        if fmt.startswith("jpeg"):
+            assert 0 < mean_err < 10, fmt
+        else:
+            assert (mean_err, max_err) == (0.0, 0.0), fmt
+    # 4:2:0 chroma subsampling blurs the R, G, B stains into each other; 4:4:4 does not
+    assert errors["jpeg_rgb_y444"][0] < errors["jpeg_rgb_y"][0] / 2
+    assert bench.main(["--images", str(real_samples_dir), "--seconds", "0.05", "--paths", "team1_device",
+                       "--formats", "png4,jpeg_rgb_y444"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("team1_device")]
+    assert [r[1] for r in rows] == ["png4", "jpeg_rgb_y444"] and all(float(r[2]) > 0 for r in rows)
+
+
+def test_cpu_inference_benchmark_reports_both_runtimes(tiny_registry_model, tmp_path, monkeypatch, capsys):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import cpu_inference as bench
+
+    assert bench.main(["--model", tiny_registry_model, "--size", "32", "--repeats", "2", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    keras_ms = float(out.split("keras predict_on_batch :")[1].split()[0])
+    ort_ms = float(out.split("onnxruntime            :")[1].split()[0])
+    diff = float(out.split("max |logit diff|")[1].split()[0])
+    assert keras_ms > 0 and ort_ms > 0 and diff <= 1e-5

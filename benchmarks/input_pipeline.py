@@ -1,0 +1,207 @@
+"""Input-pipeline throughput per CPU core, by recipe path and storage format (issue P2).
+
+    python benchmarks/input_pipeline.py [--images DIR] [--n 48] [--seconds 8] [--formats png4,raw_zlib,...]
+
+Every figure is **images per CPU-second of this process** (``time.process_time``) with TensorFlow's intra-op,
+inter-op and tf.data private thread pools all set to one thread: the per-core rate, and robust to other load on
+the machine (wall-clock images/s are printed too). The source images are the real HPA samples (``--images``,
+default ``../shared/data/hpa_real_samples``) upsampled to the stored size, as in the issue's measurement (real
+full-size images hold more detail and decode slower).
+
+Paths:
+
+* ``team1``: Team 1's training path at 1024 (`zoo_models.team1_bestfitting.train_map`): a 1536 px image, random-scale
+  crop (side ~ U(1024, 1536)) resized to 1024, one of the 8 dihedral transforms, float32.
+* ``team1_device``: the host part when the crop, resize and D4 run on the accelerator (as
+  ``benchmarks/train_throughput.py --mode full`` does): decode to uint8 only.
+* ``team3``: Team 3's path (`zoo_models.team3_recipe.train_map`): a 512 px image, D4 + one AutoAugment sub-policy
+  of the team's 25, resized to 1024, float32.
+
+Storage formats (what a TFDS example would hold):
+
+* ``png4``: one 4-channel PNG (today's `tfds_hpa` ``Image(encoding_format="png")``);
+* ``raw_zlib`` / ``raw_bytes``: ``tfds.features.Tensor`` uint8 with zlib or plain bytes encoding;
+* ``jpeg_rgb_y``: an RGB JPEG (4:2:0 chroma subsampling, OpenCV's default) + a grayscale Y JPEG, quality 95;
+  ``jpeg_rgb_y444``: the same without chroma subsampling; ``jpeg4``: four grayscale JPEGs (quality 95).
+  JPEG paths decode only the crop window (``tf.image.decode_and_crop_jpeg``) on the Team 1 path. The pixel error
+  against the original is printed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import zlib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+FORMATS = ("png4", "raw_zlib", "raw_bytes", "jpeg_rgb_y", "jpeg_rgb_y444", "jpeg4")
+PATHS = ("team1", "team1_device", "team3")
+JPEG_QUALITY = 95
+
+
+def _configure_one_core() -> None:
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # TensorFlow already started in this process (e.g. under pytest): rates per CPU-s still
+        print("note: TensorFlow's thread pools were already initialised; tf.data still runs on one thread")
+
+
+def source_images(folder: Path, size: int):
+    """The real samples as (size, size, 4) uint8 RGBY (bilinear upsampling of the 512 PNGs)."""
+    import numpy as np
+    import pandas as pd
+
+    from hpa_zoo.images import load_rgby
+
+    ids = list(pd.read_csv(folder / "labels.csv")["Id"])
+    return [np.ascontiguousarray(load_rgby(folder, i, size=size)) for i in ids]
+
+
+def encode(image, fmt: str) -> list[bytes]:
+    """The stored bytes of one (H, W, 4) uint8 image in ``fmt`` (a list: one entry per stored file)."""
+    import cv2
+
+    if fmt == "png4":
+        ok, buf = cv2.imencode(".png", image[..., [2, 1, 0, 3]])  # OpenCV writes BGRA
+        return [buf.tobytes()]
+    if fmt == "raw_zlib":
+        return [zlib.compress(image.tobytes())]
+    if fmt == "raw_bytes":
+        return [image.tobytes()]
+    params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
+    if fmt == "jpeg_rgb_y444":
+        params += [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
+    if fmt in ("jpeg_rgb_y", "jpeg_rgb_y444"):
+        return [cv2.imencode(".jpg", image[..., [2, 1, 0]], params)[1].tobytes(),
+                cv2.imencode(".jpg", image[..., 3], params)[1].tobytes()]
+    if fmt == "jpeg4":
+        return [cv2.imencode(".jpg", image[..., c], params)[1].tobytes() for c in range(4)]
+    raise ValueError(fmt)
+
+
+def decode_fn(fmt: str, size: int, window=None):
+    """tf function: the stored bytes (a (k,) string tensor) -> (h, w, 4) uint8; JPEG formats decode only
+    ``window`` = (top, left, side) when given."""
+    import tensorflow as tf
+
+    def jpeg(data, channels):
+        if window is None:
+            return tf.io.decode_jpeg(data, channels=channels)
+        top, left, side = window
+        return tf.image.decode_and_crop_jpeg(data, tf.stack([top, left, side, side]), channels=channels)
+
+    def decode(parts):
+        if fmt == "png4":
+            return tf.io.decode_png(parts[0], channels=4)
+        if fmt == "raw_zlib":
+            raw = tf.io.decode_compressed(parts[0], compression_type="ZLIB")
+            return tf.reshape(tf.io.decode_raw(raw, tf.uint8), [size, size, 4])
+        if fmt == "raw_bytes":
+            return tf.reshape(tf.io.decode_raw(parts[0], tf.uint8), [size, size, 4])
+        if fmt in ("jpeg_rgb_y", "jpeg_rgb_y444"):
+            return tf.concat([jpeg(parts[0], 3), jpeg(parts[1], 1)], axis=-1)
+        return tf.concat([jpeg(parts[c], 1) for c in range(4)], axis=-1)
+
+    return decode
+
+
+def dataset(encoded: list[list[bytes]], fmt: str, path: str, n: int):
+    """An endless tf.data pipeline of path ``path`` over the encoded images (one thread)."""
+    import tensorflow as tf
+
+    from hpa_zoo import pipeline
+    from zoo_models import team1_bestfitting as t1
+    from zoo_models import team3_recipe as t3
+
+    stored = 512 if path == "team3" else 1536
+    parts = tf.data.Dataset.from_tensor_slices([e for e in encoded]).repeat().take(n)
+    seeds = tf.data.Dataset.random(seed=0).batch(2, drop_remainder=True)
+    ds = tf.data.Dataset.zip((parts, seeds))
+    labels = tf.zeros([28], tf.uint8)
+    if path == "team1" and fmt.startswith("jpeg"):
+        def fn(p, seed):
+            crop_seed, d4_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
+            window = pipeline.random_scale_crop_box(tf.constant([stored, stored]), 1024, crop_seed)
+            image = pipeline.resize(decode_fn(fmt, stored, window)(p), 1024)
+            return tf.cast(pipeline.random_d4(image, d4_seed), tf.float32), tf.cast(labels, tf.float32)
+    elif path == "team1":
+        def fn(p, seed):
+            return t1.train_map({"image": decode_fn(fmt, stored)(p), "multi_hot": labels}, seed,
+                                image_size=stored, input_size=1024)
+    elif path == "team1_device":
+        def fn(p, seed):
+            return tf.ensure_shape(decode_fn(fmt, stored)(p), [stored, stored, 4]), labels
+    else:
+        policy = t3.make_recipe("team3_attention_inceptionv3_1024").train_map.keywords["policy"]
+
+        def fn(p, seed):
+            return t3.train_map({"image": tf.ensure_shape(decode_fn(fmt, stored)(p), [stored, stored, 4]),
+                                 "multi_hot": labels}, seed, policy=policy, input_size=1024)
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = 1
+    options.threading.max_intra_op_parallelism = 1
+    return ds.map(fn, num_parallel_calls=1).with_options(options)
+
+
+def measure(encoded, fmt: str, path: str, seconds: float, warmup: int = 3) -> tuple[float, float, int]:
+    """(images per CPU-second, wall images/s, images) of path/format, run for about ``seconds`` CPU-seconds."""
+    ds = iter(dataset(encoded, fmt, path, n=1_000_000))
+    for _ in range(warmup):
+        next(ds)
+    cpu0, wall0, count = time.process_time(), time.perf_counter(), 0
+    while time.process_time() - cpu0 < seconds:
+        next(ds)
+        count += 1
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    return count / cpu, count / wall, count
+
+
+def pixel_error(images, fmt: str) -> tuple[float, float]:
+    """(mean, max) |decoded - original| over the images for ``fmt`` (0 for lossless formats)."""
+    import numpy as np
+    import tensorflow as tf
+
+    errors = []
+    for image in images:
+        got = decode_fn(fmt, image.shape[0])(tf.constant(encode(image, fmt))).numpy()
+        errors.append(np.abs(got.astype(np.int16) - image.astype(np.int16)))
+    err = np.stack(errors)
+    return float(err.mean()), float(err.max())
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", default=str(ROOT.parent / "shared" / "data" / "hpa_real_samples"))
+    parser.add_argument("--seconds", type=float, default=8.0, help="CPU-seconds measured per path and format")
+    parser.add_argument("--formats", default=",".join(FORMATS))
+    parser.add_argument("--paths", default=",".join(PATHS))
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    _configure_one_core()
+    formats, paths = args.formats.split(","), args.paths.split(",")
+    print(f"per-core rates (images per CPU-second, 1 thread); {args.seconds:g} CPU-s each; source: {args.images}")
+    print(f"{'path':13s} {'format':11s} {'img/CPU-s':>9s} {'wall img/s':>10s} {'stored KiB':>10s} "
+          f"{'pixel err mean/max':>18s}")
+    for path in paths:
+        size = 512 if path == "team3" else 1536
+        images = source_images(Path(args.images), size)
+        for fmt in formats:
+            encoded = [encode(im, fmt) for im in images]
+            if len({len(e) for e in encoded}) != 1:
+                raise SystemExit("inconsistent parts")
+            kib = sum(len(b) for e in encoded for b in e) / len(encoded) / 1024
+            mean_err, max_err = pixel_error(images, fmt)
+            rate, wall, n = measure(encoded, fmt, path, args.seconds)
+            print(f"{path:13s} {fmt:11s} {rate:9.1f} {wall:10.1f} {kib:10.0f} {mean_err:8.2f} / {max_err:5.0f}",
+                  flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
