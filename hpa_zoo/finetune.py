@@ -52,6 +52,7 @@ from hpa_zoo.checks import open_fraction, positive_float, positive_int
 from hpa_zoo.constants import CHANNELS
 from hpa_zoo.errors import ConfigError, HpaDataError
 from hpa_zoo.images import fit_to_model
+from hpa_zoo.runlock import holds_run_lock
 from hpa_zoo.safepaths import check_relative_name, resolve_inside
 from zoo_models.surgery import adapt_channels  # the graph edit lives in the one surgery module
 
@@ -287,6 +288,7 @@ def _compile(model, multi_label: bool, lr: float) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- finetune
+@holds_run_lock("finetune")
 def finetune(base, data_csv, images_dir, *, out_dir, classes: Sequence[str] | None = None, multi_label: bool = True,
              channels: Sequence[str] = CHANNELS, channel_map: Mapping[str, str | None] | None = None,
              weights=None, epochs: int = 10, freeze_epochs: int = 2, image_size: int = 512, batch_size: int = 8,

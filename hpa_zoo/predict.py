@@ -28,6 +28,7 @@ from hpa_zoo.checks import positive_int
 from hpa_zoo.constants import CLASS_NAMES, NUM_CLASSES
 from hpa_zoo.errors import ConfigError, HpaDataError
 from hpa_zoo.recipe import TTAConfig, ThresholdConfig
+from hpa_zoo.runlock import holds_run_lock
 
 #: ``tta="none"``: one pass on the whole image resized to the input size.
 NO_TTA = TTAConfig(transforms="identity", n_random_crops=0, n_random_passes=0, aggregate="mean")
@@ -213,6 +214,7 @@ def _write_probabilities_sidecar(path: Path, members: Sequence[_Member], *, n_ro
                          n_rows=n_rows)
 
 
+@holds_run_lock("predict")
 def predict(model_or_preset: Union[str, os.PathLike, Any, Sequence], data: str | os.PathLike, *,
             out_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None,
             tta: Union[str, TTAConfig, None] = None, batch_size: int = 8,

@@ -55,6 +55,7 @@ from hpa_zoo.checks import positive_int
 from hpa_zoo.constants import CLASS_NAMES, NUM_CLASSES
 from hpa_zoo.errors import ConfigError, HpaDataError, HpaZooError
 from hpa_zoo.recipe import Recipe
+from hpa_zoo.runlock import holds_run_lock
 
 #: Values of ``precision``; None / "float32" = full precision.
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -471,6 +472,7 @@ class StopOnNaN(keras.callbacks.Callback):
 
 
 # ------------------------------------------------------------------------------------------------ train
+@holds_run_lock("train")
 def train(model_name: str, data: str | os.PathLike, *, fold: int = 0, folds_csv: str | os.PathLike | None = None,
           out_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None, epochs: Optional[int] = None,
           image_size: Optional[int] = None, input_size: Optional[int] = None, batch_size: Optional[int] = None,
@@ -540,6 +542,9 @@ def train(model_name: str, data: str | os.PathLike, *, fold: int = 0, folds_csv:
                               f"{', '.join(f.name for f in dataclasses.fields(Recipe))}")
         recipe = dataclasses.replace(recipe, **recipe_overrides)
     data_str = str(data)
+    if not _is_folder(data) and data_str.startswith(("/", ".", "~")):  # a path, not a TFDS 'name/config'
+        raise HpaDataError(f"data {data_str!r}: no such folder; pass a Kaggle-layout folder (train.csv + train/) "
+                           f"that exists, or a TFDS name like 'hpa_kaggle/512' with --data-dir")
     if not _is_folder(data) and "/" not in data_str and not data_str.startswith("hpa_"):
         raise HpaDataError(f"data {data_str!r} is neither a folder nor a TFDS name; pass a Kaggle-layout folder "
                            f"(train.csv + train/) or a name like 'hpa_kaggle/512' with --data-dir")

@@ -327,6 +327,12 @@ def non_positive_batch(tmp):
     return train("team1_densenet121_512", tmp, out_dir=tmp / "run", batch_size=0, verbose=0)
 
 
+def data_folder_missing(tmp):
+    from hpa_zoo.training import train
+
+    return train("team1_densenet121_512", str(tmp / "missing_folder"), out_dir=tmp / "run", verbose=0)
+
+
 def non_positive_epochs(tmp):
     from hpa_zoo.training import train
 
@@ -771,6 +777,8 @@ CATALOGUE = {
     "config/non_positive_epochs": (non_positive_epochs, ConfigError, r"epochs=-2: must be a positive integer"),
     "config/unknown_precision": (unknown_precision, ConfigError, r"precision='fp8': use one of"),
     "config/unknown_strategy": (unknown_strategy, ConfigError, r"strategy='horovod': use one of default, mirrored"),
+    "config/data_folder_missing": (data_folder_missing, HpaDataError,
+                                   r"data '.*missing_folder': no such folder; pass a Kaggle-layout folder"),
     "config/data_not_found": (data_neither_folder_nor_tfds, HpaDataError,
                               r"data 'my_data' is neither a folder nor a TFDS name; pass a Kaggle-layout folder"),
     "config/synth_no_train_images": (synth_no_train_images, ConfigError,
