@@ -36,12 +36,12 @@ def _as_float32_pair(y_true, logits):
     y_true = ops.cast(ops.convert_to_tensor(y_true), "float32")
     y_shape, z_shape = tuple(y_true.shape), tuple(logits.shape)
     if len(z_shape) != 2 or len(y_shape) != 2:
-        raise ValueError(
+        raise ConfigError(
             f"losses expect y_true and logits of shape (batch, classes); got y_true {y_shape} and logits "
             f"{z_shape}. Reshape per-image vectors to (1, C)."
         )
     if y_shape != z_shape and None not in y_shape + z_shape:
-        raise ValueError(f"y_true {y_shape} and logits {z_shape} must have the same shape.")
+        raise ConfigError(f"y_true {y_shape} and logits {z_shape} must have the same shape.")
     return y_true, logits
 
 

@@ -22,7 +22,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from hpa_zoo.errors import UnknownModelError
+from hpa_zoo.errors import ConfigError, UnknownModelError
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,7 @@ _TABLE: dict[str, ModelSpec] = {}
 def register(spec: ModelSpec) -> ModelSpec:
     """Add a row to the table (used only by this module's ``ROWS`` and by tests)."""
     if spec.name in _TABLE and _TABLE[spec.name] is not spec:
-        raise ValueError(f"model name {spec.name!r} is registered twice")
+        raise ConfigError(f"model name {spec.name!r} is registered twice; give the new row another name")
     _TABLE[spec.name] = spec
     return spec
 

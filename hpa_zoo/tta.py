@@ -46,7 +46,7 @@ def d4_apply(images, k: int):
         raise ConfigError(f"d4_apply: k={k} is out of range; use 0..7 (D4_ORDER = {D4_ORDER}).")
     x = ops.convert_to_tensor(images)
     if len(x.shape) != 4:
-        raise ValueError(f"d4_apply expects a (B, H, W, C) batch; got shape {tuple(x.shape)}.")
+        raise ConfigError(f"d4_apply expects a (B, H, W, C) batch; got shape {tuple(x.shape)}.")
     for step in D4_ORDER[int(k)].split("_"):
         if step == "flipud":
             x = ops.flip(x, axis=1)
@@ -240,7 +240,7 @@ def _validate(config: TTAConfig, images) -> None:
     if config.transforms == "random_flip_ssr" and config.n_random_passes < 1:
         raise ConfigError('transforms="random_flip_ssr" needs n_random_passes >= 1 (Team 2 used 5).')
     if len(images.shape) != 4:
-        raise ValueError(f"predict_tta expects images (N, H, W, C); got shape {tuple(images.shape)}.")
+        raise ConfigError(f"predict_tta expects images (N, H, W, C); got shape {tuple(images.shape)}.")
 
 
 def predict_tta(
@@ -325,8 +325,8 @@ def fold_average(list_of_probs: Sequence) -> np.ndarray:
     """
     arrays = [np.asarray(p, dtype=np.float64) for p in list_of_probs]
     if not arrays:
-        raise ValueError("fold_average needs at least one array of probabilities.")
+        raise ConfigError("fold_average needs at least one array of probabilities.")
     shapes = {a.shape for a in arrays}
     if len(shapes) != 1:
-        raise ValueError(f"fold_average: all folds must have the same shape; got {sorted(shapes)}.")
+        raise ConfigError(f"fold_average: all folds must have the same shape; got {sorted(shapes)}.")
     return np.mean(np.stack(arrays), axis=0).astype(np.float32)

@@ -21,8 +21,12 @@ POLICY_FILES: dict[str, str] = {
 def policy_path(name: str) -> Path:
     """Path of the packaged policy file called `name` (a key of `POLICY_FILES`).
 
-    Raises KeyError (message lists the known names) for an unknown name.
+    Raises:
+        ConfigError: an unknown name (the message lists the known names and how to pass a file instead).
     """
+    from hpa_zoo.errors import ConfigError
+
     if name not in POLICY_FILES:
-        raise KeyError(f"unknown packaged policy {name!r}; known: {sorted(POLICY_FILES)}")
+        raise ConfigError(f"unknown packaged policy {name!r}; known: {sorted(POLICY_FILES)}, or pass the path of "
+                          f"a policy JSON file (e.g. written by hpa-zoo autoaugment-search)")
     return Path(str(resources.files(__name__).joinpath(POLICY_FILES[name])))
