@@ -237,9 +237,10 @@ def _add_predict(sub) -> None:
     p.add_argument("--images-dir", default=None, help="the folder a --data CSV's file names are relative to")
     p.add_argument("--weights", default=None, help="for a registry name: hpa, imagenet or a weights file")
     p.add_argument("--features", action="store_true", help="also write features.npy + features_ids.csv")
-    p.add_argument("--runtime", choices=["auto", "keras", "onnx"], default="auto",
+    p.add_argument("--runtime", choices=["auto", "keras", "onnx"], default="keras",
                    help="onnx: onnxruntime on the project's own ONNX export (logits equal Keras to 1e-5, cached per "
-                        "preset); auto: onnx for presets on a CPU-only machine with onnxruntime, else keras")
+                        "weights file; faster than Keras on one CPU thread, benchmarks/README.md); auto: onnx for "
+                        "presets on a CPU-only machine with onnxruntime, else keras")
     p.add_argument("--skip-bad", action="store_true",
                    help="skip images with an incomplete channel set or an unreadable file (listed in skipped.csv)")
     p.add_argument("--pixel-size", type=float, default=None, metavar="UM",
