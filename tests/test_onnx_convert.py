@@ -366,3 +366,16 @@ def test_export_with_symbolic_spatial_axes_is_checked_at_the_default_probe_size(
     check = onnx_to_keras_weights(path, keras_model)
     assert check.probe_shape[1:3] == (DEFAULT_PROBE_SIZE, DEFAULT_PROBE_SIZE)
     _assert_keras_matches_onnxruntime(path, keras_model, images, record_property, "tidy, symbolic H/W")
+
+
+def test_export_with_initialisers_as_graph_inputs_loads(published_models, keras_model, images, tmp_path,
+                                                        record_property):
+    """Exporters of the packages' era listed every initialiser as a graph input too (keep_initializers_as_inputs,
+    the old default): the image is then the only input without a stored value."""
+    path = tmp_path / "old_style.onnx"
+    torch.onnx.export(PublishedOutputs(published_models["package_large"]).eval(), torch.zeros(1, 4, SIZE, SIZE),
+                      str(path), input_names=["image"], output_names=["classes", "features"], dynamo=False,
+                      opset_version=11, keep_initializers_as_inputs=True)
+    graph = onnx.load(str(path)).graph
+    assert len(graph.input) > 100  # the initialisers are inputs as well
+    _assert_keras_matches_onnxruntime(path, keras_model, images, record_property, "initialisers as inputs")
