@@ -342,12 +342,6 @@ def predict_images(models, inputs, *, out_dir, images_dir=None, weights=None, tt
             own is unknown.
         HpaDataError: no images, unreadable images without ``skip_bad`` (names the file).
     """
-    import keras
-    import pandas as pd
-
-    from hpa_zoo.ensemble import write_sidecar
-    from hpa_zoo.tta import predict_tta
-
     if batch_size < 1 or workers < 1:
         raise ConfigError(f"batch_size={batch_size}, workers={workers}: both must be >= 1")
     if pixel_size_um is not None and not pixel_size_um > 0:
@@ -357,6 +351,39 @@ def predict_images(models, inputs, *, out_dir, images_dir=None, weights=None, tt
         raise ConfigError("predict_images: no model given")
     out_dir = Path(out_dir)
     members = [load_member(m, weights=weights, tta=tta, runtime=runtime) for m in names]
+    first = members[0]
+    _check_members(members, pixel_size_um)
+    items, skipped = discover(inputs, stains=first.stains, images_dir=images_dir, skip_bad=skip_bad)
+    total, feats, kept = None, [], None
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for n, member in enumerate(members):
+            ids, probs, member_feats, bad = _predict_member(
+                member, items, pool, pixel_size_um=pixel_size_um, skip_bad=skip_bad, batch_size=batch_size,
+                seed=seed, features=features and n == 0, verbose=verbose)
+            if not ids:
+                raise HpaDataError(f"{inputs}: none of the {len(items)} images could be read: {bad[:3]}")
+            if kept is not None and ids != kept:
+                raise HpaDataError(f"{member.name}: read another set of images than {first.name}")
+            if n == 0:
+                skipped += bad
+                feats = member_feats
+            kept = ids
+            total = probs if total is None else total + probs
+            member.model = member.keras_model = None  # free it before the next one
+    probs = total / len(members)
+    labels = (np.eye(len(first.class_names), dtype=bool)[probs.argmax(1)] if first.activation == "softmax" else
+              probs > np.mean([m.thresholds for m in members], axis=0))
+    truth = {it.id: it.labels for it in items if it.labels is not None}
+    written = _write_outputs(out_dir, members, kept, probs, labels, feats, skipped, truth)
+    if verbose:
+        log.info("%d images predicted with %s (%d skipped), %.2f labels per image; %s", len(kept),
+                 " + ".join(m.name for m in members), len(skipped), labels.sum(1).mean(),
+                 ", ".join(f"{k}: {v}" for k, v in written.items()))
+    return written
+
+
+def _check_members(members: list[Member], pixel_size_um) -> None:
+    """Models averaged must share classes and stains; a pixel size needs the model's own."""
     first = members[0]
     for m in members[1:]:
         if m.class_names != first.class_names or m.stains != first.stains:
@@ -369,82 +396,79 @@ def predict_images(models, inputs, *, out_dir, images_dir=None, weights=None, tt
     elif first.pixel_size_um is None:
         raise ConfigError(f"{first.name}: its training pixel size is unknown (a preset fine-tuned without "
                           f"--pixel-size), so images cannot be rescaled to it; drop --pixel-size")
-    items, skipped = discover(inputs, stains=first.stains, images_dir=images_dir, skip_bad=skip_bad)
-    n_channels = len(first.stains)
 
-    def read(member: Member):
-        def one(item):
-            try:
-                return read_item(item, n_channels, member.image_size, pixel_size_um=pixel_size_um,
-                                 model_pixel_size_um=member.pixel_size_um)
-            except HpaDataError as exc:
-                if not skip_bad:
-                    raise
-                return exc
-        return one
 
-    total, feats, kept = None, [], None
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for n_member, member in enumerate(members):
-            probs, ok_ids = [], []
-            extractor = None
-            if features and n_member == 0 and member.feature_layer:
-                from hpa_zoo.models_api import feature_extractor
+def _predict_member(member: Member, items: list[Item], pool, *, pixel_size_um, skip_bad: bool, batch_size: int,
+                    seed: int, features: bool, verbose: int):
+    """One model over the items in chunks: (ids read, probabilities (N, K) float32, features (N, F) or [],
+    [(id, reason)] of the unreadable ones when ``skip_bad``)."""
+    import keras
 
-                extractor = feature_extractor(member.keras_model, layer=member.feature_layer)
-            bar = keras.utils.Progbar(len(items), verbose=verbose, unit_name="image")
-            for start in range(0, len(items), CHUNK):
-                chunk = items[start:start + CHUNK]
-                images = list(pool.map(read(member), chunk))
-                good = [(it, im) for it, im in zip(chunk, images) if not isinstance(im, Exception)]
-                if n_member == 0:
-                    skipped += [(it.id, str(im)) for it, im in zip(chunk, images) if isinstance(im, Exception)]
-                if good:
-                    batch = np.stack([im for _, im in good])
-                    probs.append(predict_tta(member.model, batch, config=member.tta, image_size=member.image_size,
-                                             input_size=member.input_size, batch_size=batch_size, seed=seed,
-                                             activation=member.activation))
-                    if extractor is not None:
-                        x = keras.ops.image.resize(batch.astype(np.float32), (member.input_size,) * 2) \
-                            if member.input_size != member.image_size else batch.astype(np.float32)
-                        feats.append(np.asarray(extractor.predict(x, batch_size=batch_size, verbose=0),
-                                                np.float32))
-                    ok_ids += [it.id for it, _ in good]
-                bar.add(len(chunk))
-            if not ok_ids:
-                raise HpaDataError(f"{inputs}: none of the {len(items)} images could be read (see skipped.csv)")
-            if kept is not None and ok_ids != kept:
-                raise HpaDataError(f"{member.name}: read another set of images than {first.name}")
-            kept = ok_ids
-            p = np.concatenate(probs)
-            total = p if total is None else total + p
-            member.model = member.keras_model = None
-    probs = total / len(members)
-    labels = (np.eye(len(first.class_names), dtype=bool)[probs.argmax(1)] if first.activation == "softmax" else
-              probs > np.mean([m.thresholds for m in members], axis=0))
+    from hpa_zoo.tta import predict_tta
 
+    n_channels = len(member.stains)
+
+    def read(item):
+        try:
+            return read_item(item, n_channels, member.image_size, pixel_size_um=pixel_size_um,
+                             model_pixel_size_um=member.pixel_size_um)
+        except HpaDataError as exc:
+            if not skip_bad:
+                raise
+            return exc
+
+    extractor = None
+    if features and member.feature_layer:
+        from hpa_zoo.models_api import feature_extractor
+
+        extractor = feature_extractor(member.keras_model, layer=member.feature_layer)
+    ids, probs, feats, bad = [], [], [], []
+    bar = keras.utils.Progbar(len(items), verbose=verbose, unit_name="image")
+    for start in range(0, len(items), CHUNK):
+        chunk = items[start:start + CHUNK]
+        images = list(pool.map(read, chunk))
+        bad += [(it.id, str(im)) for it, im in zip(chunk, images) if isinstance(im, Exception)]
+        good = [(it, im) for it, im in zip(chunk, images) if not isinstance(im, Exception)]
+        if good:
+            batch = np.stack([im for _, im in good])
+            probs.append(predict_tta(member.model, batch, config=member.tta, image_size=member.image_size,
+                                     input_size=member.input_size, batch_size=batch_size, seed=seed,
+                                     activation=member.activation))
+            if extractor is not None:  # the whole image at the input size, no TTA (the hpa_densenet contract)
+                x = batch.astype(np.float32)
+                if member.input_size != member.image_size:
+                    x = keras.ops.image.resize(x, (member.input_size,) * 2)
+                feats.append(np.asarray(extractor.predict(x, batch_size=batch_size, verbose=0), np.float32))
+            ids += [it.id for it, _ in good]
+        bar.add(len(chunk))
+    return ids, (np.concatenate(probs) if probs else None), (np.concatenate(feats) if feats else []), bad
+
+
+def _write_outputs(out_dir: Path, members: list[Member], ids, probs, labels, feats, skipped,
+                   truth: dict) -> dict[str, Path]:
+    """probabilities.csv (+ sidecar), predictions.csv, features, skipped.csv and the evaluation (atomic)."""
+    import pandas as pd
+
+    from hpa_zoo.ensemble import write_sidecar
+
+    first = members[0]
     written: dict[str, Path] = {}
-    frame = pd.concat([pd.DataFrame({"Id": kept}), pd.DataFrame(probs, columns=first.class_names)], axis=1)
+    frame = pd.concat([pd.DataFrame({"Id": ids}), pd.DataFrame(probs, columns=first.class_names)], axis=1)
     written["probabilities"] = atomic_to_csv(frame, out_dir / "probabilities.csv", float_format="%.6f")
     write_sidecar(written["probabilities"], model_name="+".join(dict.fromkeys(m.model_name for m in members)),
-                  fold="test", tta=first.tta, class_names=first.class_names, n_rows=len(kept))
+                  fold="test", tta=first.tta, class_names=first.class_names, n_rows=len(ids))
     label_text = [LABEL_SEPARATOR.join(first.class_names[k] for k in np.flatnonzero(row)) for row in labels]
-    written["predictions"] = atomic_to_csv(pd.DataFrame({"Id": kept, "Labels": label_text}),
+    written["predictions"] = atomic_to_csv(pd.DataFrame({"Id": ids, "Labels": label_text}),
                                            out_dir / "predictions.csv")
-    if features and feats:
+    if len(feats):
         with atomic_path(out_dir / "features.npy") as tmp:
-            np.save(tmp, np.concatenate(feats))
+            np.save(tmp, feats)
         written["features"] = out_dir / "features.npy"
-        written["features_ids"] = atomic_to_csv(pd.DataFrame({"Id": kept}), out_dir / "features_ids.csv")
+        written["features_ids"] = atomic_to_csv(pd.DataFrame({"Id": ids}), out_dir / "features_ids.csv")
     if skipped:
         written["skipped"] = atomic_to_csv(pd.DataFrame(skipped, columns=["Id", "reason"]), out_dir / "skipped.csv")
-    truth = {it.id: it.labels for it in items if it.labels is not None}
-    if truth and all(i in truth for i in kept):
-        written.update(_evaluate(kept, truth, labels, first.class_names, out_dir))
-    if verbose:
-        log.info("%d images predicted with %s (%d skipped), %.2f labels per image; %s", len(kept),
-                 " + ".join(m.name for m in members), len(skipped), labels.sum(1).mean(),
-                 ", ".join(f"{k}: {v}" for k, v in written.items()))
+    if truth and all(i in truth for i in ids):
+        written.update(_evaluate(ids, truth, labels, first.class_names, out_dir))
     return written
 
 
