@@ -488,6 +488,7 @@ def _add_embed(sub) -> None:
 
 
 def _run_embed(args) -> int:
+    import functools
     import warnings
     from pathlib import Path
 
@@ -518,9 +519,9 @@ def _run_embed(args) -> int:
         target = model_pixel_size(args.model, size)
         if target is None:
             raise ConfigError(f"{args.model} has no known training pixel size; drop --pixel-size")
-        scale = args.pixel_size / target
+        rescale = functools.partial(rescale_to_model, size=size, scale=args.pixel_size / target)
         ds = folder_dataset(images_dir, csv, labelled=csv is not None).map(
-            lambda e: {**e, "image": rescale_to_model(e["image"], size, scale)})
+            lambda e: {**e, "image": rescale(e["image"])})
     ids = [i.decode() for i in ds.map(lambda e: e["id"]).as_numpy_iterator()]
     labels = list(read_labels_csv(csv)["labels"]) if csv is not None else [()] * len(ids)
     print(f"embedding {len(ids)} images from {images_dir} at {size}px ...", flush=True)
