@@ -701,7 +701,8 @@ def _per_cell(f: _Field, rng: np.random.Generator, low: float, high: float) -> n
 def _green(f: _Field, labels: Sequence[int], rng: np.random.Generator, preset: SyntheticPreset) -> np.ndarray:
     """The protein channel before image formation: non-specific stain + every label's pattern; float32."""
     gain = np.float32(rng.uniform(90, 200))
-    green = rng.uniform(*preset.nonspecific) * f.cell * (0.7 + 0.3 * np.clip(_smooth_noise(f.size, 12 * f.s, rng), -1, 1))
+    green = rng.uniform(*preset.nonspecific) * f.cell * (0.7 + 0.3 * np.clip(_smooth_noise(f.size, 12 * f.s, rng),
+                                                                             -1, 1))
     for c in labels:
         pattern, gated = PATTERNS[c]
         signal = pattern(f, rng) * np.float32(rng.uniform(*preset.strength))

@@ -56,6 +56,8 @@ FREQ_SCAN = np.linspace(0.95, 0.05, 101)
 TEAM4_RARE_EPS = 0.004
 #: A class on for at least this fraction of the images (when its target ratio is lower) is degenerate.
 DEGENERATE_FRACTION = 0.9
+#: Degenerate classes described one by one in the warning (the rest are listed by id).
+MAX_NAMED = 4
 #: The tie-aware, rank-based variant of ``lb_ratio_match`` (`rank_ratio_labels`).
 TIE_AWARE_RULE = "lb_ratio_rank"
 
@@ -255,9 +257,12 @@ def warn_degenerate(labels, ratios, probs=None, *, where: str = "", fallback: bo
     if not bad:
         return bad
     names = ", ".join(f"{b['class']} {CLASS_NAMES[b['class']]} on for {b['fraction']:.0%} of "
-                      f"{len(labels)} images (target ratio {b['ratio']:.3f}"
-                      + (f", {b['tied']:.0%} of its probabilities tied, spread {b['spread']:.2g}" if "tied" in b else "")
-                      + ")" for b in bad)
+                      f"{len(labels)} images (target ratio {b['ratio']:.3g}"
+                      + (f", {b['tied']:.0%} of its probabilities tied, spread {b['spread']:.2g}"
+                         if "tied" in b else "")
+                      + ")" for b in bad[:MAX_NAMED])
+    if len(bad) > MAX_NAMED:
+        names += f" and {len(bad) - MAX_NAMED} more classes ({', '.join(str(b['class']) for b in bad[MAX_NAMED:])})"
     then = (f"using the tie-aware variant {TIE_AWARE_RULE!r} (at most ratio x N images per class)" if fallback else
             f"pass tie_fallback=True (CLI: --tie-fallback) for the tie-aware variant {TIE_AWARE_RULE!r}")
     msg = (f"LB-ratio thresholds{' on ' + where if where else ''} are degenerate: {names}. The probabilities are "

@@ -168,7 +168,8 @@ def test_bootstrap_macro_f1_matches_sklearn_on_the_same_resamples():
     draw = np.random.default_rng(3)
     ref = [np.mean([f1_score(y_true[idx], q[idx], average="macro", zero_division=0) for q in (y_pred, other)])
            for idx in (draw.integers(0, 80, 80) for _ in range(100))]
-    assert both["low"] == pytest.approx(np.quantile(ref, 0.025)) and both["high"] == pytest.approx(np.quantile(ref, 0.975))
+    assert both["low"] == pytest.approx(np.quantile(ref, 0.025))
+    assert both["high"] == pytest.approx(np.quantile(ref, 0.975))
     assert both["macro_f1"] == pytest.approx(np.mean([f1_score(y_true, q, average="macro", zero_division=0)
                                                       for q in (y_pred, other)]))
     with pytest.raises(HpaDataError, match="n_boot=0"):
