@@ -5,8 +5,7 @@ The method section, in order: constants (each citing `docs/teams.md`), the model
 learning-rate schedule, and the recipe (data maps, loss, optimiser, TTA, thresholds) for `hpa_zoo.training`.
 
 Deviations from the PyTorch original (also in the recipe ``notes``): Keras' ImageNet DenseNet121 weights are not
-torchvision's, and Keras' BatchNormalization epsilon is 1.001e-5 in the trunk (torch 1e-5) — teams.md §1.2. The
-trunk's BatchNorm momentum is set to torch's (Keras 0.9, `TORCH_BN_MOMENTUM`).
+torchvision's, and Keras' BatchNormalization epsilon is 1.001e-5 in the trunk (torch 1e-5) — teams.md §1.2.
 """
 from __future__ import annotations
 
@@ -26,11 +25,6 @@ from hpa_zoo.recipe import Recipe, ThresholdConfig, TTAConfig
 #: teams.md §1.2: per-channel RGBY mean/std of the Kaggle train+test PNGs, in [0, 1] units (image / 255).
 RGBY_MEAN = (0.074598, 0.050630, 0.050891, 0.076287)
 RGBY_STD = (0.122813, 0.085745, 0.129882, 0.119411)
-
-#: The running-average rate of every BatchNorm: Team 1 trained torchvision's DenseNet121, whose BatchNorm2d momentum
-#: 0.1 updates the running statistics as Keras' momentum 0.9 does (Keras' own DenseNet121 uses 0.99, a 10x slower
-#: average that leaves the validation statistics epochs behind in short from-scratch runs). Training only.
-TORCH_BN_MOMENTUM = 0.9
 
 #: teams.md §1.2: the stem is `features.conv0` (Keras: ``conv1_conv``), yellow initialised as a copy of red.
 FIRST_CONV = "conv1_conv"
@@ -119,9 +113,6 @@ def build_densenet121(num_classes: int = NUM_CLASSES, input_shape=(512, 512, 4),
     with warnings.catch_warnings():  # "usually expects 1 or 3 input channels": 4 is intended
         warnings.simplefilter("ignore", UserWarning)
         trunk = keras.applications.DenseNet121(include_top=False, weights=None, input_tensor=x)
-    for layer in trunk.layers:  # torch BatchNorm2d's momentum 0.1 = Keras 0.9 (Keras' DenseNet121 uses 0.99)
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.momentum = TORCH_BN_MOMENTUM
     if large:
         trunk = _insert_after(trunk, "pool1", lambda t: keras.layers.MaxPooling2D(2, 2, name="extra_pool")(t))
     features = _dropout_head(trunk.output)
