@@ -61,3 +61,67 @@ def open_fraction(value, name: str, *, hint: str = "") -> float:
     if isinstance(value, bool) or not 0 < number < 1:
         raise ConfigError(f"{name}={value!r}: must be a fraction strictly between 0 and 1{_suffix(hint)}")
     return number
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    import sys
+
+    tf = sys.modules.get("tensorflow")
+    if tf is not None and isinstance(exc, tf.errors.ResourceExhaustedError):
+        return True
+    text = str(exc)
+    return any(s in text for s in ("RESOURCE_EXHAUSTED", "OOM when allocating", "Out of memory while trying to "
+                                   "allocate", "CUDA_ERROR_OUT_OF_MEMORY"))
+
+
+def out_of_memory_error(exc: BaseException, *, what: str, batch_size) -> ConfigError | None:
+    """A `ConfigError` naming a batch size to try when `exc` is the backend's out-of-memory error, else None.
+
+    Recognises TensorFlow's ``ResourceExhaustedError`` (CPU and GPU allocators) and XLA / CUDA
+    ``RESOURCE_EXHAUSTED`` messages.
+
+    Args:
+        exc: the error `what` raised.
+        what: the command, for the message (``"train"``, ``"predict"``).
+        batch_size: the batch size in use (None: the recipe's).
+    """
+    if not _is_out_of_memory(exc):
+        return None
+    detail = next((line.strip() for line in str(exc).splitlines() if "OOM" in line or "RESOURCE_EXHAUSTED" in line
+                   or "Out of memory" in line), str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    detail = detail[:240]
+    if batch_size is None:
+        fix = "pass a smaller --batch-size than the recipe's (e.g. half of it)"
+    elif int(batch_size) > 1:
+        fix = f"try --batch-size {max(1, int(batch_size) // 2)} (batch_size={max(1, int(batch_size) // 2)})"
+    else:
+        fix = ("it does not fit even at batch size 1: use a smaller --image-size / input size, another model, or an "
+               "accelerator with more memory")
+    return ConfigError(f"{what}: out of memory at batch size {batch_size if batch_size is not None else 'of the recipe'}"
+                       f" ({type(exc).__name__}: {detail}); {fix}")
+
+
+def reports_out_of_memory(what: str, batch_arg: str = "batch_size"):
+    """Decorator: the backend's out-of-memory error escaping the function becomes `out_of_memory_error`'s
+    `ConfigError` (chained to the original)."""
+    import functools
+    import inspect
+
+    def wrap(func):
+        signature = inspect.signature(func)
+
+        @functools.wraps(func)
+        def guarded(*args, **kwargs):
+            try:
+                return func(*args, **kwargs)
+            except Exception as exc:
+                bound = signature.bind_partial(*args, **kwargs)
+                default = signature.parameters[batch_arg].default if batch_arg in signature.parameters else None
+                translated = out_of_memory_error(exc, what=what, batch_size=bound.arguments.get(batch_arg, default))
+                if translated is None:
+                    raise
+                raise translated from exc
+
+        return guarded
+
+    return wrap

@@ -26,3 +26,11 @@ class WeightsError(HpaZooError, ValueError):
 
 class ConfigError(HpaZooError, ValueError):
     """An impossible configuration (image size, batch size, precision, strategy ...)."""
+
+
+class DiskWriteError(HpaZooError, OSError):
+    """An output could not be written: the disk is full, read-only or not writable (ENOSPC, EDQUOT, EROFS, EACCES).
+
+    The message names the file, the free space and what to free or change; nothing half-written was kept and
+    earlier files are intact (`hpa_zoo.atomic`).
+    """

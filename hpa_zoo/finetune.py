@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 import warnings
 from pathlib import Path
@@ -47,11 +48,12 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from hpa_zoo.atomic import atomic_path
-from hpa_zoo.checks import open_fraction, positive_float, positive_int
+from hpa_zoo.atomic import atomic_path, ensure_free_space, model_bytes
+from hpa_zoo.checks import open_fraction, positive_float, positive_int, reports_out_of_memory
 from hpa_zoo.constants import CHANNELS
 from hpa_zoo.errors import ConfigError, HpaDataError
 from hpa_zoo.images import fit_to_model
+from hpa_zoo.interrupt import Interrupted, stop_at_step_boundary
 from hpa_zoo.runlock import holds_run_lock
 from hpa_zoo.safepaths import check_relative_name, resolve_inside
 from zoo_models.surgery import adapt_channels  # the graph edit lives in the one surgery module
@@ -289,6 +291,7 @@ def _compile(model, multi_label: bool, lr: float) -> None:
 
 # ---------------------------------------------------------------------------------------------- finetune
 @holds_run_lock("finetune")
+@reports_out_of_memory("finetune")
 def finetune(base, data_csv, images_dir, *, out_dir, classes: Sequence[str] | None = None, multi_label: bool = True,
              channels: Sequence[str] = CHANNELS, channel_map: Mapping[str, str | None] | None = None,
              weights=None, epochs: int = 10, freeze_epochs: int = 2, image_size: int = 512, batch_size: int = 8,
@@ -413,8 +416,14 @@ def finetune(base, data_csv, images_dir, *, out_dir, classes: Sequence[str] | No
             log(f"initial val_loss {history['initial_val_loss']:.4f}")
         log(f"epochs {first + 1}-{last}: {'all layers' if trainable else 'classifier only (backbone frozen)'}, "
             f"lr {lr:g}")
-        fit = model.fit(train_ds, validation_data=val_ds, epochs=last, initial_epoch=first, callbacks=[best],
-                        verbose=2 if verbose else 0)
+        try:
+            with stop_at_step_boundary() as stopper:  # SIGINT/SIGTERM: stop after the current step
+                fit = model.fit(train_ds, validation_data=val_ds, epochs=last, initial_epoch=first,
+                                callbacks=[stopper, best], verbose=2 if verbose else 0)
+        except KeyboardInterrupt as exc:
+            raise Interrupted(f"{'interrupted' if not isinstance(exc, Interrupted) else exc}: no preset was written "
+                              f"(fine-tuning does not resume; the best weights so far are in {best.path}); re-run "
+                              f"the command to start again", getattr(exc, "signum", signal.SIGINT)) from None
         for key in ("loss", "val_loss"):
             history[key] += [float(v) for v in fit.history[key]]
     with warnings.catch_warnings():  # the checkpoint holds the frozen phase's optimiser: not needed here
@@ -453,6 +462,7 @@ def finetune(base, data_csv, images_dir, *, out_dir, classes: Sequence[str] | No
     }
     preset = save_preset(model, out_dir / PRESET_SUBDIR, model_name=spec.name, metadata=metadata)
     if list(stains) != registry_stains(spec):  # the registry builder cannot rebuild these (module docstring)
+        ensure_free_space(preset / "model.keras", model_bytes(model), hint="pass another --out")
         with atomic_path(preset / "model.keras") as tmp:
             model.save(tmp)
     log(f"preset written to {preset}")

@@ -29,7 +29,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from hpa_zoo.atomic import atomic_dir
+from hpa_zoo.atomic import atomic_dir, ensure_free_space, model_bytes
 from hpa_zoo.constants import CLASS_NAMES, NUM_CLASSES
 from hpa_zoo.errors import ConfigError, WeightsError
 from hpa_zoo.registry import get_spec, pixel_size_of
@@ -163,7 +163,7 @@ def _with_onnx(spec, onnx_path: Path, shape, num_classes: int, *, cache: Path | 
     weights cached, with the measured differences in ``<cache stem>.check.json`` beside them. A cache without
     that record, or older than the ONNX file, is converted (and checked) again.
     """
-    from hpa_zoo.atomic import atomic_path, atomic_write_text
+    from hpa_zoo.atomic import atomic_write_text, save_weights_atomic
 
     model = spec.build_fn()(num_classes=NUM_CLASSES, input_shape=shape, weights=None, **spec.builder_kwargs)
     record = conversion_record_path(cache) if cache is not None else None
@@ -177,8 +177,7 @@ def _with_onnx(spec, onnx_path: Path, shape, num_classes: int, *, cache: Path | 
 
     check = onnx_to_keras_weights(onnx_path, model)  # WeightsError (nothing cached) unless the numbers agree
     if cache is not None:
-        with atomic_path(cache) as tmp:
-            model.save_weights(tmp)
+        save_weights_atomic(model, cache, hint="set HPA_ZOO_CACHE to a folder with room")
         details = check.as_dict() if check is not None else {"passed": True}
         atomic_write_text(record, json.dumps({**details, "model_name": spec.name}, indent=2))
     return _fit_classes(model, spec, num_classes), check
@@ -254,6 +253,7 @@ def save_preset(model, directory, *, model_name: str | None = None, build_config
     }
     meta.update(meta_in)
 
+    ensure_free_space(directory, model_bytes(model))  # h5py crashes on a disk that fills up mid-write
     with atomic_dir(directory) as tmp:
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
         (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=_json_default))

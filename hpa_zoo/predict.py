@@ -24,7 +24,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from hpa_zoo.atomic import atomic_to_csv
-from hpa_zoo.checks import positive_int
+from hpa_zoo.checks import positive_int, reports_out_of_memory
 from hpa_zoo.constants import CLASS_NAMES, NUM_CLASSES
 from hpa_zoo.errors import ConfigError, HpaDataError
 from hpa_zoo.recipe import TTAConfig, ThresholdConfig
@@ -215,6 +215,7 @@ def _write_probabilities_sidecar(path: Path, members: Sequence[_Member], *, n_ro
 
 
 @holds_run_lock("predict")
+@reports_out_of_memory("predict")
 def predict(model_or_preset: Union[str, os.PathLike, Any, Sequence], data: str | os.PathLike, *,
             out_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None,
             tta: Union[str, TTAConfig, None] = None, batch_size: int = 8,

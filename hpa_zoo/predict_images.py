@@ -38,6 +38,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from hpa_zoo.atomic import atomic_path, atomic_to_csv, atomic_write_text
+from hpa_zoo.checks import reports_out_of_memory
 from hpa_zoo.constants import CHANNELS
 from hpa_zoo.errors import ConfigError, HpaDataError
 from hpa_zoo.recipe import TTAConfig
@@ -310,6 +311,7 @@ def read_item(item: Item, n_channels: int, size: int, *, pixel_size_um: float | 
 
 # ---------------------------------------------------------------------------------------------- predict
 @holds_run_lock("predict")
+@reports_out_of_memory("predict")
 def predict_images(models, inputs, *, out_dir, images_dir=None, weights=None, tta: str | TTAConfig = "default",
                    batch_size: int = 8, features: bool = False, skip_bad: bool = False,
                    pixel_size_um: float | None = None, seed: int = 0, workers: int = 4, runtime: str = "keras",

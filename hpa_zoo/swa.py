@@ -28,7 +28,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from hpa_zoo.atomic import atomic_path, atomic_write_text
+from hpa_zoo.atomic import atomic_write_text, save_weights_atomic
 from hpa_zoo.errors import ConfigError, WeightsError
 
 # teams.md §3.3: SWA over the last 10 epoch checkpoints (``swa.10.040.pth`` = 10 checkpoints up to epoch 40).
@@ -69,8 +69,7 @@ class EpochCheckpoints(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         path = self.directory / EPOCH_FILE_FORMAT.format(epoch=epoch + 1)
-        with atomic_path(path) as tmp:
-            self.model.save_weights(tmp)
+        save_weights_atomic(self.model, path, hint="pass another --out")
         if self.keep_last is not None:
             for old in epoch_checkpoints(self.directory)[:-self.keep_last]:
                 old.unlink(missing_ok=True)
@@ -295,8 +294,7 @@ def apply_swa(run_dir: str | os.PathLike, model: keras.Model, train_ds: Iterable
     average_checkpoints(model, files)
     seen = recalibrate_batchnorm(model, train_ds, steps=steps, verbose=verbose)
     out = run_dir / SWA_WEIGHTS_FILE
-    with atomic_path(out) as tmp:
-        model.save_weights(tmp)
+    save_weights_atomic(model, out, hint="pass another --out")
     atomic_write_text(out.with_name("swa.json"),
                       json.dumps({"averaged": [f.name for f in files], "bn_images": seen}, indent=2))
     if verbose:

@@ -42,6 +42,7 @@ import inspect
 import json
 import math
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -50,10 +51,12 @@ import keras
 import numpy as np
 
 from hpa_zoo import distribute
-from hpa_zoo.atomic import atomic_path, atomic_to_csv, atomic_write_text
-from hpa_zoo.checks import positive_int
+from hpa_zoo.atomic import (atomic_path, atomic_to_csv, atomic_write_text, ensure_free_space, model_bytes,
+                            save_weights_atomic)
+from hpa_zoo.checks import positive_int, reports_out_of_memory
 from hpa_zoo.constants import CLASS_NAMES, NUM_CLASSES
 from hpa_zoo.errors import ConfigError, HpaDataError, HpaZooError
+from hpa_zoo.interrupt import Interrupted, stop_at_step_boundary
 from hpa_zoo.recipe import Recipe
 from hpa_zoo.runlock import holds_run_lock
 
@@ -357,8 +360,7 @@ class AtomicBestCheckpoint(keras.callbacks.Callback):
         value = float(logs[self.monitor])
         if not self._improved(value):
             return
-        with atomic_path(self.path) as tmp:
-            self.model.save_weights(tmp)
+        save_weights_atomic(self.model, self.path, hint="pass another --out")
         self.best = {"epoch": epoch + 1, "monitor": self.monitor, "value": value, "path": str(self.path)}
         atomic_write_text(self.info_path, json.dumps(self.best, indent=2))
         if self.verbose:
@@ -431,6 +433,7 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         if weights.is_file() and meta.is_file():  # keep the previous pair (copies, each atomic)
             atomic_write_bytes(old_weights, weights.read_bytes())
             atomic_write_bytes(old_meta, meta.read_bytes())
+        ensure_free_space(weights, model_bytes(self.model), hint="pass another --out")
         with atomic_path(weights) as tmp:
             self.model.save_weights(tmp)
             digest = sha256_file(tmp)
@@ -473,6 +476,7 @@ class StopOnNaN(keras.callbacks.Callback):
 
 # ------------------------------------------------------------------------------------------------ train
 @holds_run_lock("train")
+@reports_out_of_memory("train")
 def train(model_name: str, data: str | os.PathLike, *, fold: int = 0, folds_csv: str | os.PathLike | None = None,
           out_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None, epochs: Optional[int] = None,
           image_size: Optional[int] = None, input_size: Optional[int] = None, batch_size: Optional[int] = None,
@@ -613,13 +617,15 @@ def train(model_name: str, data: str | os.PathLike, *, fold: int = 0, folds_csv:
         # keras.distribution (JAX) is consulted by fit itself: keep its scope; tf.distribute is captured by compile
         fit_scope = strategy.scope() if distribute.is_keras_distribution(strategy) else _null_scope()
         try:
-            with fit_scope:
+            with fit_scope, stop_at_step_boundary() as stopper:  # SIGINT/SIGTERM: stop after the current step
                 model.fit(train_ds, validation_data=valid_ds, epochs=recipe.epochs, steps_per_epoch=steps,
-                          callbacks=callbacks, verbose=verbose, shuffle=False)  # the pipeline shuffles
-        except KeyboardInterrupt:
-            print(f"\ninterrupted: the resume state is in {out_dir / 'backup'} (end of the last finished epoch); "
-                  f"re-run the same command to continue")
-            raise
+                          callbacks=[stopper, *callbacks], verbose=verbose, shuffle=False)  # the pipeline shuffles
+        except KeyboardInterrupt as exc:
+            state = AtomicBackupAndRestore.consistent_state(out_dir / "backup")
+            done = f"epoch {state['epoch']}" if state else "no finished epoch yet"
+            raise Interrupted(f"{'interrupted' if not isinstance(exc, Interrupted) else exc}: the resume state in "
+                              f"{out_dir / 'backup'} is from the end of the last finished epoch ({done}); re-run "
+                              f"the same command to continue", getattr(exc, "signum", signal.SIGINT)) from None
         preset = _finish(model, best_cb, recipe, settings, train_src, valid_src, table, fold, out_dir, verbose,
                          tie_fallback=tie_fallback)
     finally:

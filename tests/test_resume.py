@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -118,6 +119,46 @@ def inf_run(data, children, tmp_path_factory):
     return children.start(_command(data, out), env={"HPA_TEST_INF_AT": str(STEPS + 1)}), out  # epoch 2, step 2
 
 
+@pytest.fixture(scope="module")
+def reference(data, children, tmp_path_factory):
+    """The uninterrupted run both resume tests compare with, started once; call it for its (finished) out dir."""
+    out = tmp_path_factory.mktemp("reference") / "reference"
+    proc, done = children.start(_command(data, out)), {}
+
+    def finished() -> Path:
+        if not done:
+            text = finish(proc)
+            assert proc.returncode == 0, text[-3000:]
+            done["out"] = out
+        return done["out"]
+
+    return finished
+
+
+def _kill_mid_second_epoch(victim, out: Path, signum: int) -> dict | None:
+    """Send `signum` to `victim` once the first epoch's backup exists and the second epoch is under way; return
+    the progress then (None if the run ended or stalled first)."""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and victim.poll() is None:
+        backup = read_json(out / "backup" / "training_metadata.json")
+        progress = read_json(out / "progress.json")
+        # the first epoch's backup exists and the second epoch is under way (slept after its first batch)
+        if backup and backup["epoch"] >= 1 and progress and progress["epoch"] >= 1 and progress["batch"] >= 0:
+            os.kill(victim.pid, signum)
+            return progress
+        time.sleep(0.1)
+    return None
+
+
+def _assert_same_weights(out: Path, reference_out: Path) -> None:
+    got = _h5_arrays(out / "backup" / "latest.weights.h5")
+    want = _h5_arrays(reference_out / "backup" / "latest.weights.h5")
+    assert got.keys() == want.keys() and len(got) > 4
+    diff = max(float(np.max(np.abs(got[k].astype(np.float64) - want[k]))) if got[k].size else 0.0 for k in got)
+    print(f"resume vs uninterrupted: max |dw| = {diff:.3g} over {len(got)} arrays")
+    assert diff <= TOLERANCE
+
+
 @pytest.fixture
 def inf_run_alongside(request):
     """Starts `inf_run` now, when its test is selected, so that it runs alongside the SIGKILL test's processes
@@ -139,22 +180,12 @@ def _h5_arrays(path: Path) -> dict[str, np.ndarray]:
 
 # ---------------------------------------------------------------------------------------------- tests
 def test_sigkill_mid_epoch_then_rerun_resumes_and_matches_an_uninterrupted_run(data, children, inf_run_alongside,
-                                                                              tmp_path):
+                                                                              reference, tmp_path):
     import pandas as pd
 
-    reference = children.start(_command(data, tmp_path / "reference"))  # runs alongside the killed one
     out = tmp_path / "killed"
     victim = children.start(_command(data, out), env={"HPA_TEST_SLOW": "1.0"})
-    deadline, killed_at = time.monotonic() + 240, None
-    while time.monotonic() < deadline and victim.poll() is None:
-        backup = read_json(out / "backup" / "training_metadata.json")
-        progress = read_json(out / "progress.json")
-        # the first epoch's backup exists and the second epoch is under way (slept after its first batch)
-        if backup and backup["epoch"] >= 1 and progress and progress["epoch"] >= 1 and progress["batch"] >= 0:
-            os.kill(victim.pid, signal.SIGKILL)
-            killed_at = progress
-            break
-        time.sleep(0.1)
+    killed_at = _kill_mid_second_epoch(victim, out, signal.SIGKILL)
     victim_out = finish(victim, timeout=30)
     assert killed_at is not None, f"the run ended or stalled before it could be killed:\n{victim_out[-3000:]}"
     assert victim.returncode == -signal.SIGKILL
@@ -168,25 +199,47 @@ def test_sigkill_mid_epoch_then_rerun_resumes_and_matches_an_uninterrupted_run(d
     # it started at the backed-up epoch (Keras numbers epochs from 1), not at epoch 1
     assert f"Epoch {resumed_from + 1}/{EPOCHS}" in resumed_out
     assert f"Epoch {resumed_from}/{EPOCHS}" not in resumed_out
-    reference_out = finish(reference)
-    assert reference.returncode == 0, reference_out[-3000:]
+    reference_out = reference()
 
     # every epoch logged once, in order, across the two processes
     assert list(pd.read_csv(out / "training_log.csv")["epoch"]) == list(range(EPOCHS))
     final = read_json(out / "backup" / "training_metadata.json")
     assert (final["epoch"], final["iterations"]) == (EPOCHS, EPOCHS * STEPS)  # optimizer step = schedule position
 
-    got = _h5_arrays(out / "backup" / "latest.weights.h5")
-    want = _h5_arrays(tmp_path / "reference" / "backup" / "latest.weights.h5")
-    assert got.keys() == want.keys() and len(got) > 4
-    diff = max(float(np.max(np.abs(got[k].astype(np.float64) - want[k]))) if got[k].size else 0.0 for k in got)
-    print(f"resume vs uninterrupted: max |dw| = {diff:.3g} over {len(got)} arrays")
-    assert diff <= TOLERANCE
+    _assert_same_weights(out, reference_out)
     # the training metric rows of the resumed epochs match too (same data, same order, same augmentation)
     log_a = pd.read_csv(out / "training_log.csv")
-    log_b = pd.read_csv(tmp_path / "reference" / "training_log.csv")
+    log_b = pd.read_csv(reference_out / "training_log.csv")
     np.testing.assert_allclose(log_a["loss"], log_b["loss"], rtol=1e-6)
     # and the resumed run left no temporary files behind
+    assert [p for p in out.rglob("*.tmp*")] == []
+
+
+def test_sigterm_stops_at_a_step_boundary_says_how_to_resume_and_the_rerun_matches(data, children, reference,
+                                                                                  tmp_path):
+    """SIGTERM mid-epoch: the run stops after the current step (not mid-write), exits 143 with one line naming the
+    resume state; the re-run ends with the uninterrupted run's weights."""
+    out = tmp_path / "terminated"
+    victim = children.start(_command(data, out), env={"HPA_TEST_SLOW": "1.0"})
+    signalled_at = _kill_mid_second_epoch(victim, out, signal.SIGTERM)
+    text = finish(victim, timeout=60)
+    assert signalled_at is not None, f"the run ended or stalled before the signal:\n{text[-3000:]}"
+    assert victim.returncode == 128 + signal.SIGTERM, text[-3000:]
+    # one line (stderr; it may follow Keras' unfinished progress bar on stdout), no traceback
+    assert text.count("hpa-zoo train:") == 1 and "Traceback" not in text, text[-3000:]
+    assert re.search(rf"hpa-zoo train: SIGTERM at epoch 2, step [1-{STEPS}]: the resume state in "
+                     rf"{re.escape(str(out / 'backup'))} is from the end of the last finished epoch \(epoch 1\); "
+                     rf"re-run the same command to continue\n", text), text[-3000:]
+    progress = read_json(out / "progress.json")
+    assert (progress["epoch"], progress["batch"]) in ((1, signalled_at["batch"]), (1, signalled_at["batch"] + 1))
+    state = read_json(out / "backup" / "training_metadata.json")
+    assert (state["epoch"], state["iterations"]) == (1, STEPS)  # the interrupted epoch is not recorded as done
+
+    resumed = children.start(_command(data, out))
+    resumed_out = finish(resumed)
+    assert resumed.returncode == 0, resumed_out[-3000:]
+    assert f"Epoch 2/{EPOCHS}" in resumed_out and f"Epoch 1/{EPOCHS}" not in resumed_out
+    _assert_same_weights(out, reference())
     assert [p for p in out.rglob("*.tmp*")] == []
 
 
