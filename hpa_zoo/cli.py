@@ -162,6 +162,37 @@ def _run_models(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- qc
+def _add_qc(sub) -> None:
+    p = sub.add_parser("qc", help="the paper's image quality control: enough whole cells, a protein signal")
+    p.add_argument("folder", help="a Kaggle / HPAv18-layout folder of {id}_{red,green,...} images")
+    p.add_argument("--out", required=True, help="folder for qc.csv and qc_summary.json")
+    p.add_argument("--full-res-px", type=int, default=2048,
+                   help="side of the full-resolution fields the images were downscaled from (Kaggle: 2048)")
+    p.add_argument("--min-cells", type=int, default=5, help="cells not touching the border an image needs")
+    p.add_argument("--min-object-px", type=float, default=8000,
+                   help="smallest cell area in px at full resolution (scaled to each image's resolution)")
+    p.add_argument("--write-filtered", default=None, metavar="NEW.csv",
+                   help="write the passing rows of the labels CSV (or their ids) here")
+    p.add_argument("--labels", default=None, help="the Id,Target CSV (default FOLDER/../train.csv)")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: the CPU count)")
+    p.add_argument("--skip-bad", action="store_true", help="skip ids without both a red and a green file")
+    p.set_defaults(func=_run_qc)
+
+
+def _run_qc(args) -> int:
+    from hpa_zoo.qc import qc_folder
+
+    summary = qc_folder(args.folder, out_dir=args.out, full_res_px=args.full_res_px, min_cells=args.min_cells,
+                        min_object_px_full_res=args.min_object_px, write_filtered=args.write_filtered,
+                        labels_csv=args.labels, workers=args.workers, skip_bad=args.skip_bad)
+    print(f"{summary['passed']} of {summary['n_images']} images pass; failures: {summary['reasons'] or 'none'}")
+    for key in ("qc_csv", "filtered_csv", "summary"):
+        if key in summary:
+            print(f"  {key}: {summary[key]}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- weights
 def _add_weights(sub) -> None:
     p = sub.add_parser("weights", help="published weights: prove a conversion on the package's test tensors")
@@ -545,7 +576,7 @@ def _run_embed(args) -> int:
     return 0
 
 
-COMMANDS = [_add_synth, _add_prepare, _add_folds, _add_evaluate, _add_models, _add_weights]
+COMMANDS = [_add_synth, _add_prepare, _add_folds, _add_evaluate, _add_models, _add_weights, _add_qc]
 COMMANDS += [_add_train, _add_predict, _add_demo]
 COMMANDS += [_add_finetune, _add_export, _add_explain, _add_embed]
 COMMANDS += [_add_autoaugment_search]
