@@ -22,7 +22,7 @@ from keras import ops
 
 from hpa_zoo.constants import CLASS_NAMES, NUM_CLASSES
 from hpa_zoo.errors import HpaDataError
-from hpa_zoo.labels import multi_hot_matrix, parse_target, read_labels_csv
+from hpa_zoo.labels import multi_hot_matrix, parse_targets, read_labels_csv
 
 
 def _binary(y, name: str) -> np.ndarray:
@@ -238,12 +238,10 @@ def read_predictions_csv(path: str | os.PathLike, num_classes: int = NUM_CLASSES
     if "Predicted" not in raw.columns:
         raise HpaDataError(f"{path}: missing column 'Predicted'; found {list(raw.columns)}; a submission's header "
                            f"is 'Id,Predicted' as in Kaggle's sample_submission.csv")
-    labels = []
-    for line, (image_id, text) in enumerate(zip(ids["Id"], raw["Predicted"]), start=2):
-        text = str(text).strip()
-        labels.append(parse_target(text, where=f"{path.name} line {line} (Id {image_id})",
-                                   num_classes=num_classes) if text else ())
-    return pd.DataFrame({"Id": list(ids["Id"]), "labels": labels})
+    id_list = ids["Id"].tolist()
+    labels = parse_targets(raw["Predicted"].tolist(), where=lambda k: f"{path.name} line {k + 2} (Id {id_list[k]})",
+                           num_classes=num_classes, allow_empty=True)
+    return pd.DataFrame({"Id": id_list, "labels": labels})
 
 
 def _missing(ids, other, what: str, limit: int = 5) -> str:
@@ -265,15 +263,16 @@ def evaluate_csv(predictions_csv: str | os.PathLike, labels_csv: str | os.PathLi
     """
     pred = read_predictions_csv(predictions_csv)
     truth = read_labels_csv(labels_csv)
-    pred_ids, true_ids = set(pred["Id"]), set(truth["Id"])
-    problems = [m for m in (_missing(truth["Id"], pred_ids, f"of {Path(labels_csv).name} missing from "
-                                                            f"{Path(predictions_csv).name}"),
-                            _missing(pred["Id"], true_ids, f"of {Path(predictions_csv).name} missing from "
-                                                           f"{Path(labels_csv).name}")) if m]
+    pred_list, true_list = pred["Id"].tolist(), truth["Id"].tolist()  # plain lists: no per-item pandas access
+    pred_ids, true_ids = set(pred_list), set(true_list)
+    problems = [m for m in (_missing(true_list, pred_ids, f"of {Path(labels_csv).name} missing from "
+                                                          f"{Path(predictions_csv).name}"),
+                            _missing(pred_list, true_ids, f"of {Path(predictions_csv).name} missing from "
+                                                          f"{Path(labels_csv).name}")) if m]
     if problems:
         raise HpaDataError("; ".join(problems) + "; predictions and labels must cover the same images "
                                                  "(predict every labelled image, or subset the label CSV)")
-    by_id = dict(zip(pred["Id"], pred["labels"]))
-    y_true = multi_hot_matrix(list(truth["labels"]))
-    y_pred = multi_hot_matrix([by_id[i] for i in truth["Id"]])
+    by_id = dict(zip(pred_list, pred["labels"].tolist()))
+    y_true = multi_hot_matrix(truth["labels"].tolist())
+    y_pred = multi_hot_matrix([by_id[i] for i in true_list])
     return {**f1_report(y_true, y_pred), "predictions_csv": str(predictions_csv), "labels_csv": str(labels_csv)}
