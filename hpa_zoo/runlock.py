@@ -69,9 +69,12 @@ def run_lock(out_dir: str | os.PathLike, command: str) -> Iterator[Path]:
             f"{out_dir} is in use by {_holder(out_dir)}; two runs writing one folder would mix their files. Wait "
             f"for it to finish (or stop it), or pass another --out") from None
     try:
-        atomic_write_text(out_dir / HOLDER_NAME, json.dumps({
-            "pid": os.getpid(), "host": socket.gethostname(), "command": command,
-            "started": time.strftime("%Y-%m-%d %H:%M:%S %z"), "argv": sys.argv}))
+        try:
+            atomic_write_text(out_dir / HOLDER_NAME, json.dumps({
+                "pid": os.getpid(), "host": socket.gethostname(), "command": command,
+                "started": time.strftime("%Y-%m-%d %H:%M:%S %z"), "argv": sys.argv}))
+        except OSError as exc:  # a full disk: the run's own first write will say so, naming its file
+            log.warning("could not record the holder of %s (%s); the lock itself is held", out_dir, exc)
         yield out_dir
     finally:
         with contextlib.suppress(OSError):

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,6 +17,8 @@ import pytest
 from hpa_zoo.atomic import atomic_to_csv, atomic_write_text
 from hpa_zoo.errors import DiskWriteError
 from tests.test_training import synthetic_data, tiny_model  # noqa: F401 (fixtures)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/
 
 
 def _fill(disk, leave: int) -> None:
@@ -85,3 +89,20 @@ def test_training_on_a_full_disk_stops_naming_the_checkpoint_and_leaves_no_loada
     preset = train(tiny_model, synthetic_data, out_dir=out, epochs=2, steps_per_epoch=1, verbose=0)
     assert (preset / "metadata.json").is_file()
     assert AtomicBackupAndRestore.consistent_state(out / "backup")["epoch"] == 2
+
+
+def test_predict_images_on_a_full_disk_keeps_the_earlier_predictions(small_disk, tiny_registry_model, tmp_path):
+    """The real `predict_images` writing into a full ``--out``: DiskWriteError naming the CSV; the earlier run's
+    outputs are untouched, byte for byte."""
+    from benchmarks.load_checks import write_test_folder
+    from hpa_zoo.predict_images import predict_images
+
+    images = write_test_folder(tmp_path / "kaggle", 24, size=32) / "test"
+    out = small_disk / "pred"
+    first = predict_images(tiny_registry_model, images, out_dir=out, tta="none", verbose=0)
+    before = {k: Path(p).read_bytes() for k, p in first.items()}
+    _fill(small_disk, leave=2_000)
+    with pytest.raises(DiskWriteError, match=rf"cannot write {out}/\S+\.csv: the disk is full .*free space in {out}"):
+        predict_images(tiny_registry_model, images, out_dir=out, tta="d4", verbose=0)
+    assert {k: Path(p).read_bytes() for k, p in first.items()} == before
+    assert _leftovers(small_disk) == []
