@@ -193,6 +193,40 @@ def _run_qc(args) -> int:
     return 0
 
 
+def _add_leaks(sub) -> None:
+    p = sub.add_parser("leaks", help="same-sample leak audit between two image folders (pHash, features, "
+                                     "metric-learning embedding)")
+    p.add_argument("a", help="first folder of {id}_{red,green,blue,yellow} images (e.g. train)")
+    p.add_argument("b", help="second folder (e.g. test, or HPAv18)")
+    p.add_argument("--out", required=True, help="folder for pairs.csv, pairs.png and audit.json")
+    p.add_argument("--model", default="team1_densenet121_512", help="classifier whose features are compared")
+    p.add_argument("--weights", default=None, help="its weights (hpa, imagenet, a file)")
+    p.add_argument("--no-features", action="store_true", help="pHash only")
+    p.add_argument("--embedding-model", default=None,
+                   help="Team 1's metric-learning model trained on your samples (preset with an 'embedding' layer)")
+    p.add_argument("--a-csv", default=None, help="Id,Sample CSV of A (the truth, for recall/precision)")
+    p.add_argument("--b-csv", default=None, help="Id,Sample CSV of B")
+    p.add_argument("--image-size", type=int, default=None, help="feature models' input side (default the row's)")
+    p.add_argument("--top", type=int, default=24, help="pairs in the thumbnail sheet")
+    p.set_defaults(func=_run_leaks)
+
+
+def _run_leaks(args) -> int:
+    from hpa_zoo.leaks import audit
+
+    summary = audit(args.a, args.b, out_dir=args.out, model=None if args.no_features else args.model,
+                    weights=args.weights, embedding_model=args.embedding_model, a_csv=args.a_csv, b_csv=args.b_csv,
+                    image_size=args.image_size, top=args.top)
+    print(f"{summary['n_candidates']} candidate pairs between {summary['n_a']} and {summary['n_b']} images "
+          f"(signals: {', '.join(summary['signals'])})")
+    for name, score in (summary.get("recall_precision") or {}).items():
+        print(f"  {name}: {score}")
+    for key in ("pairs_csv", "pairs_png", "audit_json"):
+        if key in summary:
+            print(f"  {key}: {summary[key]}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- weights
 def _add_weights(sub) -> None:
     p = sub.add_parser("weights", help="published weights: prove a conversion on the package's test tensors")
@@ -576,7 +610,7 @@ def _run_embed(args) -> int:
     return 0
 
 
-COMMANDS = [_add_synth, _add_prepare, _add_folds, _add_evaluate, _add_models, _add_weights, _add_qc]
+COMMANDS = [_add_synth, _add_prepare, _add_folds, _add_evaluate, _add_models, _add_weights, _add_qc, _add_leaks]
 COMMANDS += [_add_train, _add_predict, _add_demo]
 COMMANDS += [_add_finetune, _add_export, _add_explain, _add_embed]
 COMMANDS += [_add_autoaugment_search]

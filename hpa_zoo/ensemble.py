@@ -599,3 +599,46 @@ def vote_from_filename(binary_by_member: Mapping[str, Any], filename: str) -> np
     if missing:
         raise ConfigError(f"{filename}: no submission for {missing}; pass one per token ({keys})")
     return weighted_vote([binary_by_member[k] for k in keys], spec.weights, spec.cutoff)
+
+
+# ---------------------------------------------------------------------------------------------- leak exploit
+def metric_learning_replace(labels, match_index, matched, reference_labels, *,
+                            keep_classes: Sequence[int] | None = None) -> np.ndarray:
+    """Team 1's label replacement by the metric-learning match (docs/teams.md §1.7) — **a leak exploit**.
+
+    A test image whose best same-sample match passed the cut-off (`zoo_models.team1_metric_learning.match`) gets
+    the match's labels instead of its own prediction, except for ``keep_classes`` (default the five tags
+    bestfitting's ``post_processing/s2_modify_result.py`` leaves alone: Peroxisomes, Endosomes, Lysosomes, Lipid
+    droplets, Cytoplasmic bodies), which keep the CNN's decision; a replacement that would leave no label keeps the
+    CNN's row. The paper found this scores by same-sample leaks between test and HPAv18, not by better
+    localisation: use it only to measure such a leak, never for a claim about a model. Nothing in hpa-zoo calls it.
+
+    Args:
+        labels: (N, K) bool/0-1 CNN predictions of the test images.
+        match_index: (N,) int, each test image's best reference image.
+        matched: (N,) bool, the match passed the cut-off.
+        reference_labels: (M, K) bool/0-1 labels of the reference images.
+        keep_classes: class ids whose CNN decision is kept.
+
+    Returns:
+        (N, K) bool.
+
+    Raises:
+        ConfigError: shapes that do not fit.
+    """
+    from zoo_models.team1_metric_learning import KEEP_CLASSES
+
+    cnn = np.asarray(labels).astype(bool)
+    ref = np.asarray(reference_labels).astype(bool)
+    idx, hit = np.asarray(match_index, np.int64), np.asarray(matched, bool)
+    if (cnn.ndim != 2 or ref.ndim != 2 or ref.shape[1] != cnn.shape[1] or idx.shape != (len(cnn),)
+            or hit.shape != (len(cnn),)):
+        raise ConfigError(f"metric_learning_replace: labels {cnn.shape}, reference {ref.shape}, match_index "
+                          f"{idx.shape}, matched {hit.shape} do not fit ((N, K), (M, K), (N,), (N,))")
+    keep = np.zeros(cnn.shape[1], bool)
+    keep[list(KEEP_CLASSES if keep_classes is None else keep_classes)] = True
+    out = cnn.copy()
+    for n in np.flatnonzero(hit):
+        row = np.where(keep, cnn[n], ref[idx[n]])
+        out[n] = row if row.any() else cnn[n]
+    return out

@@ -254,6 +254,28 @@ ROWS.append(ModelSpec(
     **_TEAM1_COMMON,
 ))
 
+ROWS.append(ModelSpec(
+    name="team1_arcface_resnet50_768",
+    team="team1",
+    builder="zoo_models.team1_metric_learning:build_team1_arcface_resnet50_768",
+    input_size=768,  # teams.md §1.7: 768 px, no crop
+    pixel_size_um=pixel_size_of(768),
+    channels="RGBY",
+    first_conv="conv1_conv",
+    classifier="logits",  # ArcMarginProduct cosines to the training identities (samples / antibodies)
+    feature_layer="embedding",  # the 512-d matching vector
+    description=("Team 1 (bestfitting) metric-learning model, recast as a same-sample / batch-effect detector: "
+                 "ResNet50 with an RGBY stem, input /255, concat(avg, max) -> BN -> Dropout .25 -> 2048 -> ReLU -> "
+                 "BN -> Dropout .5 -> 512 -> BN embedding, ArcFace (s 30, m 0.5) over sample or antibody ids, Adam "
+                 "1e-4, clip 1 (teams.md §1.7). The paper (Ouyang et al. 2019) found that Team 1's gain from it "
+                 "came from matching test images to HPAv18 images of the same sample: of 935 test_private images "
+                 "with such a partner it found 647 (69.2 %, the paper's figure), and 261 of the 270 predictions "
+                 "it changed had one. Use it with `hpa-zoo leaks` to audit splits; the label replacement "
+                 "(hpa_zoo.ensemble.metric_learning_replace) is a leak exploit and off by default. No weights are "
+                 "published: train it on your own sample ids."),
+    citation=_TEAM1_CITATION,
+))
+
 # ---------------------------------------------------------------------------------------- Team 3: pudae
 # teams.md §3.1-3.4, §6. RGBY stems with the red filter copied for yellow; normalisation inside the models.
 # No HPA-trained Team 3 weights are published: weights=None / "imagenet" / your own .weights.h5 or preset.

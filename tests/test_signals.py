@@ -40,13 +40,17 @@ def _one_line(text: str, command: str) -> str:
     return lines[0]
 
 
-def test_sigterm_during_synth_leaves_no_dataset(children, tmp_path):
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_sigterm_during_synth_leaves_no_dataset(children, tmp_path, workers):
+    """In this process or with worker processes: the queued images are dropped, not rendered first."""
     out = tmp_path / "syn"
-    proc = children.start(["-m", "hpa_zoo.cli", "synth", str(out), "--n-train", "2000", "--n-test", "0",
-                           "--size", "64", "--workers", "0"])
+    proc = children.start(["-m", "hpa_zoo.cli", "synth", str(out), "--n-train", "6000", "--n-test", "0",
+                           "--size", "64", "--workers", workers])
     partial = lambda: [p for p in tmp_path.glob(".syn.partial-*/train/*.png")]  # noqa: E731
     assert _signal_when(proc, lambda: len(partial()) >= 8), finish(proc)[-3000:]
+    signalled = time.monotonic()
     text = finish(proc, timeout=60)
+    assert time.monotonic() - signalled < 8, "the queued work ran to the end before stopping"
     assert proc.returncode == 128 + signal.SIGTERM, text[-3000:]
     assert _one_line(text, "synth") == "hpa-zoo synth: stopped by SIGTERM; nothing half-written was kept"
     assert not out.exists() and list(tmp_path.iterdir()) == []  # the partial folder is gone too
