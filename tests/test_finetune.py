@@ -143,3 +143,36 @@ def test_finetune_three_stains_five_classes_validation_loss_falls(user_data, tin
     bce = np.mean(np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z))))
     assert bce == pytest.approx(min(hist["val_loss"]), rel=1e-3)
     assert bce < hist["initial_val_loss"]
+
+
+def test_sigint_during_finetune_stops_at_a_step_boundary_and_writes_no_preset(user_data, tiny_registry_model,
+                                                                               tmp_path):
+    """A real SIGINT to this process once the first epoch's checkpoint exists (inside fit: one phase, no frozen
+    epochs): finetune stops after the current step with one message, and no preset is written."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from hpa_zoo.interrupt import Interrupted
+
+    csv, images, _ = user_data
+    out = tmp_path / "run"
+    sent = []
+
+    def interrupt_when_training():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if (out / "best.weights.h5").exists():
+                sent.append(time.monotonic())
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+            time.sleep(0.02)
+
+    threading.Thread(target=interrupt_when_training, daemon=True).start()
+    with pytest.raises(Interrupted, match=r"^SIGINT at epoch \d+, step \d+: no preset was written \(fine-tuning does not "
+                                          r"resume; the best weights so far are in .*best\.weights\.h5\); re-run") as info:
+        ft.finetune(tiny_registry_model, csv, images, out_dir=out, channels=("microtubules", "protein", "nucleus"),
+                    epochs=60, freeze_epochs=0, image_size=SIZE, batch_size=8, verbose=0)
+    assert sent and info.value.signum == signal.SIGINT
+    assert not (out / "preset").exists() and (out / "best.weights.h5").is_file()
