@@ -317,6 +317,8 @@ def _add_predict(sub) -> None:
     p.add_argument("--thresholds", choices=["preset", "refit"], default="preset",
                    help="the presets' fitted thresholds, or the recipe's rule re-fitted on the test probabilities")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--tie-fallback", action="store_true",
+                   help="degenerate LB-ratio labels (a class on for >= 90%% of the images): use the tie-aware variant")
     p.set_defaults(func=_run_predict)
 
 
@@ -348,15 +350,22 @@ def _run_predict(args) -> int:
 
 # ---------------------------------------------------------------------------------------------- demo
 def _add_demo(sub) -> None:
+    from hpa_zoo.demo import DEMO_DEFAULTS as d
+
     p = sub.add_parser("demo", help="end-to-end demo on synthetic data (synthesise, TFDS, train, report, predict)")
     p.add_argument("--out", default="hpa_zoo_demo", help="output folder (default ./hpa_zoo_demo)")
-    p.add_argument("--n-train", type=int, default=300)
-    p.add_argument("--n-test", type=int, default=60)
-    p.add_argument("--size", type=int, default=128, help="side of the synthetic images")
-    p.add_argument("--image-size", type=int, default=None, help="training load size (default --size)")
-    p.add_argument("--input-size", type=int, default=None, help="network input (default 3/4 of image size)")
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--preset", choices=("demo", "hpa"), default="demo", help="synthetic difficulty (default demo)")
+    p.add_argument("--n-train", type=int, default=d["n_train"])
+    p.add_argument("--n-test", type=int, default=d["n_test"])
+    p.add_argument("--size", type=int, default=d["size"], help="side of the synthetic images")
+    p.add_argument("--image-size", type=int, default=d["image_size"], help="training load size (default --size)")
+    p.add_argument("--input-size", type=int, default=d["input_size"], help="network input")
+    p.add_argument("--epochs", type=int, default=d["epochs"])
+    p.add_argument("--batch-size", type=int, default=d["batch_size"])
+    p.add_argument("--warmup-epochs", type=float, default=d["warmup_epochs"], help="linear LR warm-up (0: none)")
+    p.add_argument("--peak-lr", type=float, default=d["peak_lr"],
+                   help="rate after the warm-up, then cosine decay to the recipe's last rate; 0 (and "
+                        "--warmup-epochs 0) = the recipe's own schedule")
     p.add_argument("--tta", choices=["default", "none"], default="default")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", default="team1_densenet121_512", help="registered model to train (needs a recipe)")
@@ -368,7 +377,8 @@ def _run_demo(args) -> int:
 
     run_demo(args.out, n_train=args.n_train, n_test=args.n_test, size=args.size, image_size=args.image_size,
              input_size=args.input_size, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-             tta=args.tta, model_name=args.model)
+             tta=args.tta, model_name=args.model, preset=args.preset, warmup_epochs=args.warmup_epochs,
+             peak_lr=args.peak_lr or None)
     return 0
 
 
