@@ -227,6 +227,30 @@ def _run_leaks(args) -> int:
     return 0
 
 
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="the paper's Fig. 2 (a-d) and Supp. Fig. 2 from predictions CSVs, as HTML")
+    p.add_argument("predictions", nargs="+", help="probabilities CSVs (Id + class columns; sidecars name the models)")
+    p.add_argument("--labels", required=True, help="Id,Target CSV of the predicted images")
+    p.add_argument("--out", required=True, help="folder for report.html and the PNGs")
+    p.add_argument("--train-labels", default=None, help="Id,Target CSV of the training images (Fig. 2a)")
+    p.add_argument("--data-label", default="your data",
+                   help="what the images are, printed on every figure (e.g. 'synthetic data - not an HPA result')")
+    p.add_argument("--threshold", type=float, default=0.5, help="probability threshold (top class always on)")
+    p.set_defaults(func=_run_report)
+
+
+def _run_report(args) -> int:
+    from hpa_zoo.report import figure_report
+
+    summary = figure_report(args.predictions, args.labels, out_dir=args.out, data_label=args.data_label,
+                            train_csv=args.train_labels, threshold=args.threshold)
+    for name, m in summary["models"].items():
+        print(f"{name}: macro F1 {m['macro_f1']:.3f}, precision {m['micro_precision']:.3f}, recall "
+              f"{m['micro_recall']:.3f} ({summary['data']})")
+    print(f"report: {summary['html']}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- weights
 def _add_weights(sub) -> None:
     p = sub.add_parser("weights", help="published weights: prove a conversion on the package's test tensors")
@@ -620,7 +644,7 @@ def _run_embed(args) -> int:
     return 0
 
 
-COMMANDS = [_add_synth, _add_prepare, _add_folds, _add_evaluate, _add_models, _add_weights, _add_qc, _add_leaks]
+COMMANDS = [_add_synth, _add_prepare, _add_folds, _add_evaluate, _add_models, _add_weights, _add_qc, _add_leaks, _add_report]
 COMMANDS += [_add_train, _add_predict, _add_demo]
 COMMANDS += [_add_finetune, _add_export, _add_explain, _add_embed]
 COMMANDS += [_add_autoaugment_search]
