@@ -76,8 +76,9 @@ def small_model(num_classes: int = 28, size: int = SIZE):
 def _growth(samples: list[tuple[int, float]], first: int) -> dict:
     """RSS after the first `first` images vs after the last chunk."""
     at_first = next(r for n, r in samples if n >= first)
-    return {"images": samples[-1][0], "rss_after_first_mb": round(at_first, 1), "rss_at_end_mb": round(samples[-1][1], 1),
-            "growth_mb": round(samples[-1][1] - at_first, 1), "peak_mb": round(max(r for _, r in samples), 1)}
+    end = samples[-1][1]
+    return {"images": samples[-1][0], "rss_after_first_mb": round(at_first, 1), "rss_at_end_mb": round(end, 1),
+            "growth_mb": round(end - at_first, 1), "peak_mb": round(max(r for _, r in samples), 1)}
 
 
 def predict_memory(folder: Path, *, first: int = CHUNK, chunk: int = CHUNK, batch_size: int = 32) -> dict:
@@ -96,7 +97,8 @@ def predict_memory(folder: Path, *, first: int = CHUNK, chunk: int = CHUNK, batc
         n += len(batch["id"])
         samples.append((n, rss_mb()))
     took = time.perf_counter() - start
-    return {**_growth(samples, first), "seconds": round(took, 1), "images_per_s": round(n / took, 1), "tta": "d4 (8 views)"}
+    return {**_growth(samples, first), "seconds": round(took, 1), "images_per_s": round(n / took, 1),
+            "tta": "d4 (8 views)"}
 
 
 def embed_memory(folder: Path, *, first: int = CHUNK, chunk: int = CHUNK, batch_size: int = 64) -> dict:

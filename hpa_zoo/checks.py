@@ -97,8 +97,8 @@ def out_of_memory_error(exc: BaseException, *, what: str, batch_size) -> ConfigE
     else:
         fix = ("it does not fit even at batch size 1: use a smaller --image-size / input size, another model, or an "
                "accelerator with more memory")
-    return ConfigError(f"{what}: out of memory at batch size {batch_size if batch_size is not None else 'of the recipe'}"
-                       f" ({type(exc).__name__}: {detail}); {fix}")
+    size = batch_size if batch_size is not None else "of the recipe"
+    return ConfigError(f"{what}: out of memory at batch size {size} ({type(exc).__name__}: {detail}); {fix}")
 
 
 def reports_out_of_memory(what: str, batch_arg: str = "batch_size"):

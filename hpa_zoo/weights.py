@@ -50,8 +50,10 @@ DEFAULT_CACHE = Path("~/.cache/hpa_zoo")
 WEIGHTS_SUBDIR = "weights"
 TIMEOUT_ENV = "HPA_ZOO_DOWNLOAD_TIMEOUT"
 ATTEMPTS_ENV = "HPA_ZOO_DOWNLOAD_ATTEMPTS"
-DOWNLOAD_TIMEOUT_S = 60.0  # per socket operation (connect, each read), not for the whole file; $HPA_ZOO_DOWNLOAD_TIMEOUT
-DOWNLOAD_ATTEMPTS = 3  # per URL, for transient failures (reset, timeout, 5xx, short transfer); $HPA_ZOO_DOWNLOAD_ATTEMPTS
+#: seconds per socket operation (connect, each read), not for the whole file; ``$HPA_ZOO_DOWNLOAD_TIMEOUT``
+DOWNLOAD_TIMEOUT_S = 60.0
+#: tries per URL for transient failures (reset, timeout, 5xx, short transfer); ``$HPA_ZOO_DOWNLOAD_ATTEMPTS``
+DOWNLOAD_ATTEMPTS = 3
 DOWNLOAD_BACKOFF_S = 1.0  # wait before the 2nd attempt; doubled before each further one
 _CHUNK = 1 << 20
 _TRUE = {"1", "true", "yes", "on"}

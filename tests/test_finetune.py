@@ -170,8 +170,9 @@ def test_sigint_during_finetune_stops_at_a_step_boundary_and_writes_no_preset(us
             time.sleep(0.02)
 
     threading.Thread(target=interrupt_when_training, daemon=True).start()
-    with pytest.raises(Interrupted, match=r"^SIGINT at epoch \d+, step \d+: no preset was written \(fine-tuning does not "
-                                          r"resume; the best weights so far are in .*best\.weights\.h5\); re-run") as info:
+    with pytest.raises(Interrupted, match=r"^SIGINT at epoch \d+, step \d+: no preset was written \(fine-tuning "
+                                          r"does not resume; the best weights so far are in .*best\.weights\.h5\); "
+                                          r"re-run") as info:
         ft.finetune(tiny_registry_model, csv, images, out_dir=out, channels=("microtubules", "protein", "nucleus"),
                     epochs=60, freeze_epochs=0, image_size=SIZE, batch_size=8, verbose=0)
     assert sent and info.value.signum == signal.SIGINT

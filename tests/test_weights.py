@@ -189,7 +189,8 @@ def test_stall_past_the_timeout_from_the_environment(server, cache, monkeypatch)
     monkeypatch.setenv("HPA_ZOO_DOWNLOAD_TIMEOUT", "0.4")
     monkeypatch.setenv("HPA_ZOO_DOWNLOAD_ATTEMPTS", "1")
     start = time.perf_counter()
-    with pytest.raises(WeightsError, match=r"(?s)1 attempt\(s\), last: .*timed out.*HPA_ZOO_DOWNLOAD_TIMEOUT, now 0.4 s"):
+    with pytest.raises(WeightsError,
+                       match=r"(?s)1 attempt\(s\), last: .*timed out.*HPA_ZOO_DOWNLOAD_TIMEOUT, now 0.4 s"):
         weights.fetch(_spec(server.url("/m.onnx")), progress=False)
     assert time.perf_counter() - start < 3.0  # the 0.4 s timeout fired, not the server's 4 s stall
     assert _cache_files(cache) == []
