@@ -230,7 +230,9 @@ def _run_leaks(args) -> int:
 def _add_report(sub) -> None:
     p = sub.add_parser("report", help="the paper's Fig. 2 (a-d) and Supp. Fig. 2 from predictions CSVs, as HTML")
     p.add_argument("predictions", nargs="+", help="probabilities CSVs (Id + class columns; sidecars name the models)")
-    p.add_argument("--labels", required=True, help="Id,Target CSV of the predicted images")
+    p.add_argument("--labels", default=None,
+                   help="Id,Target CSV of the predicted images (default: the first file's Target column, as in "
+                        "val_predictions.csv)")
     p.add_argument("--out", required=True, help="folder for report.html and the PNGs")
     p.add_argument("--train-labels", default=None, help="Id,Target CSV of the training images (Fig. 2a)")
     p.add_argument("--data-label", default="your data",

@@ -78,7 +78,8 @@ def figure_report(predictions: Sequence, labels_csv, *, out_dir, data_label: str
 
     Args:
         predictions: predictions CSV paths (``Id`` + one probability column per class; sidecar optional).
-        labels_csv: ``Id,Target`` CSV of the predicted images.
+        labels_csv: ``Id,Target`` CSV of the predicted images; None uses the ``Target`` column of the first
+            predictions file (``val_predictions.csv`` from ``hpa-zoo train`` has one).
         out_dir: output folder.
         data_label: what the images are, printed on every figure (``"synthetic data — not an HPA result"``, or
             the name of your dataset).
@@ -119,14 +120,19 @@ def figure_report(predictions: Sequence, labels_csv, *, out_dir, data_label: str
                               f"the same images")
     probs = [p.probs[[list(p.ids).index(i) for i in ids]] if list(p.ids) != ids else p.probs for p in preds]
     k = len(class_names)
-    y = _labels(labels_csv, ids, k)
+    if labels_csv is not None:
+        y = _labels(labels_csv, ids, k)
+    elif preds[0].y_true is not None:  # val_predictions.csv carries the labels (Target column)
+        y = preds[0].y_true[[list(preds[0].ids).index(i) for i in ids]].astype(bool)
+    else:
+        raise ConfigError(f"{preds[0].path} has no Target column: pass labels_csv (CLI: --labels)")
     binary = [_binarise(pr, threshold, force_top) for pr in probs]
     reports = [f1_report(y.astype(np.uint8), b.astype(np.uint8), class_names) for b in binary]
     figures: dict[str, Path] = {}
     caption = f"data: {data_label}"
 
     def save(fig, name: str) -> None:
-        fig.text(0.01, -0.04, caption, fontsize=7, color="0.35")
+        fig.suptitle(caption, fontsize=7, color="0.35", y=1.03)
         with atomic_path(out_dir / f"{name}.png") as tmp:
             fig.savefig(tmp, dpi=110, bbox_inches="tight")
         plt.close(fig)

@@ -63,3 +63,14 @@ def test_cli_report(run, capsys):
     rc = cli.main(["report", *map(str, paths), "--labels", str(folder / "labels.csv"), "--out", str(folder / "c")])
     assert rc == 0 and (folder / "c" / "report.html").is_file()
     assert "macro F1" in capsys.readouterr().out
+
+
+def test_labels_come_from_a_target_column_when_no_csv_is_given(run):
+    folder, ids, y, good, paths = run
+    frame = pd.read_csv(paths[0])
+    frame.insert(1, "Target", pd.read_csv(folder / "labels.csv")["Target"])
+    frame.to_csv(folder / "val_predictions.csv", index=False)
+    with_target = figure_report([folder / "val_predictions.csv"], None, out_dir=folder / "t", data_label="synthetic")
+    with_csv = figure_report([paths[0]], folder / "labels.csv", out_dir=folder / "u", data_label="synthetic")
+    assert list(with_target["models"].values())[0]["macro_f1"] == pytest.approx(
+        list(with_csv["models"].values())[0]["macro_f1"])
