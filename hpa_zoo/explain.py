@@ -327,3 +327,50 @@ def plot_embedding(xy, labels: Sequence[Sequence[int]], out_png, *, class_names:
     with atomic_path(os.fspath(out_png), suffix=".png") as tmp:
         fig.savefig(tmp, format="png")
     return fig
+
+
+# ---------------------------------------------------------------------------------------------- CAM relevance
+def score_cams(cams, masks) -> dict:
+    """How well class-activation maps point at the class's structure (Fig. 3 of the paper, measured).
+
+    * pointing game: the CAM's maximum lies inside the mask (the first maximum in row-major order);
+    * energy: the fraction of the CAM's positive mass inside the mask.
+
+    Args:
+        cams: (N, H, W) float maps (e.g. `grad_cam`); masks: (N, H, W) bool, the class's ground-truth pixels
+            (images without any mask pixel are left out).
+
+    Returns:
+        ``{"n": images scored, "pointing": fraction of hits, "energy": mean energy fraction, "hits": (n,) bool,
+        "energies": (n,) float64}``.
+
+    Raises:
+        ConfigError: shapes that differ.
+    """
+    cams = np.asarray(cams, np.float64)
+    masks = np.asarray(masks, bool)
+    if cams.shape != masks.shape or cams.ndim != 3:
+        raise ConfigError(f"score_cams: cams {cams.shape} and masks {masks.shape} must both be (N, H, W)")
+    keep = masks.reshape(len(masks), -1).any(1)
+    c, m = cams[keep].reshape(int(keep.sum()), -1), masks[keep].reshape(int(keep.sum()), -1)
+    hits = m[np.arange(len(c)), c.argmax(1)]
+    pos = np.clip(c, 0, None)
+    total = pos.sum(1)
+    energies = np.where(total > 0, (pos * m).sum(1) / np.where(total > 0, total, 1), 0.0)
+    return {"n": int(len(c)), "pointing": float(hits.mean()) if len(c) else None,
+            "energy": float(energies.mean()) if len(c) else None, "hits": hits, "energies": energies}
+
+
+def cam_relevance(model, images, masks, *, class_index: int, layer_name: str | None = None,
+                  batch_size: int = 8) -> dict:
+    """`score_cams` of a model's Grad-CAM of ``class_index`` against ground-truth masks of that class.
+
+    Args:
+        model: a zoo model (B, H, W, C) [0, 255] -> logits; images: (N, H, W, C); masks: (N, H, W) bool.
+        class_index, layer_name, batch_size: as `grad_cam`.
+
+    Returns:
+        The `score_cams` dict.
+    """
+    cams = grad_cam(model, images, class_index=class_index, layer_name=layer_name, batch_size=batch_size)
+    return score_cams(cams, masks)

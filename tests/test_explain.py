@@ -152,3 +152,17 @@ def test_cli_explain_and_embed_on_real_samples(real_samples_dir, tmp_path):
     assert list(proj["Id"]) == list(read_labels_csv(real_samples_dir / "labels.csv")["Id"])
     assert (tmp_path / "emb" / "embedding.png").is_file()
     assert pd.read_csv(tmp_path / "emb" / "features.csv").shape == (3, 1025)
+
+
+def test_score_cams_against_a_hand_computation():
+    cams = np.zeros((3, 4, 4))
+    masks = np.zeros((3, 4, 4), bool)
+    cams[0] = [[0, 0, 0, 0], [0, 4, 1, 0], [0, 0, 0, 0], [0, 0, 0, 3]]
+    masks[0, 1, 1:3] = True                      # max (4) inside; energy (4 + 1) / 8
+    cams[1] = [[9, 0, 0, 0], [0, 1, 0, 0], [0, 0, -5, 0], [0, 0, 0, 0]]
+    masks[1, 1:3, 1:3] = True                    # max outside; negatives ignored: energy 1 / 10
+    cams[2] = 1.0                                # no mask pixel: left out
+    out = explain.score_cams(cams, masks)
+    assert out["n"] == 2 and list(out["hits"]) == [True, False]
+    np.testing.assert_allclose(out["energies"], [5 / 8, 1 / 10])
+    assert out["pointing"] == 0.5 and out["energy"] == pytest.approx((5 / 8 + 1 / 10) / 2)
