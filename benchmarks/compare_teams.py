@@ -1,12 +1,14 @@
 """Compare the registered team recipes on one dataset: the paper's Fig. 2 (Ouyang et al. 2019) for your own data.
 
-For each model of the budget (``small``: Team 4's two GAPNet members, the cheapest recipes on 2 CPU cores;
-``full``: every registered model with a recipe; ``--models`` picks any): train one fold with
+For each model of the budget (``small``: one member of each team — Team 1 DenseNet121, Team 2 DenseNet121-RGB,
+Team 3 ResNet34, Team 4 GAPNet — on the ``demo`` synthetic preset, 2 seeds; ``full``: every registered model with a
+recipe; ``--models`` picks any): train one fold with
 `hpa_zoo.training.train` at the budget's size and length, predict the held-out test images with the team's own
 TTA and thresholds (`hpa_zoo.predict.predict`; Team 4's 1024crop512 model with its 5 crops + stacker), and score
-them against the test labels. A deliberately weak baseline — per-class logistic regression on pooled pixel
-statistics (per-channel mean, std and percentiles) — is scored the same way. The report (Markdown + CSV + PNG) has
-macro F1 and the ranking, per-class F1 ordered by class frequency (Fig. 2c), single- vs multi-label macro F1
+them against the test labels, with a bootstrap 95 % interval of macro F1 over the test images (the seed-mean
+when there are several seeds, `hpa_zoo.metrics.bootstrap_macro_f1`). A deliberately weak baseline — per-class
+logistic regression on pooled pixel statistics (per-channel mean, std and percentiles) — is scored the same way.
+The report (Markdown + CSV + PNG) has macro F1 and the ranking, per-class F1 ordered by class frequency (Fig. 2c), single- vs multi-label macro F1
 (Fig. 2d), macro precision / recall, training time and inference images/s, with the teams' own reported HPA
 leaderboard scores beside ours, labelled as theirs.
 
@@ -44,6 +46,8 @@ from hpa_zoo.constants import CLASS_NAMES, NUM_CLASSES  # noqa: E402
 from hpa_zoo.errors import ConfigError, HpaDataError  # noqa: E402
 
 SYNTHETIC_BANNER = "synthetic data — not HPA results"
+#: Bootstrap resamples of the test images for the macro F1 interval.
+BOOTSTRAP_RESAMPLES = 1000
 BASELINE = "baseline_logreg_pixel_stats"
 
 
@@ -59,6 +63,8 @@ class Budget:
         stacker_epochs: epochs of Team 4's 5-crop stacker.
         models: the registry models trained by default (None = every model with a recipe); the others get a
             "not run" row. ``--models`` overrides it.
+        seeds: training seeds of every member (the data seed is the first).
+        preset: the synthetic difficulty (`hpa_zoo.synthetic.PRESETS`).
     """
 
     n_train: int
@@ -69,17 +75,19 @@ class Budget:
     synthetic_size: int
     stacker_epochs: int
     models: Optional[tuple[str, ...]] = None
+    seeds: tuple[int, ...] = (0,)
+    preset: str = "hpa"
 
 
-#: micro: CI (one member in ~1 min). small: Team 4's two GAPNet members (whole image; 1024->512 crops with the
-#: 5-crop stacker), the cheapest recipes, long enough (600 images, 8 epochs) for the whole-image GAPNet to beat the
-#: baseline, in well under 30 min on 2 CPU cores (measured: benchmarks/README.md); add members with --models.
-#: full: the teams' own sizes and epochs, every recipe (a GPU).
-SMALL_MODELS = ("team4_gapnet_resnet18_512", "team4_gapnet_resnet18_1024crop512")
+#: micro: CI (one member in ~1 min). small: one member of each team on the learnable ``demo`` synthetic preset,
+#: 2 seeds, sized for ~30 min on 2 CPU cores (NOT measured yet at this size: benchmarks/README.md); add members
+#: with --models. full: the teams' own sizes and epochs, every recipe (a GPU).
+SMALL_MODELS = ("team1_densenet121_512", "team2_densenet121_rgb_512", "team3_resnet34_512",
+                "team4_gapnet_resnet18_512")
 BUDGETS = {
     "micro": Budget(n_train=40, n_test=16, size=32, epochs=1, batch_size=8, synthetic_size=64, stacker_epochs=5),
-    "small": Budget(n_train=600, n_test=200, size=64, epochs=8, batch_size=16, synthetic_size=128, stacker_epochs=40,
-                    models=SMALL_MODELS),
+    "small": Budget(n_train=1000, n_test=300, size=64, epochs=6, batch_size=32, synthetic_size=96, stacker_epochs=40,
+                    models=SMALL_MODELS, seeds=(0, 1), preset="demo"),
     "full": Budget(n_train=3000, n_test=600, size=512, epochs=None, batch_size=None, synthetic_size=512,
                    stacker_epochs=60),
 }
@@ -101,7 +109,7 @@ def prepare_data(out: Path, budget: Budget, data_dir: Optional[str], seed: int) 
     folder = out / "synthetic"
     if not (folder / "test_labels.csv").is_file():
         write_synthetic_dataset(folder, n_train=budget.n_train, n_test=budget.n_test, size=budget.synthetic_size,
-                                seed=seed, workers=1, overwrite=True, progress=False)
+                                seed=seed, workers=1, overwrite=True, progress=False, preset=budget.preset)
     return folder, True
 
 
@@ -129,18 +137,21 @@ def _sizes(model_name: str, size: int) -> tuple[int, int]:
     return int(round(size * team.image_size / team.input_size)), int(size)
 
 
-def run_member(name: str, folder: Path, out: Path, budget: Budget, seed: int, verbose: int) -> dict:
-    """Train one registered model, predict the test split with its team's TTA and thresholds, score it."""
+def run_member(name: str, folder: Path, out: Path, budget: Budget, seed: int, verbose: int,
+               run: Optional[Path] = None) -> dict:
+    """Train one registered model, predict the test split with its team's TTA and thresholds, score it.
+    Degenerate LB-ratio labels (Team 1) switch to the tie-aware rank variant (`hpa_zoo.thresholds`)."""
     from hpa_zoo import metrics
     from hpa_zoo.ensemble import load_predictions, write_sidecar
     from hpa_zoo.predict import predict
     from hpa_zoo.training import train
 
     image_size, input_size = _sizes(name, budget.size)
-    run = out / "runs" / name
+    run = run or out / "runs" / name
     t0 = time.time()
     preset = train(name, folder, fold=0, out_dir=run, epochs=budget.epochs, image_size=image_size,
-                   input_size=input_size, batch_size=budget.batch_size, seed=seed, verbose=verbose)
+                   input_size=input_size, batch_size=budget.batch_size, seed=seed, tie_fallback=True,
+                   verbose=verbose)
     train_s = time.time() - t0
     meta = json.loads((preset / "metadata.json").read_text()) if (preset / "metadata.json").is_file() else {}
     rule = (meta.get("recipe") or {}).get("thresholds", {}).get("rule", "")
@@ -154,7 +165,8 @@ def run_member(name: str, folder: Path, out: Path, budget: Budget, seed: int, ve
         # ones (Teams 2 and 3) use the thresholds fitted on the validation fold.
         refit = "refit" if rule in ("lb_ratio_match", "freq_match") else None
         submission, prob_csv = predict(preset, folder, out_dir=run / "test", thresholds=refit,
-                                       batch_size=budget.batch_size or 8, seed=seed, verbose=verbose)
+                                       batch_size=budget.batch_size or 8, seed=seed, tie_fallback=True,
+                                       verbose=verbose)
         infer_s = time.time() - t0
         write_sidecar(prob_csv, model_name=name, fold="test", tta=(meta.get("recipe") or {}).get("tta"),
                       n_rows=len(metrics.read_predictions_csv(submission)))
@@ -218,27 +230,38 @@ def run_baseline(folder: Path, size: int, seed: int) -> dict:
 
 
 # ============================================================================================ report
-def _row(name: str, team: str, result: Optional[dict], truth_ids, y_true, reported: str, status: str) -> dict:
+def _row(name: str, team: str, result, truth_ids, y_true, reported: str, status: str) -> dict:
+    """One report row. ``result``: a `run_member` / `run_baseline` dict, a list of them (one per seed: every number
+    is the mean over the seeds, ``train_s`` their sum) or None (not run)."""
     from hpa_zoo import metrics
 
-    row = {"model": name, "team": team, "status": status, "macro_f1": np.nan, "single_label_f1": np.nan,
+    row = {"model": name, "team": team, "status": status, "macro_f1": np.nan, "macro_f1_ci_low": np.nan,
+           "macro_f1_ci_high": np.nan, "macro_f1_per_seed": "", "single_label_f1": np.nan,
            "multi_label_f1": np.nan, "macro_precision": np.nan, "macro_recall": np.nan, "train_s": np.nan,
            "infer_images_per_s": np.nan, "tta": "", "thresholds": "", "their_reported_hpa_score": reported}
     if result is None:
         return row
-    index = {i: k for k, i in enumerate(result["ids"])}
-    if set(index) != set(truth_ids):
-        raise HpaDataError(f"{name}: predicted ids differ from test_labels.csv")
-    labels = np.asarray(result["labels"])[[index[i] for i in truth_ids]]
-    report = metrics.f1_report(y_true, labels)
-    per = report["per_class"]
-    row.update(macro_f1=report["macro_f1"], single_label_f1=report["single_label_macro_f1"],
-               multi_label_f1=report["multi_label_macro_f1"],
-               macro_precision=float(np.mean([per[c]["precision"] for c in CLASS_NAMES])),
-               macro_recall=float(np.mean([per[c]["recall"] for c in CLASS_NAMES])),
-               train_s=result["train_s"], infer_images_per_s=len(truth_ids) / max(result["infer_s"], 1e-9),
-               tta=result["tta"], thresholds=result["threshold_rule"])
-    row["per_class_f1"] = [per[c]["f1"] for c in CLASS_NAMES]
+    results = result if isinstance(result, list) else [result]
+    labels, reports = [], []
+    for res in results:
+        index = {i: k for k, i in enumerate(res["ids"])}
+        if set(index) != set(truth_ids):
+            raise HpaDataError(f"{name}: predicted ids differ from test_labels.csv")
+        labels.append(np.asarray(res["labels"])[[index[i] for i in truth_ids]])
+        reports.append(metrics.f1_report(y_true, labels[-1]))
+    ci = metrics.bootstrap_macro_f1(y_true, np.stack(labels), n_boot=BOOTSTRAP_RESAMPLES, seed=0)
+    mean = lambda values: float(np.mean([np.nan if v is None else v for v in values]))  # noqa: E731
+    per = lambda key, c: mean([r["per_class"][c][key] for r in reports])  # noqa: E731
+    row.update(macro_f1=ci["macro_f1"], macro_f1_ci_low=ci["low"], macro_f1_ci_high=ci["high"],
+               macro_f1_per_seed=" ".join(f"{r['macro_f1']:.4f}" for r in reports),
+               single_label_f1=mean([r["single_label_macro_f1"] for r in reports]),
+               multi_label_f1=mean([r["multi_label_macro_f1"] for r in reports]),
+               macro_precision=float(np.mean([per("precision", c) for c in CLASS_NAMES])),
+               macro_recall=float(np.mean([per("recall", c) for c in CLASS_NAMES])),
+               train_s=float(sum(r["train_s"] for r in results)),
+               infer_images_per_s=len(truth_ids) / max(float(np.mean([r["infer_s"] for r in results])), 1e-9),
+               tta=results[0]["tta"], thresholds=results[0]["threshold_rule"])
+    row["per_class_f1"] = [per("f1", c) for c in CLASS_NAMES]
     return row
 
 
@@ -256,9 +279,12 @@ def _plots(rows: list[dict], class_order: np.ndarray, out: Path, banner: str) ->
     done = [r for r in rows if r["status"] == "ok"]
     paths = []
     fig, ax = plt.subplots(figsize=(10, 4))
-    ax.bar([r["model"] for r in done], [r["macro_f1"] for r in done],
+    f1 = np.array([r["macro_f1"] for r in done])
+    err = np.array([[r["macro_f1"] - r["macro_f1_ci_low"] for r in done],
+                    [r["macro_f1_ci_high"] - r["macro_f1"] for r in done]])
+    ax.bar([r["model"] for r in done], f1, yerr=np.clip(err, 0, None), capsize=4,
            color=["grey" if r["model"] == BASELINE else "tab:blue" for r in done])
-    ax.set_ylabel("macro F1 (ours)")
+    ax.set_ylabel("macro F1 (ours), bootstrap 95 % interval")
     ax.set_title(f"Macro F1 per model — {banner}")
     ax.tick_params(axis="x", rotation=60, labelsize=7)
     paths.append(_save(fig, out / "macro_f1.png"))
@@ -304,6 +330,20 @@ def ranking(rows: list[dict]) -> list[tuple[str, float]]:
     return sorted(ok, key=lambda mf: -mf[1])
 
 
+def separation(rows: list[dict]) -> str:
+    """Whether the best recipe's bootstrap interval lies above the baseline's (one sentence)."""
+    ok = [r for r in rows if r["status"] == "ok" and r["model"] != BASELINE]
+    base = next((r for r in rows if r["model"] == BASELINE and r["status"] == "ok"), None)
+    if not ok or base is None:
+        return ""
+    best = max(ok, key=lambda r: r["macro_f1"])
+    above = best["macro_f1_ci_low"] > base["macro_f1_ci_high"]
+    return (f"Best recipe `{best['model']}` {best['macro_f1']:.4f} (95 % {best['macro_f1_ci_low']:.4f}–"
+            f"{best['macro_f1_ci_high']:.4f}) vs baseline {base['macro_f1']:.4f} ({base['macro_f1_ci_low']:.4f}–"
+            f"{base['macro_f1_ci_high']:.4f}): the intervals "
+            + ("do not overlap, the recipe is above." if above else "overlap: this budget does not separate them."))
+
+
 def write_report(rows: list[dict], out: Path, *, synthetic: bool, settings: dict, class_order: np.ndarray) -> Path:
     """``report.md``, ``report.csv`` (one row per model + the baseline), ``per_class_f1.csv`` and the PNGs."""
     import pandas as pd
@@ -327,19 +367,25 @@ def write_report(rows: list[dict], out: Path, *, synthetic: bool, settings: dict
         lines += ["Ranking by macro F1 (ours): " + ", ".join(f"{k}. `{m}` {f:.4f}" for k, (m, f) in
                                                             enumerate(ok, 1)) + ".",
                   "" if place is None else f"The weak baseline is {place} of {len(ok)}; "
-                  f"{len(above)} recipe(s) score above it" + (f" ({', '.join(above)})." if above else "."), ""]
+                  f"{len(above)} recipe(s) score above it" + (f" ({', '.join(above)})." if above else "."),
+                  separation(rows), ""]
     lines += [f"Settings: `{json.dumps(settings)}`", "",
-              "| model | team | status | macro F1 (ours) | single-label F1 | multi-label F1 | macro precision | "
-              "macro recall | train s | inference img/s | thresholds | their reported HPA score |",
-              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+              "| model | team | status | macro F1 (ours) | 95 % interval | per seed | single-label F1 | "
+              "multi-label F1 | macro precision | macro recall | train s | inference img/s | thresholds | their reported HPA score |",
+              "|---|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---|---|"]
     ranked = sorted(rows, key=lambda r: -r["macro_f1"] if r["status"] == "ok" else 1.0)
     for r in ranked:
-        lines.append(f"| {r['model']} | {r['team']} | {r['status']} | {_fmt(r['macro_f1'])} | "
-                     f"{_fmt(r['single_label_f1'])} | {_fmt(r['multi_label_f1'])} | {_fmt(r['macro_precision'])} | "
+        interval = (f"{_fmt(r['macro_f1_ci_low'])}–{_fmt(r['macro_f1_ci_high'])}"
+                    if r["status"] == "ok" else "—")
+        lines.append(f"| {r['model']} | {r['team']} | {r['status']} | {_fmt(r['macro_f1'])} | {interval} | "
+                     f"{r['macro_f1_per_seed'] or '—'} | {_fmt(r['single_label_f1'])} | "
+                     f"{_fmt(r['multi_label_f1'])} | {_fmt(r['macro_precision'])} | "
                      f"{_fmt(r['macro_recall'])} | {_fmt(r['train_s'], 1)} | {_fmt(r['infer_images_per_s'], 1)} | "
                      f"{r['thresholds']} | {r['their_reported_hpa_score']} |")
     lines += ["", f"Baseline `{BASELINE}`: per-class logistic regression on per-channel mean/std/percentiles "
                   f"{BASELINE_PERCENTILES} of the whole image (deliberately weak).",
+              f"Macro F1 is the mean over the seeds {settings.get('seeds')}; the interval is a percentile bootstrap "
+              f"({BOOTSTRAP_RESAMPLES} resamples of the test images) of that seed-mean; train s is summed over seeds.",
               "Inference images/s include reading the test images and the team's TTA.",
               "Their reported HPA scores come from the registry (`hpa-zoo models`, field `reported`, with sources); "
               "they were measured by the teams on the Kaggle leaderboard, not by this benchmark.", "",
@@ -352,7 +398,7 @@ def write_report(rows: list[dict], out: Path, *, synthetic: bool, settings: dict
 # ============================================================================================ main
 def compare(out: str | os.PathLike, *, budget: str = "small", models: Optional[Sequence[str]] = None,
             data_dir: Optional[str] = None, size: Optional[int] = None, epochs: Optional[int] = None,
-            seed: int = 0, verbose: int = 0) -> Path:
+            seed: Optional[int] = None, seeds: Optional[Sequence[int]] = None, verbose: int = 0) -> Path:
     """Run the comparison and return the path of ``report.md`` (see the module docstring).
 
     Args:
@@ -362,7 +408,8 @@ def compare(out: str | os.PathLike, *, budget: str = "small", models: Optional[S
             report row, marked "not run".
         data_dir: a Kaggle-layout folder with test labels (default: synthetic data).
         size, epochs: override the budget's network input side / epochs.
-        seed: data, training and prediction seed.
+        seed: a single data/training/prediction seed (default: the budget's seeds).
+        seeds: training seeds of every member (default the budget's; the data seed is the first).
         verbose: 0 quiet, 1 progress.
     """
     from hpa_zoo.checks import positive_int
@@ -376,7 +423,9 @@ def compare(out: str | os.PathLike, *, budget: str = "small", models: Optional[S
     if seeds is not None and not list(seeds):
         raise ConfigError("seeds=[]: give at least one seed (--seeds), or None for the budget's")
     b = BUDGETS[budget]
-    b = replace(b, size=size or b.size, epochs=epochs or b.epochs)
+    seeds = tuple(int(s) for s in (seeds or ((seed,) if seed is not None else b.seeds)))
+    b = replace(b, size=size or b.size, epochs=epochs or b.epochs, seeds=seeds)
+    seed = seeds[0]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
@@ -399,7 +448,8 @@ def compare(out: str | os.PathLike, *, budget: str = "small", models: Optional[S
         if verbose:
             print(f"== {name}", flush=True)
         try:
-            result = run_member(name, folder, out, b, seed, verbose)
+            result = [run_member(name, folder, out, b, s, verbose,
+                                 run=out / "runs" / (name if len(seeds) == 1 else f"{name}_seed{s}")) for s in seeds]
             rows.append(_row(name, spec.team, result, truth_ids, y_true, _reported(spec), "ok"))
         except Exception as exc:  # one recipe failing (e.g. too small for its backbone) must not stop the others
             if verbose:
@@ -414,7 +464,8 @@ def compare(out: str | os.PathLike, *, budget: str = "small", models: Optional[S
     freq = multi_hot_matrix(list(train_labels["labels"])).sum(0).astype(np.int64)  # uint8 sums are unsigned
     class_order = np.argsort(-freq, kind="stable")
     settings = {"budget": budget, "data": str(folder), "synthetic": synthetic, "size": b.size, "epochs": b.epochs,
-                "batch_size": b.batch_size, "seed": seed, "n_train": len(train_labels), "n_test": len(truth_ids),
+                "batch_size": b.batch_size, "seeds": list(seeds), "preset": b.preset if synthetic else None,
+                "n_train": len(train_labels), "n_test": len(truth_ids),
                 "wall_s": round(time.time() - t_start, 1)}
     return write_report(rows, out, synthetic=synthetic, settings=settings, class_order=class_order)
 
@@ -428,11 +479,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--data-dir", help="Kaggle-layout folder with test/ and test_labels.csv (default: synthetic)")
     parser.add_argument("--size", type=int, help="network input side (overrides the budget)")
     parser.add_argument("--epochs", type=int, help="epochs (overrides the budget)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", help="training seeds (default: the budget's; small: 0 1)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     path = compare(args.out, budget=args.budget, models=args.models, data_dir=args.data_dir, size=args.size,
-                   epochs=args.epochs, seed=args.seed, verbose=int(args.verbose))
+                   epochs=args.epochs, seeds=args.seeds, verbose=int(args.verbose))
     print(f"report: {path}")
     return 0
 

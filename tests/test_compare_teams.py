@@ -52,6 +52,10 @@ def test_micro_budget_report_has_every_team_row_and_the_baseline(tmp_path):
     for name in (member, ct.BASELINE):
         assert 0.0 <= ok.loc[name, "macro_f1"] <= 1.0 and ok.loc[name, "train_s"] > 0
     assert (ok.drop(index=[member, ct.BASELINE])["status"].str.startswith("not run")).all()
+    for name in (member, ct.BASELINE):  # the bootstrap interval over test images brackets the score
+        row = ok.loc[name]
+        assert row["macro_f1_ci_low"] <= row["macro_f1"] <= row["macro_f1_ci_high"]
+    assert "95 % interval" in text and "the intervals" in text
     assert "Synthetic data — not HPA results" in text and "not measured here" in text
     assert "0.565" in text  # Team 1's own private LB score, shown as theirs
     for name in list_models():
