@@ -80,8 +80,8 @@ class Budget:
 
 
 #: micro: CI (one member in ~1 min). small: one member of each team on the learnable ``demo`` synthetic preset,
-#: 2 seeds, sized for ~30 min on 2 CPU cores (NOT measured yet at this size: benchmarks/README.md); add members
-#: with --models. full: the teams' own sizes and epochs, every recipe (a GPU).
+#: 2 seeds; only partly measured, and at the teams' own schedules for 6 epochs the recipes stay BELOW the baseline
+#: (benchmarks/README.md); add members with --models. full: the teams' own sizes and epochs, every recipe (a GPU).
 SMALL_MODELS = ("team1_densenet121_512", "team2_densenet121_rgb_512", "team3_resnet34_512",
                 "team4_gapnet_resnet18_512")
 BUDGETS = {
