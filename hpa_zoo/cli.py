@@ -187,10 +187,15 @@ def _run_qc(args) -> int:
                         min_object_px_full_res=args.min_object_px, write_filtered=args.write_filtered,
                         labels_csv=args.labels, workers=args.workers, skip_bad=args.skip_bad)
     print(f"{summary['passed']} of {summary['n_images']} images pass; failures: {summary['reasons'] or 'none'}")
-    for key in ("qc_csv", "filtered_csv", "summary"):
+    _print_written(summary, ("qc_csv", "filtered_csv", "summary"))
+    return 0
+
+
+def _print_written(summary: dict, keys) -> None:
+    """One indented ``key: path`` line per file a command wrote (the keys present in its summary)."""
+    for key in keys:
         if key in summary:
             print(f"  {key}: {summary[key]}")
-    return 0
 
 
 def _add_leaks(sub) -> None:
@@ -221,9 +226,7 @@ def _run_leaks(args) -> int:
           f"(signals: {', '.join(summary['signals'])})")
     for name, score in (summary.get("recall_precision") or {}).items():
         print(f"  {name}: {score}")
-    for key in ("pairs_csv", "pairs_png", "audit_json"):
-        if key in summary:
-            print(f"  {key}: {summary[key]}")
+    _print_written(summary, ("pairs_csv", "pairs_png", "audit_json"))
     return 0
 
 
