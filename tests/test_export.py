@@ -67,7 +67,7 @@ def test_onnx_path_must_end_in_onnx(model, tmp_path):
         export.export_onnx(model, tmp_path / "m.bin")
 
 
-def test_bioimageio_package_from_real_image_validates(model, real_samples_dir, tmp_path):
+def test_bioimageio_package_from_real_image_validates(model, real_samples_dir, tmp_path, monkeypatch):
     spec = pytest.importorskip("bioimageio.spec")
     image = load_rgby(real_samples_dir, "b478cc78-bad4-11e8-b2b8-ac1f6b6435d0", size=SIZE)
     rdf = export.export_bioimageio(model, tmp_path / "pkg", name="HPA tiny RGBY model (test)",
@@ -103,7 +103,9 @@ def test_bioimageio_package_from_real_image_validates(model, real_samples_dir, t
     np.testing.assert_allclose(np.asarray(reloaded(x, training=False)), y, atol=1e-6)
 
     # bioimage.io's own runner (what `bioimageio test rdf.yaml` runs): loads model.keras with keras_v3 and
-    # reproduces test_output.npy from test_input.npy
+    # reproduces test_output.npy from test_input.npy. Its Keras adapter writes os.environ["KERAS_BACKEND"] at import
+    # (default "torch"): pin it for this test only, or every later test's child process would run on torch.
+    monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
     import bioimageio.core as core
 
     summary = core.test_description(rdf)
