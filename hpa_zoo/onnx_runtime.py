@@ -159,3 +159,16 @@ def for_model(model, *, weights_file=None, threads: int | None = None) -> OnnxMo
     atomic_write_text(record, json.dumps({"weights_sha256": digest, "weights_file": os.fspath(weights_file),
                                           "input_shape": [h, w, c], "tolerance": TOLERANCE}, indent=2))
     return onnx_model
+
+
+def with_runtime(model, runtime: str, weights_file=None):
+    """``model`` itself (runtime keras) or its `OnnxModel` (onnx); ``auto`` uses onnx only where the export can
+    be cached (``weights_file`` given, e.g. a preset's) on a CPU-only machine with onnxruntime (`choose_runtime`).
+
+    Returns:
+        the Keras model or an `OnnxModel` with the same prediction interface.
+    """
+    chosen = choose_runtime(runtime)
+    if chosen == "keras" or (runtime == "auto" and weights_file is None):
+        return model
+    return for_model(model, weights_file=weights_file)

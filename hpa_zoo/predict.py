@@ -106,10 +106,10 @@ def _member(item, *, tta, runtime: str = "keras") -> _Member:
         model, meta, name = item, {}, getattr(item, "name", "model")
     model = main_output_model(model)  # a training model with an auxiliary head: predict with "logits"
     if runtime != "keras":
-        from hpa_zoo.predict_images import _with_runtime
+        from hpa_zoo.onnx_runtime import with_runtime
 
         weights_file = Path(item) / models_api.WEIGHTS_FILE if isinstance(item, (str, os.PathLike)) else None
-        model = _with_runtime(model, runtime, weights_file)
+        model = with_runtime(model, runtime, weights_file)
     recipe = meta.get("recipe") or {}
     input_size = int(recipe.get("input_size") or model.input_shape[1])
     image_size = int(recipe.get("image_size") or input_size)

@@ -102,7 +102,7 @@ def load_member(item, *, weights=None, tta: str | TTAConfig = "default", runtime
     Returns:
         `Member` (``model`` runs the predictions; ``keras_model`` is the Keras model, for features).
     """
-    from hpa_zoo import models_api
+    from hpa_zoo import models_api, onnx_runtime
     from hpa_zoo.constants import CLASS_NAMES
     from hpa_zoo.registry import get_spec
 
@@ -134,7 +134,7 @@ def load_member(item, *, weights=None, tta: str | TTAConfig = "default", runtime
 
         model = main_output_model(model)
     keras_model = model
-    model = _with_runtime(model, runtime, path / models_api.WEIGHTS_FILE if path.is_dir() else None)
+    model = onnx_runtime.with_runtime(model, runtime, path / models_api.WEIGHTS_FILE if path.is_dir() else None)
     if isinstance(tta, TTAConfig):
         cfg = tta
     elif tta in (None, "default"):
@@ -149,17 +149,6 @@ def load_member(item, *, weights=None, tta: str | TTAConfig = "default", runtime
         raise ConfigError(f"{name}: {thresholds.shape[0]} thresholds for {len(classes)} classes")
     return Member(model, name, spec.name, classes, stains, image_size, input_size, cfg, thresholds, activation,
                   pixel, spec.feature_layer, info, keras_model)
-
-
-def _with_runtime(model, runtime: str, weights_file):
-    """``model`` itself (keras) or its `hpa_zoo.onnx_runtime.OnnxModel` (onnx); ``auto`` uses onnx only where
-    the export can be cached (a preset's weights file) on a CPU-only machine with onnxruntime."""
-    from hpa_zoo import onnx_runtime
-
-    chosen = onnx_runtime.choose_runtime(runtime)
-    if chosen == "keras" or (runtime == "auto" and weights_file is None):
-        return model
-    return onnx_runtime.for_model(model, weights_file=weights_file)
 
 
 def model_pixel_size(name_or_preset, size: int) -> float | None:
