@@ -17,7 +17,7 @@ leaderboard scores beside ours, labelled as theirs.
         --out runs/compare_t3t4                                                     # other members, same budget
     python benchmarks/compare_teams.py --data-dir data/kaggle_split --size 256 --epochs 8 --out runs/real
 
-Data: by default a synthetic HPA-like dataset (`hpa_zoo.synthetic`) is written to ``<out>/synthetic`` — its numbers
+Data: by default a synthetic HPA-like dataset (`hpa_zoo.data.synthetic`) is written to ``<out>/synthetic`` — its numbers
 are "synthetic data — not HPA results". ``--data-dir`` takes a Kaggle-layout folder with ``train.csv`` + ``train/``
 (training, fold 0 held out for the label-fitted thresholds) and ``sample_submission.csv`` + ``test/`` +
 ``test_labels.csv`` (``Id,Target`` of the test images: make it by moving part of Kaggle's train.csv there).
@@ -64,7 +64,7 @@ class Budget:
         models: the registry models trained by default (None = every model with a recipe); the others get a
             "not run" row. ``--models`` overrides it.
         seeds: training seeds of every member (the data seed is the first).
-        preset: the synthetic difficulty (`hpa_zoo.synthetic.PRESETS`).
+        preset: the synthetic difficulty (`hpa_zoo.data.synthetic.PRESETS`).
     """
 
     n_train: int
@@ -104,7 +104,7 @@ def prepare_data(out: Path, budget: Budget, data_dir: Optional[str], seed: int) 
                                    f"sample_submission.csv + test/ + test_labels.csv (Id,Target of the test images; "
                                    f"move part of Kaggle's train.csv and images there)")
         return folder, False
-    from hpa_zoo.synthetic import write_synthetic_dataset
+    from hpa_zoo.data.synthetic import write_synthetic_dataset
 
     folder = out / "synthetic"
     if not (folder / "test_labels.csv").is_file():
@@ -115,14 +115,14 @@ def prepare_data(out: Path, budget: Budget, data_dir: Optional[str], seed: int) 
 
 def _read_images(folder: Path, split: str, ids: Sequence[str], size: int) -> np.ndarray:
     """uint8 (N, size, size, 4) images of ``folder/split`` in ``ids`` order (tf.data reader)."""
-    from hpa_zoo import pipeline
+    from hpa_zoo.data import pipeline
 
     ds = pipeline.folder_dataset(folder / split, ids=list(ids), labelled=False, image_size=size)
     return np.stack([e["image"] for e in ds.as_numpy_iterator()])
 
 
 def _test_truth(folder: Path) -> tuple[list[str], np.ndarray]:
-    from hpa_zoo.labels import multi_hot_matrix, read_labels_csv
+    from hpa_zoo.data.labels import multi_hot_matrix, read_labels_csv
 
     df = read_labels_csv(folder / "test_labels.csv")
     return list(df["Id"]), multi_hot_matrix(list(df["labels"]))
@@ -173,7 +173,7 @@ def run_member(name: str, folder: Path, out: Path, budget: Budget, seed: int, ve
         loaded = load_predictions(prob_csv)
         ids, probs = list(loaded.ids), loaded.probs
         labels = metrics.read_predictions_csv(submission)
-        from hpa_zoo.labels import multi_hot_matrix
+        from hpa_zoo.data.labels import multi_hot_matrix
 
         labels = multi_hot_matrix(list(labels["labels"]))
         tta = json.dumps((meta.get("recipe") or {}).get("tta", {}))
@@ -186,7 +186,7 @@ def _five_crop_stacker(name, preset, folder, run, image_size, input_size, budget
     import pandas as pd
 
     from hpa_zoo import ensemble, models_api
-    from hpa_zoo.labels import multi_hot_matrix, read_labels_csv
+    from hpa_zoo.data.labels import multi_hot_matrix, read_labels_csv
     from zoo_models import team4_wsg
 
     model = models_api.load(str(preset))
@@ -212,7 +212,7 @@ def _five_crop_stacker(name, preset, folder, run, image_size, input_size, budget
 def run_baseline(folder: Path, size: int, seed: int) -> dict:
     """`hpa_zoo.baselines.PixelStatsBaseline` (logistic regression on pooled pixel statistics, F1-optimal
     thresholds on the training images) trained on ``train/`` and scored on ``test/``."""
-    from hpa_zoo.labels import multi_hot_matrix, read_labels_csv
+    from hpa_zoo.data.labels import multi_hot_matrix, read_labels_csv
 
     t0 = time.time()
     train_df = read_labels_csv(folder / "train.csv")
@@ -413,7 +413,7 @@ def compare(out: str | os.PathLike, *, budget: str = "small", models: Optional[S
         verbose: 0 quiet, 1 progress.
     """
     from hpa_zoo.checks import positive_int
-    from hpa_zoo.labels import read_labels_csv
+    from hpa_zoo.data.labels import read_labels_csv
     from hpa_zoo.registry import get_spec, list_models
 
     if budget not in BUDGETS:
@@ -459,7 +459,7 @@ def compare(out: str | os.PathLike, *, budget: str = "small", models: Optional[S
     base = run_baseline(folder, b.size, seed)
     rows.append(_row(BASELINE, "baseline", base, truth_ids, y_true, "—", "ok"))
     train_labels = read_labels_csv(folder / "train.csv")
-    from hpa_zoo.labels import multi_hot_matrix
+    from hpa_zoo.data.labels import multi_hot_matrix
 
     freq = multi_hot_matrix(list(train_labels["labels"])).sum(0).astype(np.int64)  # uint8 sums are unsigned
     class_order = np.argsort(-freq, kind="stable")

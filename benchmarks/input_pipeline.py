@@ -57,7 +57,7 @@ def source_images(folder: Path, size: int):
     import numpy as np
     import pandas as pd
 
-    from hpa_zoo.images import load_rgby
+    from hpa_zoo.data.images import load_rgby
 
     ids = list(pd.read_csv(folder / "labels.csv")["Id"])
     return [np.ascontiguousarray(load_rgby(folder, i, size=size)) for i in ids]
@@ -115,7 +115,7 @@ def dataset(encoded: list[list[bytes]], fmt: str, path: str, n: int):
     """An endless tf.data pipeline of path ``path`` over the encoded images (one thread)."""
     import tensorflow as tf
 
-    from hpa_zoo import pipeline
+    from hpa_zoo.data import pipeline
     from zoo_models import team1_bestfitting as t1
     from zoo_models import team3_recipe as t3
 

@@ -142,7 +142,8 @@ def _train_map(example: dict, seed, *, policy):
     Returns (image float32 (s, s, 4), multi_hot float32 (28,))."""
     import tensorflow as tf
 
-    from hpa_zoo import augment, pipeline
+    from hpa_zoo import augment
+    from hpa_zoo.data import pipeline
 
     image = augment.apply_policy(example["image"], policy, seed)
     return pipeline.per_image_standardize(image), tf.cast(example["multi_hot"], tf.float32)
@@ -152,7 +153,7 @@ def _eval_map(example: dict):
     """Per-image z-score only. Returns (image float32 (s, s, 4), multi_hot float32 (28,))."""
     import tensorflow as tf
 
-    from hpa_zoo import pipeline
+    from hpa_zoo.data import pipeline
 
     return pipeline.per_image_standardize(example["image"]), tf.cast(example["multi_hot"], tf.float32)
 
@@ -172,7 +173,7 @@ def train_candidate(policy: Sequence, train_src, valid_src, *, epochs: int, batc
     """
     import keras
 
-    from hpa_zoo import pipeline
+    from hpa_zoo.data import pipeline
     from hpa_zoo.losses import FocalLoss
     from hpa_zoo.metrics import macro_f1
 
@@ -202,8 +203,8 @@ def train_candidate(policy: Sequence, train_src, valid_src, *, epochs: int, batc
 # ---------------------------------------------------------------------------------------------- search
 def _split_halves(data_dir: Path, seed: int, size: int):
     """(train_src, valid_src, n_train, n_valid): two stratified halves of ``data_dir/train.csv``."""
-    from hpa_zoo import folds, pipeline
-    from hpa_zoo.labels import read_labels_csv
+    from hpa_zoo.data import folds, pipeline
+    from hpa_zoo.data.labels import read_labels_csv
 
     csv = data_dir / "train.csv"
     if not csv.is_file() or not (data_dir / "train").is_dir():

@@ -28,7 +28,7 @@ def _add_synth(sub) -> None:
 def _run_synth(args) -> int:
     import time
 
-    from hpa_zoo.synthetic import write_synthetic_dataset
+    from hpa_zoo.data.synthetic import write_synthetic_dataset
 
     start = time.perf_counter()
     out = write_synthetic_dataset(args.out_dir, n_train=args.n_train, n_test=args.n_test, size=args.size,
@@ -92,7 +92,7 @@ def _run_prepare(args) -> int:
     if getattr(builder, "beam_counters", None):  # empty when an existing dataset was reused
         print("Beam counters: " + ", ".join(f"{k}={v}" for k, v in builder.beam_counters.items()))
     if args.skip_bad:  # from the dataset's metadata, so a build reused from --data-dir reports it too
-        from hpa_zoo.labels import SkipReport
+        from hpa_zoo.data.labels import SkipReport
 
         print(SkipReport([tuple(e) for e in builder.info.metadata.get("skipped", [])]).summary())
     return 0
@@ -113,7 +113,7 @@ def _add_folds(sub) -> None:
 
 
 def _run_folds(args) -> int:
-    from hpa_zoo.folds import folds_for_folders, save_folds
+    from hpa_zoo.data.folds import folds_for_folders, save_folds
 
     folds = folds_for_folders(args.kaggle_dir, args.hpav18_dir, n_splits=args.n_splits, seed=args.seed,
                               max_distance=args.max_distance, progress=True, workers=args.workers)
@@ -181,7 +181,7 @@ def _add_qc(sub) -> None:
 
 
 def _run_qc(args) -> int:
-    from hpa_zoo.qc import qc_folder
+    from hpa_zoo.data.qc import qc_folder
 
     summary = qc_folder(args.folder, out_dir=args.out, full_res_px=args.full_res_px, min_cells=args.min_cells,
                         min_object_px_full_res=args.min_object_px, write_filtered=args.write_filtered,
@@ -525,7 +525,7 @@ def _run_export(args) -> int:
     else:
         image = None
         if args.test_image:
-            from hpa_zoo.images import load_rgby
+            from hpa_zoo.data.images import load_rgby
 
             folder, image_id = Path(args.test_image).parent, Path(args.test_image).name
             image = load_rgby(folder, image_id, size=int(model.input_shape[1] or 512))
@@ -554,7 +554,7 @@ def _run_explain(args) -> int:
     from hpa_zoo.constants import CLASS_NAMES
     from hpa_zoo.errors import ConfigError
     from hpa_zoo.explain import default_cam_layer, grad_cam, save_cam_png
-    from hpa_zoo.images import load_rgby
+    from hpa_zoo.data.images import load_rgby
 
     model = _cli_model(args.model, args.weights, args.image_size)
     if args.class_.isdigit():
@@ -601,8 +601,8 @@ def _run_embed(args) -> int:
 
     from hpa_zoo.atomic import atomic_path, atomic_to_csv
     from hpa_zoo.explain import embed, plot_embedding, umap_projection
-    from hpa_zoo.labels import format_target, read_labels_csv
-    from hpa_zoo.pipeline import folder_dataset
+    from hpa_zoo.data.labels import format_target, read_labels_csv
+    from hpa_zoo.data.pipeline import folder_dataset
 
     data, out = Path(args.data), Path(args.out)
     images_dir, csv = data, args.csv
@@ -617,7 +617,7 @@ def _run_embed(args) -> int:
         ds = folder_dataset(images_dir, csv, image_size=size, labelled=csv is not None)
     else:
         from hpa_zoo.errors import ConfigError
-        from hpa_zoo.pipeline import rescale_to_model
+        from hpa_zoo.data.pipeline import rescale_to_model
         from hpa_zoo.predict_images import model_pixel_size
 
         target = model_pixel_size(args.model, size)

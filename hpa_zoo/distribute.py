@@ -20,7 +20,7 @@ The batch size given to `train` is the **global** batch: each of the N replicas 
 and the gradients are summed across replicas, so one step equals a one-device step on the same B examples
 (tests/test_distribute.py checks this to 1e-6). Datasets are sharded with the auto-shard policy ``DATA``
 (every worker reads the file list and keeps its share of the examples): the folder and in-memory sources of
-`hpa_zoo.pipeline` are one "file" for tf.data, so the default ``FILE`` policy could not split them.
+`hpa_zoo.data.pipeline` are one "file" for tf.data, so the default ``FILE`` policy could not split them.
 """
 from __future__ import annotations
 
@@ -192,7 +192,7 @@ def shard_by_data(ds):
     """``ds`` with ``auto_shard_policy = DATA`` (each worker keeps its share of the *elements*).
 
     Args:
-        ds: a ``tf.data.Dataset`` (e.g. batches from `hpa_zoo.pipeline.batch_pipeline`).
+        ds: a ``tf.data.Dataset`` (e.g. batches from `hpa_zoo.data.pipeline.batch_pipeline`).
     Returns:
         the same dataset with the distribute option set; unchanged elements (B, ...).
     """

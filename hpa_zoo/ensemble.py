@@ -194,7 +194,7 @@ def load_predictions(path: str | os.PathLike, *, class_names: Sequence[str] = CL
     """
     import pandas as pd
 
-    from hpa_zoo.labels import multi_hot_matrix, parse_target
+    from hpa_zoo.data.labels import multi_hot_matrix, parse_target
 
     path = Path(path)
     if not path.is_file():
@@ -564,7 +564,7 @@ def weighted_vote(binary_list: Sequence, weights, cutoff: float) -> np.ndarray:
     (M, C) each class has its own (our reading of ``clswt``).
 
     Args:
-        binary_list: M uint8/bool (N, C) label arrays (e.g. read from submissions with `hpa_zoo.labels`).
+        binary_list: M uint8/bool (N, C) label arrays (e.g. read from submissions with `hpa_zoo.data.labels`).
         weights: (M,) or (M, C) non-negative vote weights.
         cutoff: the threshold on the summed weight (Team 4 example: 7.15 of 15).
 

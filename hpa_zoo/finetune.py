@@ -18,7 +18,7 @@
 4. **Data**: a CSV with ``labels`` (class names separated by ``;``) and either ``filename`` (one multi-channel
    PNG/TIFF, channels in ``channels`` order) or ``filenames`` (one file per channel, ``;``-separated, in
    ``channels`` order), paths relative to ``images_dir``; 8- or 16-bit, any size (resized to ``image_size``;
-   16-bit is scaled by 255/65535 as `hpa_zoo.images.to_uint8`). Images are decoded once into memory
+   16-bit is scaled by 255/65535 as `hpa_zoo.data.images.to_uint8`). Images are decoded once into memory
    (N·S·S·C bytes) and fed by tf.data (random D4 augmentation) — no Python per example in the pipeline.
 5. **Training**: a seeded validation split (``val_fraction``); the backbone is frozen (only the classifier trains)
    for ``freeze_epochs``, then everything is unfrozen and recompiled with a 10x smaller learning rate; the best
@@ -52,7 +52,7 @@ from hpa_zoo.atomic import atomic_path, ensure_free_space, model_bytes
 from hpa_zoo.checks import open_fraction, positive_float, positive_int, reports_out_of_memory
 from hpa_zoo.constants import CHANNELS
 from hpa_zoo.errors import ConfigError, HpaDataError
-from hpa_zoo.images import fit_to_model
+from hpa_zoo.data.images import fit_to_model
 from hpa_zoo.interrupt import Interrupted, stop_at_step_boundary
 from hpa_zoo.runlock import holds_run_lock
 from hpa_zoo.safepaths import check_relative_name, resolve_inside
@@ -168,14 +168,14 @@ def read_image(images_dir, files: Sequence[str], n_channels: int, size: int | No
     multi-channel file or one file per channel.
 
     A multi-channel PNG/TIFF is read with OpenCV (colour files are BGR(A) on disk order -> reversed to RGB(A));
-    a multi-page TIFF gives one channel per page. 16-bit is scaled to 8-bit (`hpa_zoo.images.to_uint8`); the
+    a multi-page TIFF gives one channel per page. 16-bit is scaled to 8-bit (`hpa_zoo.data.images.to_uint8`); the
     image is resized with area interpolation when a side shrinks, else bilinear.
 
     Raises:
         HpaDataError: missing/unreadable file, a channel count that is not ``n_channels``, or a file name that
             resolves outside `images_dir` (``..``, absolute, a symlink out: `hpa_zoo.safepaths.resolve_inside`).
     """
-    from hpa_zoo.images import read_channel, to_uint8
+    from hpa_zoo.data.images import read_channel, to_uint8
 
     images_dir = Path(images_dir)
     if len(files) == 1 and n_channels > 1:
@@ -317,7 +317,7 @@ def finetune(base, data_csv, images_dir, *, out_dir, classes: Sequence[str] | No
         seed: split, shuffling, augmentation and head initialisation seed.
         verbose: 0 silent, 1 progress lines and Keras per-epoch lines.
         pixel_size_um: µm per pixel of your images: each is rescaled to the base model's scale (registry
-            ``pixel_size_um``) and centred on the ``image_size`` canvas (`hpa_zoo.images.fit_to_model`), and the
+            ``pixel_size_um``) and centred on the ``image_size`` canvas (`hpa_zoo.data.images.fit_to_model`), and the
             preset records that scale, so `predict_images` can do the same; default off (images resized whole,
             the preset's pixel size unknown).
 
@@ -333,7 +333,7 @@ def finetune(base, data_csv, images_dir, *, out_dir, classes: Sequence[str] | No
     import tensorflow as tf
 
     from hpa_zoo.models_api import save_preset
-    from hpa_zoo.pipeline import batch_pipeline, random_d4, to_float
+    from hpa_zoo.data.pipeline import batch_pipeline, random_d4, to_float
     from hpa_zoo.thresholds import check_evidence, fit_thresholds
     from hpa_zoo.training import AtomicBestCheckpoint
     from zoo_models.surgery import replace_head

@@ -5,8 +5,8 @@ the **same sample** (antibody and cell line), not by learning localisation (docs
 any validation that splits them. `audit` ranks the suspicious pairs between set A and set B with up to three
 signals:
 
-* ``phash``: the pHash Hamming distance of `hpa_zoo.folds` (the largest over the R, G, B stains; near-duplicates
-  are <= `hpa_zoo.folds.MAX_HAMMING_DISTANCE`);
+* ``phash``: the pHash Hamming distance of `hpa_zoo.data.folds` (the largest over the R, G, B stains; near-duplicates
+  are <= `hpa_zoo.data.folds.MAX_HAMMING_DISTANCE`);
 * ``feature_cosine``: the cosine of a classifier's features (Team 1: the 1024-d `feature_extractor` output);
 * ``embedding_cosine``: optionally, Team 1's metric-learning embedding (`zoo_models.team1_metric_learning.match`:
   per-set standardisation, cosine, 0.65 cut-off).
@@ -94,7 +94,7 @@ def audit(a_dir, b_dir, *, out_dir, model="team1_densenet121_512", weights=None,
     import pandas as pd
 
     from hpa_zoo.atomic import atomic_to_csv, atomic_write_text
-    from hpa_zoo.folds import MAX_HAMMING_DISTANCE, hamming, image_hashes
+    from hpa_zoo.data.folds import MAX_HAMMING_DISTANCE, hamming, image_hashes
     from hpa_zoo.predict_images import discover
 
     if top < 0:
@@ -204,7 +204,7 @@ def _sheet(frame, a_dir, b_dir, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     from hpa_zoo.atomic import atomic_path
-    from hpa_zoo.images import load_rgby
+    from hpa_zoo.data.images import load_rgby
 
     n = len(frame)
     fig, axes = plt.subplots(n, 2, figsize=(4.4, 2.2 * n), squeeze=False)

@@ -22,7 +22,7 @@ from keras import ops
 
 from hpa_zoo.constants import CLASS_NAMES, NUM_CLASSES
 from hpa_zoo.errors import HpaDataError
-from hpa_zoo.labels import multi_hot_matrix, parse_targets, read_labels_csv
+from hpa_zoo.data.labels import multi_hot_matrix, parse_targets, read_labels_csv
 
 
 def _binary(y, name: str) -> np.ndarray:

@@ -356,7 +356,7 @@ def _probes(size: tuple[int, int], channels: int) -> np.ndarray:
     """(3, C, H, W) float32 in [0, 1]: two uniform random images and one HPA-like synthetic field (seeded)."""
     import cv2
 
-    from hpa_zoo.synthetic import synthesize_field
+    from hpa_zoo.data.synthetic import synthesize_field
 
     h, w = size
     rng = np.random.default_rng(20190101)

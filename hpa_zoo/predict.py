@@ -150,8 +150,8 @@ def _test_source(data, *, data_dir, image_size: int):
     """(ids list, dataset of {"id", "image" uint8 (image_size, image_size, 4)}) of the test images."""
     import tensorflow as tf
 
-    from hpa_zoo import pipeline
-    from hpa_zoo.labels import read_labels_csv
+    from hpa_zoo.data import pipeline
+    from hpa_zoo.data.labels import read_labels_csv
 
     if Path(data).is_dir():
         folder = Path(data)
@@ -252,7 +252,7 @@ def predict(model_or_preset: Union[str, os.PathLike, Any, Sequence], data: str |
         HpaDataError: missing test data.
     """
     from hpa_zoo import thresholds as th_mod
-    from hpa_zoo.labels import format_target
+    from hpa_zoo.data.labels import format_target
 
     import pandas as pd
 

@@ -17,7 +17,7 @@
    * the fine-tuning CSV (`hpa_zoo.finetune.read_table`: ``filename`` or ``filenames``, ``labels`` optional),
      paths relative to ``images_dir`` (default the CSV's folder).
 3. **Images**: decoded in a thread pool, 16-bit scaled to 8-bit, brought to the model's image size by
-   `hpa_zoo.images.fit_to_model` (rescaled to the model's µm per pixel first when ``pixel_size_um`` is given),
+   `hpa_zoo.data.images.fit_to_model` (rescaled to the model's µm per pixel first when ``pixel_size_um`` is given),
    then the model's TTA (`hpa_zoo.tta.predict_tta`).
 4. **Outputs** in ``out_dir`` (atomic writes): ``probabilities.csv`` (``Id`` + one column per class name, with
    the `hpa_zoo.ensemble` sidecar), ``predictions.csv`` (``Id``, ``Labels`` = class names joined by ``;``),
@@ -217,7 +217,7 @@ def discover(inputs, *, stains: Sequence, images_dir=None, skip_bad: bool = Fals
 
 
 def _discover_folder(folder: Path, stains: Sequence, skip_bad: bool) -> tuple[list[Item], list]:
-    from hpa_zoo.images import HPAV18_PLANE
+    from hpa_zoo.data.images import HPAV18_PLANE
 
     if any(s is None for s in stains):
         raise ConfigError(f"{folder}: the model takes a stain HPA folders do not have (stains {list(stains)}); "
@@ -279,9 +279,9 @@ def _unique_ids(items: list[Item]) -> list[Item]:
 
 def read_item(item: Item, n_channels: int, size: int, *, pixel_size_um: float | None = None,
               model_pixel_size_um: float | None = None) -> np.ndarray:
-    """One item as (size, size, n_channels) uint8 at the model's scale (`hpa_zoo.images.fit_to_model`)."""
+    """One item as (size, size, n_channels) uint8 at the model's scale (`hpa_zoo.data.images.fit_to_model`)."""
     from hpa_zoo.finetune import read_image
-    from hpa_zoo.images import fit_to_model, read_channel, to_uint8
+    from hpa_zoo.data.images import fit_to_model, read_channel, to_uint8
 
     if item.planes is not None:  # HPA layout: one grayscale (or HPAv18 colour) file per stain
         planes = [to_uint8(read_channel(item.root / f, plane=pl, expect_dtype="any"))

@@ -35,7 +35,7 @@ EXPERTS = {"precision": 0.74, "recall": 0.69}
 
 
 def _labels(labels_csv, ids, num_classes: int) -> np.ndarray:
-    from hpa_zoo.labels import multi_hot_matrix, read_labels_csv
+    from hpa_zoo.data.labels import multi_hot_matrix, read_labels_csv
 
     table = read_labels_csv(labels_csv, num_classes=num_classes)
     index = dict(zip(table["Id"], table["labels"]))
@@ -145,7 +145,7 @@ def figure_report(predictions: Sequence, labels_csv, *, out_dir, data_label: str
     width = 0.4 if train_csv else 0.8
     ax.bar(np.arange(k) - (width / 2 if train_csv else 0), freq[order], width, label="evaluated images")
     if train_csv:
-        from hpa_zoo.labels import multi_hot_matrix, read_labels_csv
+        from hpa_zoo.data.labels import multi_hot_matrix, read_labels_csv
 
         train = multi_hot_matrix(read_labels_csv(train_csv, num_classes=k)["labels"], k).sum(0)
         ax.bar(np.arange(k) + width / 2, train[order], width, label="training images")

@@ -159,7 +159,7 @@ def _fold_table(data, *, data_dir, folds_csv, out_dir: Path, verbose: int):
     """The ``Id,fold`` table: from ``folds_csv``, else ``out_dir/folds.csv`` (a resumed run), else computed."""
     import pandas as pd
 
-    from hpa_zoo import folds as folds_mod
+    from hpa_zoo.data import folds as folds_mod
 
     saved = out_dir / "folds.csv"
     if folds_csv is not None:
@@ -193,12 +193,12 @@ def _as_fold_frame(table, where):
 
 def _all_labels(data, *, data_dir, verbose) -> tuple[list[str], np.ndarray]:
     """Ids (N,) and multi-hot labels (N, 28) uint8 of the whole training set."""
-    from hpa_zoo.labels import multi_hot_matrix, read_labels_csv
+    from hpa_zoo.data.labels import multi_hot_matrix, read_labels_csv
 
     if _is_folder(data):
         df = read_labels_csv(Path(data) / "train.csv")
         return list(df["Id"]), multi_hot_matrix(list(df["labels"]))
-    from hpa_zoo.pipeline import tfds_dataset
+    from hpa_zoo.data.pipeline import tfds_dataset
 
     _log(verbose, f"reading ids and labels of {data} (train split) for the folds")
     ds = tfds_dataset(data, "train", data_dir=data_dir).map(lambda e: (e["id"], e["multi_hot"]))
@@ -215,7 +215,7 @@ def _split_sources(data, table, fold: int, *, data_dir, image_size: int):
     """(train_ds, valid_ds, n_train, n_valid): example-dict datasets of the fold's train and valid parts."""
     import tensorflow as tf
 
-    from hpa_zoo import pipeline
+    from hpa_zoo.data import pipeline
 
     if fold not in set(table["fold"]):
         raise ConfigError(f"fold {fold} is not in the folds table (folds: {sorted(set(table['fold']))})")
@@ -299,7 +299,7 @@ def _sampled_source(data, train_src, epoch_ids: list[str], *, image_size: int, s
     """The examples of one sampled epoch (`_EpochSampler`): a dataset of example dicts, ``len(epoch_ids)`` long.
 
     * Kaggle-layout folder: exactly ``epoch_ids`` in that order, repeats included
-      (`hpa_zoo.pipeline.folder_dataset` keeps the order of ``ids``); nothing reshuffles it.
+      (`hpa_zoo.data.pipeline.folder_dataset` keeps the order of ``ids``); nothing reshuffles it.
     * TFDS: records are read in their stored order, so the sampler's **order is not kept**: each training
       record is emitted as many times as the sampler lists its id (0 = left out this epoch), then shuffled
       (buffer `SAMPLED_TFDS_SHUFFLE`, seeded by the epoch) — the multiplicities, i.e. the class balance, hold.
@@ -310,7 +310,7 @@ def _sampled_source(data, train_src, epoch_ids: list[str], *, image_size: int, s
     """
     import tensorflow as tf
 
-    from hpa_zoo import pipeline
+    from hpa_zoo.data import pipeline
 
     if _is_folder(data):
         folder = Path(data)
@@ -489,7 +489,7 @@ def train(model_name: str, data: str | os.PathLike, *, fold: int = 0, folds_csv:
         model_name: registry name (``hpa-zoo models``), e.g. ``"team1_densenet121_512"``.
         data: a Kaggle-layout folder (``train.csv`` + ``train/``) or a TFDS name such as ``"hpa_kaggle/512"``.
         fold: the validation fold id.
-        folds_csv: an ``Id,fold`` CSV (`hpa_zoo.folds`); default: computed and saved to ``out_dir/folds.csv``.
+        folds_csv: an ``Id,fold`` CSV (`hpa_zoo.data.folds`); default: computed and saved to ``out_dir/folds.csv``.
         out_dir: where everything is written (see the module docstring). Re-running the same call resumes.
         data_dir: TFDS data directory (TFDS data only).
         epochs: train for this many epochs (the recipe's LR schedule is scaled to it).
@@ -525,7 +525,7 @@ def train(model_name: str, data: str | os.PathLike, *, fold: int = 0, folds_csv:
         HpaDataError: unreadable data / folds.
         TrainingDivergedError: the loss became NaN/inf.
     """
-    from hpa_zoo import pipeline
+    from hpa_zoo.data import pipeline
     from hpa_zoo.registry import get_spec
 
     t_start = time.time()
@@ -665,11 +665,11 @@ def _epoch_stream(src, map_fn, *, batch_size: int, seed: int, steps: int, start_
     With ``epoch_source`` (``epoch -> dataset of example dicts`` in training order, from a recipe's
     ``train_sampler``, see `_sampled_source`) epoch e is that dataset, **not reshuffled**, mapped with
     per-example seeds drawn from ``_epoch_seed(seed, e)``; otherwise `src` is shuffled as
-    `hpa_zoo.pipeline.batch_pipeline` shuffles it (both use `hpa_zoo.pipeline.training_pairs`). Incomplete
+    `hpa_zoo.data.pipeline.batch_pipeline` shuffles it (both use `hpa_zoo.data.pipeline.training_pairs`). Incomplete
     batches are dropped either way.
 
     The epochs are concatenated with Python-int seeds: inside ``Dataset.flat_map`` the epoch is a symbolic
-    tensor, and ``Dataset.shuffle`` / ``Dataset.random`` in `hpa_zoo.pipeline.batch_pipeline` need a Python seed.
+    tensor, and ``Dataset.shuffle`` / ``Dataset.random`` in `hpa_zoo.data.pipeline.batch_pipeline` need a Python seed.
     What is concatenated is each epoch's ``(example, seed)`` pairs (each pass cut to whole batches, ``steps *
     batch_size`` pairs), mapped and batched once: the same batches as mapping each epoch's own pipeline, but
     ``map_fn`` is traced once per run instead of once per epoch (a source of unknown length falls back to that).
@@ -680,7 +680,7 @@ def _epoch_stream(src, map_fn, *, batch_size: int, seed: int, steps: int, start_
     """
     import tensorflow as tf
 
-    from hpa_zoo import pipeline
+    from hpa_zoo.data import pipeline
 
     def pairs(epoch: int):
         # the epoch's (example, seed) pairs, in the order batch_pipeline(training=True) maps them
@@ -744,9 +744,10 @@ def _finish(model, best_cb: AtomicBestCheckpoint, recipe: Recipe, settings: dict
     output -> thresholds -> preset (the main output only), predictions CSV, report."""
     import pandas as pd
 
-    from hpa_zoo import metrics, models_api, pipeline, thresholds
+    from hpa_zoo import metrics, models_api, thresholds
+    from hpa_zoo.data import pipeline
     from hpa_zoo.ensemble import write_sidecar
-    from hpa_zoo.labels import format_target
+    from hpa_zoo.data.labels import format_target
     from hpa_zoo.predict import main_output_model
 
     swa_info = None
@@ -817,7 +818,8 @@ def _apply_swa(model, recipe: Recipe, train_src, out_dir: Path, verbose: int) ->
     """`hpa_zoo.swa.apply_swa` on this run: the last ``recipe.swa_last_n`` epoch checkpoints averaged into `model`,
     BatchNorm recalibrated on one pass over the fold's training images with the *validation* transform
     (teams.md §3.3). Returns the metadata entry ``{"last_n", "averaged": [files], "bn_images", "weights"}``."""
-    from hpa_zoo import pipeline, swa
+    from hpa_zoo import swa
+    from hpa_zoo.data import pipeline
 
     images_only = lambda e: recipe.eval_map(e)[0]  # noqa: E731
     bn_ds = pipeline.batch_pipeline(train_src, images_only, batch_size=recipe.batch_size, training=False)

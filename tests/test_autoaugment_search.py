@@ -47,7 +47,7 @@ def test_candidate_policies_depend_only_on_seed_and_index():
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    from hpa_zoo.synthetic import write_synthetic_dataset
+    from hpa_zoo.data.synthetic import write_synthetic_dataset
 
     return write_synthetic_dataset(tmp_path_factory.mktemp("aas") / "data", n_train=8, n_test=0, size=32,
                                    workers=0, progress=False)

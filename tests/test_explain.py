@@ -17,8 +17,8 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from hpa_zoo import explain  # noqa: E402
-from hpa_zoo.images import load_rgby  # noqa: E402
-from hpa_zoo.labels import read_labels_csv  # noqa: E402
+from hpa_zoo.data.images import load_rgby  # noqa: E402
+from hpa_zoo.data.labels import read_labels_csv  # noqa: E402
 
 from tests.conftest import MODEL_FIXTURE_SIZE as SIZE  # noqa: E402
 

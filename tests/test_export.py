@@ -23,7 +23,7 @@ keras = pytest.importorskip("keras")
 from hpa_zoo import export  # noqa: E402
 from hpa_zoo.constants import CLASS_NAMES  # noqa: E402
 from hpa_zoo.errors import ConfigError  # noqa: E402
-from hpa_zoo.images import load_rgby  # noqa: E402
+from hpa_zoo.data.images import load_rgby  # noqa: E402
 
 from tests.conftest import MODEL_FIXTURE_SIZE as SIZE  # noqa: E402
 

@@ -37,7 +37,7 @@ def test_read_image_multichannel_png_and_16bit_tiff(tmp_path):
     got = ft.read_image(tmp_path, ["a.png"], 3, 80)
     assert got.shape == (80, 80, 3) and got.dtype == np.uint8
     np.testing.assert_array_equal(got, cv2.resize(rgb, (80, 80), interpolation=cv2.INTER_AREA))
-    # one 16-bit file per channel, scaled by 255/65535 as hpa_zoo.images.to_uint8
+    # one 16-bit file per channel, scaled by 255/65535 as hpa_zoo.data.images.to_uint8
     planes16 = rng.integers(0, 65536, (2, 32, 32), dtype=np.uint16)
     for i, p in enumerate(planes16):
         cv2.imwrite(str(tmp_path / f"c{i}.tif"), p)
@@ -82,8 +82,8 @@ def test_adapt_channels_keeps_mapped_filters_and_mean_for_unknown():
 @pytest.fixture(scope="module")
 def user_data(tmp_path_factory):
     """A 3-channel, 5-class user dataset (multi-channel PNGs + CSV) cut from the synthetic HPA data."""
-    from hpa_zoo.labels import read_labels_csv
-    from hpa_zoo.synthetic import write_synthetic_dataset
+    from hpa_zoo.data.labels import read_labels_csv
+    from hpa_zoo.data.synthetic import write_synthetic_dataset
 
     root = tmp_path_factory.mktemp("ft")
     syn = write_synthetic_dataset(root / "syn", n_train=40, n_test=0, size=SIZE, workers=0, progress=False)

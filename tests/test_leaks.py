@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from hpa_zoo import cli, leaks
-from hpa_zoo.synthetic import synthesize_field
+from hpa_zoo.data.synthetic import synthesize_field
 
 
 def _second_set(real_samples_dir, folder):

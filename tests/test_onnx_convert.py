@@ -23,8 +23,8 @@ import onnxruntime as ort
 import torch
 
 from hpa_zoo.errors import WeightsError
-from hpa_zoo.images import load_rgby
-from hpa_zoo.labels import read_labels_csv
+from hpa_zoo.data.images import load_rgby
+from hpa_zoo.data.labels import read_labels_csv
 from hpa_zoo.onnx_convert import FEATURE_REL_TOL, onnx_to_keras_weights
 from tests.torch_refs.bestfitting_densenet import (
     BioimageWrapper, PublishedOutputs, build_published_densenet, build_torch_bestfitting_densenet, randomize_)

@@ -1,4 +1,4 @@
-"""hpa_zoo.pipeline: tf ops checked against NumPy / OpenCV references, sources against files written here."""
+"""hpa_zoo.data.pipeline: tf ops checked against NumPy / OpenCV references, sources against files written here."""
 from __future__ import annotations
 
 import os
@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from hpa_zoo import pipeline as P
+from hpa_zoo.data import pipeline as P
 from hpa_zoo.constants import CHANNELS, NUM_CLASSES
 from hpa_zoo.errors import ConfigError, HpaDataError
-from hpa_zoo.images import load_rgby
-from hpa_zoo.labels import SkipReport
+from hpa_zoo.data.images import load_rgby
+from hpa_zoo.data.labels import SkipReport
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -244,7 +244,7 @@ def test_batch_pipeline_eval_keeps_order_and_remainder():
 def test_batch_pipeline_feeds_numpy_under_jax_backend():
     script = textwrap.dedent("""
         import numpy as np, keras, tensorflow as tf
-        from hpa_zoo import pipeline as P
+        from hpa_zoo.data import pipeline as P
         assert keras.backend.backend() == "jax"
         ds = tf.data.Dataset.from_tensor_slices({"image": np.zeros((6, 10, 10, 4), np.uint8)})
         fn = lambda ex, s: P.random_scale_crop(ex["image"], 8, s)

@@ -31,7 +31,7 @@ def _preset(directory, seed: int, thresholds):
 
 
 def _test_images(folder):
-    from hpa_zoo.images import load_rgby
+    from hpa_zoo.data.images import load_rgby
 
     ids = list(pd.read_csv(folder / "sample_submission.csv", dtype=str)["Id"])
     return ids, np.stack([load_rgby(folder / "test", i) for i in ids])
@@ -39,7 +39,7 @@ def _test_images(folder):
 
 def test_submission_matches_direct_prediction_and_team1_thresholds(tiny_model, synthetic_data, tmp_path):
     from hpa_zoo.constants import CLASS_NAMES
-    from hpa_zoo.labels import parse_target
+    from hpa_zoo.data.labels import parse_target
     from hpa_zoo.predict import predict
 
     th = np.full(28, 0.6)

@@ -92,7 +92,7 @@ def _driver(argv: list[str]) -> int:
 # ---------------------------------------------------------------------------------------------- helpers
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from hpa_zoo.synthetic import write_synthetic_dataset
+    from hpa_zoo.data.synthetic import write_synthetic_dataset
 
     return write_synthetic_dataset(tmp_path_factory.mktemp("resume_data"), n_train=24, n_test=4, size=64,
                                    seed=5, workers=1)

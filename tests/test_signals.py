@@ -58,8 +58,8 @@ def test_sigterm_during_synth_leaves_no_dataset(children, tmp_path, workers):
 
 def test_sigterm_during_prepare_leaves_no_prepared_dataset(children, tmp_path):
     from hpa_zoo.errors import HpaDataError
-    from hpa_zoo.pipeline import tfds_dataset
-    from hpa_zoo.synthetic import write_synthetic_dataset
+    from hpa_zoo.data.pipeline import tfds_dataset
+    from hpa_zoo.data.synthetic import write_synthetic_dataset
 
     manual = write_synthetic_dataset(tmp_path / "manual", n_train=400, n_test=4, size=32, workers=0, progress=False)
     data_dir = tmp_path / "tfds"

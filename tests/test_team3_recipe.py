@@ -15,7 +15,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from hpa_zoo import augment, pipeline  # noqa: E402
+from hpa_zoo import augment  # noqa: E402
+from hpa_zoo.data import pipeline
 from hpa_zoo.errors import ConfigError  # noqa: E402
 from zoo_models import team3_recipe as t3  # noqa: E402
 
@@ -157,7 +158,8 @@ def test_each_real_team3_model_trains_and_its_recipe_loss_falls(name, size, upda
     loss of the untrained outputs, and after `updates` steps the loss is below 0.6 x its initial value, with
     every weight and output finite. grad_accum_steps=1: on one fixed batch k accumulated gradients are the same
     gradient, so accumulation would only make each update k times slower."""
-    from hpa_zoo import models_api, synthetic
+    from hpa_zoo import models_api
+    from hpa_zoo.data import synthetic
     from hpa_zoo.registry import get_spec
 
     rng = np.random.default_rng(0)

@@ -114,7 +114,7 @@ def rows():
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from hpa_zoo.synthetic import write_synthetic_dataset
+    from hpa_zoo.data.synthetic import write_synthetic_dataset
 
     return write_synthetic_dataset(tmp_path_factory.mktemp("t3train") / "data", n_train=24, n_test=4, size=IMAGE,
                                    seed=11, workers=0, progress=False)
@@ -132,7 +132,7 @@ def run(rows, data, tmp_path_factory):
 
 def _train_images(out, data):
     """The fold-0 training images with the validation transform: float32 (N, INPUT, INPUT, 4)."""
-    from hpa_zoo import pipeline
+    from hpa_zoo.data import pipeline
 
     folds = pd.read_csv(out / "folds.csv", dtype={"Id": str})
     ids = list(folds.loc[folds["fold"] != 0, "Id"])
@@ -214,7 +214,7 @@ def test_preset_is_the_swa_mean_of_the_last_epochs_with_bn_recalibrated(run, dat
 def test_predict_uses_logits_with_d4_mean_tta_and_a_training_model_gives_the_same(run, data, tmp_path):
     from hpa_zoo import load
     from hpa_zoo.constants import CLASS_NAMES
-    from hpa_zoo.images import load_rgby
+    from hpa_zoo.data.images import load_rgby
     from hpa_zoo.predict import predict
     from zoo_models.surgery import transplant_weights
 
@@ -247,7 +247,7 @@ def test_sampler_sets_each_epochs_ids_order_and_steps(rows, data, tmp_path, monk
     batches. The recorded streams are what ``model.fit`` consumed (deterministic, so iterating them again
     replays the same batches)."""
     from hpa_zoo import training
-    from hpa_zoo.labels import multi_hot_matrix, read_labels_csv
+    from hpa_zoo.data.labels import multi_hot_matrix, read_labels_csv
 
     streams = []
     original = training._epoch_stream
@@ -279,7 +279,7 @@ def test_sampler_sets_each_epochs_ids_order_and_steps(rows, data, tmp_path, monk
 
 
 def _examples(data, ids):
-    from hpa_zoo import pipeline
+    from hpa_zoo.data import pipeline
 
     return list(pipeline.folder_dataset(data / "train", data / "train.csv", ids=ids, image_size=IMAGE))
 

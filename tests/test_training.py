@@ -64,7 +64,7 @@ def tiny_model():
 @pytest.fixture(scope="session")
 def synthetic_data(tmp_path_factory):
     """40 train + 12 test synthetic images (64 px) in the Kaggle layout."""
-    from hpa_zoo.synthetic import write_synthetic_dataset
+    from hpa_zoo.data.synthetic import write_synthetic_dataset
 
     return write_synthetic_dataset(tmp_path_factory.mktemp("synthetic"), n_train=40, n_test=12, size=SIZE, seed=3,
                                    workers=1)
@@ -86,7 +86,7 @@ def _optimizer_iterations(weights_file) -> int:
 def test_training_loss_falls_and_outputs_are_consistent(tiny_model, synthetic_data, tmp_path):
     from sklearn.metrics import f1_score
 
-    from hpa_zoo.labels import multi_hot_matrix, parse_target
+    from hpa_zoo.data.labels import multi_hot_matrix, parse_target
     from hpa_zoo.training import train
 
     out = tmp_path / "run"

@@ -79,7 +79,7 @@ def test_train_and_validation_steps_are_traced_once_over_epochs(traced_run):
 def test_val_predictions_load_through_ensemble_with_model_fold_and_tta(traced_run, synthetic_data):  # noqa: F811
     from hpa_zoo import ensemble
     from hpa_zoo.constants import CLASS_NAMES
-    from hpa_zoo.labels import multi_hot_matrix, read_labels_csv
+    from hpa_zoo.data.labels import multi_hot_matrix, read_labels_csv
 
     out, _ = traced_run
     loaded = ensemble.load_predictions(out / "val_predictions.csv")

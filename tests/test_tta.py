@@ -243,7 +243,7 @@ def test_ssr_matrix_geometry_matches_numpy():
 
 
 def test_d4_order_agrees_with_the_data_pipeline():
-    pipeline = pytest.importorskip("hpa_zoo.pipeline")
+    pipeline = pytest.importorskip("hpa_zoo.data.pipeline")
     assert tuple(pipeline.D4_ORDER) == tta.D4_ORDER
     image = _images(1, 12)
     for k in range(8):

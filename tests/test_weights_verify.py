@@ -17,8 +17,8 @@ import torch
 
 from hpa_zoo import cli, weights
 from hpa_zoo.errors import WeightsError
-from hpa_zoo.images import load_rgby
-from hpa_zoo.labels import read_labels_csv
+from hpa_zoo.data.images import load_rgby
+from hpa_zoo.data.labels import read_labels_csv
 from hpa_zoo.registry import WeightsSpec
 from tests.torch_refs.bestfitting_densenet import PublishedOutputs, build_published_densenet, randomize_
 

@@ -275,7 +275,7 @@ def train_map(example: dict, seed, *, image_size: int, input_size: int):
     """
     import tensorflow as tf
 
-    from hpa_zoo import pipeline
+    from hpa_zoo.data import pipeline
 
     crop_seed, d4_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
     image = pipeline.resize(example["image"], image_size)
@@ -291,7 +291,7 @@ def eval_map(example: dict, *, input_size: int):
     """
     import tensorflow as tf
 
-    from hpa_zoo import pipeline
+    from hpa_zoo.data import pipeline
 
     image = pipeline.resize(example["image"], input_size)
     return tf.cast(image, tf.float32), tf.cast(example["multi_hot"], tf.float32)

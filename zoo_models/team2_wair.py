@@ -245,7 +245,7 @@ def oversample_ids(df, rule: str = "v3") -> list[str]:
     `oversample_copies` for the rules.
 
     Args:
-        df: DataFrame with ``Id`` and either ``labels`` (sequences of class ids, `hpa_zoo.labels.read_labels_csv`)
+        df: DataFrame with ``Id`` and either ``labels`` (sequences of class ids, `hpa_zoo.data.labels.read_labels_csv`)
             or ``Target`` (space-separated class ids).
         rule: ``"v2"``, ``"v3"`` or ``"v4"``.
 
@@ -375,7 +375,8 @@ def _flip(image, seed):
     """albumentations ``Flip`` p .75: one of vertical / horizontal / both (`pipeline.d4_transform` 1, 2, 4)."""
     import tensorflow as tf
 
-    from hpa_zoo import augment, pipeline
+    from hpa_zoo import augment
+    from hpa_zoo.data import pipeline
 
     def flip(x, s):
         k = tf.gather([1, 2, 4], tf.random.stateless_uniform([], s, 0, 3, dtype=tf.int32))
@@ -412,7 +413,8 @@ def train_map(example: dict, seed, *, input_size: int):
     """
     import tensorflow as tf
 
-    from hpa_zoo import augment, pipeline
+    from hpa_zoo import augment
+    from hpa_zoo.data import pipeline
 
     s = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
     image = tf.cast(pipeline.resize(example["image"], input_size), tf.float32)
@@ -428,7 +430,7 @@ def eval_map(example: dict, *, input_size: int):
     """Validation: the whole image resized to ``input_size``. Returns (float32 (s, s, 4), float32 (28,))."""
     import tensorflow as tf
 
-    from hpa_zoo import pipeline
+    from hpa_zoo.data import pipeline
 
     image = pipeline.resize(example["image"], input_size)
     return tf.cast(image, tf.float32), tf.cast(example["multi_hot"], tf.float32)

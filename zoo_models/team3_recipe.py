@@ -128,7 +128,8 @@ def train_map(example: dict, seed, *, policy, input_size: int):
     """
     import tensorflow as tf
 
-    from hpa_zoo import augment, pipeline
+    from hpa_zoo import augment
+    from hpa_zoo.data import pipeline
 
     image = augment.apply_policy(example["image"], policy, seed)
     image = pipeline.resize(image, input_size)

@@ -288,7 +288,7 @@ def train_stacker(oof_crop_probs, y_true, *, epochs: int = STACKER_EPOCHS, batch
 
 def predict_five_crops(model, images, *, crop_size: int = CROP_SIZE, image_size: Optional[int] = None,
                        batch_size: int = 8) -> np.ndarray:
-    """Probabilities of the 5 fixed crops ul, ur, centre, bl, br (`hpa_zoo.pipeline.five_crop`, teams.md §4.2).
+    """Probabilities of the 5 fixed crops ul, ur, centre, bl, br (`hpa_zoo.data.pipeline.five_crop`, teams.md §4.2).
 
     Args:
         model: (B, crop, crop, C) [0, 255] -> logits (B, K).
@@ -302,7 +302,7 @@ def predict_five_crops(model, images, *, crop_size: int = CROP_SIZE, image_size:
     """
     import tensorflow as tf
 
-    from hpa_zoo import pipeline
+    from hpa_zoo.data import pipeline
 
     images = tf.convert_to_tensor(images)
     if image_size is not None:
@@ -378,7 +378,7 @@ def sampling_weights(labels, num_classes: int = NUM_CLASSES) -> np.ndarray:
     if isinstance(labels, np.ndarray) and labels.ndim == 2:
         arr = labels
     else:
-        from hpa_zoo.labels import multi_hot_matrix
+        from hpa_zoo.data.labels import multi_hot_matrix
 
         arr = multi_hot_matrix([tuple(int(c) for c in row) for row in labels], num_classes=num_classes)
     multi_hot = arr > 0
@@ -391,7 +391,7 @@ def sampling_weights(labels, num_classes: int = NUM_CLASSES) -> np.ndarray:
 
 def weighted_sample_ids(ids: Sequence[str], weights, n: int, *, seed: int = 0) -> list[str]:
     """Draw ``n`` ids with replacement, probability proportional to ``weights`` (an epoch's id list for
-    `hpa_zoo.pipeline.folder_dataset(ids=...)`). Returns list[str] of length n."""
+    `hpa_zoo.data.pipeline.folder_dataset(ids=...)`). Returns list[str] of length n."""
     w = np.asarray(weights, np.float64)
     if len(w) != len(ids) or (w < 0).any() or w.sum() <= 0:
         raise ConfigError(f"weighted_sample_ids: {len(ids)} ids need as many non-negative weights (not all 0)")
@@ -524,7 +524,7 @@ def train_map(example: dict, seed, *, image_size: int, input_size: int):
     RandomCrop 512); rotate90 / flip / affine. Returns (float32 (input_size, input_size, 4), float32 (28,))."""
     import tensorflow as tf
 
-    from hpa_zoo import pipeline
+    from hpa_zoo.data import pipeline
 
     crop_seed, aug_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     image = tf.cast(pipeline.resize(example["image"], image_size), tf.float32)
@@ -539,7 +539,7 @@ def eval_map(example: dict, *, image_size: int, input_size: int):
     5 crops). Returns (float32 (input_size, input_size, 4), float32 (28,))."""
     import tensorflow as tf
 
-    from hpa_zoo import pipeline
+    from hpa_zoo.data import pipeline
 
     image = pipeline.resize(example["image"], image_size)
     if input_size < image_size:

@@ -20,8 +20,8 @@ from hpa_zoo.atomic import atomic_to_csv
 from hpa_zoo.checks import positive_int
 from hpa_zoo.constants import NUM_CLASSES, is_kaggle_id
 from hpa_zoo.errors import ConfigError, HpaDataError
-from hpa_zoo.images import load_rgby
-from hpa_zoo.labels import multi_hot_matrix, parse_target
+from hpa_zoo.data.images import load_rgby
+from hpa_zoo.data.labels import multi_hot_matrix, parse_target
 
 #: teams.md §0.4: Hamming distance <= 12 on each of the R, G, B pHashes (bestfitting s5_train_match_external.py).
 MAX_HAMMING_DISTANCE = 12
@@ -57,7 +57,7 @@ def image_hashes(
 ) -> np.ndarray:
     """pHash of the R, G and B stains of each image.
 
-    Each image is read with `hpa_zoo.images.load_rgby` and resized to `HASH_IMAGE_SIZE` first, so the same
+    Each image is read with `hpa_zoo.data.images.load_rgby` and resized to `HASH_IMAGE_SIZE` first, so the same
     field of view at another resolution (or re-encoded) gives (nearly) the same hashes.
 
     Args:
@@ -166,7 +166,7 @@ def _label_matrix(df: pd.DataFrame, num_classes: int) -> np.ndarray:
         return multi_hot_matrix([parse_target(t, where=f"row {i} (Id {image_id})", num_classes=num_classes)
                                  for i, (image_id, t) in enumerate(zip(df["Id"], df["Target"]))], num_classes)
     raise HpaDataError(f"make_folds: the table has columns {list(df.columns)}; it needs 'Id' and 'labels' "
-                       f"(tuples, from hpa_zoo.labels.read_labels_csv) or 'Target' strings")
+                       f"(tuples, from hpa_zoo.data.labels.read_labels_csv) or 'Target' strings")
 
 
 def make_folds(
@@ -185,7 +185,7 @@ def make_folds(
     sources (Team 1 split the two sources separately and joined fold i of each).
 
     Args:
-        df: N rows with ``Id`` and ``labels`` (tuples of class ids, as from `hpa_zoo.labels.read_labels_csv`)
+        df: N rows with ``Id`` and ``labels`` (tuples of class ids, as from `hpa_zoo.data.labels.read_labels_csv`)
             or ``Target`` strings; an optional ``source`` column (``"kaggle"``/``"hpav18"``), else it is
             derived from the id form (`hpa_zoo.constants.is_kaggle_id`).
         n_splits: number of folds.
@@ -215,7 +215,7 @@ def make_folds(
     groups = np.arange(n) if groups is None else np.asarray(groups)
     if groups.shape != (n,):
         raise HpaDataError(f"make_folds: groups has shape {groups.shape} but there are {n} images; pass one "
-                           f"group id per row (hpa_zoo.folds.duplicate_groups)")
+                           f"group id per row (hpa_zoo.data.folds.duplicate_groups)")
     if n_splits < 2:
         raise ConfigError(f"make_folds: n_splits={n_splits}; use 2 or more folds")
     uniq, group_index = np.unique(groups, return_inverse=True)
@@ -362,7 +362,7 @@ def folds_for_folders(
         ConfigError: no folder, n_splits < 2, a negative max_distance or workers < 1 (before any image is read).
         HpaDataError: a missing folder or CSV, a bad CSV row.
     """
-    from hpa_zoo.labels import read_labels_csv
+    from hpa_zoo.data.labels import read_labels_csv
 
     positive_int(n_splits, "n_splits", minimum=2, hint="CLI: --n-splits; use 2 or more folds")
     positive_int(max_distance, "max_distance", minimum=0, hint="the Hamming threshold of duplicate pHashes")

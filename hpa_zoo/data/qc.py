@@ -111,7 +111,7 @@ def qc_image(red: np.ndarray, green: np.ndarray, *, image_id: str = "", scale: f
 def _qc_item(args) -> QCResult:
     """One folder item (worker process): read red and green, scale = the fixed one or full_res_px / its side."""
     item, scale, full_res_px, min_cells, min_px = args
-    from hpa_zoo.images import read_channel
+    from hpa_zoo.data.images import read_channel
 
     red, green = (read_channel(item.root / f, plane=p, expect_dtype="any") for f, p in zip(item.files, item.planes))
     return qc_image(red, green, image_id=item.id, scale=scale or full_res_px / max(red.shape),

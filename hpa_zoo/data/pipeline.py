@@ -28,8 +28,8 @@ import tensorflow as tf
 
 from hpa_zoo.constants import CHANNELS, D4_ORDER, NUM_CLASSES
 from hpa_zoo.errors import ConfigError, HpaDataError
-from hpa_zoo.images import CHANNEL_EXTENSIONS, HPAV18_PLANE, find_channel_file
-from hpa_zoo.labels import OnError, SkipReport, read_labels_csv
+from hpa_zoo.data.images import CHANNEL_EXTENSIONS, HPAV18_PLANE, find_channel_file
+from hpa_zoo.data.labels import OnError, SkipReport, read_labels_csv
 from hpa_zoo.safepaths import check_image_id
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def resize(image: tf.Tensor, size: int | tuple[int, int]) -> tf.Tensor:
 
 def rescale_to_model(image: tf.Tensor, size: int, scale: float) -> tf.Tensor:
     """Rescale by ``scale`` (user µm per pixel / model µm per pixel), then centre-pad (black) or centre-crop to
-    ``size`` x ``size``: the graph form of `hpa_zoo.images.fit_to_model` with pixel sizes.
+    ``size`` x ``size``: the graph form of `hpa_zoo.data.images.fit_to_model` with pixel sizes.
 
     image (H, W, C) any dtype -> (size, size, C) same dtype."""
     hw = tf.cast(tf.shape(image)[:2], tf.float32) * float(scale)
@@ -406,11 +406,11 @@ def folder_dataset(
 
     Args:
         images_dir: the folder (e.g. Kaggle ``train/``).
-        csv_path: an ``Id,Target`` CSV (``hpa_zoo.labels.read_labels_csv``); for ``labelled=False`` only its
+        csv_path: an ``Id,Target`` CSV (``hpa_zoo.data.labels.read_labels_csv``); for ``labelled=False`` only its
             ``Id`` column is used. If None, `ids` are used, or every id with a ``*_red.*`` file in the folder.
         ids: restrict to these ids (e.g. one fold), in this order; they must be in the CSV when one is given.
         layout: ``"kaggle"`` (one grayscale file per stain) or ``"hpav18"`` (HPA website RGB JPEGs: the plane
-            ``hpa_zoo.images.HPAV18_PLANE`` is taken, R, G, B, R; teams.md §0.3).
+            ``hpa_zoo.data.images.HPAV18_PLANE`` is taken, R, G, B, R; teams.md §0.3).
         image_size: resize every image to (image_size, image_size) (bilinear); None keeps the stored size.
         labelled: emit ``multi_hot`` (needs `csv_path`); False for test folders (the key is then absent).
         on_error: ``"raise"``: a missing channel file or bad CSV row raises `HpaDataError`; ``"skip"``: the
