@@ -6,7 +6,7 @@ recipe; ``--models`` picks any): train one fold with
 `hpa_zoo.training.train` at the budget's size and length, predict the held-out test images with the team's own
 TTA and thresholds (`hpa_zoo.predict.predict`; Team 4's 1024crop512 model with its 5 crops + stacker), and score
 them against the test labels, with a bootstrap 95 % interval of macro F1 over the test images (the seed-mean
-when there are several seeds, `hpa_zoo.metrics.bootstrap_macro_f1`). A deliberately weak baseline — per-class
+when there are several seeds, `hpa_zoo.nn.metrics.bootstrap_macro_f1`). A deliberately weak baseline — per-class
 logistic regression on pooled pixel statistics (per-channel mean, std and percentiles) — is scored the same way.
 The report (Markdown + CSV + PNG) has macro F1 and the ranking, per-class F1 ordered by class frequency (Fig. 2c), single- vs multi-label macro F1
 (Fig. 2d), macro precision / recall, training time and inference images/s, with the teams' own reported HPA
@@ -141,7 +141,7 @@ def run_member(name: str, folder: Path, out: Path, budget: Budget, seed: int, ve
                run: Optional[Path] = None) -> dict:
     """Train one registered model, predict the test split with its team's TTA and thresholds, score it.
     Degenerate LB-ratio labels (Team 1) switch to the tie-aware rank variant (`hpa_zoo.thresholds`)."""
-    from hpa_zoo import metrics
+    from hpa_zoo.nn import metrics
     from hpa_zoo.ensemble import load_predictions, write_sidecar
     from hpa_zoo.predict import predict
     from hpa_zoo.training import train
@@ -233,7 +233,7 @@ def run_baseline(folder: Path, size: int, seed: int) -> dict:
 def _row(name: str, team: str, result, truth_ids, y_true, reported: str, status: str) -> dict:
     """One report row. ``result``: a `run_member` / `run_baseline` dict, a list of them (one per seed: every number
     is the mean over the seeds, ``train_s`` their sum) or None (not run)."""
-    from hpa_zoo import metrics
+    from hpa_zoo.nn import metrics
 
     row = {"model": name, "team": team, "status": status, "macro_f1": np.nan, "macro_f1_ci_low": np.nan,
            "macro_f1_ci_high": np.nan, "macro_f1_per_seed": "", "single_label_f1": np.nan,

@@ -5,7 +5,7 @@
    `tta.predict_tta`, d4 = 8 views, mean) on a small RGBY CNN, chunk by chunk; resident memory (RSS) after the
    first 1,000 images vs after the last. Bound: growth < 300 MB.
 2. **embed** over the same stream (`hpa_zoo.explain.embed` per chunk of the folder dataset), same bound.
-3. **evaluate** (`hpa_zoo.metrics.evaluate_csv`, what `hpa-zoo evaluate` runs) on an M-row submission against an
+3. **evaluate** (`hpa_zoo.nn.metrics.evaluate_csv`, what `hpa-zoo evaluate` runs) on an M-row submission against an
    M-row label CSV (default 1,000,000). Bound: < 30 s.
 
 The images are random-texture PNGs written with OpenCV (fast to make; the memory behaviour of the reader and
@@ -122,7 +122,7 @@ def evaluate_time(work: Path, rows: int, seed: int = 0) -> dict:
     """Check 3: `metrics.evaluate_csv` on a `rows`-row submission; seconds (writing the CSVs is not timed)."""
     import pandas as pd
 
-    from hpa_zoo.metrics import evaluate_csv
+    from hpa_zoo.nn.metrics import evaluate_csv
 
     rng = np.random.default_rng(seed)
     ids = [f"{k:08x}-bbc3-11e8-b2bc-ac1f6b6435d0" for k in range(rows)]

@@ -142,7 +142,7 @@ def bench_keras(args, batches, labels) -> dict:
     """Time ``args.steps`` Keras training steps after ``args.warmup``; optionally TTA inference."""
     import keras
 
-    from hpa_zoo.losses import BestfittingLoss
+    from hpa_zoo.nn.losses import BestfittingLoss
     from zoo_models.team1_bestfitting import make_optimizer
 
     if args.precision != "float32":
@@ -184,7 +184,7 @@ def bench_tta(args, net, images) -> dict:
 
 # ------------------------------------------------------------------------------------------------ torch
 def torch_bestfitting_loss(logits, target):
-    """Team 1's loss written plainly in PyTorch (teams.md §1.3), independent of hpa_zoo.losses.
+    """Team 1's loss written plainly in PyTorch (teams.md §1.3), independent of hpa_zoo.nn.losses.
 
     0.5 * focal (gamma 2, summed over classes, mean over batch) + 0.5 * symmetric Lovász hinge (per class over the
     batch, mean over classes) + 0.5 * hard-negative BCE (all positives + top-k negatives per class).

@@ -169,13 +169,13 @@ def train_candidate(policy: Sequence, train_src, valid_src, *, epochs: int, batc
         seed: weights initialisation and data order (the same for every candidate).
         log: called with one line per epoch.
     Returns:
-        (epochs,) list of float macro F1 (`hpa_zoo.metrics.macro_f1`, labels at probability > 0.5).
+        (epochs,) list of float macro F1 (`hpa_zoo.nn.metrics.macro_f1`, labels at probability > 0.5).
     """
     import keras
 
     from hpa_zoo.data import pipeline
-    from hpa_zoo.losses import FocalLoss
-    from hpa_zoo.metrics import macro_f1
+    from hpa_zoo.nn.losses import FocalLoss
+    from hpa_zoo.nn.metrics import macro_f1
 
     keras.utils.set_random_seed(int(seed))
     model = proxy_model(proxy, size)

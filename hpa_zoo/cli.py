@@ -135,7 +135,7 @@ def _add_evaluate(sub) -> None:
 
 def _run_evaluate(args) -> int:
     from hpa_zoo.atomic import atomic_write_text
-    from hpa_zoo.metrics import evaluate_csv, report_to_markdown
+    from hpa_zoo.nn.metrics import evaluate_csv, report_to_markdown
 
     report = evaluate_csv(args.pred_csv, args.labels_csv)
     text = f"# {args.pred_csv} vs {args.labels_csv}\n\n" + report_to_markdown(report)

@@ -239,7 +239,7 @@ def validation_baselines(synthetic: Path, folds_csv: Path, *, fold: int, image_s
     """
     import pandas as pd
 
-    from hpa_zoo import metrics
+    from hpa_zoo.nn import metrics
     from hpa_zoo.baselines import LabelPriorBaseline, PixelStatsBaseline
     from hpa_zoo.data.labels import multi_hot_matrix, read_labels_csv
 
@@ -275,7 +275,7 @@ def test_summary(submission: Path, truth_csv: Path, ratios: np.ndarray) -> dict:
     """
     import pandas as pd
 
-    from hpa_zoo import metrics
+    from hpa_zoo.nn import metrics
     from hpa_zoo.data.labels import multi_hot_matrix, read_labels_csv
 
     sub = pd.read_csv(submission, dtype=str, keep_default_na=False)
@@ -389,7 +389,7 @@ def gradcam_panel(preset_dir: Path, val_predictions: Path, report: dict, synthet
 
 
 def plot_per_class_f1(report: dict, path: str | os.PathLike, *, title: str) -> Path:
-    """Horizontal bar chart of the per-class F1 of an `hpa_zoo.metrics.f1_report` dict, saved as PNG.
+    """Horizontal bar chart of the per-class F1 of an `hpa_zoo.nn.metrics.f1_report` dict, saved as PNG.
 
     Args:
         report: the f1_report dict (per-class F1 under ``per_class``; a list of 28 or a name -> dict mapping).
@@ -439,7 +439,7 @@ def _macro(report: dict) -> float:
 def _write_report(out: Path, model_name: str, report: dict, png: Path, preset: Path, submission: Path,
                   probabilities: Path, timings: dict, settings: dict, *, curve: Path, baselines: dict, cam: tuple,
                   test: dict, meta: dict) -> Path:
-    from hpa_zoo import metrics
+    from hpa_zoo.nn import metrics
 
     table = metrics.report_to_markdown(report)
     steps = "\n".join(f"| {k} | {v:.1f} |" for k, v in timings.items())

@@ -430,7 +430,7 @@ class HillClimbResult:
 
 
 def _score_fn(config: ThresholdConfig, y_true: np.ndarray):
-    from hpa_zoo.metrics import macro_f1
+    from hpa_zoo.nn.metrics import macro_f1
 
     def score(probs: np.ndarray) -> float:
         return macro_f1(y_true, threshold_labels(probs, config, y_true=y_true))

@@ -104,7 +104,7 @@ def figure_report(predictions: Sequence, labels_csv, *, out_dir, data_label: str
 
     from hpa_zoo.atomic import atomic_path, atomic_to_csv, atomic_write_text
     from hpa_zoo.ensemble import load_predictions
-    from hpa_zoo.metrics import f1_report
+    from hpa_zoo.nn.metrics import f1_report
 
     if not predictions:
         raise ConfigError("report: give at least one predictions CSV")

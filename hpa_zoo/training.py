@@ -744,7 +744,8 @@ def _finish(model, best_cb: AtomicBestCheckpoint, recipe: Recipe, settings: dict
     output -> thresholds -> preset (the main output only), predictions CSV, report."""
     import pandas as pd
 
-    from hpa_zoo import metrics, models_api, thresholds
+    from hpa_zoo import models_api, thresholds
+    from hpa_zoo.nn import metrics
     from hpa_zoo.data import pipeline
     from hpa_zoo.ensemble import write_sidecar
     from hpa_zoo.data.labels import format_target
@@ -829,7 +830,7 @@ def _apply_swa(model, recipe: Recipe, train_src, out_dir: Path, verbose: int) ->
 
 
 def _report_markdown(report: dict, title: str) -> str:
-    from hpa_zoo import metrics
+    from hpa_zoo.nn import metrics
 
     return f"# {title}\n\n{metrics.report_to_markdown(report)}\n"
 
@@ -887,7 +888,7 @@ def _monitor(recipe: Recipe) -> str:
 
 
 def _metrics(recipe: Recipe) -> list:
-    from hpa_zoo import losses, metrics
+    from hpa_zoo.nn import losses, metrics
 
     extra = list(recipe.make_metrics()) if recipe.make_metrics is not None else []
     names = {m.name for m in extra}

@@ -71,7 +71,7 @@ def _driver(argv: list[str]) -> int:
 
     training._callbacks = callbacks
     if "HPA_TEST_INF_AT" in os.environ:
-        from hpa_zoo.losses import BestfittingLoss
+        from hpa_zoo.nn.losses import BestfittingLoss
         from zoo_models.team1_bestfitting import make_optimizer
 
         at, holder = int(os.environ["HPA_TEST_INF_AT"]), {}

@@ -149,7 +149,7 @@ def test_rerun_with_more_epochs_resumes_model_optimizer_and_epoch(tiny_model, sy
 
 
 def test_nan_loss_stops_naming_the_step_and_the_last_good_checkpoint(tiny_model, synthetic_data, tmp_path):
-    from hpa_zoo.losses import BestfittingLoss
+    from hpa_zoo.nn.losses import BestfittingLoss
     from hpa_zoo.training import TrainingDivergedError, train
     from zoo_models.team1_bestfitting import make_optimizer
 

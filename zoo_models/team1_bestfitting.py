@@ -299,15 +299,15 @@ def eval_map(example: dict, *, input_size: int):
 
 # ---------------------------------------------------------------------------------------------- recipe
 def make_loss():
-    """teams.md §1.3: 0.5·focal + 0.5·symmetric Lovász + 0.5·hard-negative log loss (`hpa_zoo.losses`)."""
-    from hpa_zoo.losses import BestfittingLoss
+    """teams.md §1.3: 0.5·focal + 0.5·symmetric Lovász + 0.5·hard-negative log loss (`hpa_zoo.nn.losses`)."""
+    from hpa_zoo.nn.losses import BestfittingLoss
 
     return BestfittingLoss()
 
 
 def make_metrics() -> list:
     """teams.md §1.3: checkpoints are picked on the validation focal loss (logged as ``val_focal``)."""
-    from hpa_zoo.losses import make_focal_metric
+    from hpa_zoo.nn.losses import make_focal_metric
 
     return [make_focal_metric()]
 

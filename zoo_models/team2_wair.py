@@ -181,7 +181,7 @@ def build_team2_densenet169_rgb_512(num_classes: int = NUM_CLASSES, input_shape=
 # ---------------------------------------------------------------------------------------------- loss
 def class_weights() -> np.ndarray:
     """teams.md §2.3: ``w_c = (1 - n_c / 30000)^2`` with classes 3, 5, 6, 19, 21, 25 halved. float32 (28,)."""
-    from hpa_zoo.losses import team2_class_weights
+    from hpa_zoo.nn.losses import team2_class_weights
 
     return team2_class_weights()
 
@@ -189,14 +189,14 @@ def class_weights() -> np.ndarray:
 @keras.saving.register_keras_serializable(package="hpa_zoo")
 class Team2Loss(keras.losses.Loss):
     """teams.md §2.3 ``BinaryEntropyLoss_weight``: BCE with per-class weights `class_weights`, mean over B·C
-    (`hpa_zoo.losses.weighted_bce`). (y_true (B, 28), logits (B, 28)) -> float32 scalar."""
+    (`hpa_zoo.nn.losses.weighted_bce`). (y_true (B, 28), logits (B, 28)) -> float32 scalar."""
 
     def __init__(self, name: str = "team2_weighted_bce", **kwargs):
         kwargs.setdefault("dtype", "float32")
         super().__init__(name=name, **kwargs)
 
     def call(self, y_true, y_pred):
-        from hpa_zoo.losses import weighted_bce
+        from hpa_zoo.nn.losses import weighted_bce
 
         return weighted_bce(y_true, y_pred, class_weights=class_weights())
 

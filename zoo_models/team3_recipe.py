@@ -82,14 +82,14 @@ NOTES = ("Gradient accumulation averages the k gradients (Keras) where PyTorch s
 
 # ---------------------------------------------------------------------------------------------- loss
 def make_loss(aux: bool = False):
-    """teams.md §3.3: focal loss γ=2 averaged over all elements (`hpa_zoo.losses.FocalLoss`, mode ``"mean"``).
+    """teams.md §3.3: focal loss γ=2 averaged over all elements (`hpa_zoo.nn.losses.FocalLoss`, mode ``"mean"``).
 
     With ``aux`` (Inception-v3, §3.2) a dict ``{"logits": loss, "aux_logits": loss}``, to be combined with
     ``loss_weights={"logits": 1.0, "aux_logits": 0.4}`` (`Recipe.loss_weights`; `hpa_zoo.training.train` passes
     them to ``compile`` and feeds every output the same multi-hot target). Each loss maps
     (y_true (B, 28), logits (B, 28)) to a float32 scalar.
     """
-    from hpa_zoo.losses import FocalLoss
+    from hpa_zoo.nn.losses import FocalLoss
 
     if not aux:
         return FocalLoss(gamma=FOCAL_GAMMA, mode=FOCAL_REDUCTION, name="focal_mean")

@@ -319,7 +319,7 @@ def predict_five_crops(model, images, *, crop_size: int = CROP_SIZE, image_size:
 @keras.saving.register_keras_serializable(package="hpa_zoo")
 class Team4Loss(keras.losses.Loss):
     """teams.md §4.2 (Christof): ``4 · weighted_bce(pos_weight=10) − log(batch F1)``, the F1 with straight-through
-    rounding (`hpa_zoo.losses.weighted_bce`, `hpa_zoo.losses.soft_f1_loss`). (y (B, C), logits (B, C)) -> float32."""
+    rounding (`hpa_zoo.nn.losses.weighted_bce`, `hpa_zoo.nn.losses.soft_f1_loss`). (y (B, C), logits (B, C)) -> float32."""
 
     def __init__(self, bce_factor: float = BCE_FACTOR, pos_weight: float = POS_WEIGHT,
                  name: str = "team4_bce_f1", **kwargs):
@@ -328,7 +328,7 @@ class Team4Loss(keras.losses.Loss):
         self.bce_factor, self.pos_weight = float(bce_factor), float(pos_weight)
 
     def call(self, y_true, y_pred):
-        from hpa_zoo.losses import soft_f1_loss, weighted_bce
+        from hpa_zoo.nn.losses import soft_f1_loss, weighted_bce
 
         return (self.bce_factor * weighted_bce(y_true, y_pred, pos_weight=self.pos_weight)
                 + soft_f1_loss(y_true, y_pred, straight_through=True))
@@ -343,8 +343,8 @@ def make_loss() -> keras.losses.Loss:
 
 
 def make_gwap_loss() -> keras.losses.Loss:
-    """teams.md §4.2: Dmytro's resnet34_gwap models used focal loss (`hpa_zoo.losses.FocalLoss`, γ 2)."""
-    from hpa_zoo.losses import FocalLoss
+    """teams.md §4.2: Dmytro's resnet34_gwap models used focal loss (`hpa_zoo.nn.losses.FocalLoss`, γ 2)."""
+    from hpa_zoo.nn.losses import FocalLoss
 
     return FocalLoss(gamma=2.0)
 
