@@ -1,4 +1,4 @@
-"""Tests for hpa_zoo.augment: Team 3's search-space ops against NumPy/OpenCV/SciPy references, and policies."""
+"""Tests for hpa_zoo.augment.transforms: Team 3's search-space ops against NumPy/OpenCV/SciPy references, and policies."""
 from __future__ import annotations
 
 import functools
@@ -11,7 +11,7 @@ import pytest
 import scipy.ndimage
 import tensorflow as tf
 
-from hpa_zoo import augment as A
+from hpa_zoo.augment import transforms as A
 from hpa_zoo.errors import ConfigError
 
 SEED = tf.constant([7, 11], tf.int64)

@@ -360,44 +360,44 @@ def _colour(image, seed):
     """OneOf[gamma, brightness, contrast] (HSV left out), applied with probability `COLOUR_P`."""
     import tensorflow as tf
 
-    from hpa_zoo import augment
+    from hpa_zoo.augment import transforms
 
     pick_seed, op_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    ops_ = [functools.partial(augment.random_gamma, gamma_limit=GAMMA_LIMIT),
-            functools.partial(augment.random_brightness, limit=BRIGHTNESS_LIMIT),
-            functools.partial(augment.random_contrast, limit=CONTRAST_LIMIT)]
+    ops_ = [functools.partial(transforms.random_gamma, gamma_limit=GAMMA_LIMIT),
+            functools.partial(transforms.random_brightness, limit=BRIGHTNESS_LIMIT),
+            functools.partial(transforms.random_contrast, limit=CONTRAST_LIMIT)]
     choice = tf.random.stateless_uniform([], pick_seed, 0, len(ops_), dtype=tf.int32)
     one_of = lambda x, s: tf.switch_case(choice, [lambda op=op: op(x, s) for op in ops_])  # noqa: E731
-    return augment.apply_with_probability(one_of, COLOUR_P, op_seed)(image)
+    return transforms.apply_with_probability(one_of, COLOUR_P, op_seed)(image)
 
 
 def _flip(image, seed):
     """albumentations ``Flip`` p .75: one of vertical / horizontal / both (`pipeline.d4_transform` 1, 2, 4)."""
     import tensorflow as tf
 
-    from hpa_zoo import augment
+    from hpa_zoo.augment import transforms
     from hpa_zoo.data import pipeline
 
     def flip(x, s):
         k = tf.gather([1, 2, 4], tf.random.stateless_uniform([], s, 0, 3, dtype=tf.int32))
         return tf.ensure_shape(pipeline.d4_transform(x, k), x.shape)
 
-    return augment.apply_with_probability(flip, FLIP_P, seed)(image)
+    return transforms.apply_with_probability(flip, FLIP_P, seed)(image)
 
 
 def _distort(image, seed):
     """OneOf[GridDistortion(5, .3), ElasticTransform(1, 50, 50)] with probability `DISTORT_P`."""
     import tensorflow as tf
 
-    from hpa_zoo import augment
+    from hpa_zoo.augment import transforms
 
     pick_seed, op_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    grid = functools.partial(augment.grid_distortion, num_steps=GRID_STEPS, distort_limit=GRID_LIMIT)
-    elastic = functools.partial(augment.elastic_transform, alpha=ELASTIC_ALPHA, sigma=ELASTIC_SIGMA,
+    grid = functools.partial(transforms.grid_distortion, num_steps=GRID_STEPS, distort_limit=GRID_LIMIT)
+    elastic = functools.partial(transforms.elastic_transform, alpha=ELASTIC_ALPHA, sigma=ELASTIC_SIGMA,
                                 alpha_affine=ELASTIC_ALPHA_AFFINE)
     choice = tf.random.stateless_uniform([], pick_seed, 0, 2, dtype=tf.int32)
     one_of = lambda x, s: tf.switch_case(choice, [lambda: grid(x, s), lambda: elastic(x, s)])  # noqa: E731
-    return augment.apply_with_probability(one_of, DISTORT_P, op_seed)(image)
+    return transforms.apply_with_probability(one_of, DISTORT_P, op_seed)(image)
 
 
 def train_map(example: dict, seed, *, input_size: int):
@@ -413,14 +413,14 @@ def train_map(example: dict, seed, *, input_size: int):
     """
     import tensorflow as tf
 
-    from hpa_zoo import augment
+    from hpa_zoo.augment import transforms
     from hpa_zoo.data import pipeline
 
     s = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
     image = tf.cast(pipeline.resize(example["image"], input_size), tf.float32)
     image = _colour(image, s[0])
     image = _flip(image, s[1])
-    image = augment.shift_scale_rotate(image, s[2], shift_limit=SSR_SHIFT, scale_limit=SSR_SCALE,
+    image = transforms.shift_scale_rotate(image, s[2], shift_limit=SSR_SHIFT, scale_limit=SSR_SCALE,
                                        rotate_limit=SSR_ROTATE)
     image = _distort(image, s[3])
     return image, tf.cast(example["multi_hot"], tf.float32)

@@ -510,12 +510,12 @@ def _augment(image, seed):
     """teams.md §4.2: RandomRotate90, HorizontalFlip, affine (translate .1, rotate 45, scale .9-1.1; no shear)."""
     import tensorflow as tf
 
-    from hpa_zoo import augment
+    from hpa_zoo.augment import transforms
 
     s = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
     image = tf.image.rot90(image, k=tf.random.stateless_uniform([], s[0], 0, 4, dtype=tf.int32))
-    image = augment.apply_with_probability(lambda x, _: tf.reverse(x, axis=[1]), 0.5, s[1])(image)
-    return augment.shift_scale_rotate(image, s[2], shift_limit=AFFINE_SHIFT, scale_limit=AFFINE_SCALE,
+    image = transforms.apply_with_probability(lambda x, _: tf.reverse(x, axis=[1]), 0.5, s[1])(image)
+    return transforms.shift_scale_rotate(image, s[2], shift_limit=AFFINE_SHIFT, scale_limit=AFFINE_SCALE,
                                       rotate_limit=AFFINE_ROTATE)
 
 

@@ -23,7 +23,7 @@ Where albumentations' uint8 code truncates (``np.clip(...).astype(uint8)``, LUTs
 Magnitudes given in pixels (``alpha_affine``) are pixels of the image the op sees (pudae: 512 px images).
 
 Policies: `load_policy`, `save_policy`, `apply_policy`, `sample_policy`, `SEARCH_SPACE`; packaged policy files live
-in `hpa_zoo/augment_tmp_policies/` (``"team3"`` = pudae's final 25 sub-policies).
+in `hpa_zoo/augment/policies/` (``"team3"`` = pudae's final 25 sub-policies).
 """
 from __future__ import annotations
 
@@ -988,7 +988,7 @@ def load_policy(path_or_name: str | os.PathLike = "team3") -> list[SubPolicy]:
     ``{"op": name, "p": float, "magnitude": {...}}``. Errors (ConfigError) name the file and the entry
     (``sub_policies[i][j]``) and say what is expected.
     """
-    from hpa_zoo.augment_tmp_policies import POLICY_FILES, policy_path
+    from hpa_zoo.augment.policies import POLICY_FILES, policy_path
 
     if isinstance(path_or_name, str) and path_or_name in POLICY_FILES:
         path = policy_path(path_or_name)
