@@ -185,7 +185,8 @@ def _five_crop_stacker(name, preset, folder, run, image_size, input_size, budget
     """Team 4's 1024crop512 inference: 5 fixed crops -> stacker trained on the validation fold's crops."""
     import pandas as pd
 
-    from hpa_zoo import ensemble, models_api
+    from hpa_zoo import ensemble
+    from hpa_zoo.zoo import models_api
     from hpa_zoo.data.labels import multi_hot_matrix, read_labels_csv
     from zoo_models import team4_wsg
 
@@ -414,7 +415,7 @@ def compare(out: str | os.PathLike, *, budget: str = "small", models: Optional[S
     """
     from hpa_zoo.checks import positive_int
     from hpa_zoo.data.labels import read_labels_csv
-    from hpa_zoo.registry import get_spec, list_models
+    from hpa_zoo.zoo.registry import get_spec, list_models
 
     if budget not in BUDGETS:
         raise ConfigError(f"budget={budget!r}: use one of {sorted(BUDGETS)}")

@@ -13,15 +13,15 @@ from __future__ import annotations
 import importlib
 
 from hpa_zoo.constants import CHANNELS, CLASS_NAMES, NUM_CLASSES  # noqa: F401  (light, no TensorFlow)
-from hpa_zoo.registry import get_spec, list_models  # noqa: F401
+from hpa_zoo.zoo.registry import get_spec, list_models  # noqa: F401
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load": "hpa_zoo.models_api",
-    "save_preset": "hpa_zoo.models_api",
-    "feature_extractor": "hpa_zoo.models_api",
-    "preset_info": "hpa_zoo.models_api",
+    "load": "hpa_zoo.zoo.models_api",
+    "save_preset": "hpa_zoo.zoo.models_api",
+    "feature_extractor": "hpa_zoo.zoo.models_api",
+    "preset_info": "hpa_zoo.zoo.models_api",
 }
 
 

@@ -346,7 +346,7 @@ def gradcam_panel(preset_dir: Path, val_predictions: Path, report: dict, synthet
     from hpa_zoo import explain
     from hpa_zoo.data import pipeline
     from hpa_zoo.data.labels import parse_target
-    from hpa_zoo.models_api import load
+    from hpa_zoo.zoo.models_api import load
 
     val = pd.read_csv(val_predictions, dtype={"Id": str, "Target": str, "Predicted": str}, keep_default_na=False)
     f1 = np.asarray(per_class_f1(report))

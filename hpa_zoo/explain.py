@@ -204,7 +204,7 @@ def _image_batches(data, batch_size: int):
 
 def embed(model, dataset_or_images, *, layer: str | None = None, batch_size: int = 8,
           verbose: bool = False) -> np.ndarray:
-    """Feature vectors of images at the registry row's ``feature_layer`` (`hpa_zoo.models_api.feature_extractor`).
+    """Feature vectors of images at the registry row's ``feature_layer`` (`hpa_zoo.zoo.models_api.feature_extractor`).
 
     Args:
         model: a zoo model (its name is its registry name) or any functional model with ``layer`` given.
@@ -217,7 +217,7 @@ def embed(model, dataset_or_images, *, layer: str | None = None, batch_size: int
     Returns:
         (N, D) float32, in input order (dropout is inactive).
     """
-    from hpa_zoo.models_api import feature_extractor
+    from hpa_zoo.zoo.models_api import feature_extractor
 
     extractor = feature_extractor(model, layer=layer)
     out = []

@@ -53,7 +53,7 @@ def _resolve_model(model_or_preset, *, weights=None, input_shape=None):
 
     if isinstance(model_or_preset, keras.Model):
         return model_or_preset
-    from hpa_zoo.models_api import load
+    from hpa_zoo.zoo.models_api import load
 
     return load(model_or_preset, weights=weights, input_shape=input_shape)
 
@@ -431,7 +431,7 @@ def _backend_version(backend: str) -> str:
 
 def _registry_row(model):
     from hpa_zoo.errors import UnknownModelError
-    from hpa_zoo.registry import get_spec
+    from hpa_zoo.zoo.registry import get_spec
 
     try:
         return get_spec(model.name)

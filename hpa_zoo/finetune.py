@@ -28,7 +28,7 @@
    threshold is extreme (<= 0.01 / >= 0.99), gets `DEFAULT_THRESHOLD` instead (`hpa_zoo.thresholds.check_evidence`)
    and the metadata says which and why (``threshold_fallbacks_by_class``); saved in the preset with the classes,
    channels and history
-   (`hpa_zoo.models_api.save_preset`).
+   (`hpa_zoo.zoo.models_api.save_preset`).
 
 Every preset written here loads with ``hpa_zoo.load(preset_dir)``: one with other channels is rebuilt from its
 registry row by the same channel surgery, with the normalisation its metadata recorded, before its weights are
@@ -237,8 +237,8 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, n
 # ---------------------------------------------------------------------------------------------- model
 def _load_base(base, weights, image_size: int):
     """(model with the base's channels, registry spec, its stains) for a registry name or a preset folder."""
-    from hpa_zoo.models_api import CONFIG_FILE, load, load_metadata
-    from hpa_zoo.registry import get_spec
+    from hpa_zoo.zoo.models_api import CONFIG_FILE, load, load_metadata
+    from hpa_zoo.zoo.registry import get_spec
 
     path = Path(os.fspath(base))
     if path.is_dir():
@@ -262,8 +262,8 @@ def _load_base(base, weights, image_size: int):
 
 def _base_pixel_size(base) -> float | None:
     """µm per pixel the base model was trained at: a preset's record, or the registry row's."""
-    from hpa_zoo.models_api import preset_info
-    from hpa_zoo.registry import get_spec
+    from hpa_zoo.zoo.models_api import preset_info
+    from hpa_zoo.zoo.registry import get_spec
 
     path = Path(os.fspath(base))
     return preset_info(path)["pixel_size_um"] if path.is_dir() else get_spec(str(base)).pixel_size_um
@@ -332,7 +332,7 @@ def finetune(base, data_csv, images_dir, *, out_dir, classes: Sequence[str] | No
     import keras
     import tensorflow as tf
 
-    from hpa_zoo.models_api import save_preset
+    from hpa_zoo.zoo.models_api import save_preset
     from hpa_zoo.data.pipeline import batch_pipeline, random_d4, to_float
     from hpa_zoo.thresholds import check_evidence, fit_thresholds
     from hpa_zoo.training import AtomicBestCheckpoint

@@ -37,7 +37,7 @@ def feature_model(model_or_preset, *, weights=None, layer: str | None = None, im
     """The feature extractor of a registry name or preset (its ``feature_layer``, or ``layer``): a keras.Model
     (B, S, S, 4) float32 [0, 255] -> (B, F). Load it once and use it for both sets: two loads of a model without
     published weights would be two different random networks."""
-    from hpa_zoo import models_api
+    from hpa_zoo.zoo import models_api
 
     path = Path(str(model_or_preset))
     shape = None if image_size is None else (image_size, image_size, 4)

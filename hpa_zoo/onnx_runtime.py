@@ -140,7 +140,7 @@ def for_model(model, *, weights_file=None, threads: int | None = None) -> OnnxMo
     if weights_file is None:
         folder = Path(tempfile.mkdtemp(prefix="hpa_zoo_onnx_"))
         return OnnxModel.from_keras(model, folder / "model.onnx", threads=threads)
-    from hpa_zoo.weights import cache_dir as default_cache, sha256_file
+    from hpa_zoo.zoo.weights import cache_dir as default_cache, sha256_file
 
     digest = sha256_file(weights_file)
     folder = default_cache() / "onnx" / digest[:16]

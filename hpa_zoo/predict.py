@@ -2,7 +2,7 @@
 
 ``predict(["runs/f0/preset", "runs/f1/preset"], "data/kaggle", out_dir="sub")``:
 
-1. loads each preset (`hpa_zoo.models_api.load`) and its metadata (recipe summary, fitted thresholds);
+1. loads each preset (`hpa_zoo.zoo.models_api.load`) and its metadata (recipe summary, fitted thresholds);
 2. reads the test images (``sample_submission.csv`` + ``test/`` of a Kaggle folder, or a TFDS ``test`` split)
    in chunks, at the recipe's ``image_size``;
 3. predicts with the recipe's test-time augmentation (`hpa_zoo.tta.predict_tta`; ``tta="none"`` = the plain
@@ -79,13 +79,13 @@ def main_output_model(model, output: str = "logits"):
 
 
 def read_preset_metadata(preset_dir: str | os.PathLike) -> dict:
-    """The ``metadata.json`` dict of a preset (`hpa_zoo.models_api.load_metadata`; ``{}`` if none).
+    """The ``metadata.json`` dict of a preset (`hpa_zoo.zoo.models_api.load_metadata`; ``{}`` if none).
 
     Returns:
         dict; for presets written by `hpa_zoo.training.train`: ``thresholds`` (28 floats), ``recipe``
         (see `hpa_zoo.training.recipe_summary`), ``model_name``, ``fold``, ``val_macro_f1``...
     """
-    from hpa_zoo import models_api
+    from hpa_zoo.zoo import models_api
 
     return dict(models_api.load_metadata(preset_dir) or {})
 
@@ -93,7 +93,7 @@ def read_preset_metadata(preset_dir: str | os.PathLike) -> dict:
 def _member(item, *, tta, runtime: str = "keras") -> _Member:
     """Load one preset (or wrap a Keras model) with its TTA/threshold settings; ``runtime`` as
     `hpa_zoo.predict_images.load_member` (a preset's export is cached by its weights' sha256)."""
-    from hpa_zoo import models_api
+    from hpa_zoo.zoo import models_api
 
     if isinstance(item, (str, os.PathLike)):
         path = Path(item)

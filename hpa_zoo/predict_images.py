@@ -102,9 +102,10 @@ def load_member(item, *, weights=None, tta: str | TTAConfig = "default", runtime
     Returns:
         `Member` (``model`` runs the predictions; ``keras_model`` is the Keras model, for features).
     """
-    from hpa_zoo import models_api, onnx_runtime
+    from hpa_zoo import onnx_runtime
+    from hpa_zoo.zoo import models_api
     from hpa_zoo.constants import CLASS_NAMES
-    from hpa_zoo.registry import get_spec
+    from hpa_zoo.zoo.registry import get_spec
 
     path = Path(os.fspath(item))
     if path.is_dir():
@@ -155,8 +156,8 @@ def model_pixel_size(name_or_preset, size: int) -> float | None:
     """µm per pixel a zoo model or preset expects at an input of ``size`` px when the whole image is resized to it
     (its recorded pixel size is at its recipe's image size: Team 1 1024 sees 1536 px images at 0.107 µm, so a
     1024 input of the whole field is 0.16 µm), or None when unknown (a preset fine-tuned without one)."""
-    from hpa_zoo.models_api import preset_info
-    from hpa_zoo.registry import get_spec
+    from hpa_zoo.zoo.models_api import preset_info
+    from hpa_zoo.zoo.registry import get_spec
 
     path = Path(os.fspath(name_or_preset))
     if path.is_dir():
@@ -410,7 +411,7 @@ def _predict_member(member: Member, items: list[Item], pool, *, pixel_size_um, s
 
     extractor = None
     if features and member.feature_layer:
-        from hpa_zoo.models_api import feature_extractor
+        from hpa_zoo.zoo.models_api import feature_extractor
 
         extractor = feature_extractor(member.keras_model, layer=member.feature_layer)
     ids, probs, feats, bad = [], [], [], []

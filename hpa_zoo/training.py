@@ -97,7 +97,7 @@ def load_recipe(model_name: str, *, epochs: Optional[int] = None, image_size: Op
         UnknownModelError: the name is not registered.
         ConfigError: the model has no recipe, or the recipe cannot take an override.
     """
-    from hpa_zoo.registry import get_spec
+    from hpa_zoo.zoo.registry import get_spec
 
     spec = get_spec(model_name)
     if not spec.recipe:
@@ -395,7 +395,7 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     @classmethod
     def consistent_state(cls, backup_dir: Path) -> Optional[dict]:
         """The newest ``{"epoch", "batch", "iterations", "sha256", "weights"}`` whose weights match it, else None."""
-        from hpa_zoo.weights import sha256_file
+        from hpa_zoo.zoo.weights import sha256_file
 
         for weights, meta in cls._pairs(backup_dir):
             if not (weights.is_file() and meta.is_file()):
@@ -427,7 +427,7 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
 
     def _save_model(self):
         from hpa_zoo.atomic import atomic_write_bytes
-        from hpa_zoo.weights import sha256_file
+        from hpa_zoo.zoo.weights import sha256_file
 
         (weights, meta), (old_weights, old_meta) = self._pairs(Path(self.backup_dir))
         if weights.is_file() and meta.is_file():  # keep the previous pair (copies, each atomic)
@@ -504,7 +504,7 @@ def train(model_name: str, data: str | os.PathLike, *, fold: int = 0, folds_csv:
             ``tf.distribute.Strategy`` or a ``keras.distribution.Distribution`` (JAX); the model is built and
             compiled in its scope, ``batch_size`` is the global batch (must divide by the replica count).
         seed: seeds Python/NumPy/TF and the per-example augmentation seeds.
-        weights: initial weights passed to `hpa_zoo.models_api.load` (None, "imagenet", "hpa" or a file).
+        weights: initial weights passed to `hpa_zoo.zoo.models_api.load` (None, "imagenet", "hpa" or a file).
         deterministic: ``tf.config.experimental.enable_op_determinism()`` (TensorFlow backend; process-wide and
             irreversible, slower on GPU): the same call gives bit-identical weights, and a killed run resumed
             from ``out_dir/backup`` ends where an uninterrupted one does (tests/test_resume.py).
@@ -526,7 +526,7 @@ def train(model_name: str, data: str | os.PathLike, *, fold: int = 0, folds_csv:
         TrainingDivergedError: the loss became NaN/inf.
     """
     from hpa_zoo.data import pipeline
-    from hpa_zoo.registry import get_spec
+    from hpa_zoo.zoo.registry import get_spec
 
     t_start = time.time()
     positive_int(steps_per_epoch, "steps_per_epoch", allow_none=True, hint="CLI: --steps-per-epoch")
@@ -744,7 +744,8 @@ def _finish(model, best_cb: AtomicBestCheckpoint, recipe: Recipe, settings: dict
     output -> thresholds -> preset (the main output only), predictions CSV, report."""
     import pandas as pd
 
-    from hpa_zoo import models_api, thresholds
+    from hpa_zoo import thresholds
+    from hpa_zoo.zoo import models_api
     from hpa_zoo.nn import metrics
     from hpa_zoo.data import pipeline
     from hpa_zoo.ensemble import write_sidecar
@@ -840,7 +841,7 @@ def _build_model(model_name, spec, recipe: Recipe, weights):
     builder called with ``with_aux=True`` (Team 3's Inception-v3: ``{"logits", "aux_logits"}``); weights other
     than None / "imagenet" are loaded into the single-output model and copied over by layer name (the auxiliary
     head then starts as initialised)."""
-    from hpa_zoo import models_api
+    from hpa_zoo.zoo import models_api
 
     shape = (recipe.input_size, recipe.input_size, spec.num_channels)
     if recipe.loss_weights is None:

@@ -361,7 +361,7 @@ def data_neither_folder_nor_tfds(tmp):
 # weights ---------------------------------------------------------------------------------------
 @pytest.fixture
 def tiny_row():
-    from hpa_zoo import registry
+    from hpa_zoo.zoo import registry
     from tests.test_training import TINY
 
     registry.get_spec("team1_densenet121_512")
@@ -398,8 +398,8 @@ def weights_file_missing(tmp):
 
 
 def weights_wrong_hash(tmp):
-    from hpa_zoo.registry import WeightsSpec
-    from hpa_zoo.weights import fetch
+    from hpa_zoo.zoo.registry import WeightsSpec
+    from hpa_zoo.zoo.weights import fetch
 
     os.environ["HPA_ZOO_CACHE"] = str(tmp / "cache")
     path = tmp / "download.onnx"
@@ -632,8 +632,8 @@ def compare_teams_zero_size(tmp):
 
 
 def download_zero_timeout(tmp):
-    from hpa_zoo.registry import WeightsSpec
-    from hpa_zoo.weights import fetch
+    from hpa_zoo.zoo.registry import WeightsSpec
+    from hpa_zoo.zoo.weights import fetch
 
     return fetch(WeightsSpec(name="hpa", urls=("http://127.0.0.1:9/x",), sha256="ab" * 32, format="onnx",
                              filename="x.onnx"), timeout=0)

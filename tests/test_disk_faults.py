@@ -56,7 +56,7 @@ def test_read_only_disk_names_the_path(small_disk):
 
 def test_preset_on_a_full_disk_is_not_written_and_the_earlier_one_still_loads(small_disk, tiny_registry_model):
     import hpa_zoo
-    from hpa_zoo.models_api import save_preset
+    from hpa_zoo.zoo.models_api import save_preset
 
     model = hpa_zoo.load(tiny_registry_model)
     save_preset(model, small_disk / "preset", model_name=tiny_registry_model)

@@ -127,7 +127,7 @@ def test_finetune_three_stains_five_classes_validation_loss_falls(user_data, tin
     assert min(hist["val_loss"]) < hist["initial_val_loss"] - 0.01
 
     # independent check: the saved model's NumPy BCE on the validation images is the best logged val_loss
-    from hpa_zoo.models_api import load
+    from hpa_zoo.zoo.models_api import load
 
     model = load(preset / "model.keras")
     assert model.input_shape == (None, SIZE, SIZE, 3) and model.output_shape == (None, 5)

@@ -13,7 +13,7 @@ import pytest
 
 import hpa_zoo
 from hpa_zoo.errors import UnknownModelError, WeightsError
-from hpa_zoo.registry import ROWS, get_spec, list_models
+from hpa_zoo.zoo.registry import ROWS, get_spec, list_models
 
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 

@@ -39,7 +39,8 @@ def _driver(argv: list[str]) -> int:
     """
     import keras
 
-    from hpa_zoo import cli, registry, training
+    from hpa_zoo import cli, training
+    from hpa_zoo.zoo import registry
     from tests import test_training
 
     registry.get_spec("team1_densenet121_512")  # fill the table first

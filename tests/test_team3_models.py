@@ -10,7 +10,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from hpa_zoo.errors import ConfigError, WeightsError  # noqa: E402
-from hpa_zoo.registry import get_spec, list_models  # noqa: E402
+from hpa_zoo.zoo.registry import get_spec, list_models  # noqa: E402
 from zoo_models import team3_pudae as T  # noqa: E402
 from zoo_models.attention import AdaptiveAveragePooling2D, attention_head  # noqa: E402
 

@@ -158,9 +158,9 @@ def test_each_real_team3_model_trains_and_its_recipe_loss_falls(name, size, upda
     loss of the untrained outputs, and after `updates` steps the loss is below 0.6 x its initial value, with
     every weight and output finite. grad_accum_steps=1: on one fixed batch k accumulated gradients are the same
     gradient, so accumulation would only make each update k times slower."""
-    from hpa_zoo import models_api
+    from hpa_zoo.zoo import models_api
     from hpa_zoo.data import synthetic
-    from hpa_zoo.registry import get_spec
+    from hpa_zoo.zoo.registry import get_spec
 
     rng = np.random.default_rng(0)
     labels = synthetic.sample_labels(BATCH, rng)

@@ -12,7 +12,7 @@ tf = pytest.importorskip("tensorflow")
 import hpa_zoo  # noqa: E402
 from hpa_zoo.errors import ConfigError  # noqa: E402
 from hpa_zoo.nn.metrics import macro_f1  # noqa: E402
-from hpa_zoo.registry import get_spec  # noqa: E402
+from hpa_zoo.zoo.registry import get_spec  # noqa: E402
 from zoo_models import team4_wsg as t4  # noqa: E402
 from zoo_models.backbones.resnet import resnet18  # noqa: E402
 from zoo_models.pooling import GlobalWeightedAveragePooling2D  # noqa: E402

@@ -101,7 +101,7 @@ def make_recipe(model_name=None, **overrides):
 
 @pytest.fixture(scope="module")
 def rows():
-    from hpa_zoo import registry
+    from hpa_zoo.zoo import registry
 
     registry.get_spec("team3_resnet34_512")  # fill the table first
     for name in (STANDIN, SAMPLED):

@@ -49,7 +49,7 @@ def make_recipe(model_name=None, **overrides):
 
 @pytest.fixture
 def tiny_model():
-    from hpa_zoo import registry
+    from hpa_zoo.zoo import registry
 
     spec = registry.ModelSpec(name=TINY, team="test", builder="tests.test_training:build_tiny", input_size=SIZE,
                               recipe="tests.test_training", classifier="logits")

@@ -27,7 +27,8 @@ EPOCHS = 2
 @pytest.fixture(scope="module")
 def traced_run(synthetic_data, tmp_path_factory):  # noqa: F811
     """A 2-epoch run of the tiny registry row (Team 1's recipe, 1 step per epoch) with trace counters."""
-    from hpa_zoo import registry, training
+    from hpa_zoo import training
+    from hpa_zoo.zoo import registry
 
     registry.get_spec("team1_densenet121_512")  # fill the table first
     registry.register(registry.ModelSpec(name=TINY, team="test", builder="tests.test_training:build_tiny",

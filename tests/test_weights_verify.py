@@ -1,4 +1,4 @@
-"""`hpa_zoo.weights.verify` / `hpa-zoo weights verify`: the one-command proof of Team 1's published conversion.
+"""`hpa_zoo.zoo.weights.verify` / `hpa-zoo weights verify`: the one-command proof of Team 1's published conversion.
 
 The package's real files cannot be downloaded here, so the test builds their stand-ins the way the package was
 made: the published-form PyTorch reference (`tests/torch_refs/bestfitting_densenet.py`: in-place normalisation
@@ -15,11 +15,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from hpa_zoo import cli, weights
+from hpa_zoo import cli
+from hpa_zoo.zoo import weights
 from hpa_zoo.errors import WeightsError
 from hpa_zoo.data.images import load_rgby
 from hpa_zoo.data.labels import read_labels_csv
-from hpa_zoo.registry import WeightsSpec
+from hpa_zoo.zoo.registry import WeightsSpec
 from tests.torch_refs.bestfitting_densenet import PublishedOutputs, build_published_densenet, randomize_
 
 MODEL = "team1_densenet121_1024"

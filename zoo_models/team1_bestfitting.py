@@ -92,7 +92,7 @@ def build_densenet121(num_classes: int = NUM_CLASSES, input_shape=(512, 512, 4),
         large: the ``large`` variant (extra 2×2 max-pool).
         imagenet_weights: where ``weights="imagenet"`` comes from: ``"imagenet"`` (download) or a local
             ``.weights.h5``/``.h5`` file of a 3-channel ``DenseNet121(include_top=False)``.
-        name: the Keras model name (the registry builders pass the registry name, which `hpa_zoo.models_api`
+        name: the Keras model name (the registry builders pass the registry name, which `hpa_zoo.zoo.models_api`
             uses to find the row again).
 
     Returns:

@@ -4,8 +4,8 @@
 
 * a **registry name** (``"team1_densenet121_1024"``): the row's builder, with ``weights`` None (random),
   ``"imagenet"`` (3-channel ImageNet weights transplanted into the RGBY stem), a named published set such as
-  ``"hpa"`` (downloaded with sha256 verification by `hpa_zoo.weights`, ONNX converted once by
-  `hpa_zoo.onnx_convert` and cached next to the download as ``.weights.h5``), or a file (``.weights.h5``, or an
+  ``"hpa"`` (downloaded with sha256 verification by `hpa_zoo.zoo.weights`, ONNX converted once by
+  `hpa_zoo.zoo.onnx_convert` and cached next to the download as ``.weights.h5``), or a file (``.weights.h5``, or an
   ``.onnx`` export of the same architecture);
 * a **preset directory** in the keras-hub layout (ecosystem.md §2.2), written by `save_preset`::
 
@@ -32,7 +32,7 @@ from typing import Any
 from hpa_zoo.atomic import atomic_dir, ensure_free_space, model_bytes
 from hpa_zoo.constants import CLASS_NAMES, NUM_CLASSES
 from hpa_zoo.errors import ConfigError, WeightsError
-from hpa_zoo.registry import get_spec, pixel_size_of
+from hpa_zoo.zoo.registry import get_spec, pixel_size_of
 
 PRESET_FORMAT = "hpa_zoo.preset"
 PRESET_FORMAT_VERSION = 1
@@ -98,7 +98,7 @@ def _load_registered(name: str, weights, num_classes: int, input_shape, local_pa
         sets = ", ".join(repr(w.name) for w in spec.weights) or "none"
         raise WeightsError(f"model {name!r} has no weights {weights!r}; use None, 'imagenet', a published set "
                            f"({sets}) or a path to a .weights.h5/.onnx file")
-    from hpa_zoo import weights as weights_mod
+    from hpa_zoo.zoo import weights as weights_mod
 
     file = Path(weights_mod.fetch(wspec, local_path=local_path))
     if wspec.format == "onnx":
@@ -139,7 +139,7 @@ def build_from_onnx(name: str, onnx_path, *, input_shape=None, num_classes: int 
 
     Returns:
         (keras.Model (B, H, W, C) [0, 255] -> logits (B, num_classes) float32, the
-        `hpa_zoo.onnx_convert.ConversionCheck` or None when the weights came from the cache).
+        `hpa_zoo.zoo.onnx_convert.ConversionCheck` or None when the weights came from the cache).
 
     Raises:
         WeightsError: a missing file or a conversion that the numeric check refuses (nothing is cached then).
@@ -159,7 +159,7 @@ def _with_onnx(spec, onnx_path: Path, shape, num_classes: int, *, cache: Path | 
     """Build ``spec`` with the published class count and fill it from an ONNX file, or from its converted cache;
     returns (model, ConversionCheck or None when read from the cache).
 
-    The conversion is accepted only when its numeric check passes (`hpa_zoo.onnx_convert`); only then are the
+    The conversion is accepted only when its numeric check passes (`hpa_zoo.zoo.onnx_convert`); only then are the
     weights cached, with the measured differences in ``<cache stem>.check.json`` beside them. A cache without
     that record, or older than the ONNX file, is converted (and checked) again.
     """
@@ -173,7 +173,7 @@ def _with_onnx(spec, onnx_path: Path, shape, num_classes: int, *, cache: Path | 
             and min(cache.stat().st_mtime, record.stat().st_mtime) >= onnx_path.stat().st_mtime):
         model.load_weights(cache)
         return _fit_classes(model, spec, num_classes), None
-    from hpa_zoo.onnx_convert import onnx_to_keras_weights
+    from hpa_zoo.zoo.onnx_convert import onnx_to_keras_weights
 
     check = onnx_to_keras_weights(onnx_path, model)  # WeightsError (nothing cached) unless the numbers agree
     if cache is not None:
@@ -203,7 +203,7 @@ def _import_custom_objects() -> None:
     """Import the modules that register hpa-zoo's Keras serialisables (``hpa_zoo>...``)."""
     import importlib
 
-    from hpa_zoo.registry import ROWS
+    from hpa_zoo.zoo.registry import ROWS
 
     for module in sorted({row.builder.partition(":")[0] for row in ROWS}):
         importlib.import_module(module)

@@ -34,8 +34,8 @@ Team 1's published ONNX files (docs/teams.md §1.8: the bioimage.io package ``de
    ScatterND shapes are constants), or 128 px for a file with symbolic spatial dimensions; the Keras model,
    being fully convolutional, is run at that size whatever size it was built for.
 
-`hpa_zoo.models_api` caches the converted weights as ``.weights.h5`` only after the check passed, with the measured
-differences in a ``.check.json`` beside them; `hpa_zoo.weights.verify` repeats the check on the package's own test
+`hpa_zoo.zoo.models_api` caches the converted weights as ``.weights.h5`` only after the check passed, with the measured
+differences in a ``.check.json`` beside them; `hpa_zoo.zoo.weights.verify` repeats the check on the package's own test
 tensors.
 """
 from __future__ import annotations
@@ -170,7 +170,7 @@ def _read_onnx(path: str):
         return onnx.load(path)
     except Exception as exc:  # onnx raises DecodeError, OSError ...
         raise WeightsError(f"cannot read ONNX file {path} ({size} bytes): {type(exc).__name__}: {exc}. The file is "
-                           "truncated or is not an ONNX model; download it again (hpa_zoo.weights.fetch "
+                           "truncated or is not an ONNX model; download it again (hpa_zoo.zoo.weights.fetch "
                            "verifies its sha256).") from exc
 
 

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpa_zoo.errors import ConfigError, WeightsError
-from hpa_zoo.registry import WeightsSpec
+from hpa_zoo.zoo.registry import WeightsSpec
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def weights_path(spec: WeightsSpec) -> Path:
     name = spec.filename
     if not name or Path(name).name != name or name in {".", ".."}:
         raise WeightsError(f"weights spec {spec.name!r} has filename {name!r}; expected a plain file name "
-                           "without folders (fix the registry row in hpa_zoo/registry.py)")
+                           "without folders (fix the registry row in hpa_zoo/zoo/registry.py)")
     folder = cache_dir() / WEIGHTS_SUBDIR
     folder.mkdir(parents=True, exist_ok=True)
     return folder / name
@@ -395,7 +395,7 @@ class VerifyReport:
         onnx_vs_tensors: max |onnx - test output| per output: the ONNX file reproduces its own test tensors.
         classes_max_abs: max |sigmoid(keras logits) - test_output_classes|.
         features_max_abs / features_max_rel: max |keras features - test_output_features| and that / max |f|.
-        conversion: the conversion's `hpa_zoo.onnx_convert.ConversionCheck` as a dict (empty if read from cache).
+        conversion: the conversion's `hpa_zoo.zoo.onnx_convert.ConversionCheck` as a dict (empty if read from cache).
     """
 
     model_name: str
@@ -458,9 +458,9 @@ def verify(model_name: str = "team1_densenet121_1024", weights: str = "hpa", *, 
     """
     import numpy as np
 
-    from hpa_zoo.models_api import build_from_onnx, converted_cache_path
-    from hpa_zoo.onnx_convert import run_onnx
-    from hpa_zoo.registry import get_spec
+    from hpa_zoo.zoo.models_api import build_from_onnx, converted_cache_path
+    from hpa_zoo.zoo.onnx_convert import run_onnx
+    from hpa_zoo.zoo.registry import get_spec
 
     mspec = get_spec(model_name)
     wspec = spec if spec is not None else mspec.weights_spec(weights)
@@ -499,7 +499,7 @@ def verify(model_name: str = "team1_densenet121_1024", weights: str = "hpa", *, 
                                    cache=cache)
     import keras
 
-    from hpa_zoo.models_api import feature_extractor
+    from hpa_zoo.zoo.models_api import feature_extractor
 
     nhwc = np.transpose(x, (0, 2, 3, 1)) * 255.0
     logits = np.asarray(keras.ops.convert_to_numpy(model(nhwc, training=False)), np.float64)

@@ -42,7 +42,7 @@ class WeightsSpec:
         test_tensors: files published beside the weights to check a runtime reproduces them, as specs of their
             own named ``"input"`` and after the outputs they hold (``"classes"``, ``"features"``); a spec without
             sha256 there is checked by running the (hash-pinned) weights file on the input instead
-            (`hpa_zoo.weights.verify`).
+            (`hpa_zoo.zoo.weights.verify`).
     """
 
     name: str
@@ -236,7 +236,7 @@ ROWS.append(ModelSpec(
         name="hpa",
         urls=("https://github.com/CellProfiling/densenet/releases/download/v0.1.0/external_crop512_focal_slov_"
               "hardlog_class_densenet121_dropout_i768_aug2_5folds_fold0_final_probability.onnx",),
-        sha256="",  # not in the facts (teams.md §1.8): hpa_zoo.weights refuses to download without a hash
+        sha256="",  # not in the facts (teams.md §1.8): hpa_zoo.zoo.weights refuses to download without a hash
         format="onnx",
         filename="team1_densenet121_i768_crop512_fold0_probability.onnx",
         trained_on="Kaggle HPA train + HPAv18 external images (teams.md §1.4), 768 -> crop 512, fold 0",
