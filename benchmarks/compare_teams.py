@@ -4,7 +4,7 @@ For each model of the budget (``small``: one member of each team — Team 1 Dens
 Team 3 ResNet34, Team 4 GAPNet — on the ``demo`` synthetic preset, 2 seeds; ``full``: every registered model with a
 recipe; ``--models`` picks any): train one fold with
 `hpa_zoo.training.train` at the budget's size and length, predict the held-out test images with the team's own
-TTA and thresholds (`hpa_zoo.predict.predict`; Team 4's 1024crop512 model with its 5 crops + stacker), and score
+TTA and thresholds (`hpa_zoo.infer.predict.predict`; Team 4's 1024crop512 model with its 5 crops + stacker), and score
 them against the test labels, with a bootstrap 95 % interval of macro F1 over the test images (the seed-mean
 when there are several seeds, `hpa_zoo.nn.metrics.bootstrap_macro_f1`). A deliberately weak baseline — per-class
 logistic regression on pooled pixel statistics (per-channel mean, std and percentiles) — is scored the same way.
@@ -140,10 +140,10 @@ def _sizes(model_name: str, size: int) -> tuple[int, int]:
 def run_member(name: str, folder: Path, out: Path, budget: Budget, seed: int, verbose: int,
                run: Optional[Path] = None) -> dict:
     """Train one registered model, predict the test split with its team's TTA and thresholds, score it.
-    Degenerate LB-ratio labels (Team 1) switch to the tie-aware rank variant (`hpa_zoo.thresholds`)."""
+    Degenerate LB-ratio labels (Team 1) switch to the tie-aware rank variant (`hpa_zoo.infer.thresholds`)."""
     from hpa_zoo.nn import metrics
-    from hpa_zoo.ensemble import load_predictions, write_sidecar
-    from hpa_zoo.predict import predict
+    from hpa_zoo.infer.ensemble import load_predictions, write_sidecar
+    from hpa_zoo.infer.predict import predict
     from hpa_zoo.training import train
 
     image_size, input_size = _sizes(name, budget.size)
@@ -185,7 +185,7 @@ def _five_crop_stacker(name, preset, folder, run, image_size, input_size, budget
     """Team 4's 1024crop512 inference: 5 fixed crops -> stacker trained on the validation fold's crops."""
     import pandas as pd
 
-    from hpa_zoo import ensemble
+    from hpa_zoo.infer import ensemble
     from hpa_zoo.zoo import models_api
     from hpa_zoo.data.labels import multi_hot_matrix, read_labels_csv
     from zoo_models import team4_wsg

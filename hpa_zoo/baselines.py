@@ -6,7 +6,7 @@
   per-class constant can do, so a model at or below it has learned nothing from the pixels.
 * `PixelStatsBaseline`: per-class logistic regression (scikit-learn) on `pixel_features` — per-channel mean, std
   and percentiles `BASELINE_PERCENTILES` of the whole image — with per-class F1-optimal thresholds fitted on the
-  training images (`hpa_zoo.thresholds`' ``"f1_optimal"``). It sees how bright each stain is, not where.
+  training images (`hpa_zoo.infer.thresholds`' ``"f1_optimal"``). It sees how bright each stain is, not where.
 
 `hpa_zoo.demo` reports both beside the trained model; ``benchmarks/compare_teams.py`` scores the second one as its
 baseline row.
@@ -46,7 +46,7 @@ class LabelPriorBaseline:
     """
 
     def fit(self, y) -> "LabelPriorBaseline":
-        from hpa_zoo.thresholds import fit_thresholds
+        from hpa_zoo.infer.thresholds import fit_thresholds
 
         y = _check_labels(y)
         self.prior = y.mean(axis=0).astype(np.float64)
@@ -58,7 +58,7 @@ class LabelPriorBaseline:
         return np.tile(self.prior, (int(n), 1))
 
     def predict(self, n: int) -> np.ndarray:
-        from hpa_zoo.thresholds import apply_thresholds
+        from hpa_zoo.infer.thresholds import apply_thresholds
 
         return apply_thresholds(self.predict_proba(n), self.thresholds)
 
@@ -75,7 +75,7 @@ class PixelStatsBaseline:
         from sklearn.linear_model import LogisticRegression
         from sklearn.preprocessing import StandardScaler
 
-        from hpa_zoo.thresholds import fit_thresholds
+        from hpa_zoo.infer.thresholds import fit_thresholds
 
         y = _check_labels(y, len(images))
         self.scaler = StandardScaler()
@@ -93,6 +93,6 @@ class PixelStatsBaseline:
         return self._proba(self.scaler.transform(pixel_features(images)))
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        from hpa_zoo.thresholds import apply_thresholds
+        from hpa_zoo.infer.thresholds import apply_thresholds
 
         return apply_thresholds(self.predict_proba(images), self.thresholds)

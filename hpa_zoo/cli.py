@@ -352,20 +352,20 @@ def _add_predict(sub) -> None:
 
 
 def _run_predict(args) -> int:
-    from hpa_zoo.predict import is_kaggle_source
+    from hpa_zoo.infer.predict import is_kaggle_source
 
     if args.images is None and args.data is None:
         from hpa_zoo.errors import ConfigError
 
         raise ConfigError("give --data (a folder, CSV or TFDS name) or --images FILE ...")
     if args.images is None and is_kaggle_source(args.presets, args.data):
-        from hpa_zoo.predict import predict
+        from hpa_zoo.infer.predict import predict
 
         predict(args.presets, args.data, out_dir=args.out, data_dir=args.data_dir, tta=args.tta,
                 batch_size=args.batch_size, thresholds=None if args.thresholds == "preset" else "refit",
                 tie_fallback=getattr(args, "tie_fallback", False), runtime=args.runtime)
         return 0
-    from hpa_zoo.predict_images import predict_images
+    from hpa_zoo.infer.predict_images import predict_images
 
     written = predict_images(args.presets if len(args.presets) > 1 else args.presets[0],
                              args.images if args.images is not None else args.data, out_dir=args.out,
@@ -514,7 +514,7 @@ def _cli_model(name, weights, image_size, channels: int = 4):
 def _run_export(args) -> int:
     from pathlib import Path
 
-    from hpa_zoo import export
+    from hpa_zoo.infer import export
 
     model = _cli_model(args.model, args.weights, args.image_size)
     print(f"exporting {model.name} ({model.count_params():,} parameters) as {args.format} ...", flush=True)
@@ -553,7 +553,7 @@ def _add_explain(sub) -> None:
 def _run_explain(args) -> int:
     from hpa_zoo.constants import CLASS_NAMES
     from hpa_zoo.errors import ConfigError
-    from hpa_zoo.explain import default_cam_layer, grad_cam, save_cam_png
+    from hpa_zoo.infer.explain import default_cam_layer, grad_cam, save_cam_png
     from hpa_zoo.data.images import load_rgby
 
     model = _cli_model(args.model, args.weights, args.image_size)
@@ -600,7 +600,7 @@ def _run_embed(args) -> int:
     import pandas as pd
 
     from hpa_zoo.atomic import atomic_path, atomic_to_csv
-    from hpa_zoo.explain import embed, plot_embedding, umap_projection
+    from hpa_zoo.infer.explain import embed, plot_embedding, umap_projection
     from hpa_zoo.data.labels import format_target, read_labels_csv
     from hpa_zoo.data.pipeline import folder_dataset
 
@@ -618,7 +618,7 @@ def _run_embed(args) -> int:
     else:
         from hpa_zoo.errors import ConfigError
         from hpa_zoo.data.pipeline import rescale_to_model
-        from hpa_zoo.predict_images import model_pixel_size
+        from hpa_zoo.infer.predict_images import model_pixel_size
 
         target = model_pixel_size(args.model, size)
         if target is None:

@@ -4,7 +4,7 @@ synthesise (`hpa_zoo.data.synthetic`, the learnable ``demo`` preset, Kaggle layo
 on that folder (`hpa_zoo.training.train`: DenseNet121, its loss and augmentation, at 96 -> 64 px, with a warm-up +
 cosine learning rate) -> validation
 report (macro F1 beside the two `hpa_zoo.baselines`, per-class F1 chart, learning curve, Grad-CAM of three
-validation images) -> predict the synthetic test split into a submission (`hpa_zoo.predict.predict`, Team 1's TTA
+validation images) -> predict the synthetic test split into a submission (`hpa_zoo.infer.predict.predict`, Team 1's TTA
 and LB-ratio rule re-fitted on the test probabilities, tie-aware when degenerate) -> labels per image of the
 submission beside the truth's.
 
@@ -68,7 +68,7 @@ def run_demo(out_dir: str | os.PathLike = "hpa_zoo_demo", *, n_train: int = DEMO
     Returns:
         ``out_dir / "report.md"``.
     """
-    from hpa_zoo.predict import predict
+    from hpa_zoo.infer.predict import predict
     from hpa_zoo.recipe import ThresholdConfig
     from hpa_zoo.data.synthetic import write_synthetic_dataset
     from hpa_zoo.training import load_recipe, train
@@ -327,7 +327,7 @@ def plot_learning_curve(log_csv: str | os.PathLike, path: str | os.PathLike, *, 
 
 def gradcam_panel(preset_dir: Path, val_predictions: Path, report: dict, synthetic: Path, *, image_size: int,
                   input_size: int, path: Path, n: int = 3) -> tuple[Path, list[dict]]:
-    """Grad-CAM (`hpa_zoo.explain.grad_cam`) of ``n`` validation images for the classes the model learned best.
+    """Grad-CAM (`hpa_zoo.infer.explain.grad_cam`) of ``n`` validation images for the classes the model learned best.
 
     The classes are those with the highest validation F1 (at least one true positive), one image each: the true
     positive with the highest probability. Images are read from ``synthetic/train`` at ``image_size`` and resized
@@ -343,7 +343,7 @@ def gradcam_panel(preset_dir: Path, val_predictions: Path, report: dict, synthet
     import pandas as pd
     import tensorflow as tf
 
-    from hpa_zoo import explain
+    from hpa_zoo.infer import explain
     from hpa_zoo.data import pipeline
     from hpa_zoo.data.labels import parse_target
     from hpa_zoo.zoo.models_api import load

@@ -24,8 +24,8 @@
    for ``freeze_epochs``, then everything is unfrozen and recompiled with a 10x smaller learning rate; the best
    epoch by ``val_loss`` is kept.
 6. **Thresholds** (multi-label): per-class F1-optimal thresholds fitted on the validation predictions
-   (`hpa_zoo.thresholds`, rule ``"f1_optimal"``). A class with fewer than 5 validation positives, or whose fitted
-   threshold is extreme (<= 0.01 / >= 0.99), gets `DEFAULT_THRESHOLD` instead (`hpa_zoo.thresholds.check_evidence`)
+   (`hpa_zoo.infer.thresholds`, rule ``"f1_optimal"``). A class with fewer than 5 validation positives, or whose fitted
+   threshold is extreme (<= 0.01 / >= 0.99), gets `DEFAULT_THRESHOLD` instead (`hpa_zoo.infer.thresholds.check_evidence`)
    and the metadata says which and why (``threshold_fallbacks_by_class``); saved in the preset with the classes,
    channels and history
    (`hpa_zoo.zoo.models_api.save_preset`).
@@ -334,7 +334,7 @@ def finetune(base, data_csv, images_dir, *, out_dir, classes: Sequence[str] | No
 
     from hpa_zoo.zoo.models_api import save_preset
     from hpa_zoo.data.pipeline import batch_pipeline, random_d4, to_float
-    from hpa_zoo.thresholds import check_evidence, fit_thresholds
+    from hpa_zoo.infer.thresholds import check_evidence, fit_thresholds
     from hpa_zoo.training import AtomicBestCheckpoint
     from zoo_models.surgery import replace_head
 

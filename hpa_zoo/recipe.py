@@ -1,5 +1,5 @@
 """What a team recipe is: the data every team module (``zoo_models/teamN_*.py``) fills in, and the generic
-training / inference code (`hpa_zoo.training`, `hpa_zoo.predict`) consumes.
+training / inference code (`hpa_zoo.training`, `hpa_zoo.infer.predict`) consumes.
 
 A recipe is plain data plus factories, so a team module reads like that team's method section and the training
 loop stays team-agnostic.
@@ -29,7 +29,7 @@ class TTAConfig:
 
 @dataclass(frozen=True)
 class ThresholdConfig:
-    """How probabilities become labels (see `hpa_zoo.thresholds`).
+    """How probabilities become labels (see `hpa_zoo.infer.thresholds`).
 
     Attributes:
         rule: ``"lb_ratio_match"`` (Team 1), ``"proportion_match"`` (Team 3, on a held-out split),

@@ -1,6 +1,6 @@
 """The paper's figures from any predictions: ``hpa-zoo report PRED.csv... --labels CSV --out DIR``.
 
-From predictions CSVs with their `hpa_zoo.ensemble` sidecars (what ``train``, ``predict`` and ``compare_teams``
+From predictions CSVs with their `hpa_zoo.infer.ensemble` sidecars (what ``train``, ``predict`` and ``compare_teams``
 write) and the true labels, `figure_report` draws the analyses of Ouyang et al. 2019 (Nature Methods), Fig. 2:
 
 * **2a** class counts of the labelled images (and of a training CSV when given), log scale;
@@ -103,7 +103,7 @@ def figure_report(predictions: Sequence, labels_csv, *, out_dir, data_label: str
     import pandas as pd
 
     from hpa_zoo.atomic import atomic_path, atomic_to_csv, atomic_write_text
-    from hpa_zoo.ensemble import load_predictions
+    from hpa_zoo.infer.ensemble import load_predictions
     from hpa_zoo.nn.metrics import f1_report
 
     if not predictions:

@@ -29,8 +29,8 @@ Files under ``out_dir``::
     training_log.csv, logs/   per-epoch metrics, TensorBoard
     preset/                   the trained model (``hpa_zoo.load(out_dir / "preset")``) + metadata (thresholds...)
     val_predictions.csv       Id, Target, Predicted, 28 probability columns (the out-of-fold predictions)
-    val_predictions.csv.json  its `hpa_zoo.ensemble` sidecar: model name, fold, TTA (none), so
-                              ``hpa_zoo.ensemble.load_predictions`` reads it with its provenance and labels
+    val_predictions.csv.json  its `hpa_zoo.infer.ensemble` sidecar: model name, fold, TTA (none), so
+                              ``hpa_zoo.infer.ensemble.load_predictions`` reads it with its provenance and labels
     val_report.json / .md     macro F1 report of the validation split
 """
 from __future__ import annotations
@@ -71,7 +71,7 @@ _RESUME_KEYS = ("model_name", "data", "fold", "image_size", "input_size", "batch
 #: saved in the preset and predicted; the others (Team 3's ``aux_logits``) only add training losses.
 MAIN_OUTPUT = "logits"
 
-#: The ``tta`` entry of the ``val_predictions.csv.json`` sidecar (`hpa_zoo.ensemble.write_sidecar`): validation
+#: The ``tta`` entry of the ``val_predictions.csv.json`` sidecar (`hpa_zoo.infer.ensemble.write_sidecar`): validation
 #: probabilities are one pass of the recipe's ``eval_map``, without test-time augmentation.
 VAL_TTA = {"transforms": "none"}
 
@@ -141,7 +141,7 @@ def load_recipe(model_name: str, *, epochs: Optional[int] = None, image_size: Op
 
 
 def recipe_summary(recipe: Recipe) -> dict[str, Any]:
-    """The JSON-serialisable part of a recipe (stored in the preset metadata and read by `hpa_zoo.predict`)."""
+    """The JSON-serialisable part of a recipe (stored in the preset metadata and read by `hpa_zoo.infer.predict`)."""
     return {
         "name": recipe.name, "image_size": recipe.image_size, "input_size": recipe.input_size,
         "batch_size": recipe.batch_size, "epochs": recipe.epochs, "monitor": recipe.monitor,
@@ -513,8 +513,8 @@ def train(model_name: str, data: str | os.PathLike, *, fold: int = 0, folds_csv:
             ``{"make_optimizer": fn}`` (a warm-up), as `hpa_zoo.demo` does on synthetic data. Not part of the
             resume check: pass the same overrides to resume.
         tie_fallback: when Team 1's LB-ratio rule is degenerate on the validation probabilities
-            (`hpa_zoo.thresholds.warn_degenerate`), label with the tie-aware rank variant instead; the preset's
-            metadata then holds ``tie_aware_ratios`` and `hpa_zoo.predict.predict` uses that variant too.
+            (`hpa_zoo.infer.thresholds.warn_degenerate`), label with the tie-aware rank variant instead; the preset's
+            metadata then holds ``tie_aware_ratios`` and `hpa_zoo.infer.predict.predict` uses that variant too.
         verbose: 0 silent, 1 progress bars and messages.
     Returns:
         ``out_dir / "preset"``, loadable with ``hpa_zoo.load``: the single-output (``logits``) model; its
@@ -744,13 +744,13 @@ def _finish(model, best_cb: AtomicBestCheckpoint, recipe: Recipe, settings: dict
     output -> thresholds -> preset (the main output only), predictions CSV, report."""
     import pandas as pd
 
-    from hpa_zoo import thresholds
+    from hpa_zoo.infer import thresholds
     from hpa_zoo.zoo import models_api
     from hpa_zoo.nn import metrics
     from hpa_zoo.data import pipeline
-    from hpa_zoo.ensemble import write_sidecar
+    from hpa_zoo.infer.ensemble import write_sidecar
     from hpa_zoo.data.labels import format_target
-    from hpa_zoo.predict import main_output_model
+    from hpa_zoo.infer.predict import main_output_model
 
     swa_info = None
     if recipe.swa_last_n:
@@ -799,7 +799,7 @@ def _finish(model, best_cb: AtomicBestCheckpoint, recipe: Recipe, settings: dict
                           "Predicted": [format_target(np.flatnonzero(r)) for r in y_pred]})
     frame = pd.concat([frame, pd.DataFrame(probs, columns=list(CLASS_NAMES))], axis=1)
     atomic_to_csv(frame, out_dir / "val_predictions.csv", float_format="%.6f")
-    # hpa_zoo.ensemble's sidecar: these are the out-of-fold predictions of this model's fold, one pass of the
+    # hpa_zoo.infer.ensemble's sidecar: these are the out-of-fold predictions of this model's fold, one pass of the
     # recipe's eval_map (no test-time augmentation), so hill climbing / blending can load them with provenance
     write_sidecar(out_dir / "val_predictions.csv", model_name=settings["model_name"], fold=int(fold),
                   tta=VAL_TTA, class_names=CLASS_NAMES, n_rows=len(ids))

@@ -33,7 +33,7 @@ _JAX_SCRIPT = textwrap.dedent(
     import keras
     assert keras.backend.backend() == "jax", keras.backend.backend()
     from keras import ops
-    from hpa_zoo import tta
+    from hpa_zoo.infer import tta
     from hpa_zoo.nn import losses
     from zoo_models.team1_bestfitting import build_densenet121
 
@@ -71,7 +71,7 @@ def test_losses_tta_and_team1_model_agree_between_tensorflow_and_jax(tmp_path):
         proc = children.start(["-c", _JAX_SCRIPT, str(tmp_path / "data.npz"), str(weights)],
                               env={"KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "XLA_FLAGS": FAST_XLA_COMPILE})
 
-        from hpa_zoo import tta
+        from hpa_zoo.infer import tta
         from hpa_zoo.nn import losses
         from zoo_models.team1_bestfitting import build_densenet121
 

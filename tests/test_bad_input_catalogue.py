@@ -483,7 +483,7 @@ def path_id_folds(tmp):
 
 
 def path_id_predict_test(tmp):
-    from hpa_zoo.predict import _test_source
+    from hpa_zoo.infer.predict import _test_source
 
     _escape_target(tmp)
     _sample(tmp / "test", "t")
@@ -527,7 +527,7 @@ def path_finetune_subfolder(tmp):
 
 
 def _predict_csv_item(tmp, rows: str):
-    from hpa_zoo.predict_images import discover, read_item
+    from hpa_zoo.infer.predict_images import discover, read_item
 
     (tmp / "images").mkdir(exist_ok=True)
     items, _ = discover(_csv(tmp / "images" / "list.csv", rows), stains=("red", "green", "blue", "yellow"))
@@ -590,13 +590,13 @@ def train_negative_fold(tmp):
 
 
 def predict_zero_batch(tmp):
-    from hpa_zoo.predict import predict
+    from hpa_zoo.infer.predict import predict
 
     return predict(tmp / "preset", tmp, out_dir=tmp / "out", batch_size=0, verbose=0)
 
 
 def predict_images_zero_batch(tmp):
-    from hpa_zoo.predict_images import predict_images
+    from hpa_zoo.infer.predict_images import predict_images
 
     return predict_images(tmp / "preset", tmp, out_dir=tmp / "out", batch_size=0, verbose=0)
 

@@ -95,7 +95,7 @@ def test_predict_images_on_a_full_disk_keeps_the_earlier_predictions(small_disk,
     """The real `predict_images` writing into a full ``--out``: DiskWriteError naming the CSV; the earlier run's
     outputs are untouched, byte for byte."""
     from benchmarks.load_checks import write_test_folder
-    from hpa_zoo.predict_images import predict_images
+    from hpa_zoo.infer.predict_images import predict_images
 
     images = write_test_folder(tmp_path / "kaggle", 24, size=32) / "test"
     out = small_disk / "pred"

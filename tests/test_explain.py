@@ -1,4 +1,4 @@
-"""hpa_zoo.explain: Grad-CAM on real HPA images against a hand-computed Grad-CAM, embeddings against the
+"""hpa_zoo.infer.explain: Grad-CAM on real HPA images against a hand-computed Grad-CAM, embeddings against the
 classifier they feed, the UMAP/PCA projection and the embedding plot, and the `explain` / `embed` CLI.
 
 References: ``tf.GradientTape`` on a separately built sub-model with NumPy channel weighting and
@@ -16,7 +16,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from hpa_zoo import explain  # noqa: E402
+from hpa_zoo.infer import explain  # noqa: E402
 from hpa_zoo.data.images import load_rgby  # noqa: E402
 from hpa_zoo.data.labels import read_labels_csv  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""hpa_zoo.predict: submissions and probabilities from presets, checked against a direct NumPy computation."""
+"""hpa_zoo.infer.predict: submissions and probabilities from presets, checked against a direct NumPy computation."""
 from __future__ import annotations
 
 import os
@@ -40,7 +40,7 @@ def _test_images(folder):
 def test_submission_matches_direct_prediction_and_team1_thresholds(tiny_model, synthetic_data, tmp_path):
     from hpa_zoo.constants import CLASS_NAMES
     from hpa_zoo.data.labels import parse_target
-    from hpa_zoo.predict import predict
+    from hpa_zoo.infer.predict import predict
 
     th = np.full(28, 0.6)
     preset, model = _preset(tmp_path / "p0", 0, th)
@@ -65,7 +65,7 @@ def test_submission_matches_direct_prediction_and_team1_thresholds(tiny_model, s
 
 def test_presets_are_averaged_and_default_tta_runs(tiny_model, synthetic_data, tmp_path):
     from hpa_zoo.constants import CLASS_NAMES
-    from hpa_zoo.predict import predict
+    from hpa_zoo.infer.predict import predict
 
     p0, _ = _preset(tmp_path / "p0", 0, np.full(28, 0.3))
     p1, _ = _preset(tmp_path / "p1", 1, np.full(28, 0.5))
@@ -82,11 +82,11 @@ def test_presets_are_averaged_and_default_tta_runs(tiny_model, synthetic_data, t
     plain = single[0][list(CLASS_NAMES)].to_numpy()
     assert np.all(tta >= plain - 1e-6) and np.any(tta > plain + 1e-4)
 
-    # every probabilities.csv loads through hpa_zoo.ensemble with its provenance: the presets' model name, the
+    # every probabilities.csv loads through hpa_zoo.infer.ensemble with its provenance: the presets' model name, the
     # "test" tag (test-set predictions, not out-of-fold ones), and the TTA each was predicted with
     import dataclasses
 
-    from hpa_zoo import ensemble
+    from hpa_zoo.infer import ensemble
 
     recipe_tta = dataclasses.asdict(make_recipe(input_size=SIZE).tta)
     none_tta = {"transforms": "identity", "n_random_crops": 0, "n_random_passes": 0, "aggregate": "mean"}
@@ -99,7 +99,7 @@ def test_presets_are_averaged_and_default_tta_runs(tiny_model, synthetic_data, t
 
 def test_refit_thresholds_need_no_labels_and_bad_values_are_refused(tiny_model, synthetic_data, tmp_path):
     from hpa_zoo.errors import ConfigError
-    from hpa_zoo.predict import predict
+    from hpa_zoo.infer.predict import predict
 
     preset, _ = _preset(tmp_path / "p0", 0, np.full(28, 0.5))
     sub_csv, _ = predict(preset, synthetic_data, out_dir=tmp_path / "refit", tta="none", thresholds="refit",
@@ -113,8 +113,8 @@ def test_refit_thresholds_need_no_labels_and_bad_values_are_refused(tiny_model, 
 
 def test_degenerate_lb_ratio_labels_warn_and_the_tie_fallback_caps_them(tiny_model, synthetic_data, tmp_path,
                                                                          capsys):
-    from hpa_zoo.thresholds import DegenerateThresholdsWarning, team1_target_ratios
-    from hpa_zoo.predict import predict
+    from hpa_zoo.infer.thresholds import DegenerateThresholdsWarning, team1_target_ratios
+    from hpa_zoo.infer.predict import predict
 
     preset, model = _preset(tmp_path / "p0", 0, np.zeros(28))  # thresholds 0: every class on everywhere
     logits = model.get_layer("logits")

@@ -1,4 +1,4 @@
-"""hpa_zoo.predict_images / `hpa-zoo predict` on the user's own images: a folder of 16-bit rectangular
+"""hpa_zoo.infer.predict_images / `hpa-zoo predict` on the user's own images: a folder of 16-bit rectangular
 two-channel TIFFs -> fine-tuned preset -> hpa_zoo.load -> predictions on a new folder; Team 1 on a CSV-less folder
 of HPA-style JPEGs; pixel-size rescaling.
 
@@ -18,7 +18,7 @@ import hpa_zoo
 from hpa_zoo import cli
 from hpa_zoo.errors import ConfigError, HpaDataError
 from hpa_zoo.data.images import fit_to_model
-from hpa_zoo.predict_images import predict_images
+from hpa_zoo.infer.predict_images import predict_images
 
 SIZE = 32
 
@@ -160,7 +160,7 @@ def jpeg_folder(real_samples_dir, tmp_path_factory):
 
 
 def test_team1_on_a_csv_less_jpeg_folder(jpeg_folder, tmp_path):
-    from hpa_zoo.predict_images import discover, load_member, read_item
+    from hpa_zoo.infer.predict_images import discover, load_member, read_item
 
     folder, ids = jpeg_folder
     with pytest.raises(HpaDataError, match=r"1 image\(s\) have an incomplete channel set \(broken: missing yellow"):

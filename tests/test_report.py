@@ -11,7 +11,7 @@ from sklearn.metrics import confusion_matrix, f1_score
 
 from hpa_zoo import cli
 from hpa_zoo.constants import CLASS_NAMES
-from hpa_zoo.ensemble import save_predictions
+from hpa_zoo.infer.ensemble import save_predictions
 from hpa_zoo.data.labels import format_target
 from hpa_zoo.report import confusion_single_label, figure_report
 

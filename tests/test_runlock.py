@@ -46,8 +46,8 @@ def test_second_writer_is_refused_at_once_naming_the_holder(holder, tmp_path):
                  "--out", str(out)])
     # meanwhile, in this process: predict / predict_images / finetune on the same folder
     from hpa_zoo.finetune import finetune
-    from hpa_zoo.predict import predict
-    from hpa_zoo.predict_images import predict_images
+    from hpa_zoo.infer.predict import predict
+    from hpa_zoo.infer.predict_images import predict_images
 
     for call in (lambda: predict(tmp_path / "preset", tmp_path, out_dir=out, verbose=0),
                  lambda: predict_images(tmp_path / "preset", tmp_path, out_dir=out, verbose=0),

@@ -10,7 +10,7 @@ import pytest
 from sklearn.preprocessing import scale
 
 import hpa_zoo
-from hpa_zoo.ensemble import metric_learning_replace
+from hpa_zoo.infer.ensemble import metric_learning_replace
 from zoo_models import team1_metric_learning as ml
 
 

@@ -1,4 +1,4 @@
-"""Team 3 through the generic trainer and predictor (`hpa_zoo.training.train`, `hpa_zoo.predict.predict`), and the
+"""Team 3 through the generic trainer and predictor (`hpa_zoo.training.train`, `hpa_zoo.infer.predict.predict`), and the
 per-epoch `Recipe.train_sampler` hook.
 
 Team 3's real recipe (`zoo_models.team3_recipe.make_recipe`: focal mean, Adam 5e-4 constant, loss weights
@@ -215,7 +215,7 @@ def test_predict_uses_logits_with_d4_mean_tta_and_a_training_model_gives_the_sam
     from hpa_zoo import load
     from hpa_zoo.constants import CLASS_NAMES
     from hpa_zoo.data.images import load_rgby
-    from hpa_zoo.predict import predict
+    from hpa_zoo.infer.predict import predict
     from zoo_models.surgery import transplant_weights
 
     _, preset = run

@@ -1,5 +1,5 @@
 """hpa_zoo.training: one trace of the train and validation steps per run, and out-of-fold predictions that load
-through hpa_zoo.ensemble with their provenance.
+through hpa_zoo.infer.ensemble with their provenance.
 
 Without a tf.distribute strategy Keras 3 builds the optimizer inside the first traced train step, and a
 tf.function that creates variables on its first trace is traced again: every run traced its train step (model
@@ -78,7 +78,7 @@ def test_train_and_validation_steps_are_traced_once_over_epochs(traced_run):
 
 
 def test_val_predictions_load_through_ensemble_with_model_fold_and_tta(traced_run, synthetic_data):  # noqa: F811
-    from hpa_zoo import ensemble
+    from hpa_zoo.infer import ensemble
     from hpa_zoo.constants import CLASS_NAMES
     from hpa_zoo.data.labels import multi_hot_matrix, read_labels_csv
 
@@ -94,7 +94,7 @@ def test_val_predictions_load_through_ensemble_with_model_fold_and_tta(traced_ru
     # the probabilities are the CSV's columns, and the preset's metadata names the same model and fold
     raw = pd.read_csv(out / "val_predictions.csv", dtype={"Id": str})
     np.testing.assert_allclose(loaded.probs, raw[list(CLASS_NAMES)].to_numpy(), atol=1e-6)
-    from hpa_zoo.predict import read_preset_metadata
+    from hpa_zoo.infer.predict import read_preset_metadata
 
     meta = read_preset_metadata(out / "preset")
     assert (meta["model_name"], meta["fold"]) == (loaded.model_name, loaded.fold)

@@ -1,4 +1,4 @@
-"""hpa_zoo.tta against NumPy: D4 transforms from np.flipud/np.fliplr/np.transpose, aggregation of a toy
+"""hpa_zoo.infer.tta against NumPy: D4 transforms from np.flipud/np.fliplr/np.transpose, aggregation of a toy
 orientation-sensitive model, random-scale crops checked analytically on a linear ramp (bilinear resizing of a
 linear function is exact)."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from hpa_zoo import tta  # noqa: E402
+from hpa_zoo.infer import tta  # noqa: E402
 from hpa_zoo.errors import ConfigError  # noqa: E402
 from hpa_zoo.recipe import TTAConfig  # noqa: E402
 

@@ -480,11 +480,11 @@ RECIPE = make_recipe()
 # ---------------------------------------------------------------------------------------------- ensemble
 def team2_ensemble(probs_list: Sequence) -> np.ndarray:
     """teams.md §2.6: the unweighted mean of the members' probabilities (OOF and test alike), each member being
-    the mean over its 5 folds. (M arrays (N, C)) -> float32 (N, C) (`hpa_zoo.ensemble.blend_mean`).
+    the mean over its 5 folds. (M arrays (N, C)) -> float32 (N, C) (`hpa_zoo.infer.ensemble.blend_mean`).
 
     The reported 0.571 private LB is for the 7-model ensemble (`ENSEMBLE_MEMBERS`); hpa-zoo has the two DenseNets.
     """
-    from hpa_zoo.ensemble import blend_mean
+    from hpa_zoo.infer.ensemble import blend_mean
 
     return blend_mean(probs_list)
 

@@ -197,7 +197,7 @@ def drop_aux_head(model: keras.Model) -> keras.Model:
 
     Returns keras.Model (B, H, W, C) -> logits (B, K) float32.
     """
-    from hpa_zoo.predict import main_output_model  # the one implementation (training and predict use it too)
+    from hpa_zoo.infer.predict import main_output_model  # the one implementation (training and predict use it too)
 
     return main_output_model(model, MAIN_OUTPUT)
 

@@ -11,7 +11,7 @@ so the maps here produce [0, 255] float32 images.
 Deviations / inferences (also in the recipe ``notes``): Keras' ``gradient_accumulation_steps`` applies the *mean*
 of the accumulated gradients (PyTorch sums them unless the loss is divided; Adam is invariant to that scale up to
 its epsilon). Thresholds are fitted on the trainer's validation split, pudae used a separate hold-out
-(``test_val``, §3.4); pass held-out probabilities to `hpa_zoo.thresholds.fit_thresholds` to do the same.
+(``test_val``, §3.4); pass held-out probabilities to `hpa_zoo.infer.thresholds.fit_thresholds` to do the same.
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ GWAP member (ResNet34, RGBY with a fresh stem, `zoo_models.pooling.GlobalWeighte
 depths -> Dense 256 -> 28); the loss 4·weighted BCE(pos_weight 10) − log(batch F1); Adam 5e-4 with cosine decay;
 sampling by each image's rarest label and batches alternating Kaggle / external data; TTA, thresholds, the recipes
 for `hpa_zoo.training`; and `team4_multiscale_ensemble` (hill climbing with frequency-matched thresholds per
-member, then a weighted vote across members, `hpa_zoo.ensemble`).
+member, then a weighted vote across members, `hpa_zoo.infer.ensemble`).
 
 Deviations (also in the recipes' ``notes``): qubvel's pre-activation ResNet18 taps (``relu0``,
 ``stage{2,3,4}_unit1_relu1``, ``relu1``) are mapped to the torchvision ResNet18 of `zoo_models.backbones.resnet`
@@ -76,7 +76,7 @@ STACKER_LR, STACKER_EPOCHS, STACKER_BATCH = 1e-3, 60, 64
 #: teams.md §4.2: 13_ext predicts with 8 random-augmentation passes and the median (here: the 8 dihedral views).
 TTA_FULL = TTAConfig("d4", aggregate="median")
 #: The 1024crop512 model's team inference is `predict_five_crops` + the stacker; the recipe's generic TTA (used by
-#: `hpa_zoo.predict`) is the whole image resized to the crop size.
+#: `hpa_zoo.infer.predict`) is the whole image resized to the crop size.
 TTA_CROP = TTAConfig("identity", aggregate="mean")
 #: teams.md §4.1 step 3: frequency-matched thresholds (LB ratios, rare classes 0.004).
 THRESHOLDS = ThresholdConfig("freq_match")
@@ -598,7 +598,7 @@ class Team4Ensemble:
         labels: uint8 (N, C) the voted labels.
         member_probs: member -> float32 (N, C) hill-climbed test blend.
         member_labels: member -> uint8 (N, C) its frequency-matched labels.
-        climbs: member -> `hpa_zoo.ensemble.HillClimbResult` (weights per model).
+        climbs: member -> `hpa_zoo.infer.ensemble.HillClimbResult` (weights per model).
     """
 
     labels: np.ndarray
@@ -619,7 +619,7 @@ def team4_multiscale_ensemble(members: Mapping[str, Mapping[str, tuple]], y_true
             of all members cover the same images (``y_true``), all test arrays the same test images.
         y_true: (N_oof, C) labels of the OOF images.
         ratios: (C,) desired positive fractions for the test thresholds (default Team 4's LB ratios,
-            `hpa_zoo.thresholds.team4_target_ratios`); hill climbing scores the OOF with its label frequency.
+            `hpa_zoo.infer.thresholds.team4_target_ratios`); hill climbing scores the OOF with its label frequency.
         vote_weights: member -> vote weight (default 1 each).
         cutoff: the vote cut-off (default half the total weight: a weighted majority; one member = its labels).
         n_steps: hill-climbing steps (Team 4: 30).
@@ -627,7 +627,7 @@ def team4_multiscale_ensemble(members: Mapping[str, Mapping[str, tuple]], y_true
     Returns:
         `Team4Ensemble`.
     """
-    from hpa_zoo import ensemble
+    from hpa_zoo.infer import ensemble
 
     if not members:
         raise ConfigError("team4_multiscale_ensemble: no members given")

@@ -32,7 +32,7 @@ def _binary(y, name: str) -> np.ndarray:
         raise HpaDataError(f"{name}: expected a (N, C) multi-hot array, got shape {arr.shape}")
     if arr.size and not np.isin(arr, (0, 1)).all():
         raise HpaDataError(f"{name}: values must be 0/1 (threshold probabilities first, e.g. with "
-                           f"hpa_zoo.thresholds.apply_thresholds); found {np.unique(arr)[:5]}")
+                           f"hpa_zoo.infer.thresholds.apply_thresholds); found {np.unique(arr)[:5]}")
     return arr.astype(np.uint8)
 
 

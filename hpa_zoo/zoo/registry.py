@@ -271,7 +271,7 @@ ROWS.append(ModelSpec(
                  "came from matching test images to HPAv18 images of the same sample: of 935 test_private images "
                  "with such a partner it found 647 (69.2 %, the paper's figure), and 261 of the 270 predictions "
                  "it changed had one. Use it with `hpa-zoo leaks` to audit splits; the label replacement "
-                 "(hpa_zoo.ensemble.metric_learning_replace) is a leak exploit and off by default. No weights are "
+                 "(hpa_zoo.infer.ensemble.metric_learning_replace) is a leak exploit and off by default. No weights are "
                  "published: train it on your own sample ids."),
     citation=_TEAM1_CITATION,
 ))

@@ -5,14 +5,14 @@
 1. loads each preset (`hpa_zoo.zoo.models_api.load`) and its metadata (recipe summary, fitted thresholds);
 2. reads the test images (``sample_submission.csv`` + ``test/`` of a Kaggle folder, or a TFDS ``test`` split)
    in chunks, at the recipe's ``image_size``;
-3. predicts with the recipe's test-time augmentation (`hpa_zoo.tta.predict_tta`; ``tta="none"`` = the plain
+3. predicts with the recipe's test-time augmentation (`hpa_zoo.infer.tta.predict_tta`; ``tta="none"`` = the plain
    resized image) -> probabilities per preset, then the arithmetic mean over presets (Team 1 fold ensembling,
    teams.md §1.6);
 4. applies thresholds (the presets' mean, a rule re-fitted on the test probabilities, or given values), with
    the recipe's ``force_top`` (Team 1: the argmax class is always on);
 5. writes ``submission.csv`` (``Id,Predicted``) and ``probabilities.csv`` (``Id`` + 28 class columns),
-   atomically, with the `hpa_zoo.ensemble` sidecar ``probabilities.csv.json`` (model name, ``fold="test"``, TTA),
-   so ``hpa_zoo.ensemble.load_predictions`` reads them with their provenance.
+   atomically, with the `hpa_zoo.infer.ensemble` sidecar ``probabilities.csv.json`` (model name, ``fold="test"``, TTA),
+   so ``hpa_zoo.infer.ensemble.load_predictions`` reads them with their provenance.
 """
 from __future__ import annotations
 
@@ -92,7 +92,7 @@ def read_preset_metadata(preset_dir: str | os.PathLike) -> dict:
 
 def _member(item, *, tta, runtime: str = "keras") -> _Member:
     """Load one preset (or wrap a Keras model) with its TTA/threshold settings; ``runtime`` as
-    `hpa_zoo.predict_images.load_member` (a preset's export is cached by its weights' sha256)."""
+    `hpa_zoo.infer.predict_images.load_member` (a preset's export is cached by its weights' sha256)."""
     from hpa_zoo.zoo import models_api
 
     if isinstance(item, (str, os.PathLike)):
@@ -106,7 +106,7 @@ def _member(item, *, tta, runtime: str = "keras") -> _Member:
         model, meta, name = item, {}, getattr(item, "name", "model")
     model = main_output_model(model)  # a training model with an auxiliary head: predict with "logits"
     if runtime != "keras":
-        from hpa_zoo.onnx_runtime import with_runtime
+        from hpa_zoo.infer.onnx_runtime import with_runtime
 
         weights_file = Path(item) / models_api.WEIGHTS_FILE if isinstance(item, (str, os.PathLike)) else None
         model = with_runtime(model, runtime, weights_file)
@@ -134,7 +134,7 @@ def _member(item, *, tta, runtime: str = "keras") -> _Member:
 
 def is_kaggle_source(presets, data) -> bool:
     """Whether `predict` (Kaggle / TFDS test data, training presets) rather than
-    `hpa_zoo.predict_images.predict_images` (the user's own images, any preset or registry name) handles it:
+    `hpa_zoo.infer.predict_images.predict_images` (the user's own images, any preset or registry name) handles it:
     every model is a preset folder and ``data`` is a Kaggle folder with ``sample_submission.csv`` or a TFDS name
     (not an existing path)."""
     items = list(presets) if isinstance(presets, (list, tuple)) else [presets]
@@ -179,7 +179,7 @@ def predict_probabilities(member: _Member, data, *, data_dir=None, batch_size: i
     """
     import keras
 
-    from hpa_zoo.tta import predict_tta
+    from hpa_zoo.infer.tta import predict_tta
 
     ids, ds = _test_source(data, data_dir=data_dir, image_size=member.image_size)
     out_ids, probs = [], []
@@ -196,7 +196,7 @@ def predict_probabilities(member: _Member, data, *, data_dir=None, batch_size: i
 
 
 def _write_probabilities_sidecar(path: Path, members: Sequence[_Member], *, n_rows: int) -> Path:
-    """The `hpa_zoo.ensemble` sidecar (``probabilities.csv.json``) of the averaged test probabilities.
+    """The `hpa_zoo.infer.ensemble` sidecar (``probabilities.csv.json``) of the averaged test probabilities.
 
     ``model_name``: the members' registry name (the preset metadata's ``model_name``, else the Keras model name),
     or the distinct names joined with ``+`` for a mix of models; ``fold``: ``"test"`` (test-set predictions, not
@@ -205,7 +205,7 @@ def _write_probabilities_sidecar(path: Path, members: Sequence[_Member], *, n_ro
     """
     import dataclasses
 
-    from hpa_zoo.ensemble import write_sidecar
+    from hpa_zoo.infer.ensemble import write_sidecar
 
     names = list(dict.fromkeys(m.model_name for m in members))
     configs = [dataclasses.asdict(m.tta) for m in members]
@@ -236,11 +236,11 @@ def predict(model_or_preset: Union[str, os.PathLike, Any, Sequence], data: str |
             ``lb_ratio_match``, as the team did, teams.md §1.6); or 28 values.
         seed: seed of the random crops of the TTA.
         tie_fallback: when Team 1's LB-ratio labels of the test images are degenerate (a class on for >= 90 % of
-            them, `hpa_zoo.thresholds.warn_degenerate`, which warns either way), label with the tie-aware rank
-            variant (`hpa_zoo.thresholds.rank_ratio_labels`) instead. A preset whose validation fit already
+            them, `hpa_zoo.infer.thresholds.warn_degenerate`, which warns either way), label with the tie-aware rank
+            variant (`hpa_zoo.infer.thresholds.rank_ratio_labels`) instead. A preset whose validation fit already
             switched to it (metadata ``tie_aware_ratios``) uses it on the test images in any case.
         runtime: ``"keras"`` (default), ``"onnx"`` or ``"auto"``: onnxruntime on the project's own ONNX export
-            (`hpa_zoo.onnx_runtime`; logits equal Keras to 1e-5, export cached per preset).
+            (`hpa_zoo.infer.onnx_runtime`; logits equal Keras to 1e-5, export cached per preset).
         verbose: 0 silent, 1 progress; the summary gives the labels per image beside the number the rule's
             target ratios expect (their sum).
     Returns:
@@ -251,7 +251,7 @@ def predict(model_or_preset: Union[str, os.PathLike, Any, Sequence], data: str |
         ConfigError: bad tta/thresholds values, a batch_size < 1, presets with different class counts.
         HpaDataError: missing test data.
     """
-    from hpa_zoo import thresholds as th_mod
+    from hpa_zoo.infer import thresholds as th_mod
     from hpa_zoo.data.labels import format_target
 
     import pandas as pd

@@ -16,7 +16,7 @@ scaled thresholds (Team 2). ``from_config`` does both steps from a recipe's `Thr
 **Degenerate ratio matching.** Team 1's rule is kept as the team wrote it. On near-constant probabilities (an
 under-trained model, or test probabilities raised by max-TTA above thresholds fitted on validation) it, or the
 ``force_top`` that follows it, can switch a class on for (nearly) every image. `from_config` and
-`hpa_zoo.predict.predict` check the labels with `degenerate_classes` and warn (``logging`` and
+`hpa_zoo.infer.predict.predict` check the labels with `degenerate_classes` and warn (``logging`` and
 `DegenerateThresholdsWarning`), naming the classes and their fractions. With ``tie_fallback=True`` the labels
 come from the tie-aware variant `rank_ratio_labels` instead (rule name `TIE_AWARE_RULE`): class c is on for the
 images ranked above the ``floor(ratio_c * N)``-th largest probability, a group tied at that boundary is left

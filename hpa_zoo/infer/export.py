@@ -182,7 +182,7 @@ def _cover_png(path: Path, image_rgby: np.ndarray, probs: np.ndarray, class_name
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from hpa_zoo.explain import rgby_to_rgb
+    from hpa_zoo.infer.explain import rgby_to_rgb
 
     order = np.argsort(probs)[::-1][:top]
     fig, (ax_img, ax_bar) = plt.subplots(1, 2, figsize=(8, 4), dpi=100)

@@ -1,6 +1,6 @@
 """Predictions (and features) on the user's own images: any folder, file list or CSV, any zoo model or preset.
 
-``predict_images(models, inputs, out_dir=...)`` is `hpa_zoo.predict` without the Kaggle assumptions (a
+``predict_images(models, inputs, out_dir=...)`` is `hpa_zoo.infer.predict` without the Kaggle assumptions (a
 ``sample_submission.csv``, 28 classes, RGBY):
 
 1. **Models**: preset folders (`hpa-zoo train` / `finetune`, any channels and classes) or registry names
@@ -18,9 +18,9 @@
      paths relative to ``images_dir`` (default the CSV's folder).
 3. **Images**: decoded in a thread pool, 16-bit scaled to 8-bit, brought to the model's image size by
    `hpa_zoo.data.images.fit_to_model` (rescaled to the model's µm per pixel first when ``pixel_size_um`` is given),
-   then the model's TTA (`hpa_zoo.tta.predict_tta`).
+   then the model's TTA (`hpa_zoo.infer.tta.predict_tta`).
 4. **Outputs** in ``out_dir`` (atomic writes): ``probabilities.csv`` (``Id`` + one column per class name, with
-   the `hpa_zoo.ensemble` sidecar), ``predictions.csv`` (``Id``, ``Labels`` = class names joined by ``;``),
+   the `hpa_zoo.infer.ensemble` sidecar), ``predictions.csv`` (``Id``, ``Labels`` = class names joined by ``;``),
    with ``features=True`` ``features.npy`` (N, F) float32 + ``features_ids.csv`` (the ``hpa_densenet`` contract:
    Team 1's 1024-d features), with labels in the CSV ``evaluation.csv`` (per-class precision, recall, F1,
    support) + ``evaluation.json`` (macro F1), and ``skipped.csv`` for what ``skip_bad`` left out.
@@ -95,14 +95,14 @@ def load_member(item, *, weights=None, tta: str | TTAConfig = "default", runtime
         weights: for a registry name (``"hpa"``, a file...); must be None for a preset.
         tta: ``"default"`` (a training preset's recipe TTA; none for a fine-tuned preset or a bare registry
             model), ``"none"``, ``"d4"`` (8 dihedral views, mean) or a `TTAConfig`.
-        runtime: ``"keras"``, ``"onnx"`` (onnxruntime on the project's own export, `hpa_zoo.onnx_runtime`) or
+        runtime: ``"keras"``, ``"onnx"`` (onnxruntime on the project's own export, `hpa_zoo.infer.onnx_runtime`) or
             ``"auto"``: onnx on a CPU-only machine with onnxruntime for a preset (its export is cached by the
             weights' sha256), keras otherwise.
 
     Returns:
         `Member` (``model`` runs the predictions; ``keras_model`` is the Keras model, for features).
     """
-    from hpa_zoo import onnx_runtime
+    from hpa_zoo.infer import onnx_runtime
     from hpa_zoo.zoo import models_api
     from hpa_zoo.constants import CLASS_NAMES
     from hpa_zoo.zoo.registry import get_spec
@@ -131,7 +131,7 @@ def load_member(item, *, weights=None, tta: str | TTAConfig = "default", runtime
         name, activation, pixel = spec.name, "sigmoid", spec.pixel_size_um
         stains = [{"R": "red", "G": "green", "B": "blue", "Y": "yellow"}[c] for c in spec.channels]
     if isinstance(model.output, dict):
-        from hpa_zoo.predict import main_output_model
+        from hpa_zoo.infer.predict import main_output_model
 
         model = main_output_model(model)
     keras_model = model
@@ -396,7 +396,7 @@ def _predict_member(member: Member, items: list[Item], pool, *, pixel_size_um, s
     [(id, reason)] of the unreadable ones when ``skip_bad``)."""
     import keras
 
-    from hpa_zoo.tta import predict_tta
+    from hpa_zoo.infer.tta import predict_tta
 
     n_channels = len(member.stains)
 
@@ -441,7 +441,7 @@ def _write_outputs(out_dir: Path, members: list[Member], ids, probs, labels, fea
     """probabilities.csv (+ sidecar), predictions.csv, features, skipped.csv and the evaluation (atomic)."""
     import pandas as pd
 
-    from hpa_zoo.ensemble import write_sidecar
+    from hpa_zoo.infer.ensemble import write_sidecar
 
     first = members[0]
     written: dict[str, Path] = {}

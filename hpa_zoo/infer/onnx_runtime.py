@@ -2,7 +2,7 @@
 
 On a CPU, onnxruntime runs the zoo's convolutional networks faster than Keras' ``predict_on_batch`` on the
 TensorFlow backend (benchmarks/cpu_inference.py). `OnnxModel` wraps an ``onnxruntime.InferenceSession`` of the
-file `hpa_zoo.export.export_onnx` writes, with the interface prediction code uses (``predict_on_batch``,
+file `hpa_zoo.infer.export.export_onnx` writes, with the interface prediction code uses (``predict_on_batch``,
 ``__call__``, ``name``, ``input_shape``, ``output_shape``), and is accepted only if its logits equal the Keras
 model's to `TOLERANCE` on a probe. `for_model` caches the export in the hpa-zoo cache (``onnx/<weights sha256>/``),
 so it is made once per weights file and input size (an export takes about 30 s for DenseNet121 on 2 cores).
@@ -91,12 +91,12 @@ class OnnxModel:
 
     @classmethod
     def from_keras(cls, model, path, *, threads: int | None = None, probe=None) -> "OnnxModel":
-        """Export ``model`` to ``path`` (`hpa_zoo.export.export_onnx`) and check it against Keras.
+        """Export ``model`` to ``path`` (`hpa_zoo.infer.export.export_onnx`) and check it against Keras.
 
         Raises:
             ConfigError: the export's logits differ from Keras' by more than `TOLERANCE` (the file is removed).
         """
-        from hpa_zoo.export import export_onnx
+        from hpa_zoo.infer.export import export_onnx
 
         export_onnx(model, path)
         onnx_model = cls(path, name=model.name, input_shape=model.input_shape, output_shape=model.output_shape,

@@ -158,13 +158,13 @@ def _ssr_matrices(n: int, height: int, width: int, rng: np.random.Generator) -> 
 
 
 #: The output TTA predicts with when a model returns a dict (Team 3's Inception-v3 trains ``{"logits",
-#: "aux_logits"}`` and predicts with ``logits``, teams.md §3.2; `hpa_zoo.predict.main_output_model`).
+#: "aux_logits"}`` and predicts with ``logits``, teams.md §3.2; `hpa_zoo.infer.predict.main_output_model`).
 MAIN_OUTPUT = "logits"
 
 
 def main_output(model: Callable) -> Callable:
     """The model TTA calls: a functional Keras model whose output is a dict is reduced to its ``"logits"`` output
-    (`hpa_zoo.predict.main_output_model`, same layers and weights, so the auxiliary heads are not even computed);
+    (`hpa_zoo.infer.predict.main_output_model`, same layers and weights, so the auxiliary heads are not even computed);
     anything else is returned unchanged (a callable returning a dict is handled per batch by `predict_tta`).
 
     Args:
@@ -180,7 +180,7 @@ def main_output(model: Callable) -> Callable:
         return model
     if not isinstance(outputs, dict):
         return model
-    from hpa_zoo.predict import main_output_model  # lazy: hpa_zoo.predict uses this module (no import cycle)
+    from hpa_zoo.infer.predict import main_output_model  # lazy: hpa_zoo.infer.predict uses this module (no import cycle)
 
     return main_output_model(model, MAIN_OUTPUT)
 

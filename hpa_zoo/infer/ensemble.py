@@ -1,7 +1,7 @@
 """Ensembling toolkit shared by every team: prediction files, blends, hill climbing, weighted voting, thresholds.
 
 * **Prediction files** (`save_predictions` / `load_predictions`): a CSV with ``Id`` + one probability column per
-  class name (the layout of `hpa_zoo.predict`'s ``probabilities.csv``; `hpa_zoo.training`'s
+  class name (the layout of `hpa_zoo.infer.predict`'s ``probabilities.csv``; `hpa_zoo.training`'s
   ``val_predictions.csv`` also has ``Target``/``Predicted``, and ``Target`` is read as the labels) and a JSON
   sidecar ``<file>.json`` with ``format_version``, ``model_name``, ``fold``, ``tta``, ``class_names`` and
   ``n_rows``. Both written atomically. Files without a sidecar load with empty metadata; `write_sidecar` adds one to
@@ -16,7 +16,7 @@
 * **Weighted voting** (`weighted_vote`, §4.1 step 4) over binary submissions, and `parse_vote_filename`, our
   reading of Team 4's file-name encoding (the voting script itself is not in the repo).
 * **Thresholds**: `threshold_labels` turns probabilities into labels with any team's `ThresholdConfig` through
-  `hpa_zoo.thresholds.from_config` (no rule is re-implemented here): Team 1 ``lb_ratio_match`` + forced top
+  `hpa_zoo.infer.thresholds.from_config` (no rule is re-implemented here): Team 1 ``lb_ratio_match`` + forced top
   class, Team 2 ``f1_optimal_scaled`` with its fallbacks, Team 3 ``proportion_match``, Team 4 ``freq_match``,
   ``f1_optimal`` and ``fixed``.
 
@@ -156,7 +156,7 @@ def save_predictions(path: str | os.PathLike, ids: Sequence[str], probs, *, mode
 def write_sidecar(path: str | os.PathLike, *, model_name: str, fold: Union[int, str, None] = None,
                   tta: Union[TTAConfig, dict, str, None] = None, class_names: Sequence[str] = CLASS_NAMES,
                   n_rows: int) -> Path:
-    """Write the JSON sidecar `sidecar_path(path)` of a predictions CSV written elsewhere (e.g. `hpa_zoo.predict`'s
+    """Write the JSON sidecar `sidecar_path(path)` of a predictions CSV written elsewhere (e.g. `hpa_zoo.infer.predict`'s
     ``probabilities.csv`` or `hpa_zoo.training`'s ``val_predictions.csv``), so it loads with its model name, fold
     and TTA.
 
@@ -178,7 +178,7 @@ def write_sidecar(path: str | os.PathLike, *, model_name: str, fold: Union[int, 
 
 
 def load_predictions(path: str | os.PathLike, *, class_names: Sequence[str] = CLASS_NAMES) -> Predictions:
-    """Read a predictions CSV (`save_predictions`, ``hpa_zoo.predict``'s ``probabilities.csv``, or
+    """Read a predictions CSV (`save_predictions`, ``hpa_zoo.infer.predict``'s ``probabilities.csv``, or
     ``hpa_zoo.training``'s ``val_predictions.csv``) and its sidecar if present.
 
     Args:
@@ -223,7 +223,7 @@ def load_predictions(path: str | os.PathLike, *, class_names: Sequence[str] = CL
     if missing:
         raise HpaDataError(f"{path}: missing class column(s) {missing[:4]}{'...' if len(missing) > 4 else ''}; "
                            f"expected the {len(names)} columns {names[:2]}... (write it with "
-                           f"hpa_zoo.ensemble.save_predictions, or pass class_names=)")
+                           f"hpa_zoo.infer.ensemble.save_predictions, or pass class_names=)")
     try:
         values = frame[names].to_numpy(dtype=np.float64)
     except ValueError as exc:
@@ -365,11 +365,11 @@ def as_threshold_config(rule: Union[str, ThresholdConfig], **kwargs) -> Threshol
 
 
 def threshold_labels(probs, rule: Union[str, ThresholdConfig], *, fit_probs=None, y_true=None, **kwargs) -> np.ndarray:
-    """Labels from probabilities with any team's rule (`hpa_zoo.thresholds.from_config`).
+    """Labels from probabilities with any team's rule (`hpa_zoo.infer.thresholds.from_config`).
 
     Args:
         probs: (N, C) probabilities to label.
-        rule: a `ThresholdConfig` (a recipe's ``thresholds``) or a rule name of `hpa_zoo.thresholds.RULES`.
+        rule: a `ThresholdConfig` (a recipe's ``thresholds``) or a rule name of `hpa_zoo.infer.thresholds.RULES`.
         fit_probs: (M, C) probabilities the thresholds are fitted on (OOF for the label-based rules); default
             ``probs`` itself (the label-free rules ``freq_match`` / ``lb_ratio_match``, as Teams 1 and 4 did on
             the test probabilities).
@@ -379,7 +379,7 @@ def threshold_labels(probs, rule: Union[str, ThresholdConfig], *, fit_probs=None
     Returns:
         uint8 (N, C) labels.
     """
-    from hpa_zoo.thresholds import _NEEDS_Y_TRUE, from_config
+    from hpa_zoo.infer.thresholds import _NEEDS_Y_TRUE, from_config
 
     config = as_threshold_config(rule, **kwargs)
     fit = probs if fit_probs is None else fit_probs
