@@ -3,7 +3,7 @@
 For each model of the budget (``small``: one member of each team — Team 1 DenseNet121, Team 2 DenseNet121-RGB,
 Team 3 ResNet34, Team 4 GAPNet — on the ``demo`` synthetic preset, 2 seeds; ``full``: every registered model with a
 recipe; ``--models`` picks any): train one fold with
-`hpa_zoo.training.train` at the budget's size and length, predict the held-out test images with the team's own
+`hpa_zoo.train.trainer.train` at the budget's size and length, predict the held-out test images with the team's own
 TTA and thresholds (`hpa_zoo.infer.predict.predict`; Team 4's 1024crop512 model with its 5 crops + stacker), and score
 them against the test labels, with a bootstrap 95 % interval of macro F1 over the test images (the seed-mean
 when there are several seeds, `hpa_zoo.nn.metrics.bootstrap_macro_f1`). A deliberately weak baseline — per-class
@@ -41,7 +41,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a script
     sys.path.insert(0, str(REPO_ROOT))
 
 from hpa_zoo.atomic import atomic_path, atomic_to_csv, atomic_write_text  # noqa: E402
-from hpa_zoo.baselines import BASELINE_PERCENTILES, PixelStatsBaseline, pixel_features  # noqa: E402,F401
+from hpa_zoo.train.baselines import BASELINE_PERCENTILES, PixelStatsBaseline, pixel_features  # noqa: E402,F401
 from hpa_zoo.constants import CLASS_NAMES, NUM_CLASSES  # noqa: E402
 from hpa_zoo.errors import ConfigError, HpaDataError  # noqa: E402
 
@@ -131,7 +131,7 @@ def _test_truth(folder: Path) -> tuple[list[str], np.ndarray]:
 # ============================================================================================ members
 def _sizes(model_name: str, size: int) -> tuple[int, int]:
     """(image_size, input_size) for a network input of ``size`` keeping the recipe's load/input ratio."""
-    from hpa_zoo.training import load_recipe
+    from hpa_zoo.train.trainer import load_recipe
 
     team = load_recipe(model_name)
     return int(round(size * team.image_size / team.input_size)), int(size)
@@ -144,7 +144,7 @@ def run_member(name: str, folder: Path, out: Path, budget: Budget, seed: int, ve
     from hpa_zoo.nn import metrics
     from hpa_zoo.infer.ensemble import load_predictions, write_sidecar
     from hpa_zoo.infer.predict import predict
-    from hpa_zoo.training import train
+    from hpa_zoo.train.trainer import train
 
     image_size, input_size = _sizes(name, budget.size)
     run = run or out / "runs" / name
@@ -211,7 +211,7 @@ def _five_crop_stacker(name, preset, folder, run, image_size, input_size, budget
 
 # ============================================================================================ baseline
 def run_baseline(folder: Path, size: int, seed: int) -> dict:
-    """`hpa_zoo.baselines.PixelStatsBaseline` (logistic regression on pooled pixel statistics, F1-optimal
+    """`hpa_zoo.train.baselines.PixelStatsBaseline` (logistic regression on pooled pixel statistics, F1-optimal
     thresholds on the training images) trained on ``train/`` and scored on ``test/``."""
     from hpa_zoo.data.labels import multi_hot_matrix, read_labels_csv
 

@@ -298,7 +298,7 @@ def _add_train(sub) -> None:
     p.add_argument("--precision", choices=["float32", "mixed_float16", "mixed_bfloat16"], default=None)
     p.add_argument("--xla", action="store_true", help="compile the train step with XLA (jit_compile)")
     p.add_argument("--strategy", choices=["default", "mirrored", "multiworker", "tpu"], default=None,
-                   help="hpa_zoo.distribute: mirrored = all local GPUs (JAX: DataParallel), multiworker = the "
+                   help="hpa_zoo.train.distribute: mirrored = all local GPUs (JAX: DataParallel), multiworker = the "
                         "TF_CONFIG cluster, tpu; --batch-size is the global batch")
     p.add_argument("--weights", default=None, help="initial weights: imagenet, hpa or a .weights.h5 file")
     p.add_argument("--seed", type=int, default=0)
@@ -308,7 +308,7 @@ def _add_train(sub) -> None:
 
 
 def _run_train(args) -> int:
-    from hpa_zoo.training import train
+    from hpa_zoo.train.trainer import train
 
     train(args.model, args.data, fold=args.fold, folds_csv=args.folds_csv, out_dir=args.out,
           data_dir=args.data_dir, epochs=args.epochs, image_size=args.image_size, input_size=args.input_size,
@@ -432,7 +432,7 @@ def _add_autoaugment_search(sub) -> None:
 
 
 def _run_autoaugment_search(args) -> int:
-    from hpa_zoo.autoaugment_search import search
+    from hpa_zoo.train.policy_search import search
 
     search(args.data, args.out, candidates=args.candidates, epochs=args.epochs, size=args.size, top_k=args.top_k,
            window=args.window, batch_size=args.batch_size, seed=args.seed, proxy=args.proxy,
@@ -470,7 +470,7 @@ def _add_finetune(sub) -> None:
 
 def _run_finetune(args) -> int:
     from hpa_zoo.errors import ConfigError
-    from hpa_zoo.finetune import finetune
+    from hpa_zoo.train.finetune import finetune
 
     channel_map = {}
     for item in args.map:

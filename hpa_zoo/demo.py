@@ -1,9 +1,9 @@
 """``hpa-zoo demo``: the whole workflow end to end on a small SYNTHETIC dataset, on a laptop CPU.
 
 synthesise (`hpa_zoo.data.synthetic`, the learnable ``demo`` preset, Kaggle layout) -> train Team 1's recipe from scratch
-on that folder (`hpa_zoo.training.train`: DenseNet121, its loss and augmentation, at 96 -> 64 px, with a warm-up +
+on that folder (`hpa_zoo.train.trainer.train`: DenseNet121, its loss and augmentation, at 96 -> 64 px, with a warm-up +
 cosine learning rate) -> validation
-report (macro F1 beside the two `hpa_zoo.baselines`, per-class F1 chart, learning curve, Grad-CAM of three
+report (macro F1 beside the two `hpa_zoo.train.baselines`, per-class F1 chart, learning curve, Grad-CAM of three
 validation images) -> predict the synthetic test split into a submission (`hpa_zoo.infer.predict.predict`, Team 1's TTA
 and LB-ratio rule re-fitted on the test probabilities, tie-aware when degenerate) -> labels per image of the
 submission beside the truth's.
@@ -71,7 +71,7 @@ def run_demo(out_dir: str | os.PathLike = "hpa_zoo_demo", *, n_train: int = DEMO
     from hpa_zoo.infer.predict import predict
     from hpa_zoo.recipe import ThresholdConfig
     from hpa_zoo.data.synthetic import write_synthetic_dataset
-    from hpa_zoo.training import load_recipe, train
+    from hpa_zoo.train.trainer import load_recipe, train
 
     out = Path(out_dir)
     image_size = image_size or size
@@ -231,7 +231,7 @@ def train_label_ratios(train_csv: str | os.PathLike) -> np.ndarray:
 
 
 def validation_baselines(synthetic: Path, folds_csv: Path, *, fold: int, image_size: int, seed: int) -> dict:
-    """The two `hpa_zoo.baselines` trained on the non-``fold`` images of ``synthetic/train`` and scored on the
+    """The two `hpa_zoo.train.baselines` trained on the non-``fold`` images of ``synthetic/train`` and scored on the
     ``fold`` images (the model's validation split), at ``image_size``.
 
     Returns:
@@ -240,7 +240,7 @@ def validation_baselines(synthetic: Path, folds_csv: Path, *, fold: int, image_s
     import pandas as pd
 
     from hpa_zoo.nn import metrics
-    from hpa_zoo.baselines import LabelPriorBaseline, PixelStatsBaseline
+    from hpa_zoo.train.baselines import LabelPriorBaseline, PixelStatsBaseline
     from hpa_zoo.data.labels import multi_hot_matrix, read_labels_csv
 
     labels = read_labels_csv(synthetic / "train.csv").set_index("Id")
@@ -464,7 +464,7 @@ def _write_report(out: Path, model_name: str, report: dict, png: Path, preset: P
         f"## Validation (fold 0) — {BANNER}\n\n"
         f"| model | macro F1 |\n|---|---|\n| **{model_name}** (thresholds: {rule}) | **{_macro(report):.4f}** |\n"
         f"{base_rows}\n\n"
-        f"Baselines (`hpa_zoo.baselines`, trained on the same training folds): *label prior* sees no pixel (each "
+        f"Baselines (`hpa_zoo.train.baselines`, trained on the same training folds): *label prior* sees no pixel (each "
         f"class on for every image or none, whichever is better on the training labels); *pixel-statistics "
         f"logistic* is a per-class logistic regression on per-channel mean/std/percentiles.\n\n"
         f"Best checkpoint (lowest `{best.get('monitor', 'val_focal')}`): epoch {best.get('epoch', '?')} of "

@@ -1,5 +1,5 @@
 """What a team recipe is: the data every team module (``zoo_models/teamN_*.py``) fills in, and the generic
-training / inference code (`hpa_zoo.training`, `hpa_zoo.infer.predict`) consumes.
+training / inference code (`hpa_zoo.train.trainer`, `hpa_zoo.infer.predict`) consumes.
 
 A recipe is plain data plus factories, so a team module reads like that team's method section and the training
 loop stays team-agnostic.

@@ -1,4 +1,4 @@
-"""hpa_zoo.autoaugment_search: Team 3's random policy search (scoring, flattening, a tiny resumable run, CLI)."""
+"""hpa_zoo.train.policy_search: Team 3's random policy search (scoring, flattening, a tiny resumable run, CLI)."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from hpa_zoo.augment import transforms  # noqa: E402
-from hpa_zoo import autoaugment_search as aas  # noqa: E402
+from hpa_zoo.train import policy_search as aas  # noqa: E402
 from hpa_zoo.errors import ConfigError  # noqa: E402
 
 

@@ -315,45 +315,45 @@ def image_size_model_cannot_take(tmp):
 
 
 def input_larger_than_image(tmp):
-    from hpa_zoo.training import load_recipe
+    from hpa_zoo.train.trainer import load_recipe
 
     return load_recipe("team1_densenet121_512", image_size=64, input_size=96)
 
 
 def non_positive_batch(tmp):
-    from hpa_zoo.training import train
+    from hpa_zoo.train.trainer import train
 
     _kaggle(tmp)
     return train("team1_densenet121_512", tmp, out_dir=tmp / "run", batch_size=0, verbose=0)
 
 
 def data_folder_missing(tmp):
-    from hpa_zoo.training import train
+    from hpa_zoo.train.trainer import train
 
     return train("team1_densenet121_512", str(tmp / "missing_folder"), out_dir=tmp / "run", verbose=0)
 
 
 def non_positive_epochs(tmp):
-    from hpa_zoo.training import train
+    from hpa_zoo.train.trainer import train
 
     _kaggle(tmp)
     return train("team1_densenet121_512", tmp, out_dir=tmp / "run", epochs=-2, verbose=0)
 
 
 def unknown_precision(tmp):
-    from hpa_zoo.training import train
+    from hpa_zoo.train.trainer import train
 
     return train("team1_densenet121_512", tmp, out_dir=tmp / "run", precision="fp8", verbose=0)
 
 
 def unknown_strategy(tmp):
-    from hpa_zoo.distribute import make_strategy
+    from hpa_zoo.train.distribute import make_strategy
 
     return make_strategy("horovod")
 
 
 def data_neither_folder_nor_tfds(tmp):
-    from hpa_zoo.training import train
+    from hpa_zoo.train.trainer import train
 
     return train("team1_densenet121_512", "my_data", out_dir=tmp / "run", verbose=0)
 
@@ -498,7 +498,7 @@ def _multichannel(path: Path, size=16):
 
 
 def _finetune_table(tmp, name):
-    from hpa_zoo.finetune import read_image, read_table
+    from hpa_zoo.train.finetune import read_image, read_table
 
     table, _ = read_table(_csv(tmp / "data.csv", f"filename,labels\n{name},x\n"), n_channels=4)
     return read_image(tmp / "images", table["files"][0], 4, 16, where="data.csv, line 2: ")
@@ -576,14 +576,14 @@ def folds_zero_workers(tmp):
 
 
 def train_zero_steps(tmp):
-    from hpa_zoo.training import train
+    from hpa_zoo.train.trainer import train
 
     _kaggle(tmp)
     return train("team1_densenet121_512", tmp, out_dir=tmp / "run", steps_per_epoch=0, verbose=0)
 
 
 def train_negative_fold(tmp):
-    from hpa_zoo.training import train
+    from hpa_zoo.train.trainer import train
 
     _kaggle(tmp)
     return train("team1_densenet121_512", tmp, out_dir=tmp / "run", fold=-1, verbose=0)
@@ -602,7 +602,7 @@ def predict_images_zero_batch(tmp):
 
 
 def _finetune(tmp, **kw):
-    from hpa_zoo.finetune import finetune
+    from hpa_zoo.train.finetune import finetune
 
     return finetune("team1_densenet121_512", tmp / "data.csv", tmp, out_dir=tmp / "ft", verbose=0, **kw)
 

@@ -74,7 +74,7 @@ def test_preset_on_a_full_disk_is_not_written_and_the_earlier_one_still_loads(sm
 
 def test_training_on_a_full_disk_stops_naming_the_checkpoint_and_leaves_no_loadable_half(small_disk, tiny_model,
                                                                                           synthetic_data):
-    from hpa_zoo.training import AtomicBackupAndRestore, train
+    from hpa_zoo.train.trainer import AtomicBackupAndRestore, train
 
     out = small_disk / "run"
     out.mkdir()

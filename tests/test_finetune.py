@@ -1,4 +1,4 @@
-"""hpa_zoo.finetune: user data reading, channel mapping by surgery, and a short fine-tuning run whose validation loss
+"""hpa_zoo.train.finetune: user data reading, channel mapping by surgery, and a short fine-tuning run whose validation loss
 falls.
 
 References: the source model's own weights (NumPy slices / means of its stem kernel), OpenCV-written files read
@@ -15,7 +15,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from hpa_zoo import finetune as ft  # noqa: E402
+from hpa_zoo.train import finetune as ft  # noqa: E402
 from hpa_zoo.constants import CLASS_NAMES  # noqa: E402
 from hpa_zoo.errors import ConfigError, HpaDataError  # noqa: E402
 

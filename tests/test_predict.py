@@ -17,7 +17,7 @@ from tests.test_training import SIZE, build_tiny, make_recipe, synthetic_data, t
 def _preset(directory, seed: int, thresholds):
     """A tiny model with random weights saved as a preset with a Team 1 recipe summary (input = image size)."""
     from hpa_zoo.zoo.models_api import save_preset
-    from hpa_zoo.training import recipe_summary
+    from hpa_zoo.train.trainer import recipe_summary
 
     keras.utils.set_random_seed(seed)
     model = build_tiny(input_shape=(SIZE, SIZE, 4))
@@ -120,7 +120,7 @@ def test_degenerate_lb_ratio_labels_warn_and_the_tie_fallback_caps_them(tiny_mod
     logits = model.get_layer("logits")
     logits.kernel.assign(np.zeros(logits.kernel.shape, "float32"))  # same probabilities for every image: tied
     from hpa_zoo.zoo.models_api import save_preset
-    from hpa_zoo.training import recipe_summary
+    from hpa_zoo.train.trainer import recipe_summary
 
     save_preset(model, preset, metadata={"model_name": "tiny_test_cnn", "thresholds": [0.0] * 28,
                                          "recipe": recipe_summary(make_recipe(input_size=SIZE))})

@@ -98,7 +98,7 @@ def _reference_probs(model, folder, files, thresholds):
 
 
 def test_own_tiffs_finetune_reload_and_predict_a_new_folder(tiny_registry_model, tmp_path, capsys):
-    from hpa_zoo import finetune as ft
+    from hpa_zoo.train import finetune as ft
 
     rng = np.random.default_rng(0)
     classes = ["diffuse", "ring"]

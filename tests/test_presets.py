@@ -140,7 +140,7 @@ def test_published_onnx_weights_are_converted_once_then_read_from_the_cache(mode
 
 # ---------------------------------------------------------------------------------------------- every preset kind
 def _two_stain_single_label(tiny):
-    """What `hpa_zoo.finetune` makes of a zoo model for nucleus + protein images and 3 exclusive classes: the
+    """What `hpa_zoo.train.finetune` makes of a zoo model for nucleus + protein images and 3 exclusive classes: the
     channel surgery (blue, green, with the user's own statistics) and a new 3-class head."""
     from zoo_models.surgery import adapt_channels, replace_head
 

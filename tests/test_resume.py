@@ -39,7 +39,8 @@ def _driver(argv: list[str]) -> int:
     """
     import keras
 
-    from hpa_zoo import cli, training
+    from hpa_zoo import cli
+    from hpa_zoo.train import trainer
     from hpa_zoo.zoo import registry
     from tests import test_training
 
@@ -64,13 +65,13 @@ def _driver(argv: list[str]) -> int:
             if slow and self.epoch >= 1:
                 time.sleep(slow)
 
-    make_callbacks = training._callbacks
+    make_callbacks = trainer._callbacks
 
     def callbacks(out_dir, recipe, verbose):
         best, cbs = make_callbacks(out_dir, recipe, verbose)
         return best, [*cbs, Progress(out_dir)]
 
-    training._callbacks = callbacks
+    trainer._callbacks = callbacks
     if "HPA_TEST_INF_AT" in os.environ:
         from hpa_zoo.nn.losses import BestfittingLoss
         from zoo_models.team1_bestfitting import make_optimizer

@@ -127,7 +127,7 @@ def test_blend_team3_is_the_weighted_mean():
 
 
 def test_swa_helpers_point_at_the_run_folder_the_trainer_uses(tmp_path):
-    from hpa_zoo import swa
+    from hpa_zoo.train import swa
 
     (callback,) = t3.make_callbacks(tmp_path, t3.make_recipe(RESNET34))
     assert isinstance(callback, swa.EpochCheckpoints) and callback.keep_last == 10  # teams.md §3.3
@@ -170,7 +170,7 @@ def test_each_real_team3_model_trains_and_its_recipe_loss_falls(name, size, upda
         y[i, list(lab)] = 1.0
     recipe = t3.make_recipe(name, image_size=size, input_size=size, grad_accum_steps=1)
     keras.utils.set_random_seed(0)
-    if recipe.loss_weights:  # the training graph, as hpa_zoo.training builds it
+    if recipe.loss_weights:  # the training graph, as hpa_zoo.train.trainer builds it
         spec = get_spec(name)
         model = spec.build_fn()(num_classes=28, input_shape=(size, size, 4), weights=None, with_aux=True,
                                 **spec.builder_kwargs)

@@ -1,4 +1,4 @@
-"""Team 3 through the generic trainer and predictor (`hpa_zoo.training.train`, `hpa_zoo.infer.predict.predict`), and the
+"""Team 3 through the generic trainer and predictor (`hpa_zoo.train.trainer.train`, `hpa_zoo.infer.predict.predict`), and the
 per-epoch `Recipe.train_sampler` hook.
 
 Team 3's real recipe (`zoo_models.team3_recipe.make_recipe`: focal mean, Adam 5e-4 constant, loss weights
@@ -123,7 +123,7 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def run(rows, data, tmp_path_factory):
     """One generic-trainer run of the Team 3 recipe on the stand-in: (out_dir, preset)."""
-    from hpa_zoo.training import train
+    from hpa_zoo.train.trainer import train
 
     out = tmp_path_factory.mktemp("t3run") / "run"
     preset = train(STANDIN, data, out_dir=out, epochs=EPOCHS, steps_per_epoch=STEPS, seed=0, verbose=0)
@@ -144,7 +144,7 @@ def _train_images(out, data):
 # ---------------------------------------------------------------------------------------------- recipe loading
 def test_team3_recipes_may_upsample_and_team1_may_not(rows):
     from hpa_zoo.errors import ConfigError
-    from hpa_zoo.training import load_recipe
+    from hpa_zoo.train.trainer import load_recipe
 
     recipe = load_recipe("team3_attention_inceptionv3_1024", image_size=32, input_size=96)
     assert (recipe.image_size, recipe.input_size) == (32, 96)
@@ -246,23 +246,23 @@ def test_sampler_sets_each_epochs_ids_order_and_steps(rows, data, tmp_path, monk
     a function of (run seed, epoch); steps default to len(ids) // batch; a re-run resumes on the next epoch's
     batches. The recorded streams are what ``model.fit`` consumed (deterministic, so iterating them again
     replays the same batches)."""
-    from hpa_zoo import training
+    from hpa_zoo.train import trainer
     from hpa_zoo.data.labels import multi_hot_matrix, read_labels_csv
 
     streams = []
-    original = training._epoch_stream
+    original = trainer._epoch_stream
     monkeypatch.setattr(training, "_epoch_stream", lambda *a, **k: streams.append(original(*a, **k)) or streams[-1])
     SAMPLER_CALLS.clear()
     out = tmp_path / "run"
-    training.train(SAMPLED, data, out_dir=out, epochs=1, seed=3, verbose=0)
-    training.train(SAMPLED, data, out_dir=out, epochs=2, seed=3, verbose=0)  # resumes at epoch 2
+    trainer.train(SAMPLED, data, out_dir=out, epochs=1, seed=3, verbose=0)
+    trainer.train(SAMPLED, data, out_dir=out, epochs=2, seed=3, verbose=0)  # resumes at epoch 2
 
     folds = pd.read_csv(out / "folds.csv", dtype={"Id": str})
     train_ids = list(folds.loc[folds["fold"] != 0, "Id"])
     table = read_labels_csv(data / "train.csv").set_index("Id")
     labels = multi_hot_matrix([table.loc[i, "labels"] for i in train_ids]).astype(np.float32)
     SAMPLER_CALLS.clear()
-    expected = [one_class_sampler(train_ids, labels, seed=training._epoch_seed(3, e), batch_size=BATCH)
+    expected = [one_class_sampler(train_ids, labels, seed=trainer._epoch_seed(3, e), batch_size=BATCH)
                 for e in range(2)]
     assert len(set(SAMPLER_CALLS)) == 2  # a different seed per epoch
     steps = len(expected[0]) // BATCH
@@ -286,7 +286,7 @@ def _examples(data, ids):
 
 def test_sampler_may_not_return_validation_or_unknown_ids(rows, data, tmp_path):
     from hpa_zoo.errors import ConfigError
-    from hpa_zoo.training import train
+    from hpa_zoo.train.trainer import train
 
     RECIPE_PATCH.update(train_sampler=leaking_sampler)
     try:
@@ -297,7 +297,7 @@ def test_sampler_may_not_return_validation_or_unknown_ids(rows, data, tmp_path):
 
 
 def test_tfds_sampled_epoch_keeps_the_multiplicities():
-    from hpa_zoo.training import _sampled_source
+    from hpa_zoo.train.trainer import _sampled_source
 
     ids = [f"id{i}" for i in range(6)]
     src = tf.data.Dataset.from_tensor_slices({"id": tf.constant(ids), "image": tf.zeros((6, 2, 2, 4), tf.uint8),

@@ -1,4 +1,4 @@
-"""hpa_zoo.training: one trace of the train and validation steps per run, and out-of-fold predictions that load
+"""hpa_zoo.train.trainer: one trace of the train and validation steps per run, and out-of-fold predictions that load
 through hpa_zoo.infer.ensemble with their provenance.
 
 Without a tf.distribute strategy Keras 3 builds the optimizer inside the first traced train step, and a
@@ -27,7 +27,7 @@ EPOCHS = 2
 @pytest.fixture(scope="module")
 def traced_run(synthetic_data, tmp_path_factory):  # noqa: F811
     """A 2-epoch run of the tiny registry row (Team 1's recipe, 1 step per epoch) with trace counters."""
-    from hpa_zoo import training
+    from hpa_zoo.train import trainer
     from hpa_zoo.zoo import registry
 
     registry.get_spec("team1_densenet121_512")  # fill the table first
@@ -35,7 +35,7 @@ def traced_run(synthetic_data, tmp_path_factory):  # noqa: F811
                                          input_size=SIZE, recipe="tests.test_training", classifier="logits"))
     traces = {"train": [], "test": [], "train_map": 0, "eval_map": 0}
     mp = pytest.MonkeyPatch()
-    with_targets = training._with_output_targets
+    with_targets = trainer._with_output_targets
 
     def counted_maps(map_fn, keys):  # the train/eval maps handed to tf.data; a Python call = one trace
         inner = with_targets(map_fn, keys)
@@ -57,7 +57,7 @@ def traced_run(synthetic_data, tmp_path_factory):  # noqa: F811
         mp.setattr(keras.Model, attr, counted)
     out = tmp_path_factory.mktemp("traced_run")
     try:
-        training.train(TINY, synthetic_data, out_dir=out, epochs=EPOCHS, steps_per_epoch=1, verbose=0)
+        trainer.train(TINY, synthetic_data, out_dir=out, epochs=EPOCHS, steps_per_epoch=1, verbose=0)
     finally:
         mp.undo()
         registry.unregister(TINY)

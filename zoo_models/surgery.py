@@ -348,7 +348,7 @@ def _weighted_layers(model):
 def adapt_channels(model, stains: Sequence[str | None], *, source_stains: Sequence[str | None] = CHANNELS,
                    first_conv: str | None, unknown_stats: Sequence[tuple[float, float]] | None = None,
                    norm_stats: Sequence[tuple[float, float]] | None = None):
-    """Rebuild ``model`` for new input channels and transplant its weights (`hpa_zoo.finetune` step 2).
+    """Rebuild ``model`` for new input channels and transplant its weights (`hpa_zoo.train.finetune` step 2).
 
     Stem init, per new channel: a channel that carries a stain the model knows takes that stain's filter, an
     unknown stain (None) the mean of the model's stem filters. The ``input_norm`` layer keeps the known stains'

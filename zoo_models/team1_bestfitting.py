@@ -2,7 +2,7 @@
 
 The method section, in order: constants (each citing `docs/teams.md`), the model (normalisation inside,
 4-channel stem with the red filter copied for yellow, optional extra 2×2 max-pool, concat-pool dropout head), the
-learning-rate schedule, and the recipe (data maps, loss, optimiser, TTA, thresholds) for `hpa_zoo.training`.
+learning-rate schedule, and the recipe (data maps, loss, optimiser, TTA, thresholds) for `hpa_zoo.train.trainer`.
 
 Deviations from the PyTorch original (also in the recipe ``notes``): Keras' ImageNet DenseNet121 weights are not
 torchvision's, and Keras' BatchNormalization epsilon is 1.001e-5 in the trunk (torch 1e-5) — teams.md §1.2.
@@ -319,7 +319,7 @@ def make_recipe(model_name: str | None = None, *, large: bool = True, **override
         model_name: a registry name (``"team1_densenet121_512"`` selects the 512 recipe); overrides ``large``.
         large: without ``model_name``: the final 1536 -> 1024 recipe (True) or the 768 -> 512 one.
         overrides: any `Recipe` field; ``image_size`` / ``input_size`` also rebuild the data maps and ``epochs``
-            is what `hpa_zoo.training` passes to ``make_optimizer`` (the schedule scales to it).
+            is what `hpa_zoo.train.trainer` passes to ``make_optimizer`` (the schedule scales to it).
 
     Returns:
         `hpa_zoo.recipe.Recipe`.

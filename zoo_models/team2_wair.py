@@ -4,9 +4,9 @@ The method section, in order: constants (each citing `docs/teams.md` §2), the m
 yellow plane dropped inside the model, ImageNet normalisation, DenseNet121/169 trunk -> ReLU -> GAP -> Dense 28),
 the loss, the oversampling rules v2/v3/v4 (the recipe's epoch sampler), the schedule (Adamax with cosine warm
 restarts, then Adam-amsgrad at 1e-5 and 1e-6), the data maps, TTA and thresholds, the recipe for
-`hpa_zoo.training`, and the team's blend.
+`hpa_zoo.train.trainer`, and the team's blend.
 
-Deviations (also in the recipe ``notes``): `hpa_zoo.training` runs one optimiser per run, so the two Adam-amsgrad
+Deviations (also in the recipe ``notes``): `hpa_zoo.train.trainer` runs one optimiser per run, so the two Adam-amsgrad
 phases (epochs 19-23, a new optimiser every epoch in the original) run as the tail of `Team2Schedule` on the same
 Adamax optimiser; `make_amsgrad_optimizer` builds the team's optimiser for a run that restarts from the phase-1
 checkpoint. The HueSaturationValue member of the colour OneOf is left out (an RGB op on RGBY input). Keras'

@@ -3,7 +3,7 @@ focal loss averaged over all elements, constant-LR Adam with gradient accumulati
 policy, SWA over the last 10 epochs, D4 mean-TTA and proportion-matched thresholds (teams.md §3).
 
 The method section, in order: constants (each citing `docs/teams.md`), the loss (with Inception-v3's
-auxiliary head), the optimiser, the data maps, the recipe for `hpa_zoo.training`, SWA after training
+auxiliary head), the optimiser, the data maps, the recipe for `hpa_zoo.train.trainer`, SWA after training
 (`apply_swa`), and the final blend (`blend_team3`). The model builders live in `zoo_models.team3_pudae`; the
 normalisation (per-image z-score for the 1024 models, (x - 127.5)/255 for ResNet34, §3.4) is inside the models,
 so the maps here produce [0, 255] float32 images.
@@ -62,7 +62,7 @@ DEFAULT_POLICY = "team3"
 #: teams.md §3.3: SWA = equal-weight average of the last 10 epoch checkpoints, then BN recalibration.
 SWA_LAST_N = 10
 #: teams.md §3.4: every model's input is the whole (augmented) image *resized* to the input side, never a crop,
-#: so `hpa_zoo.training.load_recipe` accepts input_size > image_size (the 1024 models upsample the 512 PNGs).
+#: so `hpa_zoo.train.trainer.load_recipe` accepts input_size > image_size (the 1024 models upsample the 512 PNGs).
 INPUT_IS_RESIZED_IMAGE = True
 
 #: teams.md §3.1 / §3.6: blend = weighted mean of probabilities; each resnet34 fold 1/5, inception-v3 1,
@@ -75,7 +75,7 @@ BLEND_WEIGHTS: dict[str, float] = {
 
 NOTES = ("Gradient accumulation averages the k gradients (Keras) where PyTorch sums them; Adam is scale-invariant "
          "up to epsilon. The 1024 models augment the 512 image and then upsample it (teams.md §3.4). Thresholds: "
-         "proportion matching on whatever split they are fitted on (pudae: the test_val hold-out). hpa_zoo.training "
+         "proportion matching on whatever split they are fitted on (pudae: the test_val hold-out). hpa_zoo.train.trainer "
          "checkpoints every epoch and makes the preset the SWA model (BatchNorm recalibrated on the training split "
          "with the validation transform); the best-on-val_logits_loss checkpoint is kept beside it.")
 
@@ -85,7 +85,7 @@ def make_loss(aux: bool = False):
     """teams.md §3.3: focal loss γ=2 averaged over all elements (`hpa_zoo.nn.losses.FocalLoss`, mode ``"mean"``).
 
     With ``aux`` (Inception-v3, §3.2) a dict ``{"logits": loss, "aux_logits": loss}``, to be combined with
-    ``loss_weights={"logits": 1.0, "aux_logits": 0.4}`` (`Recipe.loss_weights`; `hpa_zoo.training.train` passes
+    ``loss_weights={"logits": 1.0, "aux_logits": 0.4}`` (`Recipe.loss_weights`; `hpa_zoo.train.trainer.train` passes
     them to ``compile`` and feeds every output the same multi-hot target). Each loss maps
     (y_true (B, 28), logits (B, 28)) to a float32 scalar.
     """
@@ -200,10 +200,10 @@ def build_model(model_name: str, **kw):
 
 # ---------------------------------------------------------------------------------------------- SWA
 def make_callbacks(run_dir: str | os.PathLike, recipe: Recipe) -> list:
-    """teams.md §3.3: a checkpoint every epoch, for a training loop other than `hpa_zoo.training.train` (which adds
-    it itself): `hpa_zoo.swa.EpochCheckpoints` into ``run_dir/checkpoints/epochs`` keeping the last
+    """teams.md §3.3: a checkpoint every epoch, for a training loop other than `hpa_zoo.train.trainer.train` (which adds
+    it itself): `hpa_zoo.train.swa.EpochCheckpoints` into ``run_dir/checkpoints/epochs`` keeping the last
     ``recipe.swa_last_n`` epochs. [] when SWA is off."""
-    from hpa_zoo import swa
+    from hpa_zoo.train import swa
 
     if not recipe.swa_last_n:
         return []
@@ -212,10 +212,10 @@ def make_callbacks(run_dir: str | os.PathLike, recipe: Recipe) -> list:
 
 def apply_swa(run_dir: str | os.PathLike, model, train_ds: Iterable, *, last_n: int = SWA_LAST_N,
               steps: Optional[int] = None, verbose: int = 1) -> Path:
-    """teams.md §3.3 after training: `hpa_zoo.swa.apply_swa` with Team 3's window (the last 10 epochs): average
+    """teams.md §3.3 after training: `hpa_zoo.train.swa.apply_swa` with Team 3's window (the last 10 epochs): average
     the epoch checkpoints, recalibrate BatchNorm on `train_ds` (training images, validation transform), save
-    ``run_dir/checkpoints/swa.weights.h5``. Returns that path. `hpa_zoo.training.train` calls it for you."""
-    from hpa_zoo import swa
+    ``run_dir/checkpoints/swa.weights.h5``. Returns that path. `hpa_zoo.train.trainer.train` calls it for you."""
+    from hpa_zoo.train import swa
 
     return swa.apply_swa(run_dir, model, train_ds, last_n=last_n, steps=steps, verbose=verbose)
 

@@ -6,7 +6,7 @@ images and at 1024 trained on random 512 crops, predicted on 5 fixed crops that 
 GWAP member (ResNet34, RGBY with a fresh stem, `zoo_models.pooling.GlobalWeightedAveragePooling2D` at three
 depths -> Dense 256 -> 28); the loss 4·weighted BCE(pos_weight 10) − log(batch F1); Adam 5e-4 with cosine decay;
 sampling by each image's rarest label and batches alternating Kaggle / external data; TTA, thresholds, the recipes
-for `hpa_zoo.training`; and `team4_multiscale_ensemble` (hill climbing with frequency-matched thresholds per
+for `hpa_zoo.train.trainer`; and `team4_multiscale_ensemble` (hill climbing with frequency-matched thresholds per
 member, then a weighted vote across members, `hpa_zoo.infer.ensemble`).
 
 Deviations (also in the recipes' ``notes``): qubvel's pre-activation ResNet18 taps (``relu0``,
@@ -460,7 +460,7 @@ def rarest_label_sampler(ids: Sequence[str], labels, *, seed: int, batch_size: i
     The source of an id is `is_external_id` (Kaggle UUID or not). Each source is drawn from its own weighted
     sampler, the weights computed from that source's own class counts (one weighted generator per source, as the
     alternating loaders imply; not stated in the facts). With only one source present (e.g. Kaggle or synthetic
-    data alone) it is plain weighted sampling over all ids. `hpa_zoo.training` keeps this order for a Kaggle-layout
+    data alone) it is plain weighted sampling over all ids. `hpa_zoo.train.trainer` keeps this order for a Kaggle-layout
     folder; a TFDS source keeps the draw counts but reshuffles, so there the batches do not alternate.
 
     Args:

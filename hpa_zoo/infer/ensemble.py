@@ -1,7 +1,7 @@
 """Ensembling toolkit shared by every team: prediction files, blends, hill climbing, weighted voting, thresholds.
 
 * **Prediction files** (`save_predictions` / `load_predictions`): a CSV with ``Id`` + one probability column per
-  class name (the layout of `hpa_zoo.infer.predict`'s ``probabilities.csv``; `hpa_zoo.training`'s
+  class name (the layout of `hpa_zoo.infer.predict`'s ``probabilities.csv``; `hpa_zoo.train.trainer`'s
   ``val_predictions.csv`` also has ``Target``/``Predicted``, and ``Target`` is read as the labels) and a JSON
   sidecar ``<file>.json`` with ``format_version``, ``model_name``, ``fold``, ``tta``, ``class_names`` and
   ``n_rows``. Both written atomically. Files without a sidecar load with empty metadata; `write_sidecar` adds one to
@@ -45,7 +45,7 @@ FORMAT_VERSION = 1
 HILL_CLIMB_STEPS = 30
 #: Probabilities are clipped to [eps, 1 - eps] before taking logits (`blend_logit_mean`).
 LOGIT_EPS = 1e-6
-#: Columns of `hpa_zoo.training`'s ``val_predictions.csv`` besides Id and the classes.
+#: Columns of `hpa_zoo.train.trainer`'s ``val_predictions.csv`` besides Id and the classes.
 _LABEL_COLUMN, _PREDICTED_COLUMN = "Target", "Predicted"
 
 
@@ -157,7 +157,7 @@ def write_sidecar(path: str | os.PathLike, *, model_name: str, fold: Union[int, 
                   tta: Union[TTAConfig, dict, str, None] = None, class_names: Sequence[str] = CLASS_NAMES,
                   n_rows: int) -> Path:
     """Write the JSON sidecar `sidecar_path(path)` of a predictions CSV written elsewhere (e.g. `hpa_zoo.infer.predict`'s
-    ``probabilities.csv`` or `hpa_zoo.training`'s ``val_predictions.csv``), so it loads with its model name, fold
+    ``probabilities.csv`` or `hpa_zoo.train.trainer`'s ``val_predictions.csv``), so it loads with its model name, fold
     and TTA.
 
     Args:
@@ -179,7 +179,7 @@ def write_sidecar(path: str | os.PathLike, *, model_name: str, fold: Union[int, 
 
 def load_predictions(path: str | os.PathLike, *, class_names: Sequence[str] = CLASS_NAMES) -> Predictions:
     """Read a predictions CSV (`save_predictions`, ``hpa_zoo.infer.predict``'s ``probabilities.csv``, or
-    ``hpa_zoo.training``'s ``val_predictions.csv``) and its sidecar if present.
+    ``hpa_zoo.train.trainer``'s ``val_predictions.csv``) and its sidecar if present.
 
     Args:
         path: the CSV.

@@ -82,8 +82,8 @@ def read_preset_metadata(preset_dir: str | os.PathLike) -> dict:
     """The ``metadata.json`` dict of a preset (`hpa_zoo.zoo.models_api.load_metadata`; ``{}`` if none).
 
     Returns:
-        dict; for presets written by `hpa_zoo.training.train`: ``thresholds`` (28 floats), ``recipe``
-        (see `hpa_zoo.training.recipe_summary`), ``model_name``, ``fold``, ``val_macro_f1``...
+        dict; for presets written by `hpa_zoo.train.trainer.train`: ``thresholds`` (28 floats), ``recipe``
+        (see `hpa_zoo.train.trainer.recipe_summary`), ``model_name``, ``fold``, ``val_macro_f1``...
     """
     from hpa_zoo.zoo import models_api
 

@@ -14,7 +14,7 @@
      RGB JPEGs give their stain's plane). Ids with an incomplete set are listed and refused, or skipped with
      ``skip_bad=True``;
    * a list of image files, each one multi-channel image in the model's channel order (PNG/TIFF, 8 or 16 bit);
-   * the fine-tuning CSV (`hpa_zoo.finetune.read_table`: ``filename`` or ``filenames``, ``labels`` optional),
+   * the fine-tuning CSV (`hpa_zoo.train.finetune.read_table`: ``filename`` or ``filenames``, ``labels`` optional),
      paths relative to ``images_dir`` (default the CSV's folder).
 3. **Images**: decoded in a thread pool, 16-bit scaled to 8-bit, brought to the model's image size by
    `hpa_zoo.data.images.fit_to_model` (rescaled to the model's µm per pixel first when ``pixel_size_um`` is given),
@@ -174,7 +174,7 @@ def _recipe_sizes(spec) -> tuple[int, int]:
     """(image_size, input_size) of a registry row's recipe (Team 1 1024: 1536 -> 1024), else the row's input."""
     if not spec.recipe:
         return spec.input_size, spec.input_size
-    from hpa_zoo.training import load_recipe
+    from hpa_zoo.train.trainer import load_recipe
 
     recipe = load_recipe(spec.name)
     return int(recipe.image_size), int(recipe.input_size)
@@ -256,7 +256,7 @@ def _discover_folder(folder: Path, stains: Sequence, skip_bad: bool) -> tuple[li
 def _discover_csv(csv: Path, n_channels: int, images_dir) -> list[Item]:
     import pandas as pd
 
-    from hpa_zoo.finetune import read_table
+    from hpa_zoo.train.finetune import read_table
 
     table, _ = read_table(csv, n_channels=n_channels, require_labels=False)
     root = Path(images_dir) if images_dir is not None else csv.parent
@@ -281,7 +281,7 @@ def _unique_ids(items: list[Item]) -> list[Item]:
 def read_item(item: Item, n_channels: int, size: int, *, pixel_size_um: float | None = None,
               model_pixel_size_um: float | None = None) -> np.ndarray:
     """One item as (size, size, n_channels) uint8 at the model's scale (`hpa_zoo.data.images.fit_to_model`)."""
-    from hpa_zoo.finetune import read_image
+    from hpa_zoo.train.finetune import read_image
     from hpa_zoo.data.images import fit_to_model, read_channel, to_uint8
 
     if item.planes is not None:  # HPA layout: one grayscale (or HPAv18 colour) file per stain

@@ -14,7 +14,7 @@
 
 `average_checkpoints` + `recalibrate_batchnorm` is the whole of pudae's SWA; `apply_swa` runs both on a training
 run's checkpoint folder (``run_dir/checkpoints/epochs``, written by `EpochCheckpoints`) and saves
-``run_dir/checkpoints/swa.weights.h5``. `hpa_zoo.training.train` does all of it for a recipe with ``swa_last_n > 0``.
+``run_dir/checkpoints/swa.weights.h5``. `hpa_zoo.train.trainer.train` does all of it for a recipe with ``swa_last_n > 0``.
 """
 from __future__ import annotations
 
@@ -129,7 +129,7 @@ def average_checkpoints(model: keras.Model, weight_files: Sequence[str | os.Path
     files = [Path(f) for f in weight_files]
     if not files:
         raise ConfigError("average_checkpoints: no weight files given; pass the epoch checkpoints to average "
-                          "(hpa_zoo.swa.epoch_checkpoints(run_dir / 'checkpoints', last_n=10))")
+                          "(hpa_zoo.train.swa.epoch_checkpoints(run_dir / 'checkpoints', last_n=10))")
     skip = {id(v) for pair in _bn_statistics(model) for v in pair}
     variables = [v for v in model.weights if id(v) not in skip]
     sums: Optional[list[np.ndarray]] = None
@@ -286,7 +286,7 @@ def apply_swa(run_dir: str | os.PathLike, model: keras.Model, train_ds: Iterable
     files = epoch_checkpoints(run_dir / EPOCH_CHECKPOINT_DIR, last_n=last_n)
     if not files:
         raise ConfigError(f"apply_swa: no epoch_NNN.weights.h5 in {run_dir / EPOCH_CHECKPOINT_DIR}; train with "
-                          f"an EpochCheckpoints(run_dir / EPOCH_CHECKPOINT_DIR) callback (hpa_zoo.training does "
+                          f"an EpochCheckpoints(run_dir / EPOCH_CHECKPOINT_DIR) callback (hpa_zoo.train.trainer does "
                           f"when Recipe.swa_last_n > 0) so every epoch is saved")
     if verbose:
         short = f" (only {len(files)} of {last_n} wanted)" if len(files) < last_n else ""

@@ -14,7 +14,7 @@
 5. fits with: best-checkpoint on ``recipe.monitor`` (written atomically), `BackupAndRestore` (a re-run of the
    same call resumes model, optimizer and epoch), CSV + TensorBoard logs, a NaN guard, and with
    ``recipe.swa_last_n`` a checkpoint every epoch;
-6. takes the final weights (``swa_last_n > 0``: `hpa_zoo.swa` average of the last N epoch checkpoints with
+6. takes the final weights (``swa_last_n > 0``: `hpa_zoo.train.swa` average of the last N epoch checkpoints with
    BatchNorm recalibrated on the training split; else the best epoch), predicts the validation split, fits the
    recipe's thresholds, saves a preset and a validation report.
 
@@ -50,7 +50,7 @@ from typing import Any, Optional
 import keras
 import numpy as np
 
-from hpa_zoo import distribute
+from hpa_zoo.train import distribute
 from hpa_zoo.atomic import (atomic_path, atomic_to_csv, atomic_write_text, ensure_free_space, model_bytes,
                             save_weights_atomic)
 from hpa_zoo.checks import positive_int, reports_out_of_memory
@@ -500,7 +500,7 @@ def train(model_name: str, data: str | os.PathLike, *, fold: int = 0, folds_csv:
             the steps wraps around to its start).
         precision: None/"float32", "mixed_float16" (loss scaling on) or "mixed_bfloat16".
         jit_compile: compile the train step with XLA.
-        strategy: a name from `hpa_zoo.distribute.STRATEGIES` ("mirrored", "multiworker", "tpu"), a
+        strategy: a name from `hpa_zoo.train.distribute.STRATEGIES` ("mirrored", "multiworker", "tpu"), a
             ``tf.distribute.Strategy`` or a ``keras.distribution.Distribution`` (JAX); the model is built and
             compiled in its scope, ``batch_size`` is the global batch (must divide by the replica count).
         seed: seeds Python/NumPy/TF and the per-example augmentation seeds.
@@ -595,7 +595,7 @@ def train(model_name: str, data: str | os.PathLike, *, fold: int = 0, folds_csv:
     _log(verbose, f"fold {fold}: {n_train} train{sampled} / {n_valid} valid images, {steps} steps per epoch")
 
     strategy = _resolve_strategy(strategy)
-    if strategy is not None:  # hpa_zoo.distribute: global batch split evenly, datasets sharded by element
+    if strategy is not None:  # hpa_zoo.train.distribute: global batch split evenly, datasets sharded by element
         per_replica = distribute.check_global_batch(recipe.batch_size, strategy)
         if not distribute.is_keras_distribution(strategy):
             train_ds, valid_ds = distribute.shard_by_data(train_ds), distribute.shard_by_data(valid_ds)
@@ -817,10 +817,10 @@ def _finish(model, best_cb: AtomicBestCheckpoint, recipe: Recipe, settings: dict
 
 
 def _apply_swa(model, recipe: Recipe, train_src, out_dir: Path, verbose: int) -> dict:
-    """`hpa_zoo.swa.apply_swa` on this run: the last ``recipe.swa_last_n`` epoch checkpoints averaged into `model`,
+    """`hpa_zoo.train.swa.apply_swa` on this run: the last ``recipe.swa_last_n`` epoch checkpoints averaged into `model`,
     BatchNorm recalibrated on one pass over the fold's training images with the *validation* transform
     (teams.md §3.3). Returns the metadata entry ``{"last_n", "averaged": [files], "bn_images", "weights"}``."""
-    from hpa_zoo import swa
+    from hpa_zoo.train import swa
     from hpa_zoo.data import pipeline
 
     images_only = lambda e: recipe.eval_map(e)[0]  # noqa: E731
@@ -898,7 +898,7 @@ def _metrics(recipe: Recipe) -> list:
 
 
 def _callbacks(out_dir: Path, recipe: Recipe, verbose: int):
-    from hpa_zoo import swa
+    from hpa_zoo.train import swa
 
     best = AtomicBestCheckpoint(out_dir / "checkpoints" / "best.weights.h5", _monitor(recipe), recipe.monitor_mode,
                                 verbose=verbose)
@@ -938,7 +938,7 @@ def _check_resume(out_dir: Path, settings: dict) -> None:
 
 
 def _resolve_strategy(strategy):
-    """A name (`hpa_zoo.distribute.STRATEGIES`) -> `distribute.make_strategy`; objects pass through."""
+    """A name (`hpa_zoo.train.distribute.STRATEGIES`) -> `distribute.make_strategy`; objects pass through."""
     if isinstance(strategy, str) or strategy is None:
         return distribute.make_strategy(strategy)
     return strategy

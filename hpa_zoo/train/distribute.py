@@ -1,6 +1,6 @@
 """Training beyond one device: strategies by name, global-batch checks and dataset sharding.
 
-``make_strategy(name)`` returns what `hpa_zoo.training.train` (``strategy=``) and ``hpa-zoo train --strategy``
+``make_strategy(name)`` returns what `hpa_zoo.train.trainer.train` (``strategy=``) and ``hpa-zoo train --strategy``
 take, for the running Keras backend (ecosystem.md §4.2: on TensorFlow the Keras 3 trainer honours
 ``tf.distribute`` strategies; ``keras.distribution`` is implemented for JAX only):
 
