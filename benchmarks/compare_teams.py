@@ -188,7 +188,7 @@ def _five_crop_stacker(name, preset, folder, run, image_size, input_size, budget
     from hpa_zoo.infer import ensemble
     from hpa_zoo.zoo import models_api
     from hpa_zoo.data.labels import multi_hot_matrix, read_labels_csv
-    from zoo_models import team4_wsg
+    from zoo_models.teams import team4_wsg
 
     model = models_api.load(str(preset))
     folds = pd.read_csv(run / "folds.csv", dtype={"Id": str})

@@ -10,11 +10,11 @@ full-size images hold more detail and decode slower).
 
 Paths:
 
-* ``team1``: Team 1's training path at 1024 (`zoo_models.team1_bestfitting.train_map`): a 1536 px image, random-scale
+* ``team1``: Team 1's training path at 1024 (`zoo_models.teams.team1_bestfitting.train_map`): a 1536 px image, random-scale
   crop (side ~ U(1024, 1536)) resized to 1024, one of the 8 dihedral transforms, float32.
 * ``team1_device``: the host part when the crop, resize and D4 run on the accelerator (as
   ``benchmarks/train_throughput.py --mode full`` does): decode to uint8 only.
-* ``team3``: Team 3's path (`zoo_models.team3_recipe.train_map`): a 512 px image, D4 + one AutoAugment sub-policy
+* ``team3``: Team 3's path (`zoo_models.teams.team3_recipe.train_map`): a 512 px image, D4 + one AutoAugment sub-policy
   of the team's 25, resized to 1024, float32.
 
 Storage formats (what a TFDS example would hold):
@@ -116,8 +116,8 @@ def dataset(encoded: list[list[bytes]], fmt: str, path: str, n: int):
     import tensorflow as tf
 
     from hpa_zoo.data import pipeline
-    from zoo_models import team1_bestfitting as t1
-    from zoo_models import team3_recipe as t3
+    from zoo_models.teams import team1_bestfitting as t1
+    from zoo_models.teams import team3_recipe as t3
 
     stored = 512 if path == "team3" else 1536
     parts = tf.data.Dataset.from_tensor_slices([e for e in encoded]).repeat().take(n)

@@ -97,7 +97,7 @@ def build_keras_trainer(size: int, image_size: int, large: bool, seed: int = 0):
     import keras
     from keras import ops
 
-    from zoo_models.team1_bestfitting import build_densenet121
+    from zoo_models.teams.team1_bestfitting import build_densenet121
 
     net = build_densenet121(NUM_CLASSES, (size, size, 4), weights=None, large=large)
 
@@ -143,7 +143,7 @@ def bench_keras(args, batches, labels) -> dict:
     import keras
 
     from hpa_zoo.nn.losses import BestfittingLoss
-    from zoo_models.team1_bestfitting import make_optimizer
+    from zoo_models.teams.team1_bestfitting import make_optimizer
 
     if args.precision != "float32":
         keras.mixed_precision.set_dtype_policy(args.precision)

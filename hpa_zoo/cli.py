@@ -217,7 +217,7 @@ def _add_leaks(sub) -> None:
 
 
 def _run_leaks(args) -> int:
-    from hpa_zoo.leaks import audit
+    from hpa_zoo.analysis.leaks import audit
 
     summary = audit(args.a, args.b, out_dir=args.out, model=None if args.no_features else args.model,
                     weights=args.weights, embedding_model=args.embedding_model, a_csv=args.a_csv, b_csv=args.b_csv,
@@ -245,7 +245,7 @@ def _add_report(sub) -> None:
 
 
 def _run_report(args) -> int:
-    from hpa_zoo.report import figure_report
+    from hpa_zoo.analysis.report import figure_report
 
     summary = figure_report(args.predictions, args.labels, out_dir=args.out, data_label=args.data_label,
                             train_csv=args.train_labels, threshold=args.threshold)

@@ -35,7 +35,7 @@ _JAX_SCRIPT = textwrap.dedent(
     from keras import ops
     from hpa_zoo.infer import tta
     from hpa_zoo.nn import losses
-    from zoo_models.team1_bestfitting import build_densenet121
+    from zoo_models.teams.team1_bestfitting import build_densenet121
 
     # Checked right after import: building a keras.applications trunk lets Keras itself use tf.io.gfile
     # whenever TensorFlow happens to be installed, which hpa-zoo does not control.
@@ -73,7 +73,7 @@ def test_losses_tta_and_team1_model_agree_between_tensorflow_and_jax(tmp_path):
 
         from hpa_zoo.infer import tta
         from hpa_zoo.nn import losses
-        from zoo_models.team1_bestfitting import build_densenet121
+        from zoo_models.teams.team1_bestfitting import build_densenet121
 
         keras.utils.set_random_seed(1)  # other initial weights than the JAX side's: the load must replace them
         model = build_densenet121(num_classes=28, input_shape=(64, 64, 4), large=True)

@@ -58,7 +58,7 @@ def test_read_table_names_the_bad_line(tmp_path):
 
 
 def test_adapt_channels_keeps_mapped_filters_and_mean_for_unknown():
-    from zoo_models.team1_bestfitting import build_team1_densenet121_512
+    from zoo_models.teams.team1_bestfitting import build_team1_densenet121_512
 
     keras.utils.set_random_seed(1)
     src = build_team1_densenet121_512(input_shape=(SIZE, SIZE, 4))

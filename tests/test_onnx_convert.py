@@ -29,7 +29,7 @@ from hpa_zoo.zoo.onnx_convert import FEATURE_REL_TOL, onnx_to_keras_weights
 from tests.torch_refs.bestfitting_densenet import (
     BioimageWrapper, PublishedOutputs, build_published_densenet, build_torch_bestfitting_densenet, randomize_)
 from tests.torch_refs.resnets import torch_resnet
-from zoo_models.team1_bestfitting import FEATURE_LAYER, build_densenet121
+from zoo_models.teams.team1_bestfitting import FEATURE_LAYER, build_densenet121
 
 SIZE = 128  # test input size (the package uses 1024); `large` -> a 2x2 final map
 PROB_TOL = 1e-4

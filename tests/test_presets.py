@@ -21,7 +21,7 @@ import hpa_zoo  # noqa: E402
 from hpa_zoo.zoo import models_api  # noqa: E402
 from hpa_zoo.errors import ConfigError  # noqa: E402
 from tests.conftest import TINY_REGISTRY_NAME  # noqa: E402
-from zoo_models import team1_bestfitting as t1  # noqa: E402
+from zoo_models.teams import team1_bestfitting as t1  # noqa: E402
 
 NAME, SIZE = "team1_densenet121_512", 32
 X = np.random.default_rng(0).uniform(0, 255, (2, SIZE, SIZE, 4)).astype(np.float32)

@@ -74,7 +74,7 @@ def _driver(argv: list[str]) -> int:
     trainer._callbacks = callbacks
     if "HPA_TEST_INF_AT" in os.environ:
         from hpa_zoo.nn.losses import BestfittingLoss
-        from zoo_models.team1_bestfitting import make_optimizer
+        from zoo_models.teams.team1_bestfitting import make_optimizer
 
         at, holder = int(os.environ["HPA_TEST_INF_AT"]), {}
 

@@ -13,7 +13,7 @@ import hpa_zoo  # noqa: E402
 from hpa_zoo.constants import KAGGLE_TRAIN_COUNTS  # noqa: E402
 from hpa_zoo.errors import ConfigError  # noqa: E402
 from hpa_zoo.zoo.registry import get_spec  # noqa: E402
-from zoo_models import team2_wair as t2  # noqa: E402
+from zoo_models.teams import team2_wair as t2  # noqa: E402
 
 KAGGLE_A = "00000000-0000-4000-8000-000000000001"
 KAGGLE_B = "00000000-0000-4000-8000-000000000002"

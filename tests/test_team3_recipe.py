@@ -1,4 +1,4 @@
-"""zoo_models.team3_recipe: Team 3's recipe facts, loss weighting, data maps, policy loading, blend, and a few real
+"""zoo_models.teams.team3_recipe: Team 3's recipe facts, loss weighting, data maps, policy loading, blend, and a few real
 training steps of each of the three real networks with the recipe's loss and optimiser (the loss falls).
 
 Training Team 3 through the generic trainer (loss falls, 0.4 x aux, SWA preset, predict) is in
@@ -18,7 +18,7 @@ import tensorflow as tf  # noqa: E402
 from hpa_zoo.augment import transforms  # noqa: E402
 from hpa_zoo.data import pipeline
 from hpa_zoo.errors import ConfigError  # noqa: E402
-from zoo_models import team3_recipe as t3  # noqa: E402
+from zoo_models.teams import team3_recipe as t3  # noqa: E402
 
 INCEPTION, SERESNEXT, RESNET34 = ("team3_attention_inceptionv3_1024", "team3_attention_se_resnext50_1024",
                                   "team3_resnet34_512")

@@ -13,7 +13,7 @@ import hpa_zoo  # noqa: E402
 from hpa_zoo.errors import ConfigError  # noqa: E402
 from hpa_zoo.nn.metrics import macro_f1  # noqa: E402
 from hpa_zoo.zoo.registry import get_spec  # noqa: E402
-from zoo_models import team4_wsg as t4  # noqa: E402
+from zoo_models.teams import team4_wsg as t4  # noqa: E402
 from zoo_models.backbones.resnet import resnet18  # noqa: E402
 from zoo_models.pooling import GlobalWeightedAveragePooling2D  # noqa: E402
 
@@ -183,7 +183,7 @@ def test_recipes_and_registry_rows():
     assert isinstance(gwap.make_optimizer(10, 2), keras.optimizers.SGD)
     for name in ("team4_gapnet_resnet18_512", "team4_gapnet_resnet18_1024crop512", "team4_gwap_resnet34_512"):
         spec = get_spec(name)
-        assert spec.team == "team4" and spec.recipe == "zoo_models.team4_wsg" and not spec.reported  # §4: no score
+        assert spec.team == "team4" and spec.recipe == "zoo_models.teams.team4_wsg" and not spec.reported  # §4: no score
         model = hpa_zoo.load(name, input_shape=(64, 64, 4), num_classes=4)
         assert model.name == name and model.output_shape == (None, 4)
         assert isinstance(model.get_layer(spec.first_conv), keras.layers.Conv2D)

@@ -1,7 +1,7 @@
 """Team 3 through the generic trainer and predictor (`hpa_zoo.train.trainer.train`, `hpa_zoo.infer.predict.predict`), and the
 per-epoch `Recipe.train_sampler` hook.
 
-Team 3's real recipe (`zoo_models.team3_recipe.make_recipe`: focal mean, Adam 5e-4 constant, loss weights
+Team 3's real recipe (`zoo_models.teams.team3_recipe.make_recipe`: focal mean, Adam 5e-4 constant, loss weights
 {logits: 1, aux_logits: 0.4}, D4 + policy augmentation, 512 -> 1024 upsampling, SWA of the last N epochs, D4 mean
 TTA, proportion-matched thresholds) drives a small stand-in with the *same interface* as Team 3's Inception-v3:
 Team 3's normalisation layer, a conv + BatchNorm trunk and the real class-wise attention heads
@@ -27,7 +27,7 @@ keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 
 from hpa_zoo.augment import transforms  # noqa: E402
-from zoo_models import team3_recipe as t3  # noqa: E402
+from zoo_models.teams import team3_recipe as t3  # noqa: E402
 
 STANDIN, SAMPLED = "team3_test_attention_standin", "team3_test_sampled_standin"
 IMAGE, INPUT = 32, 48  # images loaded at 32 px and upsampled to 48 px, as Team 3's 512 -> 1024
@@ -47,7 +47,7 @@ def build_standin(num_classes=28, input_shape=None, weights=None, with_aux=False
     """Team 3's Inception-v3 interface in miniature: (B, S, S, 4) [0, 255] -> logits (B, K) float32, or
     ``{"logits", "aux_logits"}`` with ``with_aux`` (aux head on the earlier feature map)."""
     from zoo_models.attention import attention_head
-    from zoo_models.team3_pudae import PerImageStandardization
+    from zoo_models.teams.team3_pudae import PerImageStandardization
 
     inputs = keras.Input(shape=input_shape or (INPUT, INPUT, 4), name="image")
     x = PerImageStandardization(name="input_norm")(inputs)

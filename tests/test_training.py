@@ -41,7 +41,7 @@ RECIPE_PATCH: dict = {}
 
 def make_recipe(model_name=None, **overrides):
     """Team 1's real 512 recipe at test sizes, plus `RECIPE_PATCH`."""
-    from zoo_models.team1_bestfitting import make_recipe as team1
+    from zoo_models.teams.team1_bestfitting import make_recipe as team1
 
     overrides = {"image_size": SIZE, "input_size": 48, "batch_size": 8, **overrides}
     return team1("team1_densenet121_512", **overrides, **RECIPE_PATCH)
@@ -151,7 +151,7 @@ def test_rerun_with_more_epochs_resumes_model_optimizer_and_epoch(tiny_model, sy
 def test_nan_loss_stops_naming_the_step_and_the_last_good_checkpoint(tiny_model, synthetic_data, tmp_path):
     from hpa_zoo.nn.losses import BestfittingLoss
     from hpa_zoo.train.trainer import TrainingDivergedError, train
-    from zoo_models.team1_bestfitting import make_optimizer
+    from zoo_models.teams.team1_bestfitting import make_optimizer
 
     steps, holder = 3, {}
 

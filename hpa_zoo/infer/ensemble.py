@@ -606,7 +606,7 @@ def metric_learning_replace(labels, match_index, matched, reference_labels, *,
                             keep_classes: Sequence[int] | None = None) -> np.ndarray:
     """Team 1's label replacement by the metric-learning match (docs/teams.md §1.7) — **a leak exploit**.
 
-    A test image whose best same-sample match passed the cut-off (`zoo_models.team1_metric_learning.match`) gets
+    A test image whose best same-sample match passed the cut-off (`zoo_models.teams.team1_metric_learning.match`) gets
     the match's labels instead of its own prediction, except for ``keep_classes`` (default the five tags
     bestfitting's ``post_processing/s2_modify_result.py`` leaves alone: Peroxisomes, Endosomes, Lysosomes, Lipid
     droplets, Cytoplasmic bodies), which keep the CNN's decision; a replacement that would leave no label keeps the
@@ -626,7 +626,7 @@ def metric_learning_replace(labels, match_index, matched, reference_labels, *,
     Raises:
         ConfigError: shapes that do not fit.
     """
-    from zoo_models.team1_metric_learning import KEEP_CLASSES
+    from zoo_models.teams.team1_metric_learning import KEEP_CLASSES
 
     cnn = np.asarray(labels).astype(bool)
     ref = np.asarray(reference_labels).astype(bool)

@@ -6,7 +6,7 @@ a no-augmentation baseline, trains a proxy network from scratch (ResNet18, per-i
 Adam 5e-4) on one half of the labelled images and is validated on the other half after every epoch; its score is
 the best moving average (10 epochs) of the validation macro F1. The top-k candidates' sub-policies are flattened
 (top 5 × 5 = 25 for pudae) and written with `hpa_zoo.augment.transforms.save_policy` to the policy file that training reads
-(``zoo_models.team3_recipe.make_recipe(..., policy=path)``).
+(``zoo_models.teams.team3_recipe.make_recipe(..., policy=path)``).
 
 Outputs of `search` (``out`` = the policy JSON)::
 

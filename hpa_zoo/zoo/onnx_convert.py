@@ -4,7 +4,7 @@ Team 1's published ONNX files (docs/teams.md §1.8: the bioimage.io package ``de
 1024 model, and the CellProfiling/densenet v0.1.0 release file of the non-large i768/crop512 fold-0 model) take
 ``image`` (1, 4, H, W) float32 = uint8/255, NCHW, and return ``classes`` = sigmoid probabilities (1, 28) and
 ``features`` (1, 1024). `onnx_to_keras_weights` fills the Keras model of
-`zoo_models.team1_bestfitting.build_densenet121` (``large=True`` for the package) from such a file in three steps:
+`zoo_models.teams.team1_bestfitting.build_densenet121` (``large=True`` for the package) from such a file in three steps:
 
 1. **Architecture.** The number of convolutions and of residual additions is compared first, so that another
    network (DenseNet169, a ResNet) is refused with a message that says so.
@@ -51,7 +51,7 @@ from hpa_zoo.errors import WeightsError
 log = logging.getLogger(__name__)
 
 _REMEDY = ("Build the Keras model with the same architecture as the ONNX file (Team 1's published package: "
-           "zoo_models.team1_bestfitting.build_densenet121(num_classes=28, large=True)).")
+           "zoo_models.teams.team1_bestfitting.build_densenet121(num_classes=28, large=True)).")
 #: acceptance: max |p_keras - p_onnx| over the probes, and max |f_keras - f_onnx| / max |f_onnx|
 PROB_TOL = 1e-4
 FEATURE_REL_TOL = 1e-4

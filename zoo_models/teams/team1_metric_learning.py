@@ -5,7 +5,7 @@ docs/teams.md §1.7: a ResNet50 trained with ArcFace to tell HPAv18 **antibodies
 image's prediction by the match's labels. The paper (Ouyang et al. 2019) found that this gained score through
 same-sample leaks (in ``test_private`` 935 images had a same-sample image in HPAv18; the model found 647 of them,
 69.2 %, and 261 of the 270 predictions it changed had such a partner), not by learning localisation. hpa-zoo
-therefore offers it as a **batch-effect / leak detector** (`hpa_zoo.leaks`), and the label replacement only as an
+therefore offers it as a **batch-effect / leak detector** (`hpa_zoo.analysis.leaks`), and the label replacement only as an
 explicit, documented exploit (`hpa_zoo.infer.ensemble.metric_learning_replace`, off by default).
 
 The method section, in order: constants, the embedding network, the ArcFace layer and loss, and the matching.

@@ -24,7 +24,7 @@ from keras import ops
 from hpa_zoo.constants import NUM_CLASSES, is_kaggle_id
 from hpa_zoo.errors import ConfigError
 from hpa_zoo.recipe import Recipe, ThresholdConfig, TTAConfig
-from zoo_models.team1_bestfitting import _check_weights_file, _load_weights_file, rgby_normalization
+from zoo_models.teams.team1_bestfitting import _check_weights_file, _load_weights_file, rgby_normalization
 
 # ---------------------------------------------------------------------------------------------- constants
 #: teams.md §2.2: the input is RGB; ``dataset.py`` keeps ``image[:, :, 0:3]`` = R, G, B (yellow dropped).

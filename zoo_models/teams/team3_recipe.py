@@ -4,7 +4,7 @@ policy, SWA over the last 10 epochs, D4 mean-TTA and proportion-matched threshol
 
 The method section, in order: constants (each citing `docs/teams.md`), the loss (with Inception-v3's
 auxiliary head), the optimiser, the data maps, the recipe for `hpa_zoo.train.trainer`, SWA after training
-(`apply_swa`), and the final blend (`blend_team3`). The model builders live in `zoo_models.team3_pudae`; the
+(`apply_swa`), and the final blend (`blend_team3`). The model builders live in `zoo_models.teams.team3_pudae`; the
 normalisation (per-image z-score for the 1024 models, (x - 127.5)/255 for ResNet34, §3.4) is inside the models,
 so the maps here produce [0, 255] float32 images.
 
@@ -43,7 +43,7 @@ IMAGE_SIZE = 512
 class ModelFacts(NamedTuple):
     """teams.md §3.1, one final model: builder, input side, per-step batch, gradient accumulation, epochs
     (ResNet34: epochs 0..40 = 41), and whether it has Inception-v3's auxiliary output."""
-    builder: str  # function of zoo_models.team3_pudae
+    builder: str  # function of zoo_models.teams.team3_pudae
     input_size: int
     batch_size: int
     grad_accum_steps: int
@@ -154,7 +154,7 @@ def make_recipe(model_name: str = "team3_attention_inceptionv3_1024", *, policy:
         ConfigError: unknown model name, or a bad policy file.
     """
     from hpa_zoo.augment import transforms
-    from zoo_models.team1_bestfitting import eval_map as team1_eval_map
+    from zoo_models.teams.team1_bestfitting import eval_map as team1_eval_map
 
     if model_name not in MODELS:
         raise ConfigError(f"make_recipe: {model_name!r} is not a Team 3 model; use one of {sorted(MODELS)}")
@@ -188,13 +188,13 @@ def make_recipe(model_name: str = "team3_attention_inceptionv3_1024", *, policy:
 
 
 def build_model(model_name: str, **kw):
-    """Build a Team 3 model with its `zoo_models.team3_pudae` builder (imported lazily); ``kw`` go to the builder
+    """Build a Team 3 model with its `zoo_models.teams.team3_pudae` builder (imported lazily); ``kw`` go to the builder
     (``num_classes``, ``input_shape``, ``weights``, ``with_aux``...). Returns a keras.Model."""
     import importlib
 
     if model_name not in MODELS:
         raise ConfigError(f"build_model: {model_name!r} is not a Team 3 model; use one of {sorted(MODELS)}")
-    module = importlib.import_module("zoo_models.team3_pudae")
+    module = importlib.import_module("zoo_models.teams.team3_pudae")
     return getattr(module, MODELS[model_name].builder)(**kw)
 
 

@@ -8,7 +8,7 @@ signals:
 * ``phash``: the pHash Hamming distance of `hpa_zoo.data.folds` (the largest over the R, G, B stains; near-duplicates
   are <= `hpa_zoo.data.folds.MAX_HAMMING_DISTANCE`);
 * ``feature_cosine``: the cosine of a classifier's features (Team 1: the 1024-d `feature_extractor` output);
-* ``embedding_cosine``: optionally, Team 1's metric-learning embedding (`zoo_models.team1_metric_learning.match`:
+* ``embedding_cosine``: optionally, Team 1's metric-learning embedding (`zoo_models.teams.team1_metric_learning.match`:
   per-set standardisation, cosine, 0.65 cut-off).
 
 Each A image's best B partner by each signal becomes a candidate pair; the ranked ``pairs.csv`` has every signal
@@ -113,7 +113,7 @@ def audit(a_dir, b_dir, *, out_dir, model="team1_densenet121_512", weights=None,
         cos = _cosine(fa, fb)
         signals["feature_cosine"] = (cos, cos.argmax(axis=1), cos.max(axis=1) > FEATURE_THRESHOLD)
     if embedding_model is not None:
-        from zoo_models.team1_metric_learning import MATCH_THRESHOLD, standardise
+        from zoo_models.teams.team1_metric_learning import MATCH_THRESHOLD, standardise
 
         extractor = feature_model(embedding_model, weights=embedding_weights, layer="embedding",
                                   image_size=image_size)

@@ -4,13 +4,13 @@ Three final models, all RGBY with a 4-channel stem whose yellow filter starts as
 
 * ``AttentionInceptionV3`` at 1024 px: Inception-v3 trunk, class-wise spatial-softmax attention head
   (`zoo_models.attention`) on ``mixed10``; for training an auxiliary attention head on ``mixed7`` (loss
-  main + 0.4·aux, in `zoo_models.team3_recipe`);
+  main + 0.4·aux, in `zoo_models.teams.team3_recipe`);
 * ``Attention(se_resnext50_32x4d)`` at 1024 px: the same head on the last SE-ResNeXt50 stage;
 * ``resnet34`` at 512 px: global average pool -> Linear(512 -> 28), no dropout.
 
 Normalisation is the model's first layer (``input_norm``): per-image per-channel z-score for the 1024 models,
 (x − 127.5)/255 for ResNet34. The training recipe (loss, Adam, SWA, augmentation policy, TTA, thresholds) lives in
-`zoo_models.team3_recipe`.
+`zoo_models.teams.team3_recipe`.
 
 Deviations (also in the registry descriptions): Keras' ImageNet InceptionV3 weights are not torchvision's; the
 ResNet34 / SE-ResNeXt50 ImageNet weights are the PyTorch checkpoints themselves, which the user downloads
@@ -29,7 +29,7 @@ from hpa_zoo.constants import NUM_CLASSES
 from hpa_zoo.errors import ConfigError, WeightsError
 from zoo_models.attention import attention_head
 from zoo_models.backbones import resnet as resnet_backbones
-from zoo_models.team1_bestfitting import rgby_normalization
+from zoo_models.teams.team1_bestfitting import rgby_normalization
 
 # ---------------------------------------------------------------------------------------------- constants
 #: teams.md §3.1: input sides of the final models.

@@ -33,8 +33,8 @@ from hpa_zoo.constants import NUM_CLASSES, is_kaggle_id
 from hpa_zoo.errors import ConfigError, HpaDataError
 from hpa_zoo.recipe import Recipe, ThresholdConfig, TTAConfig
 from zoo_models.pooling import GWAP_BORDER, GlobalWeightedAveragePooling2D
-from zoo_models.team1_bestfitting import _check_weights_file, _load_weights_file, rgby_normalization
-from zoo_models.team2_wair import ChannelSelect
+from zoo_models.teams.team1_bestfitting import _check_weights_file, _load_weights_file, rgby_normalization
+from zoo_models.teams.team2_wair import ChannelSelect
 
 # ---------------------------------------------------------------------------------------------- constants
 #: teams.md §4.2 (Christof): GAPNet normalisation = Kaggle RGB mean/std (image / 255).
@@ -123,7 +123,7 @@ def build_gapnet(num_classes: int = NUM_CLASSES, input_shape=(512, 512, 4), weig
                  imagenet_weights=None, name: str | None = None) -> keras.Model:
     """Christof's GAPNet (teams.md §4.2, ``Christof/models/GAPNet/13_*``): RGB ResNet18 with multi-level pooling.
 
-    Graph: ``image`` (B, H, W, 4) [0, 255] -> ``rgb`` (yellow dropped, `zoo_models.team2_wair.ChannelSelect`) ->
+    Graph: ``image`` (B, H, W, 4) [0, 255] -> ``rgb`` (yellow dropped, `zoo_models.teams.team2_wair.ChannelSelect`) ->
     ``input_norm`` (Kaggle RGB mean/std) -> ResNet18 (`zoo_models.backbones.resnet`); at each of `GAPNET_TAPS`
     a squeeze-excite block ``gap_se{k}_*`` and a GAP ``gap{k}`` -> ``head_concat`` (64+64+128+256+512 = 1024) ->
     ``head_bn1`` -> ``head_dropout1`` (.5) -> ``head_fc`` (256, relu) -> ``head_bn2`` -> ``head_dropout2`` (.5)
