@@ -131,7 +131,7 @@ def _test_truth(folder: Path) -> tuple[list[str], np.ndarray]:
 # ============================================================================================ members
 def _sizes(model_name: str, size: int) -> tuple[int, int]:
     """(image_size, input_size) for a network input of ``size`` keeping the recipe's load/input ratio."""
-    from hpa_zoo.train.trainer import load_recipe
+    from hpa_zoo.recipe import load_recipe
 
     team = load_recipe(model_name)
     return int(round(size * team.image_size / team.input_size)), int(size)
@@ -415,7 +415,7 @@ def compare(out: str | os.PathLike, *, budget: str = "small", models: Optional[S
     """
     from hpa_zoo.checks import positive_int
     from hpa_zoo.data.labels import read_labels_csv
-    from hpa_zoo.zoo.registry import get_spec, list_models
+    from hpa_zoo.registry import get_spec, list_models
 
     if budget not in BUDGETS:
         raise ConfigError(f"budget={budget!r}: use one of {sorted(BUDGETS)}")

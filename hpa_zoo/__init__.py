@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 
 from hpa_zoo.constants import CHANNELS, CLASS_NAMES, NUM_CLASSES  # noqa: F401  (light, no TensorFlow)
-from hpa_zoo.zoo.registry import get_spec, list_models  # noqa: F401
+from hpa_zoo.registry import get_spec, list_models  # noqa: F401
 
 __version__ = "0.1.0"
 

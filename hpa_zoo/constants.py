@@ -96,3 +96,8 @@ D4_ORDER: tuple[str, ...] = (
     "fliplr_transpose",
     "flipud_fliplr_transpose",
 )
+
+#: The main output of every zoo model (logits (B, K) float32). A multi-output model (Team 3's Inception-v3 with its
+#: auxiliary head, docs/teams.md §3.2) returns a dict with this key; it is the one validated, thresholded, saved
+#: in the preset, predicted and exported.
+MAIN_OUTPUT = "logits"

@@ -71,7 +71,8 @@ def run_demo(out_dir: str | os.PathLike = "hpa_zoo_demo", *, n_train: int = DEMO
     from hpa_zoo.infer.predict import predict
     from hpa_zoo.recipe import ThresholdConfig
     from hpa_zoo.data.synthetic import write_synthetic_dataset
-    from hpa_zoo.train.trainer import load_recipe, train
+    from hpa_zoo.recipe import load_recipe
+    from hpa_zoo.train.trainer import train
 
     out = Path(out_dir)
     image_size = image_size or size

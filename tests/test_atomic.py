@@ -74,7 +74,7 @@ def tiny():
     """The tiny CNN of tests/test_training.py (16 px, 3 classes), registered for the module's duration."""
     import keras
 
-    from hpa_zoo.zoo import registry
+    from hpa_zoo import registry
     from tests.test_training import TINY, build_tiny
 
     registry.get_spec("team1_densenet121_512")  # fill the table first

@@ -16,7 +16,7 @@ pytest.importorskip("sklearn")
 
 from hpa_zoo.infer import ensemble  # noqa: E402
 from hpa_zoo.constants import CLASS_NAMES  # noqa: E402
-from hpa_zoo.zoo.registry import list_models  # noqa: E402
+from hpa_zoo.registry import list_models  # noqa: E402
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "compare_teams.py"
 

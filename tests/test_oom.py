@@ -26,7 +26,7 @@ def build_huge(num_classes=28, input_shape=None, weights=None, **kw):
 
 @pytest.fixture
 def huge_model():
-    from hpa_zoo.zoo import registry
+    from hpa_zoo import registry
 
     registry.get_spec("team1_densenet121_512")
     registry.register(registry.ModelSpec(name=HUGE, team="test", builder="tests.test_oom:build_huge", input_size=SIZE,

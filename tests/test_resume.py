@@ -41,7 +41,7 @@ def _driver(argv: list[str]) -> int:
 
     from hpa_zoo import cli
     from hpa_zoo.train import trainer
-    from hpa_zoo.zoo import registry
+    from hpa_zoo import registry
     from tests import test_training
 
     registry.get_spec("team1_densenet121_512")  # fill the table first

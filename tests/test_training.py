@@ -49,7 +49,7 @@ def make_recipe(model_name=None, **overrides):
 
 @pytest.fixture
 def tiny_model():
-    from hpa_zoo.zoo import registry
+    from hpa_zoo import registry
 
     spec = registry.ModelSpec(name=TINY, team="test", builder="tests.test_training:build_tiny", input_size=SIZE,
                               recipe="tests.test_training", classifier="logits")
@@ -178,7 +178,8 @@ def test_nan_loss_stops_naming_the_step_and_the_last_good_checkpoint(tiny_model,
 
 def test_unknown_precision_and_oversized_input_are_config_errors(tiny_model, synthetic_data, tmp_path):
     from hpa_zoo.errors import ConfigError
-    from hpa_zoo.train.trainer import load_recipe, train
+    from hpa_zoo.recipe import load_recipe
+    from hpa_zoo.train.trainer import train
 
     with pytest.raises(ConfigError, match="precision"):
         train(tiny_model, synthetic_data, out_dir=tmp_path / "a", precision="fp8", verbose=0)

@@ -28,7 +28,7 @@ EPOCHS = 2
 def traced_run(synthetic_data, tmp_path_factory):  # noqa: F811
     """A 2-epoch run of the tiny registry row (Team 1's recipe, 1 step per epoch) with trace counters."""
     from hpa_zoo.train import trainer
-    from hpa_zoo.zoo import registry
+    from hpa_zoo import registry
 
     registry.get_spec("team1_densenet121_512")  # fill the table first
     registry.register(registry.ModelSpec(name=TINY, team="test", builder="tests.test_training:build_tiny",
@@ -46,7 +46,7 @@ def traced_run(synthetic_data, tmp_path_factory):  # noqa: F811
 
         return mapped
 
-    mp.setattr(training, "_with_output_targets", counted_maps)
+    mp.setattr(trainer, "_with_output_targets", counted_maps)
     for kind, attr in (("train", "train_step"), ("test", "test_step")):
         original = getattr(keras.Model, attr)
 

@@ -8,7 +8,7 @@ import pytest
 
 from hpa_zoo.zoo import weights
 from hpa_zoo.errors import WeightsError
-from hpa_zoo.zoo.registry import WeightsSpec
+from hpa_zoo.registry import WeightsSpec
 
 PAYLOAD = bytes(range(256)) * 9000  # 2.3 MB: several 1 MiB chunks
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()  # independent reference: hashlib on the bytes in memory
@@ -225,7 +225,7 @@ def test_offline_never_opens_a_socket(server, cache, monkeypatch):
     """HPA_ZOO_OFFLINE=1: a cache miss and a hit, and a published registry row, with every connect failing."""
     import socket
 
-    from hpa_zoo.zoo.registry import get_spec
+    from hpa_zoo.registry import get_spec
 
     server.routes["/m.onnx"] = ("ok", PAYLOAD)
     weights.fetch(_spec(server.url("/m.onnx")), progress=False)  # fill the cache while online

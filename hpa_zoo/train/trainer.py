@@ -38,7 +38,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
-import inspect
 import json
 import math
 import os
@@ -57,8 +56,9 @@ from hpa_zoo.checks import positive_int, reports_out_of_memory
 from hpa_zoo.constants import CLASS_NAMES, NUM_CLASSES
 from hpa_zoo.errors import ConfigError, HpaDataError, HpaZooError
 from hpa_zoo.interrupt import Interrupted, stop_at_step_boundary
-from hpa_zoo.recipe import Recipe
+from hpa_zoo.recipe import Recipe, load_recipe  # noqa: F401  (load_recipe: re-exported)
 from hpa_zoo.runlock import holds_run_lock
+from zoo_models.common import MAIN_OUTPUT  # the output that is validated, thresholded and predicted
 
 #: Values of ``precision``; None / "float32" = full precision.
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -66,10 +66,6 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 #: Settings that must match for a re-run to resume from ``out_dir/backup`` (``epochs`` may change).
 _RESUME_KEYS = ("model_name", "data", "fold", "image_size", "input_size", "batch_size", "steps_per_epoch",
                 "precision", "seed", "weights", "sampler")
-
-#: The output of a multi-output model (a dict of tensors, `Recipe.loss_weights`) that is validated, thresholded,
-#: saved in the preset and predicted; the others (Team 3's ``aux_logits``) only add training losses.
-MAIN_OUTPUT = "logits"
 
 #: The ``tta`` entry of the ``val_predictions.csv.json`` sidecar (`hpa_zoo.infer.ensemble.write_sidecar`): validation
 #: probabilities are one pass of the recipe's ``eval_map``, without test-time augmentation.
@@ -81,65 +77,6 @@ class TrainingDivergedError(HpaZooError, FloatingPointError):
 
 
 # ------------------------------------------------------------------------------------------------ recipe
-def load_recipe(model_name: str, *, epochs: Optional[int] = None, image_size: Optional[int] = None,
-                input_size: Optional[int] = None, batch_size: Optional[int] = None) -> Recipe:
-    """The `Recipe` of a registered model, with the team's values unless overridden.
-
-    The team module named by the registry row's ``recipe`` provides ``make_recipe(model_name=..., **overrides)``
-    (preferred: the maps and the LR schedule are rebuilt for the new sizes/epochs) or a module-level ``RECIPE``.
-
-    Args:
-        model_name: a registry name, e.g. ``"team1_densenet121_512"``.
-        epochs, image_size, input_size, batch_size: overrides (None keeps the team's value).
-    Returns:
-        the `hpa_zoo.recipe.Recipe`.
-    Raises:
-        UnknownModelError: the name is not registered.
-        ConfigError: the model has no recipe, or the recipe cannot take an override.
-    """
-    from hpa_zoo.zoo.registry import get_spec
-
-    spec = get_spec(model_name)
-    if not spec.recipe:
-        raise ConfigError(f"model {model_name!r} has no training recipe in the registry (ModelSpec.recipe is "
-                          f"empty); it can be loaded for inference but not trained with `hpa-zoo train`")
-    module = importlib.import_module(spec.recipe)
-    overrides = {k: v for k, v in dict(epochs=epochs, image_size=image_size, input_size=input_size,
-                                       batch_size=batch_size).items() if v is not None}
-    for key, value in overrides.items():
-        positive_int(value, key)
-    if hasattr(module, "make_recipe"):
-        params = inspect.signature(module.make_recipe).parameters
-        takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-        # The model name (or the row's builder kwargs the factory names, e.g. ``large``) selects the variant.
-        kwargs = {k: v for k, v in spec.builder_kwargs.items() if k in params}
-        if "model_name" in params:
-            kwargs["model_name"] = model_name
-        direct = {k: v for k, v in overrides.items() if k in params or takes_all}
-        recipe = module.make_recipe(**kwargs, **direct)
-        rest = {k: v for k, v in overrides.items() if k not in direct}
-    elif hasattr(module, "RECIPE"):
-        recipe, rest = module.RECIPE, overrides
-    else:
-        raise ConfigError(f"recipe module {spec.recipe!r} of {model_name!r} defines neither make_recipe() nor "
-                          f"RECIPE; add one of them (see hpa_zoo/recipe.py)")
-    if {"image_size", "input_size"} & set(rest):
-        raise ConfigError(f"the recipe of {model_name!r} ({spec.recipe}) cannot change image/input size "
-                          f"(its make_recipe does not take image_size/input_size); train at "
-                          f"{recipe.image_size}->{recipe.input_size} or extend make_recipe")
-    if rest:  # plain data fields; the LR schedule is built later from the final epoch count
-        recipe = dataclasses.replace(recipe, **rest)
-    if recipe.input_size > recipe.image_size and not getattr(module, "INPUT_IS_RESIZED_IMAGE", False):
-        raise ConfigError(f"input_size {recipe.input_size} > image_size {recipe.image_size}: the network input of "
-                          f"{model_name!r} is a crop of the loaded image, so choose input_size <= image_size (only "
-                          f"recipes whose maps resize the whole image, INPUT_IS_RESIZED_IMAGE = True in the recipe "
-                          f"module, e.g. Team 3's 512 -> 1024, may upsample)")
-    if recipe.loss_weights is not None and MAIN_OUTPUT not in recipe.loss_weights:
-        raise ConfigError(f"the recipe of {model_name!r} has loss_weights {recipe.loss_weights} without the main "
-                          f"output {MAIN_OUTPUT!r}; the main output is the one validated, thresholded and exported")
-    return recipe
-
-
 def recipe_summary(recipe: Recipe) -> dict[str, Any]:
     """The JSON-serialisable part of a recipe (stored in the preset metadata and read by `hpa_zoo.infer.predict`)."""
     return {
@@ -526,7 +463,7 @@ def train(model_name: str, data: str | os.PathLike, *, fold: int = 0, folds_csv:
         TrainingDivergedError: the loss became NaN/inf.
     """
     from hpa_zoo.data import pipeline
-    from hpa_zoo.zoo.registry import get_spec
+    from hpa_zoo.registry import get_spec
 
     t_start = time.time()
     positive_int(steps_per_epoch, "steps_per_epoch", allow_none=True, hint="CLI: --steps-per-epoch")
@@ -750,7 +687,7 @@ def _finish(model, best_cb: AtomicBestCheckpoint, recipe: Recipe, settings: dict
     from hpa_zoo.data import pipeline
     from hpa_zoo.infer.ensemble import write_sidecar
     from hpa_zoo.data.labels import format_target
-    from hpa_zoo.infer.predict import main_output_model
+    from zoo_models.common import main_output_model
 
     swa_info = None
     if recipe.swa_last_n:
@@ -850,11 +787,14 @@ def _build_model(model_name, spec, recipe: Recipe, weights):
             model.build((None, *shape))
         return model
     build = spec.build_fn()
-    if "with_aux" not in inspect.signature(build).parameters:
-        raise ConfigError(f"the recipe of {model_name!r} has loss_weights {recipe.loss_weights} (several outputs) "
-                          f"but its builder {spec.builder} has no with_aux parameter to build the training outputs")
     direct = weights if weights in (None, "imagenet") else None
-    model = build(num_classes=NUM_CLASSES, input_shape=shape, weights=direct, with_aux=True, **spec.builder_kwargs)
+    try:
+        model = build(num_classes=NUM_CLASSES, input_shape=shape, weights=direct, with_aux=True,
+                      **spec.builder_kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"the recipe of {model_name!r} has loss_weights {recipe.loss_weights} (several outputs) "
+                          f"but its builder {spec.builder} cannot build the training outputs (with_aux=True): "
+                          f"{exc}") from exc
     outputs = set(model.output) if isinstance(model.output, dict) else {MAIN_OUTPUT}
     if outputs != set(recipe.loss_weights):
         raise ConfigError(f"{model_name}: the training model's outputs {sorted(outputs)} differ from the recipe's "
@@ -905,8 +845,7 @@ def _callbacks(out_dir: Path, recipe: Recipe, verbose: int):
     backup = out_dir / "backup"
     # SWA (teams.md §3.3): every epoch's weights, written before the backup records the epoch as done, so a
     # resumed run never lacks one (a kill in between re-trains that epoch and rewrites the same file).
-    epochs = ([swa.EpochCheckpoints(out_dir / swa.EPOCH_CHECKPOINT_DIR, keep_last=recipe.swa_last_n)]
-              if recipe.swa_last_n else [])
+    epochs = swa.epoch_callbacks(out_dir, recipe.swa_last_n)
     callbacks = [
         StopOnNaN(best, backup),  # first: raises before anything saves diverged weights
         *epochs,

@@ -5,7 +5,8 @@ A model name is a stable string and the public API (``hpa_zoo.load("team1_densen
 
 * ``builder``: ``"module:function"`` of a function ``f(num_classes, input_shape, weights, **kw) -> keras.Model``;
 * ``input_size`` / ``channels``: what the team fed the network;
-* ``recipe``: ``"module"`` of the team recipe (loss, schedule, augmentation, TTA, thresholds);
+* ``recipe``: ``"module:make_recipe"``, the team's recipe factory (loss, schedule, augmentation, TTA, thresholds,
+  SWA, blend), called as ``make_recipe(model_name, **overrides)`` by `hpa_zoo.recipe.load_recipe`;
 * ``first_conv`` / ``classifier`` / ``feature_layer``: layer names used by backbone surgery, head replacement
   and embeddings (timm's pretrained-config idea);
 * ``weights``: the available weights (`WeightsSpec`, URL + sha256);
@@ -42,7 +43,7 @@ class WeightsSpec:
         test_tensors: files published beside the weights to check a runtime reproduces them, as specs of their
             own named ``"input"`` and after the outputs they hold (``"classes"``, ``"features"``); a spec without
             sha256 there is checked by running the (hash-pinned) weights file on the input instead
-            (`hpa_zoo.zoo.weights.verify`).
+            (`hpa_zoo.zoo.verify_weights.verify`).
     """
 
     name: str
@@ -98,8 +99,20 @@ class ModelSpec:
 
     def build_fn(self) -> Callable[..., Any]:
         """Import and return the builder function."""
-        module, _, attr = self.builder.partition(":")
-        return getattr(importlib.import_module(module), attr)
+        return _import_factory(self.builder, f"builder of {self.name!r}")
+
+    def recipe_fn(self) -> Callable[..., Any] | None:
+        """Import and return the recipe factory ``make_recipe(model_name, **overrides) -> Recipe`` (None: the
+        model has no training recipe)."""
+        return _import_factory(self.recipe, f"recipe of {self.name!r}") if self.recipe else None
+
+
+def _import_factory(ref: str, what: str) -> Callable[..., Any]:
+    """``"package.module:function"`` -> the function."""
+    module, sep, attr = ref.partition(":")
+    if not sep or not attr:
+        raise ConfigError(f"the {what} is {ref!r}; registry rows name factories as 'module:function'")
+    return getattr(importlib.import_module(module), attr)
 
 
 #: The Kaggle competition's full-resolution TIFFs: 2048 x 2048 px (docs/teams.md §0.1, from Team 1's diagram; not
@@ -174,7 +187,7 @@ _TEAM1_CITATION = ("Ouyang W, Winsnes CF, Hjelmare M, et al. Analysis of the Hum
                    "Shubin Dai (bestfitting), 1st-place solution, github.com/CellProfiling/HPA-competition-solutions "
                    "(bestfitting/).")
 _TEAM1_SCORES_SOURCE = "bestfitting/src/bestfitting-densenet-diagram.png; bestfitting/README.md (teams.md §1.6)"
-_TEAM1_COMMON = dict(team="team1", channels="RGBY", recipe="zoo_models.teams.team1_bestfitting", first_conv="conv1_conv",
+_TEAM1_COMMON = dict(team="team1", channels="RGBY", recipe="zoo_models.teams.team1_bestfitting:make_recipe", first_conv="conv1_conv",
                      classifier="logits", feature_layer="head_dropout2", citation=_TEAM1_CITATION)
 
 
@@ -292,7 +305,7 @@ ROWS.append(ModelSpec(
     input_size=1024,  # teams.md §3.1, §3.4: the 512 PNGs upsampled to 1024
     pixel_size_um=pixel_size_of(512),  # teams.md §3.4: the 512 PNGs, upsampled to 1024 by the recipe
     channels="RGBY",
-    recipe="zoo_models.teams.team3_recipe",
+    recipe="zoo_models.teams.team3_pudae:make_recipe",
     first_conv="conv2d",
     classifier="logits",  # the attention pooling (not a Dense): heads are attention_class_conv/attention_att_conv
     feature_layer="mixed10",  # (B, h, w, 2048) map the attention head reads
@@ -313,7 +326,7 @@ ROWS.append(ModelSpec(
     input_size=1024,
     pixel_size_um=pixel_size_of(512),  # teams.md §3.4: the 512 PNGs, upsampled to 1024 by the recipe
     channels="RGBY",
-    recipe="zoo_models.teams.team3_recipe",
+    recipe="zoo_models.teams.team3_pudae:make_recipe",
     first_conv="layer0_conv1",
     classifier="logits",  # the attention pooling (not a Dense)
     feature_layer="layer4",  # (B, h, w, 2048) map the attention head reads
@@ -332,7 +345,7 @@ ROWS.append(ModelSpec(
     input_size=512,
     pixel_size_um=pixel_size_of(512),  # teams.md §3.4: the 512 PNGs
     channels="RGBY",
-    recipe="zoo_models.teams.team3_recipe",
+    recipe="zoo_models.teams.team3_pudae:make_recipe",
     first_conv="conv1",
     classifier="logits",
     feature_layer="avgpool",  # 512-d
@@ -352,7 +365,7 @@ _TEAM2_CITATION = ("Ouyang W, Winsnes CF, Hjelmare M, et al. Analysis of the Hum
                    "competition. Nature Methods 16, 1254-1261 (2019), doi:10.1038/s41592-019-0658-6; Jun Lan (WAIR), "
                    "2nd-place solution, github.com/CellProfiling/HPA-competition-solutions (wair/).")
 _TEAM2_COMMON = dict(pixel_size_um=pixel_size_of(512),  # teams.md §2: the 512 PNGs
-                     team="team2", channels="RGBY", recipe="zoo_models.teams.team2_wair", first_conv="conv1_conv",
+                     team="team2", channels="RGBY", recipe="zoo_models.teams.team2_wair:make_recipe", first_conv="conv1_conv",
                      classifier="logits", feature_layer="head_gap", citation=_TEAM2_CITATION, input_size=512,
                      reported=(ReportedScore("private LB macro F1 (7-model ensemble, not this model alone)", 0.571,
                                              "wair/README.md (teams.md §2.6)"),))
@@ -384,7 +397,7 @@ _TEAM4_CITATION = ("Ouyang W, Winsnes CF, Hjelmare M, et al. Analysis of the Hum
                    "Wienerschnitzelgemeinschaft (S. Galib, C. Henkel, K. Hwang, D. Poplavskiy, B. Tunguz, "
                    "R. Wolfinger), 4th-place solution, github.com/CellProfiling/HPA-competition-solutions "
                    "(wienerschnitzelgemeinschaft/).")
-_TEAM4_COMMON = dict(team="team4", channels="RGBY", recipe="zoo_models.teams.team4_wsg", first_conv="conv1",
+_TEAM4_COMMON = dict(team="team4", channels="RGBY", recipe="zoo_models.teams.team4_wsg:make_recipe", first_conv="conv1",
                      classifier="logits", feature_layer="head_fc", citation=_TEAM4_CITATION)
 
 ROWS.append(ModelSpec(
