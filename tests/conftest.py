@@ -132,7 +132,7 @@ def tiny_registry_model():
     """Registers `build_tiny_rgby` as registry row `TINY_REGISTRY_NAME` (stem ``conv1_conv``, classifier ``logits``,
     features ``head_dropout2``, RGBY) for the test, so code that takes a registry name (`hpa_zoo.load`, fine-tuning)
     runs on a model that traces in seconds; yields the name and removes the row afterwards."""
-    from hpa_zoo.zoo import registry
+    from hpa_zoo import registry
 
     registry.list_models()  # fill the table first
     registry.register(registry.ModelSpec(name=TINY_REGISTRY_NAME, team="test", builder="tests.conftest:build_tiny_rgby",

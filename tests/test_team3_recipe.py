@@ -6,6 +6,7 @@ tests/test_train_team3.py; the SWA arithmetic against NumPy is in tests/test_swa
 """
 from __future__ import annotations
 
+import functools
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -18,7 +19,8 @@ import tensorflow as tf  # noqa: E402
 from hpa_zoo.augment import transforms  # noqa: E402
 from hpa_zoo.data import pipeline
 from hpa_zoo.errors import ConfigError  # noqa: E402
-from zoo_models.teams import team3_recipe as t3  # noqa: E402
+from hpa_zoo.infer import ensemble  # noqa: E402
+from zoo_models.teams import team3_pudae as t3  # noqa: E402
 
 INCEPTION, SERESNEXT, RESNET34 = ("team3_attention_inceptionv3_1024", "team3_attention_se_resnext50_1024",
                                   "team3_resnet34_512")
@@ -115,26 +117,28 @@ def test_blend_team3_is_the_weighted_mean():
     probs[INCEPTION] = rng.random((5, 28))
     probs[SERESNEXT] = rng.random((5, 28))
     want = (sum(probs[f"team3_resnet34_512_fold{i}"] for i in range(5)) / 5 + probs[INCEPTION] + probs[SERESNEXT]) / 3
-    got = t3.blend_team3(probs)
+    blend_team3 = functools.partial(ensemble.blend, t3.make_recipe(RESNET34).blend)  # the recipe declares it
+    got = blend_team3(probs)
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, want, rtol=1e-6)
-    np.testing.assert_allclose(t3.blend_team3({INCEPTION: probs[INCEPTION], SERESNEXT: probs[SERESNEXT]}),
+    np.testing.assert_allclose(blend_team3({INCEPTION: probs[INCEPTION], SERESNEXT: probs[SERESNEXT]}),
                                (probs[INCEPTION] + probs[SERESNEXT]) / 2, rtol=1e-6)
-    with pytest.raises(ConfigError, match="not a Team 3 model"):
-        t3.blend_team3({"team1_densenet121_512": probs[INCEPTION]})
+    with pytest.raises(ConfigError, match="not a model of this blend"):
+        blend_team3({"team1_densenet121_512": probs[INCEPTION]})
     with pytest.raises(ConfigError, match="same N and C"):
-        t3.blend_team3({INCEPTION: probs[INCEPTION], SERESNEXT: probs[SERESNEXT][:3]})
+        blend_team3({INCEPTION: probs[INCEPTION], SERESNEXT: probs[SERESNEXT][:3]})
 
 
-def test_swa_helpers_point_at_the_run_folder_the_trainer_uses(tmp_path):
+def test_the_declared_swa_window_is_what_the_trainer_carries_out(tmp_path):
     from hpa_zoo.train import swa
 
-    (callback,) = t3.make_callbacks(tmp_path, t3.make_recipe(RESNET34))
+    recipe = t3.make_recipe(RESNET34)
+    (callback,) = swa.epoch_callbacks(tmp_path, recipe.swa_last_n)
     assert isinstance(callback, swa.EpochCheckpoints) and callback.keep_last == 10  # teams.md §3.3
     assert callback.directory == tmp_path / "checkpoints" / "epochs" == tmp_path / swa.EPOCH_CHECKPOINT_DIR
-    assert t3.make_callbacks(tmp_path, t3.make_recipe(RESNET34, swa_last_n=0)) == []
+    assert swa.epoch_callbacks(tmp_path, t3.make_recipe(RESNET34, swa_last_n=0).swa_last_n) == []
     with pytest.raises(ConfigError, match="no epoch_NNN"):
-        t3.apply_swa(tmp_path / "empty", _two_output_model(8), [], verbose=0)
+        swa.apply_swa(tmp_path / "empty", _two_output_model(8), [], last_n=recipe.swa_last_n, verbose=0)
 
 
 def _recipe_loss_np(outputs, y, loss_weights):
@@ -160,7 +164,7 @@ def test_each_real_team3_model_trains_and_its_recipe_loss_falls(name, size, upda
     gradient, so accumulation would only make each update k times slower."""
     from hpa_zoo.zoo import models_api
     from hpa_zoo.data import synthetic
-    from hpa_zoo.zoo.registry import get_spec
+    from hpa_zoo.registry import get_spec
 
     rng = np.random.default_rng(0)
     labels = synthetic.sample_labels(BATCH, rng)

@@ -33,7 +33,7 @@ STANDIN, SAMPLED = "team3_test_attention_standin", "team3_test_sampled_standin"
 IMAGE, INPUT = 32, 48  # images loaded at 32 px and upsampled to 48 px, as Team 3's 512 -> 1024
 EPOCHS, STEPS, BATCH, SWA_N = 4, 3, 4, 3
 #: load_recipe reads this from the recipe module: the maps resize the whole image (teams.md §3.4).
-INPUT_IS_RESIZED_IMAGE = t3.INPUT_IS_RESIZED_IMAGE
+INPUT_IS_RESIZED_IMAGE = t3.make_recipe("team3_resnet34_512").input_is_resized_image
 # Two cheap sub-policies: tracing pudae's 25-branch policy graph takes ~45 s on 2 CPUs.
 CHEAP_POLICY = [transforms.SubPolicy(transforms.PolicyOp("RandomBrightness", 0.5, {"limit": 0.2}),
                                   transforms.PolicyOp("RandomContrast", 0.5, {"limit": 0.2})),
@@ -101,7 +101,7 @@ def make_recipe(model_name=None, **overrides):
 
 @pytest.fixture(scope="module")
 def rows():
-    from hpa_zoo.zoo import registry
+    from hpa_zoo import registry
 
     registry.get_spec("team3_resnet34_512")  # fill the table first
     for name in (STANDIN, SAMPLED):
@@ -144,7 +144,7 @@ def _train_images(out, data):
 # ---------------------------------------------------------------------------------------------- recipe loading
 def test_team3_recipes_may_upsample_and_team1_may_not(rows):
     from hpa_zoo.errors import ConfigError
-    from hpa_zoo.train.trainer import load_recipe
+    from hpa_zoo.recipe import load_recipe
 
     recipe = load_recipe("team3_attention_inceptionv3_1024", image_size=32, input_size=96)
     assert (recipe.image_size, recipe.input_size) == (32, 96)
@@ -251,7 +251,7 @@ def test_sampler_sets_each_epochs_ids_order_and_steps(rows, data, tmp_path, monk
 
     streams = []
     original = trainer._epoch_stream
-    monkeypatch.setattr(training, "_epoch_stream", lambda *a, **k: streams.append(original(*a, **k)) or streams[-1])
+    monkeypatch.setattr(trainer, "_epoch_stream", lambda *a, **k: streams.append(original(*a, **k)) or streams[-1])
     SAMPLER_CALLS.clear()
     out = tmp_path / "run"
     trainer.train(SAMPLED, data, out_dir=out, epochs=1, seed=3, verbose=0)

@@ -542,6 +542,18 @@ def tfds_dataset(name: str, split: str, *, data_dir: str | os.PathLike | None = 
     return ds.map(to_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
+def resized_pair(example: dict, size: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """The deterministic validation path most recipes share: the whole image resized to ``size``.
+
+    Args:
+        example: ``{"image": uint8 (H, W, C), "multi_hot": uint8 (28,), ...}``.
+        size: output side.
+    Returns:
+        (image float32 (size, size, C) in [0, 255], multi_hot float32 (28,)).
+    """
+    return tf.cast(resize(example["image"], size), tf.float32), tf.cast(example["multi_hot"], tf.float32)
+
+
 # ============================================================================================ batching
 def training_pairs(ds: tf.data.Dataset, *, seed: int, shuffle_buffer: int | None = 256,
                    rerandomize_seeds: bool = True) -> tf.data.Dataset:

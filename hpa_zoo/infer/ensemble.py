@@ -37,7 +37,7 @@ import numpy as np
 from hpa_zoo.atomic import atomic_to_csv, atomic_write_text
 from hpa_zoo.constants import CLASS_NAMES
 from hpa_zoo.errors import ConfigError, HpaDataError
-from hpa_zoo.recipe import ThresholdConfig, TTAConfig
+from hpa_zoo.recipe import BlendConfig, ThresholdConfig, TTAConfig
 
 #: Version of the sidecar layout written by `save_predictions`.
 FORMAT_VERSION = 1
@@ -379,11 +379,11 @@ def threshold_labels(probs, rule: Union[str, ThresholdConfig], *, fit_probs=None
     Returns:
         uint8 (N, C) labels.
     """
-    from hpa_zoo.infer.thresholds import _NEEDS_Y_TRUE, from_config
+    from hpa_zoo.infer.thresholds import NEEDS_Y_TRUE, from_config
 
     config = as_threshold_config(rule, **kwargs)
     fit = probs if fit_probs is None else fit_probs
-    if config.rule in _NEEDS_Y_TRUE:
+    if config.rule in NEEDS_Y_TRUE:
         if y_true is None:
             raise ConfigError(f"threshold rule {config.rule!r} is fitted on labelled predictions: pass "
                               f"fit_probs= (e.g. the OOF probabilities) and y_true= (their labels)")
@@ -601,6 +601,106 @@ def vote_from_filename(binary_by_member: Mapping[str, Any], filename: str) -> np
     return weighted_vote([binary_by_member[k] for k in keys], spec.weights, spec.cutoff)
 
 
+# ---------------------------------------------------------------------------------------------- team blends
+def blend(config: BlendConfig, probs: Mapping[str, Any]) -> np.ndarray:
+    """Combine models' probabilities by a team's declared rule (`hpa_zoo.recipe.BlendConfig`, ``recipe.blend``).
+
+    ``"mean"`` (Team 2): the unweighted mean. ``"weighted_mean"`` (Team 3): ``Σ w_m p_m / Σ w_m`` with
+    ``config.kwargs["weights"]`` mapping a model name to its weight; a key may carry a suffix after ``_`` (e.g.
+    ``team3_resnet34_512_fold3``), matching the longest weighted name it starts with. ``"hill_climb_vote"`` needs
+    OOF labels: use `multiscale_vote`.
+
+    Args:
+        config: the rule.
+        probs: model key -> probabilities (N, C), all the same shape.
+    Returns:
+        (N, C) float32.
+    Raises:
+        ConfigError: no entries, shapes that differ, a key without a weight, or a rule that needs labels.
+    """
+    if not probs:
+        raise ConfigError(f"blend ({config.rule}): no probabilities given; pass {{model_name: (N, 28) probabilities}}")
+    arrays = {k: np.asarray(v, np.float64) for k, v in probs.items()}
+    shapes = {k: a.shape for k, a in arrays.items()}
+    if len(set(shapes.values())) != 1 or len(next(iter(shapes.values()))) != 2:
+        raise ConfigError(f"blend ({config.rule}): every entry must be (N, C) with the same N and C, got {shapes}")
+    if config.rule == "mean":
+        return blend_mean(list(arrays.values()))
+    if config.rule == "weighted_mean":
+        table = dict(config.kwargs.get("weights", {}))
+        weights = {k: _name_weight(k, table) for k in arrays}
+        total = sum(weights.values())
+        return (sum(weights[k] * arrays[k] for k in arrays) / total).astype(np.float32)
+    raise ConfigError(f"blend rule {config.rule!r} needs out-of-fold labels: call "
+                      f"hpa_zoo.infer.ensemble.multiscale_vote(members, y_true, ...)")
+
+
+def _name_weight(key: str, table: Mapping[str, float]) -> float:
+    """The weight of the `table` name that `key` is, or starts with followed by ``_`` (the longest one)."""
+    matches = [name for name in table if key == name or key.startswith(name + "_")]
+    if not matches:
+        raise ConfigError(f"blend: {key!r} is not a model of this blend; keys are model names, optionally with a "
+                          f"suffix such as '_fold2': {sorted(table)}")
+    return float(table[max(matches, key=len)])
+
+
+@dataclass(frozen=True)
+class MultiscaleVote:
+    """The result of `multiscale_vote`.
+
+    Attributes:
+        labels: uint8 (N, C) the voted labels.
+        member_probs: member -> float32 (N, C) hill-climbed test blend.
+        member_labels: member -> uint8 (N, C) its thresholded labels.
+        climbs: member -> `HillClimbResult` (weights per model).
+    """
+
+    labels: np.ndarray
+    member_probs: dict
+    member_labels: dict
+    climbs: dict
+
+
+def multiscale_vote(members: Mapping[str, Mapping[str, tuple]], y_true, *, thresholds: ThresholdConfig,
+                    ratios=None, vote_weights: Optional[Mapping[str, float]] = None,
+                    cutoff: Optional[float] = None, n_steps: int = HILL_CLIMB_STEPS) -> MultiscaleVote:
+    """Team 4's ensemble (docs/teams.md §4.1; ``BlendConfig("hill_climb_vote")``): per member, hill climbing on
+    OOF scored with the threshold rule; the member's test blend thresholded by that rule; then a weighted vote
+    across members.
+
+    Args:
+        members: ``{member: {model_name: (oof_probs (N_oof, C), test_probs (N, C))}}`` — e.g. ``{"christof":
+            {"team4_gapnet_resnet18_512": (...), "team4_gapnet_resnet18_1024crop512": (...)}}``. All OOF arrays
+            of all members cover the same images (``y_true``), all test arrays the same test images.
+        y_true: (N_oof, C) labels of the OOF images.
+        thresholds: the rule (Team 4: ``recipe.thresholds``, frequency matching).
+        ratios: (C,) desired positive fractions for the test labels (default the rule's own); hill climbing
+            scores the OOF with its label frequency.
+        vote_weights: member -> vote weight (default 1 each).
+        cutoff: the vote cut-off (default half the total weight: a weighted majority; one member = its labels).
+        n_steps: hill-climbing steps (Team 4: 30).
+
+    Returns:
+        `MultiscaleVote`.
+    Raises:
+        ConfigError: no members.
+    """
+    if not members:
+        raise ConfigError("multiscale_vote: no members given; pass {member: {model_name: (oof, test)}}")
+    member_probs, member_labels, climbs = {}, {}, {}
+    for member, models in members.items():
+        names = list(models)
+        climb = hill_climb([models[n][0] for n in names], y_true, n_steps=n_steps, names=names)
+        test = climb.apply([models[n][1] for n in names])
+        kwargs = {} if ratios is None else {"ratios": tuple(float(r) for r in ratios)}
+        member_probs[member], climbs[member] = test, climb
+        member_labels[member] = threshold_labels(test, thresholds, **kwargs)
+    weights = np.array([float((vote_weights or {}).get(m, 1.0)) for m in members])
+    cut = float(weights.sum() / 2.0) if cutoff is None else float(cutoff)
+    labels = weighted_vote([member_labels[m] for m in members], weights, cut)
+    return MultiscaleVote(labels=labels, member_probs=member_probs, member_labels=member_labels, climbs=climbs)
+
+
 # ---------------------------------------------------------------------------------------------- leak exploit
 def metric_learning_replace(labels, match_index, matched, reference_labels, *,
                             keep_classes: Sequence[int] | None = None) -> np.ndarray:
@@ -626,7 +726,7 @@ def metric_learning_replace(labels, match_index, matched, reference_labels, *,
     Raises:
         ConfigError: shapes that do not fit.
     """
-    from zoo_models.teams.team1_metric_learning import KEEP_CLASSES
+    from hpa_zoo.nn.matching import KEEP_CLASSES
 
     cnn = np.asarray(labels).astype(bool)
     ref = np.asarray(reference_labels).astype(bool)

@@ -53,31 +53,6 @@ class _Member:
     tie_aware_ratios: Optional[np.ndarray] = None
 
 
-def main_output_model(model, output: str = "logits"):
-    """The single-output model of a multi-output Keras model: same input, only the ``output`` entry of its dict
-    of outputs (Team 3's Inception-v3 trains ``{"logits", "aux_logits"}`` and predicts with ``logits``, teams.md
-    §3.2), sharing every layer and weight. A model with one output is returned unchanged.
-
-    Args:
-        model: functional keras.Model, (B, H, W, C) float32 -> logits (B, K) or a dict of them.
-        output: the key of the output to keep.
-    Returns:
-        keras.Model (B, H, W, C) -> (B, K) float32 logits.
-    Raises:
-        ConfigError: a dict output without ``output``.
-    """
-    import keras
-
-    outputs = model.output
-    if not isinstance(outputs, dict):
-        return model
-    if output not in outputs:
-        raise ConfigError(f"model {model.name!r} has outputs {sorted(outputs)} but no {output!r}; hpa-zoo predicts "
-                          f"with the {output!r} output of a multi-output model")
-    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
-    return keras.Model(inputs, outputs[output], name=model.name)
-
-
 def read_preset_metadata(preset_dir: str | os.PathLike) -> dict:
     """The ``metadata.json`` dict of a preset (`hpa_zoo.zoo.models_api.load_metadata`; ``{}`` if none).
 
@@ -104,6 +79,8 @@ def _member(item, *, tta, runtime: str = "keras") -> _Member:
         name = str(path)
     else:
         model, meta, name = item, {}, getattr(item, "name", "model")
+    from zoo_models.common import main_output_model
+
     model = main_output_model(model)  # a training model with an auxiliary head: predict with "logits"
     if runtime != "keras":
         from hpa_zoo.infer.onnx_runtime import with_runtime

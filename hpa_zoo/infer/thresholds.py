@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 RULES: tuple[str, ...] = ("lb_ratio_match", "proportion_match", "f1_optimal", "f1_optimal_scaled", "freq_match",
                           "fixed")
-_NEEDS_Y_TRUE = ("proportion_match", "f1_optimal", "f1_optimal_scaled")
+NEEDS_Y_TRUE = ("proportion_match", "f1_optimal", "f1_optimal_scaled")
 
 # teams.md §1.6: Team 1's threshold grid.
 LB_RATIO_GRID = np.linspace(0.0, 1.0, 10000)
@@ -161,7 +161,7 @@ def fit_thresholds(probs, rule: str, *, y_true=None, ratios=None, **kw) -> np.nd
         raise ConfigError(f"unknown threshold rule {rule!r}; valid rules: {', '.join(RULES)}.")
     probs = _check_probs(probs)
     n, n_classes = probs.shape
-    if rule in _NEEDS_Y_TRUE:
+    if rule in NEEDS_Y_TRUE:
         if y_true is None:
             raise ConfigError(f"threshold rule {rule!r} fits on labels: pass y_true (N, C) for the same images.")
         y_true = np.asarray(y_true, dtype=np.float64)

@@ -21,6 +21,7 @@ from keras import ops
 from hpa_zoo.constants import D4_ORDER
 from hpa_zoo.errors import ConfigError
 from hpa_zoo.recipe import TTAConfig
+from zoo_models.common import MAIN_OUTPUT, main_output_model
 
 _AGGREGATES = ("max", "mean", "median")
 _TRANSFORMS = ("d4", "identity", "random_flip_ssr")
@@ -157,14 +158,9 @@ def _ssr_matrices(n: int, height: int, width: int, rng: np.random.Generator) -> 
     return np.stack(rows)
 
 
-#: The output TTA predicts with when a model returns a dict (Team 3's Inception-v3 trains ``{"logits",
-#: "aux_logits"}`` and predicts with ``logits``, teams.md §3.2; `hpa_zoo.infer.predict.main_output_model`).
-MAIN_OUTPUT = "logits"
-
-
 def main_output(model: Callable) -> Callable:
     """The model TTA calls: a functional Keras model whose output is a dict is reduced to its ``"logits"`` output
-    (`hpa_zoo.infer.predict.main_output_model`, same layers and weights, so the auxiliary heads are not even computed);
+    (`zoo_models.common.main_output_model`, same layers and weights, so the auxiliary heads are not even computed);
     anything else is returned unchanged (a callable returning a dict is handled per batch by `predict_tta`).
 
     Args:
@@ -180,8 +176,6 @@ def main_output(model: Callable) -> Callable:
         return model
     if not isinstance(outputs, dict):
         return model
-    from hpa_zoo.infer.predict import main_output_model  # lazy: hpa_zoo.infer.predict uses this module (no import cycle)
-
     return main_output_model(model, MAIN_OUTPUT)
 
 

@@ -42,7 +42,7 @@ RESET_MEAN, RESET_VARIANCE = 0.0, 1.0
 EPOCH_CHECKPOINT_DIR = Path("checkpoints") / "epochs"
 SWA_WEIGHTS_FILE = Path("checkpoints") / "swa.weights.h5"
 
-__all__ = ["EpochCheckpoints", "epoch_checkpoints", "average_checkpoints", "batchnorm_layers",
+__all__ = ["EpochCheckpoints", "epoch_callbacks", "epoch_checkpoints", "average_checkpoints", "batchnorm_layers",
            "recalibrate_batchnorm", "apply_swa", "DEFAULT_SWA_LAST_N", "EPOCH_FILE_FORMAT", "EPOCH_CHECKPOINT_DIR",
            "SWA_WEIGHTS_FILE"]
 
@@ -75,6 +75,14 @@ class EpochCheckpoints(keras.callbacks.Callback):
                 old.unlink(missing_ok=True)
         if self.verbose:
             print(f"\nepoch {epoch + 1}: saved {path}")
+
+
+def epoch_callbacks(run_dir: str | os.PathLike, last_n: int) -> list:
+    """The callbacks a run with a declared SWA window (``Recipe.swa_last_n``) needs: `EpochCheckpoints` into
+    ``run_dir/checkpoints/epochs`` keeping the last ``last_n`` epochs; [] when ``last_n`` is 0 (SWA off)."""
+    if not last_n:
+        return []
+    return [EpochCheckpoints(Path(run_dir) / EPOCH_CHECKPOINT_DIR, keep_last=int(last_n))]
 
 
 def epoch_checkpoints(directory: str | os.PathLike, last_n: Optional[int] = None) -> list[Path]:

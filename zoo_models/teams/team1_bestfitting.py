@@ -10,7 +10,6 @@ torchvision's, and Keras' BatchNormalization epsilon is 1.001e-5 in the trunk (t
 from __future__ import annotations
 
 import functools
-import os
 import warnings
 
 import keras
@@ -18,8 +17,10 @@ import numpy as np
 from keras import ops
 
 from hpa_zoo.constants import KAGGLE_TRAIN_COUNTS, KAGGLE_TRAIN_SIZE, NUM_CLASSES, PUBLIC_LB_RATIOS
-from hpa_zoo.errors import ConfigError, WeightsError
+from hpa_zoo.errors import ConfigError
 from hpa_zoo.recipe import Recipe, ThresholdConfig, TTAConfig
+from zoo_models import surgery
+from zoo_models.common import check_input_shape, check_weights_file, input_normalization, load_weights_file
 
 # ---------------------------------------------------------------------------------------------- constants
 #: teams.md §1.2: per-channel RGBY mean/std of the Kaggle train+test PNGs, in [0, 1] units (image / 255).
@@ -63,17 +64,6 @@ NOTES = ("Keras ImageNet DenseNet121 weights (not torchvision's); trunk BN epsil
 
 
 # ---------------------------------------------------------------------------------------------- model
-def rgby_normalization(mean=RGBY_MEAN, std=RGBY_STD, name: str = "input_norm") -> keras.layers.Layer:
-    """The model's first layer: [0, 255] image -> (x / 255 - mean) / std per channel (teams.md §1.2).
-
-    A stock ``keras.layers.Normalization`` (serialisable without custom objects) with mean·255 and (std·255)²,
-    which is the same affine map. Input (B, H, W, C) float/uint8-valued; output the same shape, compute dtype.
-    """
-    mean255 = [255.0 * m for m in mean]
-    var255 = [(255.0 * s) ** 2 for s in std]
-    return keras.layers.Normalization(axis=-1, mean=mean255, variance=var255, name=name)
-
-
 def build_densenet121(num_classes: int = NUM_CLASSES, input_shape=(512, 512, 4), weights=None, large: bool = False,
                       imagenet_weights: str = "imagenet", name: str | None = None) -> keras.Model:
     """Team 1's DenseNet121 classifier (``class_densenet121[_large]_dropout``, teams.md §1.2).
@@ -99,22 +89,17 @@ def build_densenet121(num_classes: int = NUM_CLASSES, input_shape=(512, 512, 4),
         keras.Model: input ``image`` (B, H, W, C) float32 in [0, 255]; output logits (B, num_classes) float32
         (also under a mixed precision policy).
     """
-    input_shape = tuple(input_shape)
-    if len(input_shape) != 3:
-        raise ConfigError(f"input_shape must be (H, W, C), got {input_shape}")
-    min_side = 64 if large else 32
-    if any(s is not None and s < min_side for s in input_shape[:2]):
-        raise ConfigError(f"input_shape {input_shape}: DenseNet121{' large' if large else ''} needs H, W >= "
-                          f"{min_side}")
+    input_shape = check_input_shape(input_shape, arch="DenseNet121 large" if large else "DenseNet121",
+                                    min_side=64 if large else 32)
     if weights not in (None, "imagenet"):
-        _check_weights_file(weights)
+        check_weights_file(weights)
     inputs = keras.Input(shape=input_shape, name="image")
-    x = rgby_normalization()(inputs)
+    x = input_normalization(RGBY_MEAN, RGBY_STD)(inputs)
     with warnings.catch_warnings():  # "usually expects 1 or 3 input channels": 4 is intended
         warnings.simplefilter("ignore", UserWarning)
         trunk = keras.applications.DenseNet121(include_top=False, weights=None, input_tensor=x)
     if large:
-        trunk = _insert_after(trunk, "pool1", lambda t: keras.layers.MaxPooling2D(2, 2, name="extra_pool")(t))
+        trunk = surgery.insert_after(trunk, "pool1", lambda t: keras.layers.MaxPooling2D(2, 2, name="extra_pool")(t))
     features = _dropout_head(trunk.output)
     logits = keras.layers.Dense(num_classes, dtype="float32", name=CLASSIFIER)(features)
     name = name or ("densenet121_large_team1" if large else "densenet121_team1")
@@ -123,13 +108,11 @@ def build_densenet121(num_classes: int = NUM_CLASSES, input_shape=(512, 512, 4),
     if weights is None:
         return model
     if weights == "imagenet":
-        from zoo_models import surgery
-
         src = surgery.imagenet_source(keras.applications.DenseNet121, (input_shape[0] or 224, input_shape[1] or 224),
                                       imagenet_weights=imagenet_weights)
         surgery.transplant_weights(src, model, first_conv=FIRST_CONV, rule=STEM_RULE)
         return model
-    _load_weights_file(model, weights)
+    load_weights_file(model, weights, hint="with the same num_classes/large")
     return model
 
 
@@ -145,39 +128,6 @@ def _dropout_head(x):
     x = keras.layers.ReLU(name="head_relu")(x)
     x = keras.layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name="head_bn2")(x)
     return keras.layers.Dropout(HEAD_DROPOUT, name=FEATURE_LAYER)(x)
-
-
-def _insert_after(model: keras.Model, layer_name: str, make_output) -> keras.Model:
-    """A fresh copy of functional ``model`` (new layers from their configs, same names) in which
-    ``make_output(t)`` is applied to ``layer_name``'s output before it feeds the rest of the graph.
-
-    Fresh layers (not shared ones) so that every layer has exactly one call node and ``layer.output`` is the node
-    of the returned model (feature extractors rely on it)."""
-    def call(layer, *args, **kwargs):
-        out = layer(*args, **kwargs)
-        return make_output(out) if layer.name == layer_name else out
-
-    return keras.models.clone_model(model, call_function=call)
-
-
-def _check_weights_file(path) -> None:
-    """Fail before building: ``weights`` must be an existing ``.weights.h5`` file."""
-    path = os.fspath(path)
-    if not path.endswith(".weights.h5"):
-        raise WeightsError(f"weights={path!r}: expected None, 'imagenet' or a '.weights.h5' file of this model "
-                           f"(for the published ONNX weights use hpa_zoo.load(name, weights='hpa'))")
-    if not os.path.isfile(path):
-        raise WeightsError(f"weights file {path!r} does not exist")
-
-
-def _load_weights_file(model: keras.Model, path) -> None:
-    path = os.fspath(path)
-    try:
-        model.load_weights(path)
-    except Exception as exc:
-        raise WeightsError(f"could not load {path!r} into {model.name!r} "
-                           f"(input {model.input_shape}, {model.output_shape[-1]} classes): {exc}. Build the model "
-                           f"with the same num_classes/large as when the weights were saved.") from exc
 
 
 def build_team1_densenet121_512(num_classes: int = NUM_CLASSES, input_shape=None, weights=None, **kw) -> keras.Model:
@@ -289,12 +239,9 @@ def eval_map(example: dict, *, input_size: int):
 
     Returns (image float32 (input_size, input_size, 4) in [0, 255], multi_hot float32 (28,)).
     """
-    import tensorflow as tf
-
     from hpa_zoo.data import pipeline
 
-    image = pipeline.resize(example["image"], input_size)
-    return tf.cast(image, tf.float32), tf.cast(example["multi_hot"], tf.float32)
+    return pipeline.resized_pair(example, input_size)
 
 
 # ---------------------------------------------------------------------------------------------- recipe

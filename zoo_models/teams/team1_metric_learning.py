@@ -22,6 +22,8 @@ import numpy as np
 from keras import ops
 
 from hpa_zoo.errors import ConfigError
+# teams.md §1.7: matching by per-set standardised cosine above 0.65; the label replacement keeps five tags
+from hpa_zoo.nn.matching import KEEP_CLASSES, MATCH_THRESHOLD, match, standardise  # noqa: F401
 
 # ---------------------------------------------------------------------------------------------- constants
 #: teams.md §1.7: 768 px, no crop, the 8 dihedral transforms; input /255 only (no mean/std normalisation).
@@ -34,11 +36,6 @@ EMBEDDING_LAYER = "embedding"
 ARC_S, ARC_M = 30.0, 0.5
 #: teams.md §1.7: Adam 1e-4 constant, clip 1, batch 32, 50 epochs.
 LEARNING_RATE, CLIPNORM, BATCH, EPOCHS = 1e-4, 1.0, 32, 50
-#: teams.md §1.7: a match is a best cosine above 0.65 between per-set standardised embeddings.
-MATCH_THRESHOLD = 0.65
-#: bestfitting/src/post_processing/s2_modify_result.py: the five tags the replacement leaves alone
-#: (Peroxisomes, Endosomes, Lysosomes, Lipid droplets, Cytoplasmic bodies).
-KEEP_CLASSES = (8, 9, 10, 20, 26)
 FIRST_CONV = "conv1_conv"
 
 
@@ -164,32 +161,3 @@ class ArcFaceLoss(keras.losses.Loss):
 def make_optimizer() -> keras.optimizers.Optimizer:
     """teams.md §1.7: Adam 1e-4 constant, gradient-norm clipping at 1."""
     return keras.optimizers.Adam(LEARNING_RATE, clipnorm=CLIPNORM)
-
-
-# ---------------------------------------------------------------------------------------------- matching
-def standardise(embeddings: np.ndarray) -> np.ndarray:
-    """Per-set standardisation (``sklearn.preprocessing.scale``: each dimension to mean 0, std 1), float64."""
-    x = np.asarray(embeddings, np.float64)
-    std = x.std(axis=0)
-    return (x - x.mean(axis=0)) / np.where(std > 0, std, 1.0)
-
-
-def match(query: np.ndarray, reference: np.ndarray, *, threshold: float = MATCH_THRESHOLD):
-    """Best cosine match of every query embedding among the reference embeddings (teams.md §1.7).
-
-    Both sets are standardised separately (`standardise`), then L2-normalised.
-
-    Args:
-        query: (N, D); reference: (M, D).
-        threshold: a match needs a best cosine above it (Team 1: 0.65).
-
-    Returns:
-        (best index (N,) int64, best cosine (N,) float64, matched (N,) bool = cosine > threshold).
-    """
-    q, r = standardise(query), standardise(reference)
-    q /= np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
-    r /= np.maximum(np.linalg.norm(r, axis=1, keepdims=True), 1e-12)
-    sims = q @ r.T
-    best = sims.argmax(axis=1)
-    score = sims[np.arange(len(q)), best]
-    return best, score, score > threshold

@@ -23,8 +23,10 @@ from keras import ops
 
 from hpa_zoo.constants import NUM_CLASSES, is_kaggle_id
 from hpa_zoo.errors import ConfigError
-from hpa_zoo.recipe import Recipe, ThresholdConfig, TTAConfig
-from zoo_models.teams.team1_bestfitting import _check_weights_file, _load_weights_file, rgby_normalization
+from hpa_zoo.recipe import BlendConfig, Recipe, ThresholdConfig, TTAConfig
+from zoo_models import surgery
+from zoo_models.common import (ChannelSelect, check_input_shape, check_weights_file, input_normalization,
+                               load_weights_file)
 
 # ---------------------------------------------------------------------------------------------- constants
 #: teams.md §2.2: the input is RGB; ``dataset.py`` keeps ``image[:, :, 0:3]`` = R, G, B (yellow dropped).
@@ -88,34 +90,6 @@ NOTES = ("Keras ImageNet DenseNet weights (not torchvision's). One optimiser per
 
 
 # ---------------------------------------------------------------------------------------------- model
-@keras.saving.register_keras_serializable(package="hpa_zoo")
-class ChannelSelect(keras.layers.Layer):
-    """Keep the given channels of a channels-last tensor: (B, H, W, C) -> (B, H, W, len(channels)), same dtype.
-
-    Team 2 drops yellow inside the model (``channels=(0, 1, 2)``), so every zoo model takes RGBY input.
-    """
-
-    def __init__(self, channels: Sequence[int] = RGB_CHANNELS, **kwargs):
-        super().__init__(**kwargs)
-        self.channels = tuple(int(c) for c in channels)
-
-    def build(self, input_shape):
-        n = input_shape[-1]
-        if n is not None and max(self.channels) >= n:
-            raise ConfigError(f"ChannelSelect{self.channels}: the input has only {n} channels; "
-                              f"zoo models take RGBY (4-channel) images")
-        super().build(input_shape)
-
-    def call(self, x):
-        return ops.take(x, ops.convert_to_tensor(self.channels, "int32"), axis=-1)
-
-    def compute_output_shape(self, input_shape):
-        return (*input_shape[:-1], len(self.channels))
-
-    def get_config(self):
-        return {**super().get_config(), "channels": list(self.channels)}
-
-
 def build_densenet(depth: int = 121, num_classes: int = NUM_CLASSES, input_shape=(512, 512, 4), weights=None,
                    imagenet_weights: str = "imagenet", name: str | None = None) -> keras.Model:
     """Team 2's ``DenseNet{121,169}_change_avg`` (teams.md §2.2) on an RGBY input whose yellow is dropped inside.
@@ -139,28 +113,22 @@ def build_densenet(depth: int = 121, num_classes: int = NUM_CLASSES, input_shape
     """
     if depth not in TRUNKS:
         raise ConfigError(f"depth={depth}: Team 2 used DenseNet121 and DenseNet169 (teams.md §2.1); use 121 or 169")
-    input_shape = tuple(input_shape)
-    if len(input_shape) != 3 or input_shape[2] not in (3, 4):
-        raise ConfigError(f"input_shape must be (H, W, 4) (RGBY) or (H, W, 3), got {input_shape}")
-    if any(s is not None and s < 32 for s in input_shape[:2]):
-        raise ConfigError(f"input_shape {input_shape}: DenseNet needs H, W >= 32")
+    input_shape = check_input_shape(input_shape, arch=f"DenseNet{depth}", min_side=32, channels=(4, 3))
     if weights not in (None, "imagenet"):
-        _check_weights_file(weights)
+        check_weights_file(weights)
     inputs = keras.Input(shape=input_shape, name="image")
     x = ChannelSelect(RGB_CHANNELS, name="rgb")(inputs) if input_shape[2] == 4 else inputs
-    x = rgby_normalization(IMAGENET_MEAN, IMAGENET_STD, name="input_norm")(x)
+    x = input_normalization(IMAGENET_MEAN, IMAGENET_STD)(x)
     trunk = TRUNKS[depth](include_top=False, weights=None, input_tensor=x)
     features = keras.layers.GlobalAveragePooling2D(name=FEATURE_LAYER)(trunk.output)
     logits = keras.layers.Dense(num_classes, dtype="float32", name=CLASSIFIER)(features)
     model = keras.Model(inputs, logits, name=name or f"densenet{depth}_team2")
     if weights == "imagenet":
-        from zoo_models import surgery
-
         src = surgery.imagenet_source(TRUNKS[depth], (input_shape[0] or 224, input_shape[1] or 224),
                                       imagenet_weights=imagenet_weights)
         surgery.transplant_weights(src, model, first_conv=FIRST_CONV, match="name")
     elif weights is not None:
-        _load_weights_file(model, weights)
+        load_weights_file(model, weights)
     return model
 
 
@@ -468,6 +436,7 @@ def make_recipe(model_name: str | None = "team2_densenet121_rgb_512", *,
         tta=TTA,
         thresholds=THRESHOLDS,
         train_sampler=None if oversampling is None else make_sampler(oversampling),
+        blend=BlendConfig("mean"),  # teams.md §2.6: the unweighted mean of the members' probabilities
         notes=NOTES,
     )
     fields.update(overrides)
@@ -475,16 +444,3 @@ def make_recipe(model_name: str | None = "team2_densenet121_rgb_512", *,
 
 
 RECIPE = make_recipe()
-
-
-# ---------------------------------------------------------------------------------------------- ensemble
-def team2_ensemble(probs_list: Sequence) -> np.ndarray:
-    """teams.md §2.6: the unweighted mean of the members' probabilities (OOF and test alike), each member being
-    the mean over its 5 folds. (M arrays (N, C)) -> float32 (N, C) (`hpa_zoo.infer.ensemble.blend_mean`).
-
-    The reported 0.571 private LB is for the 7-model ensemble (`ENSEMBLE_MEMBERS`); hpa-zoo has the two DenseNets.
-    """
-    from hpa_zoo.infer.ensemble import blend_mean
-
-    return blend_mean(probs_list)
-

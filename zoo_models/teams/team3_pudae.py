@@ -1,4 +1,10 @@
-"""Team 3 — pudae (Park Jinmo), 3rd place: the models (teams.md §3.1, §3.2, §3.4).
+"""Team 3 — pudae (Park Jinmo), 3rd place: attention Inception-v3 / SE-ResNeXt50 at 1024 px, ResNet34 at 512 px,
+focal loss averaged over all elements, constant-LR Adam with gradient accumulation, the searched AutoAugment
+policy, SWA over the last 10 epochs, D4 mean-TTA and proportion-matched thresholds (teams.md §3).
+
+The method section, in order: the models (§3.1, §3.2, §3.4), then the recipe: the loss (with Inception-v3's
+auxiliary head), the optimiser, the data maps, `make_recipe` for `hpa_zoo.train.trainer` (which carries out the
+declared SWA window, `Recipe.swa_last_n`), and the final blend (`blend_team3`).
 
 Three final models, all RGBY with a 4-channel stem whose yellow filter starts as a copy of the ImageNet red filter:
 
@@ -9,29 +15,37 @@ Three final models, all RGBY with a 4-channel stem whose yellow filter starts as
 * ``resnet34`` at 512 px: global average pool -> Linear(512 -> 28), no dropout.
 
 Normalisation is the model's first layer (``input_norm``): per-image per-channel z-score for the 1024 models,
-(x − 127.5)/255 for ResNet34. The training recipe (loss, Adam, SWA, augmentation policy, TTA, thresholds) lives in
-`zoo_models.teams.team3_recipe`.
+(x − 127.5)/255 for ResNet34, so the data maps produce [0, 255] float32 images.
 
 Deviations (also in the registry descriptions): Keras' ImageNet InceptionV3 weights are not torchvision's; the
 ResNet34 / SE-ResNeXt50 ImageNet weights are the PyTorch checkpoints themselves, which the user downloads
-(`zoo_models.backbones.resnet.IMAGENET_URLS`). No HPA-trained Team 3 weights are public.
+(`zoo_models.backbones.resnet.IMAGENET_URLS`). No HPA-trained Team 3 weights are public. Keras'
+``gradient_accumulation_steps`` applies the *mean* of the accumulated gradients (PyTorch sums them unless the loss
+is divided; Adam is invariant to that scale up to its epsilon). Thresholds are fitted on the trainer's validation
+split, pudae used a separate hold-out (``test_val``, §3.4); pass held-out probabilities to
+`hpa_zoo.infer.thresholds.fit_thresholds` to do the same.
 """
 from __future__ import annotations
 
-import os
+import functools
 import re
 import warnings
+from typing import Any, NamedTuple
 
 import keras
 from keras import ops
 
 from hpa_zoo.constants import NUM_CLASSES
 from hpa_zoo.errors import ConfigError, WeightsError
+from hpa_zoo.recipe import BlendConfig, Recipe, ThresholdConfig, TTAConfig
+from zoo_models import surgery
 from zoo_models.attention import attention_head
 from zoo_models.backbones import resnet as resnet_backbones
-from zoo_models.teams.team1_bestfitting import rgby_normalization
+from zoo_models.common import MAIN_OUTPUT, check_input_shape, input_normalization, load_weights_file, main_output_model
 
 # ---------------------------------------------------------------------------------------------- constants
+#: docs/teams.md §3: pudae published code, no trained weights.
+NO_WEIGHTS = "No HPA-trained Team 3 weights are published."
 #: teams.md §3.1: input sides of the final models.
 INPUT_SIZE_1024 = 1024
 INPUT_SIZE_512 = 512
@@ -44,15 +58,15 @@ INCEPTION_FEATURE, INCEPTION_ATTENTION_SIZE = "mixed10", 30
 INCEPTION_AUX_FEATURE, INCEPTION_AUX_ATTENTION_SIZE = "mixed7", 62
 #: teams.md §3.2: Attention(se_resnext50_32x4d): attention_size 32 (the 32×32×2048 last stage at 1024 px).
 SE_RESNEXT_FEATURE, SE_RESNEXT_ATTENTION_SIZE = "layer4", 32
-#: Output names; the recipe trains {logits, aux_logits} with loss L(logits) + 0.4·L(aux_logits) (teams.md §3.2).
-MAIN_OUTPUT, AUX_OUTPUT = "logits", "aux_logits"
+#: The auxiliary output; the recipe trains {logits, aux_logits} with loss L(logits) + 0.4·L(aux_logits) (§3.2).
+AUX_OUTPUT = "aux_logits"
 
 #: teams.md §3.4: the 1024 models: per-image per-channel (x − mean_c)/(std_c + 1e-7) over H×W.
 ZSCORE_EPS = 1e-7
 #: teams.md §3.4: resnet34: (x − 127.5)/255, i.e. (x/255 − 0.5)/1 in [0, 1] units.
 RESNET34_MEAN, RESNET34_STD = 0.5, 1.0
 
-#: Stem convs (registry ``first_conv``). The Inception names are made canonical (`_canonical_inception_names`):
+#: Stem convs (registry ``first_conv``). The Inception names are made canonical (`zoo_models.surgery.canonical_layer_names`):
 #: the first conv is always ``conv2d`` however many models the session has built.
 INCEPTION_FIRST_CONV = "conv2d"
 SE_RESNEXT_FIRST_CONV = resnet_backbones.FIRST_CONV["se_resnext50_32x4d"]
@@ -108,7 +122,7 @@ def build_team3_attention_inceptionv3_1024(num_classes: int = NUM_CLASSES, input
     Returns:
         keras.Model: (B, H, W, C) float32 in [0, 255] -> float32 logits (B, num_classes) (or the dict above).
     """
-    shape = _shape(input_shape, INPUT_SIZE_1024, minimum=75, arch="InceptionV3")
+    shape = check_input_shape(input_shape, default_side=INPUT_SIZE_1024, min_side=75, arch="InceptionV3", static=True)
     inputs = keras.Input(shape=shape, name="image")
     x = PerImageStandardization(name="input_norm")(inputs)
     with warnings.catch_warnings():  # "usually expects 1 or 3 input channels": 4 is intended
@@ -122,15 +136,13 @@ def build_team3_attention_inceptionv3_1024(num_classes: int = NUM_CLASSES, input
                              attention_size=INCEPTION_AUX_ATTENTION_SIZE, name="aux_attention",
                              output_name=AUX_OUTPUT)
         outputs = {MAIN_OUTPUT: logits, AUX_OUTPUT: aux}
-    model = _canonical_inception_names(keras.Model(inputs, outputs, name=name))
+    model = surgery.canonical_layer_names(keras.Model(inputs, outputs, name=name), _AUTO_NAME)
     if weights == "imagenet":
-        from zoo_models import surgery
-
         src = surgery.imagenet_source(keras.applications.InceptionV3, shape, imagenet_weights=imagenet_weights)
         trunk_model = keras.Model(_single_input(model), model.get_layer(INCEPTION_FEATURE).output)
         surgery.transplant_weights(src, trunk_model, first_conv=INCEPTION_FIRST_CONV, rule=STEM_RULE, match="order")
     elif weights is not None:
-        _load_weights_file(model, weights, hint="with the same with_aux and num_classes")
+        load_weights_file(model, weights, hint="with the same with_aux and num_classes", note=NO_WEIGHTS)
     return model
 
 
@@ -154,7 +166,7 @@ def build_team3_attention_se_resnext50_1024(num_classes: int = NUM_CLASSES, inpu
     Returns:
         keras.Model: (B, H, W, C) float32 in [0, 255] -> logits (B, num_classes) float32.
     """
-    shape = _shape(input_shape, INPUT_SIZE_1024, minimum=32, arch="SE-ResNeXt50")
+    shape = check_input_shape(input_shape, default_side=INPUT_SIZE_1024, min_side=32, arch="SE-ResNeXt50", static=True)
     inputs = keras.Input(shape=shape, name="image")
     x = PerImageStandardization(name="input_norm")(inputs)
     trunk = resnet_backbones.se_resnext50_32x4d(input_tensor=x)
@@ -181,9 +193,9 @@ def build_team3_resnet34_512(num_classes: int = NUM_CLASSES, input_shape=None, w
         keras.Model: (B, H, W, C) float32 in [0, 255] -> logits (B, num_classes) float32; ``avgpool`` is the
         512-d feature.
     """
-    shape = _shape(input_shape, INPUT_SIZE_512, minimum=32, arch="ResNet34")
+    shape = check_input_shape(input_shape, default_side=INPUT_SIZE_512, min_side=32, arch="ResNet34", static=True)
     inputs = keras.Input(shape=shape, name="image")
-    x = rgby_normalization(mean=(RESNET34_MEAN,) * shape[-1], std=(RESNET34_STD,) * shape[-1])(inputs)
+    x = input_normalization((RESNET34_MEAN,) * shape[-1], (RESNET34_STD,) * shape[-1])(inputs)
     trunk = resnet_backbones.resnet34(input_tensor=x, pooling="avg")
     logits = keras.layers.Dense(num_classes, dtype="float32", name=MAIN_OUTPUT)(trunk.output)
     model = keras.Model(inputs, logits, name=name)
@@ -197,8 +209,6 @@ def drop_aux_head(model: keras.Model) -> keras.Model:
 
     Returns keras.Model (B, H, W, C) -> logits (B, K) float32.
     """
-    from hpa_zoo.infer.predict import main_output_model  # the one implementation (training and predict use it too)
-
     return main_output_model(model, MAIN_OUTPUT)
 
 
@@ -207,35 +217,8 @@ def _single_input(model):
     return model.inputs[0] if len(model.inputs) == 1 else model.inputs
 
 
-def _shape(input_shape, default_side: int, *, minimum: int, arch: str) -> tuple:
-    shape = tuple(input_shape) if input_shape is not None else (default_side, default_side, 4)
-    if len(shape) != 3 or any(s is None for s in shape):
-        raise ConfigError(f"input_shape must be a fixed (H, W, C) (the attention pools need static sizes), "
-                          f"got {input_shape}")
-    if min(shape[:2]) < minimum:
-        raise ConfigError(f"input_shape {shape}: {arch} needs H, W >= {minimum}")
-    return shape
-
-
 #: Keras' auto-numbered layer names (``conv2d_57``) depend on how many layers the session has built.
 _AUTO_NAME = re.compile(r"(conv2d|batch_normalization|activation|max_pooling2d|average_pooling2d|concatenate)(_\d+)?")
-
-
-def _canonical_inception_names(model: keras.Model) -> keras.Model:
-    """A fresh copy of ``model`` whose auto-numbered layers are renamed by order of appearance (``conv2d``,
-    ``conv2d_1``, ...): the names of a first build in a fresh session, whatever was built before."""
-    counts: dict[str, int] = {}
-
-    def rename(layer):
-        config = layer.get_config()
-        m = _AUTO_NAME.fullmatch(layer.name)
-        if m:
-            k = counts.get(m.group(1), 0)
-            counts[m.group(1)] = k + 1
-            config["name"] = m.group(1) if k == 0 else f"{m.group(1)}_{k}"
-        return layer.__class__.from_config(config)
-
-    return keras.models.clone_model(model, clone_function=rename)
 
 
 def _init_resnet_weights(model, arch: str, weights, imagenet_weights) -> None:
@@ -247,16 +230,166 @@ def _init_resnet_weights(model, arch: str, weights, imagenet_weights) -> None:
                                f"checkpoint>; download {resnet_backbones.IMAGENET_URLS[arch]}")
         resnet_backbones.transplant_imagenet(model, arch, imagenet_weights, rule=STEM_RULE)
         return
-    _load_weights_file(model, weights, hint="with the same num_classes")
+    load_weights_file(model, weights, hint="with the same num_classes", note=NO_WEIGHTS)
 
 
-def _load_weights_file(model, path, *, hint: str) -> None:
-    path = os.fspath(path)
-    if not path.endswith(".weights.h5") or not os.path.isfile(path):
-        raise WeightsError(f"weights={path!r}: expected None, 'imagenet' or an existing '.weights.h5' file of "
-                           f"{model.name!r}. No HPA-trained Team 3 weights are published.")
-    try:
-        model.load_weights(path)
-    except Exception as exc:
-        raise WeightsError(f"could not load {path!r} into {model.name!r}: {exc}. Build the model {hint} as "
-                           f"when the weights were saved.") from exc
+# ============================================================================================== the recipe
+# ---------------------------------------------------------------------------------------------- recipe constants
+#: teams.md §3.3: binary focal loss, γ = 2, no α, **mean over all B×28 elements**.
+FOCAL_GAMMA = 2.0
+FOCAL_REDUCTION = "mean"
+#: teams.md §3.2: Inception-v3 loss = L(main) + 0.4·L(aux); the aux head is an attention head on Mixed_6e.
+AUX_LOSS_WEIGHT = 0.4
+
+#: teams.md §3.3: Adam, lr 5e-4 constant (scheduler "none"), β (0.9, 0.999), no weight decay.
+LEARNING_RATE = 5e-4
+BETA_1, BETA_2 = 0.9, 0.999
+
+#: teams.md §3.4: every model reads the 512-px RGBY PNGs; the 1024 models upsample them (bilinear Resize).
+IMAGE_SIZE = 512
+
+class ModelFacts(NamedTuple):
+    """teams.md §3.1, one final model: builder, input side, per-step batch, gradient accumulation, epochs
+    (ResNet34: epochs 0..40 = 41), and whether it has Inception-v3's auxiliary output."""
+    builder: str  # the builder function below
+    input_size: int
+    batch_size: int
+    grad_accum_steps: int
+    epochs: int
+    aux: bool = False
+
+
+MODELS: dict[str, ModelFacts] = {
+    "team3_attention_inceptionv3_1024": ModelFacts("build_team3_attention_inceptionv3_1024", 1024, 24, 2, 28, True),
+    "team3_attention_se_resnext50_1024": ModelFacts("build_team3_attention_se_resnext50_1024", 1024, 8, 4, 23),
+    "team3_resnet34_512": ModelFacts("build_team3_resnet34_512", 512, 32, 1, 41),
+}
+
+#: teams.md §3.5: the final training policy = the 25 sub-policies of ``pudae:data/best_policy.data``.
+DEFAULT_POLICY = "team3"
+#: teams.md §3.3: SWA = equal-weight average of the last 10 epoch checkpoints, then BN recalibration.
+SWA_LAST_N = 10
+
+#: teams.md §3.1 / §3.6: blend = weighted mean of probabilities; each resnet34 fold 1/5, inception-v3 1,
+#: se-resnext50 1.
+BLEND_WEIGHTS: dict[str, float] = {
+    "team3_resnet34_512": 1.0 / 5.0,
+    "team3_attention_inceptionv3_1024": 1.0,
+    "team3_attention_se_resnext50_1024": 1.0,
+}
+
+NOTES = ("Gradient accumulation averages the k gradients (Keras) where PyTorch sums them; Adam is scale-invariant "
+         "up to epsilon. The 1024 models augment the 512 image and then upsample it (teams.md §3.4). Thresholds: "
+         "proportion matching on whatever split they are fitted on (pudae: the test_val hold-out). hpa_zoo.train.trainer "
+         "checkpoints every epoch and makes the preset the SWA model (BatchNorm recalibrated on the training split "
+         "with the validation transform); the best-on-val_logits_loss checkpoint is kept beside it.")
+
+
+# ---------------------------------------------------------------------------------------------- loss
+def make_loss(aux: bool = False):
+    """teams.md §3.3: focal loss γ=2 averaged over all elements (`hpa_zoo.nn.losses.FocalLoss`, mode ``"mean"``).
+
+    With ``aux`` (Inception-v3, §3.2) a dict ``{"logits": loss, "aux_logits": loss}``, to be combined with
+    ``loss_weights={"logits": 1.0, "aux_logits": 0.4}`` (`Recipe.loss_weights`; `hpa_zoo.train.trainer.train` passes
+    them to ``compile`` and feeds every output the same multi-hot target). Each loss maps
+    (y_true (B, 28), logits (B, 28)) to a float32 scalar.
+    """
+    from hpa_zoo.nn.losses import FocalLoss
+
+    if not aux:
+        return FocalLoss(gamma=FOCAL_GAMMA, mode=FOCAL_REDUCTION, name="focal_mean")
+    return {key: FocalLoss(gamma=FOCAL_GAMMA, mode=FOCAL_REDUCTION, name=f"{key}_focal_mean")
+            for key in (MAIN_OUTPUT, AUX_OUTPUT)}
+
+
+# ---------------------------------------------------------------------------------------------- optimiser
+def make_optimizer(steps_per_epoch: int, epochs: int, *, grad_accum_steps: int = 1):
+    """teams.md §3.3: Adam(lr 5e-4 constant, β 0.9/0.999, no weight decay), stepping every `grad_accum_steps`
+    batches (Keras ``gradient_accumulation_steps``). `steps_per_epoch`/`epochs` are unused: the LR is constant.
+
+    Returns ``keras.optimizers.Adam``.
+    """
+    import keras
+
+    del steps_per_epoch, epochs
+    if int(grad_accum_steps) < 1:
+        raise ConfigError(f"grad_accum_steps={grad_accum_steps}: use 1 (no accumulation) or more")
+    return keras.optimizers.Adam(learning_rate=LEARNING_RATE, beta_1=BETA_1, beta_2=BETA_2,
+                                 gradient_accumulation_steps=int(grad_accum_steps) if grad_accum_steps > 1 else None)
+
+
+# ---------------------------------------------------------------------------------------------- data maps
+def train_map(example: dict, seed, *, policy, input_size: int):
+    """teams.md §3.5 training transform: base D4 (RandomRotate90, Flip, Transpose, p=0.5 each) + ONE sub-policy
+    of `policy` chosen uniformly (`hpa_zoo.augment.transforms.apply_policy`), then Resize to ``input_size`` (the 1024 models
+    upsample the 512 image, §3.4). Normalisation is inside the model.
+
+    Args:
+        example: ``{"image": uint8 (H, W, 4), "multi_hot": uint8 (28,), ...}`` (H = W = the recipe's image_size).
+        seed: int (2,) tensor, the stateless per-example seed.
+        policy: list of `hpa_zoo.augment.transforms.SubPolicy`.
+    Returns:
+        (image float32 (input_size, input_size, 4) in [0, 255], multi_hot float32 (28,)).
+    """
+    import tensorflow as tf
+
+    from hpa_zoo.augment import transforms
+    from hpa_zoo.data import pipeline
+
+    image = transforms.apply_policy(example["image"], policy, seed)
+    image = pipeline.resize(image, input_size)
+    return tf.cast(image, tf.float32), tf.cast(example["multi_hot"], tf.float32)
+
+
+# ---------------------------------------------------------------------------------------------- recipe
+def make_recipe(model_name: str = "team3_attention_inceptionv3_1024", *, policy: Any = DEFAULT_POLICY,
+                **overrides) -> Recipe:
+    """Team 3's recipe for one of `MODELS`; ``overrides`` replace `Recipe` fields.
+
+    Args:
+        model_name: ``"team3_attention_inceptionv3_1024"``, ``"team3_attention_se_resnext50_1024"`` or
+            ``"team3_resnet34_512"``.
+        policy: the AutoAugment policy: a packaged name (``"team3"``, pudae's final 25 sub-policies), a policy
+            JSON path (e.g. written by ``hpa-zoo autoaugment-search``), or a list of `hpa_zoo.augment.transforms.SubPolicy`.
+        overrides: any `Recipe` field; ``image_size`` / ``input_size`` also rebuild the data maps,
+            ``grad_accum_steps`` the optimiser factory.
+    Returns:
+        `hpa_zoo.recipe.Recipe` (Inception-v3: ``loss_weights={"logits": 1.0, "aux_logits": 0.4}`` and a dict loss).
+    Raises:
+        ConfigError: unknown model name, or a bad policy file.
+    """
+    from hpa_zoo.augment import transforms
+    from hpa_zoo.data import pipeline
+
+    if model_name not in MODELS:
+        raise ConfigError(f"make_recipe: {model_name!r} is not a Team 3 model; use one of {sorted(MODELS)}")
+    facts = MODELS[model_name]
+    sub_policies = list(policy) if isinstance(policy, (list, tuple)) else transforms.load_policy(policy)
+    image_size = int(overrides.pop("image_size", IMAGE_SIZE))
+    input_size = int(overrides.pop("input_size", facts.input_size))
+    grad_accum = int(overrides.pop("grad_accum_steps", facts.grad_accum_steps))
+    fields = dict(
+        name=model_name.replace("_attention", ""),
+        image_size=image_size,
+        input_size=input_size,
+        batch_size=facts.batch_size,
+        epochs=facts.epochs,
+        make_loss=functools.partial(make_loss, aux=facts.aux),
+        make_optimizer=functools.partial(make_optimizer, grad_accum_steps=grad_accum),
+        train_map=functools.partial(train_map, policy=sub_policies, input_size=input_size),
+        # teams.md §3.3/§3.6: validation = Resize to the input size only
+        eval_map=functools.partial(pipeline.resized_pair, size=input_size),
+        monitor="val_loss",
+        monitor_mode="min",
+        tta=TTAConfig("d4", aggregate="mean"),  # teams.md §3.6: 8 D4 transforms, mean of probabilities
+        thresholds=ThresholdConfig("proportion_match"),  # teams.md §3.6: on a held-out split, no forced argmax
+        grad_accum_steps=grad_accum,
+        swa_last_n=SWA_LAST_N,  # teams.md §3.3: the trainer averages the last 10 epochs and recalibrates BN
+        # teams.md §3.4: every input is the whole (augmented) image resized to the input side, never a crop
+        input_is_resized_image=True,
+        blend=BlendConfig("weighted_mean", {"weights": BLEND_WEIGHTS}),  # teams.md §3.1, §3.6
+        loss_weights={MAIN_OUTPUT: 1.0, AUX_OUTPUT: AUX_LOSS_WEIGHT} if facts.aux else None,
+        notes=NOTES,
+    )
+    fields.update(overrides)
+    return Recipe(**fields)

@@ -6,7 +6,7 @@ images and at 1024 trained on random 512 crops, predicted on 5 fixed crops that 
 GWAP member (ResNet34, RGBY with a fresh stem, `zoo_models.pooling.GlobalWeightedAveragePooling2D` at three
 depths -> Dense 256 -> 28); the loss 4·weighted BCE(pos_weight 10) − log(batch F1); Adam 5e-4 with cosine decay;
 sampling by each image's rarest label and batches alternating Kaggle / external data; TTA, thresholds, the recipes
-for `hpa_zoo.train.trainer`; and `team4_multiscale_ensemble` (hill climbing with frequency-matched thresholds per
+for `hpa_zoo.train.trainer`; and `hpa_zoo.infer.ensemble.multiscale_vote` (declared as the recipe's blend: hill climbing with frequency-matched thresholds per
 member, then a weighted vote across members, `hpa_zoo.infer.ensemble`).
 
 Deviations (also in the recipes' ``notes``): qubvel's pre-activation ResNet18 taps (``relu0``,
@@ -21,9 +21,8 @@ by its own class counts (not stated in the facts).
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 from fractions import Fraction
-from typing import Mapping, Optional, Sequence
+from typing import Optional, Sequence
 
 import keras
 import numpy as np
@@ -31,10 +30,11 @@ from keras import ops
 
 from hpa_zoo.constants import NUM_CLASSES, is_kaggle_id
 from hpa_zoo.errors import ConfigError, HpaDataError
-from hpa_zoo.recipe import Recipe, ThresholdConfig, TTAConfig
+from hpa_zoo.recipe import BlendConfig, Recipe, ThresholdConfig, TTAConfig
 from zoo_models.pooling import GWAP_BORDER, GlobalWeightedAveragePooling2D
-from zoo_models.teams.team1_bestfitting import _check_weights_file, _load_weights_file, rgby_normalization
-from zoo_models.teams.team2_wair import ChannelSelect
+from zoo_models import surgery
+from zoo_models.common import (ChannelSelect, check_input_shape, check_weights_file, input_normalization,
+                               load_weights_file)
 
 # ---------------------------------------------------------------------------------------------- constants
 #: teams.md §4.2 (Christof): GAPNet normalisation = Kaggle RGB mean/std (image / 255).
@@ -89,6 +89,10 @@ NOTES = ("ResNet18 taps mapped from qubvel's pre-activation names to torchvision
          "needs the epoch number, which the sampler hook does not receive.")
 
 
+#: teams.md §4.1: hill-climbing steps of each member's blend.
+HILL_CLIMB_STEPS = 30
+
+
 # ---------------------------------------------------------------------------------------------- models
 def _squeeze_excite(x, name: str):
     """Squeeze-excite: GAP -> Dense(C/16) relu -> Dense(C) sigmoid -> channel scale. (B, H, W, C) -> same."""
@@ -110,20 +114,11 @@ def _backbone(arch: str, x, weights, imagenet_weights):
               imagenet_weights=imagenet_weights)
 
 
-def _check_shape(input_shape, channels: int, arch: str):
-    input_shape = tuple(input_shape)
-    if len(input_shape) != 3 or input_shape[2] not in (channels, 4):
-        raise ConfigError(f"{arch}: input_shape must be (H, W, 4) (RGBY) or (H, W, {channels}); got {input_shape}")
-    if any(s is not None and s < 32 for s in input_shape[:2]):
-        raise ConfigError(f"{arch}: input_shape {input_shape} is below the 32 px minimum (stride 32)")
-    return input_shape
-
-
 def build_gapnet(num_classes: int = NUM_CLASSES, input_shape=(512, 512, 4), weights=None, *,
                  imagenet_weights=None, name: str | None = None) -> keras.Model:
     """Christof's GAPNet (teams.md §4.2, ``Christof/models/GAPNet/13_*``): RGB ResNet18 with multi-level pooling.
 
-    Graph: ``image`` (B, H, W, 4) [0, 255] -> ``rgb`` (yellow dropped, `zoo_models.teams.team2_wair.ChannelSelect`) ->
+    Graph: ``image`` (B, H, W, 4) [0, 255] -> ``rgb`` (yellow dropped, `zoo_models.common.ChannelSelect`) ->
     ``input_norm`` (Kaggle RGB mean/std) -> ResNet18 (`zoo_models.backbones.resnet`); at each of `GAPNET_TAPS`
     a squeeze-excite block ``gap_se{k}_*`` and a GAP ``gap{k}`` -> ``head_concat`` (64+64+128+256+512 = 1024) ->
     ``head_bn1`` -> ``head_dropout1`` (.5) -> ``head_fc`` (256, relu) -> ``head_bn2`` -> ``head_dropout2`` (.5)
@@ -140,12 +135,12 @@ def build_gapnet(num_classes: int = NUM_CLASSES, input_shape=(512, 512, 4), weig
     Returns:
         keras.Model: (B, H, W, C) float32 in [0, 255] -> logits (B, num_classes) float32.
     """
-    input_shape = _check_shape(input_shape, 3, "GAPNet")
+    input_shape = check_input_shape(input_shape, arch="GAPNet", min_side=32, channels=(4, 3))
     if weights not in (None, "imagenet"):
-        _check_weights_file(weights)
+        check_weights_file(weights)
     inputs = keras.Input(shape=input_shape, name="image")
     x = ChannelSelect((0, 1, 2), name="rgb")(inputs) if input_shape[2] == 4 else inputs
-    x = rgby_normalization(GAPNET_MEAN, GAPNET_STD, name="input_norm")(x)
+    x = input_normalization(GAPNET_MEAN, GAPNET_STD)(x)
     trunk = _backbone("resnet18", x, weights, imagenet_weights)
     pooled = []
     for k, tap in enumerate(GAPNET_TAPS):
@@ -160,7 +155,7 @@ def build_gapnet(num_classes: int = NUM_CLASSES, input_shape=(512, 512, 4), weig
     logits = keras.layers.Dense(num_classes, dtype="float32", name=CLASSIFIER)(x)
     model = keras.Model(inputs, logits, name=name or "gapnet_resnet18_team4")
     if weights not in (None, "imagenet"):
-        _load_weights_file(model, weights)
+        load_weights_file(model, weights)
     return model
 
 
@@ -180,17 +175,15 @@ def build_gwap_net(num_classes: int = NUM_CLASSES, input_shape=(512, 512, 4), we
     Returns:
         keras.Model: (B, H, W, 4) float32 in [0, 255] -> logits (B, num_classes) float32.
     """
-    input_shape = _check_shape(input_shape, 4, "GWAP-ResNet34")
+    input_shape = check_input_shape(input_shape, arch="GWAP-ResNet34", min_side=32, channels=(4,))
     if weights not in (None, "imagenet"):
-        _check_weights_file(weights)
+        check_weights_file(weights)
     inputs = keras.Input(shape=input_shape, name="image")
-    x = rgby_normalization(RGBY_MEAN, RGBY_STD, name="input_norm")(inputs)
+    x = input_normalization(RGBY_MEAN, RGBY_STD)(inputs)
     if weights == "imagenet":  # the trunk from the 3-channel checkpoint, then a fresh stem (Dmytro)
         trunk = _backbone("resnet34", x, None, None)
         donor = _backbone("resnet34", keras.Input((64, 64, 3)), "imagenet", imagenet_weights)
-        for layer in donor.layers:
-            if layer.weights and layer.name != "conv1":
-                trunk.get_layer(layer.name).set_weights(layer.get_weights())
+        surgery.copy_weights_by_name(donor, trunk, skip=("conv1",))
     else:
         trunk = _backbone("resnet34", x, None, None)
     pooled = []
@@ -203,7 +196,7 @@ def build_gwap_net(num_classes: int = NUM_CLASSES, input_shape=(512, 512, 4), we
     logits = keras.layers.Dense(num_classes, dtype="float32", name=CLASSIFIER)(x)
     model = keras.Model(inputs, logits, name=name or "gwap_resnet34_team4")
     if weights not in (None, "imagenet"):
-        _load_weights_file(model, weights)
+        load_weights_file(model, weights)
     return model
 
 
@@ -583,63 +576,9 @@ def make_recipe(model_name: str = "team4_gapnet_resnet18_512", **overrides) -> R
         tta=TTA_CROP if crop else TTA_FULL,
         thresholds=THRESHOLDS,
         train_sampler=None if gwap else make_sampler(KAGGLE_FRACTION),
+        # teams.md §4.1: per member a hill climb on OOF, frequency-matched labels, then a weighted vote
+        blend=BlendConfig("hill_climb_vote", {"n_steps": HILL_CLIMB_STEPS}),
         notes=NOTES,
     )
     fields.update(overrides)
     return Recipe(**fields)
-
-
-# ---------------------------------------------------------------------------------------------- ensemble
-@dataclass(frozen=True)
-class Team4Ensemble:
-    """The result of `team4_multiscale_ensemble`.
-
-    Attributes:
-        labels: uint8 (N, C) the voted labels.
-        member_probs: member -> float32 (N, C) hill-climbed test blend.
-        member_labels: member -> uint8 (N, C) its frequency-matched labels.
-        climbs: member -> `hpa_zoo.infer.ensemble.HillClimbResult` (weights per model).
-    """
-
-    labels: np.ndarray
-    member_probs: dict
-    member_labels: dict
-    climbs: dict
-
-
-def team4_multiscale_ensemble(members: Mapping[str, Mapping[str, tuple]], y_true, *, ratios=None,
-                              vote_weights: Optional[Mapping[str, float]] = None, cutoff: Optional[float] = None,
-                              n_steps: int = 30) -> Team4Ensemble:
-    """teams.md §4.1: per member, hill climbing on OOF with frequency-matched thresholds; the member's test blend
-    is thresholded by frequency matching; then a weighted vote across members.
-
-    Args:
-        members: ``{member: {model_name: (oof_probs (N_oof, C), test_probs (N, C))}}`` — e.g. ``{"christof":
-            {"team4_gapnet_resnet18_512": (...), "team4_gapnet_resnet18_1024crop512": (...)}}``. All OOF arrays
-            of all members cover the same images (``y_true``), all test arrays the same test images.
-        y_true: (N_oof, C) labels of the OOF images.
-        ratios: (C,) desired positive fractions for the test thresholds (default Team 4's LB ratios,
-            `hpa_zoo.infer.thresholds.team4_target_ratios`); hill climbing scores the OOF with its label frequency.
-        vote_weights: member -> vote weight (default 1 each).
-        cutoff: the vote cut-off (default half the total weight: a weighted majority; one member = its labels).
-        n_steps: hill-climbing steps (Team 4: 30).
-
-    Returns:
-        `Team4Ensemble`.
-    """
-    from hpa_zoo.infer import ensemble
-
-    if not members:
-        raise ConfigError("team4_multiscale_ensemble: no members given")
-    member_probs, member_labels, climbs = {}, {}, {}
-    for member, models in members.items():
-        names = list(models)
-        climb = ensemble.hill_climb([models[n][0] for n in names], y_true, n_steps=n_steps, names=names)
-        test = climb.apply([models[n][1] for n in names])
-        kwargs = {} if ratios is None else {"ratios": tuple(float(r) for r in ratios)}
-        member_probs[member], climbs[member] = test, climb
-        member_labels[member] = ensemble.threshold_labels(test, THRESHOLDS, **kwargs)
-    weights = np.array([float((vote_weights or {}).get(m, 1.0)) for m in members])
-    cut = float(weights.sum() / 2.0) if cutoff is None else float(cutoff)
-    labels = ensemble.weighted_vote([member_labels[m] for m in members], weights, cut)
-    return Team4Ensemble(labels=labels, member_probs=member_probs, member_labels=member_labels, climbs=climbs)
