@@ -153,7 +153,7 @@ def _add_models(sub) -> None:
 
 
 def _run_models(args) -> int:
-    from hpa_zoo.zoo.registry import get_spec, list_models
+    from hpa_zoo.registry import get_spec, list_models
 
     for name in list_models(team=args.team):
         spec = get_spec(name)
@@ -271,7 +271,7 @@ def _add_weights(sub) -> None:
 
 
 def _run_weights_verify(args) -> int:
-    from hpa_zoo.zoo.weights import verify
+    from hpa_zoo.zoo.verify_weights import verify
 
     report = verify(args.model, args.weights, onnx_path=args.onnx, tensors_dir=args.tensors)
     for line in report.lines():

@@ -315,7 +315,7 @@ def image_size_model_cannot_take(tmp):
 
 
 def input_larger_than_image(tmp):
-    from hpa_zoo.train.trainer import load_recipe
+    from hpa_zoo.recipe import load_recipe
 
     return load_recipe("team1_densenet121_512", image_size=64, input_size=96)
 
@@ -361,7 +361,7 @@ def data_neither_folder_nor_tfds(tmp):
 # weights ---------------------------------------------------------------------------------------
 @pytest.fixture
 def tiny_row():
-    from hpa_zoo.zoo import registry
+    from hpa_zoo import registry
     from tests.test_training import TINY
 
     registry.get_spec("team1_densenet121_512")
@@ -398,7 +398,7 @@ def weights_file_missing(tmp):
 
 
 def weights_wrong_hash(tmp):
-    from hpa_zoo.zoo.registry import WeightsSpec
+    from hpa_zoo.registry import WeightsSpec
     from hpa_zoo.zoo.weights import fetch
 
     os.environ["HPA_ZOO_CACHE"] = str(tmp / "cache")
@@ -498,7 +498,7 @@ def _multichannel(path: Path, size=16):
 
 
 def _finetune_table(tmp, name):
-    from hpa_zoo.train.finetune import read_image, read_table
+    from hpa_zoo.data.user_images import read_image, read_table
 
     table, _ = read_table(_csv(tmp / "data.csv", f"filename,labels\n{name},x\n"), n_channels=4)
     return read_image(tmp / "images", table["files"][0], 4, 16, where="data.csv, line 2: ")
@@ -527,7 +527,7 @@ def path_finetune_subfolder(tmp):
 
 
 def _predict_csv_item(tmp, rows: str):
-    from hpa_zoo.infer.predict_images import discover, read_item
+    from hpa_zoo.data.user_images import discover, read_item
 
     (tmp / "images").mkdir(exist_ok=True)
     items, _ = discover(_csv(tmp / "images" / "list.csv", rows), stains=("red", "green", "blue", "yellow"))
@@ -632,7 +632,7 @@ def compare_teams_zero_size(tmp):
 
 
 def download_zero_timeout(tmp):
-    from hpa_zoo.zoo.registry import WeightsSpec
+    from hpa_zoo.registry import WeightsSpec
     from hpa_zoo.zoo.weights import fetch
 
     return fetch(WeightsSpec(name="hpa", urls=("http://127.0.0.1:9/x",), sha256="ab" * 32, format="onnx",

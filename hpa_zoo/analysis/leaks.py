@@ -49,7 +49,7 @@ def feature_model(model_or_preset, *, weights=None, layer: str | None = None, im
 def image_features(extractor, folder, *, batch_size: int = 8) -> tuple[list[str], np.ndarray]:
     """(ids, features (N, F) float32) of the RGBY images of an HPA-layout folder: the whole image at the
     extractor's input size (`hpa_zoo.infer.predict_images.read_item`)."""
-    from hpa_zoo.infer.predict_images import discover, read_item
+    from hpa_zoo.data.user_images import discover, read_item
 
     size = int(extractor.input_shape[1])
     items, _ = discover(folder, stains=["red", "green", "blue", "yellow"])
@@ -95,7 +95,7 @@ def audit(a_dir, b_dir, *, out_dir, model="team1_densenet121_512", weights=None,
 
     from hpa_zoo.atomic import atomic_to_csv, atomic_write_text
     from hpa_zoo.data.folds import MAX_HAMMING_DISTANCE, hamming, image_hashes
-    from hpa_zoo.infer.predict_images import discover
+    from hpa_zoo.data.user_images import discover
 
     if top < 0:
         raise ConfigError(f"top={top}: use >= 0")
@@ -113,7 +113,7 @@ def audit(a_dir, b_dir, *, out_dir, model="team1_densenet121_512", weights=None,
         cos = _cosine(fa, fb)
         signals["feature_cosine"] = (cos, cos.argmax(axis=1), cos.max(axis=1) > FEATURE_THRESHOLD)
     if embedding_model is not None:
-        from zoo_models.teams.team1_metric_learning import MATCH_THRESHOLD, standardise
+        from hpa_zoo.nn.matching import MATCH_THRESHOLD, standardise
 
         extractor = feature_model(embedding_model, weights=embedding_weights, layer="embedding",
                                   image_size=image_size)

@@ -147,7 +147,7 @@ def qc_folder(folder, *, out_dir, full_res_px: int | None = FULL_RES_PX, scale: 
     from tqdm import tqdm
 
     from hpa_zoo.atomic import atomic_to_csv, atomic_write_text
-    from hpa_zoo.infer.predict_images import discover
+    from hpa_zoo.data.user_images import discover
 
     if workers is not None and workers < 1:
         raise ConfigError(f"workers={workers}: use >= 1")

@@ -431,7 +431,7 @@ def _backend_version(backend: str) -> str:
 
 def _registry_row(model):
     from hpa_zoo.errors import UnknownModelError
-    from hpa_zoo.zoo.registry import get_spec
+    from hpa_zoo.registry import get_spec
 
     try:
         return get_spec(model.name)

@@ -33,37 +33,26 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from hpa_zoo.atomic import atomic_path, atomic_to_csv, atomic_write_text
 from hpa_zoo.checks import reports_out_of_memory
-from hpa_zoo.constants import CHANNELS
 from hpa_zoo.errors import ConfigError, HpaDataError
 from hpa_zoo.recipe import TTAConfig
 from hpa_zoo.runlock import holds_run_lock
+# moved to the data layer; re-exported here for callers of hpa_zoo.infer.predict_images
+from hpa_zoo.data.user_images import IMAGE_EXTENSIONS, Item, discover, read_item  # noqa: F401
 
 log = logging.getLogger(__name__)
 
 #: ``tta="d4"``: the 8 dihedral transforms of the whole image, averaged.
 D4_MEAN = TTAConfig(transforms="d4", n_random_crops=0, n_random_passes=0, aggregate="mean")
 NO_TTA = TTAConfig(transforms="identity", n_random_crops=0, n_random_passes=0, aggregate="mean")
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 LABEL_SEPARATOR = ";"
 CHUNK = 32
 DEFAULT_THRESHOLD = 0.5
-
-
-@dataclass
-class Item:
-    """One image to predict: its id, the files it is read from (relative to ``root``) and its true labels."""
-
-    id: str
-    root: Path
-    files: tuple[str, ...]
-    planes: tuple[int | None, ...] | None = None  # per file: the RGB plane of a colour file (HPAv18), else None
-    labels: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -105,7 +94,7 @@ def load_member(item, *, weights=None, tta: str | TTAConfig = "default", runtime
     from hpa_zoo.infer import onnx_runtime
     from hpa_zoo.zoo import models_api
     from hpa_zoo.constants import CLASS_NAMES
-    from hpa_zoo.zoo.registry import get_spec
+    from hpa_zoo.registry import get_spec
 
     path = Path(os.fspath(item))
     if path.is_dir():
@@ -131,7 +120,7 @@ def load_member(item, *, weights=None, tta: str | TTAConfig = "default", runtime
         name, activation, pixel = spec.name, "sigmoid", spec.pixel_size_um
         stains = [{"R": "red", "G": "green", "B": "blue", "Y": "yellow"}[c] for c in spec.channels]
     if isinstance(model.output, dict):
-        from hpa_zoo.infer.predict import main_output_model
+        from zoo_models.common import main_output_model
 
         model = main_output_model(model)
     keras_model = model
@@ -157,7 +146,7 @@ def model_pixel_size(name_or_preset, size: int) -> float | None:
     (its recorded pixel size is at its recipe's image size: Team 1 1024 sees 1536 px images at 0.107 µm, so a
     1024 input of the whole field is 0.16 µm), or None when unknown (a preset fine-tuned without one)."""
     from hpa_zoo.zoo.models_api import preset_info
-    from hpa_zoo.zoo.registry import get_spec
+    from hpa_zoo.registry import get_spec
 
     path = Path(os.fspath(name_or_preset))
     if path.is_dir():
@@ -174,129 +163,13 @@ def _recipe_sizes(spec) -> tuple[int, int]:
     """(image_size, input_size) of a registry row's recipe (Team 1 1024: 1536 -> 1024), else the row's input."""
     if not spec.recipe:
         return spec.input_size, spec.input_size
-    from hpa_zoo.train.trainer import load_recipe
+    from hpa_zoo.recipe import load_recipe
 
     recipe = load_recipe(spec.name)
     return int(recipe.image_size), int(recipe.input_size)
 
 
 # ---------------------------------------------------------------------------------------------- inputs
-def discover(inputs, *, stains: Sequence, images_dir=None, skip_bad: bool = False) -> tuple[list[Item], list]:
-    """The images to predict and the ones left out.
-
-    Args:
-        inputs: a folder (Kaggle / HPAv18 layout), a ``.csv`` (the fine-tuning format), or a list of image files.
-        stains: the HPA stain of each model input channel (``"red"``...; None = a stain HPA folders do not have).
-        images_dir: the folder the CSV's file names are relative to (default the CSV's folder).
-        skip_bad: leave incomplete channel sets out (listed in the second return value) instead of refusing.
-
-    Returns:
-        (items, skipped) where skipped is a list of (id or file, reason).
-
-    Raises:
-        HpaDataError: nothing to predict, incomplete sets without ``skip_bad``, a bad CSV line (named).
-    """
-    if isinstance(inputs, (list, tuple)):
-        if len(inputs) == 1 and Path(inputs[0]).is_dir() or len(inputs) == 1 and str(inputs[0]).endswith(".csv"):
-            return discover(inputs[0], stains=stains, images_dir=images_dir, skip_bad=skip_bad)
-        items = []
-        for f in inputs:
-            p = Path(f)
-            if not p.is_file():
-                raise HpaDataError(f"{p}: file not found; pass existing image files, a folder or a CSV")
-            items.append(Item(p.stem, p.parent, (p.name,)))
-        return _unique_ids(items), []
-    path = Path(os.fspath(inputs))
-    if path.is_dir():
-        return _discover_folder(path, stains, skip_bad)
-    if path.suffix.lower() == ".csv":
-        return _discover_csv(path, len(stains), images_dir), []
-    if path.is_file():
-        return [Item(path.stem, path.parent, (path.name,))], []
-    raise HpaDataError(f"{path}: not found; pass a folder of {{id}}_{{stain}} images, a CSV (filename(s)[,labels]) "
-                       f"or image files")
-
-
-def _discover_folder(folder: Path, stains: Sequence, skip_bad: bool) -> tuple[list[Item], list]:
-    from hpa_zoo.data.images import HPAV18_PLANE
-
-    if any(s is None for s in stains):
-        raise ConfigError(f"{folder}: the model takes a stain HPA folders do not have (stains {list(stains)}); "
-                          f"list the images in a CSV (filename or filenames) instead")
-    found: dict[str, dict[str, str]] = {}
-    for p in sorted(folder.iterdir()):
-        if not p.is_file() or p.suffix.lower() not in IMAGE_EXTENSIONS:
-            continue
-        stem = p.stem
-        for color in CHANNELS:
-            if stem.endswith(f"_{color}"):
-                found.setdefault(stem[: -len(color) - 1], {}).setdefault(color, p.name)
-                break
-    if not found:
-        raise HpaDataError(f"{folder}: no images named {{id}}_{{{','.join(CHANNELS)}}}{{.png,.jpg,.tif}}; pass "
-                           f"such a folder, a CSV or a list of image files")
-    items, skipped = [], []
-    for image_id, files in found.items():
-        missing = [s for s in stains if s not in files]
-        if missing:
-            skipped.append((image_id, f"missing {', '.join(missing)} channel file(s) (has {sorted(files)})"))
-            continue
-        items.append(Item(image_id, folder, tuple(files[s] for s in stains),
-                          tuple(HPAV18_PLANE[s] for s in stains)))
-    if skipped and not skip_bad:
-        listed = "; ".join(f"{i}: {why}" for i, why in skipped[:10])
-        raise HpaDataError(f"{folder}: {len(skipped)} image(s) have an incomplete channel set ({listed}"
-                           f"{' ...' if len(skipped) > 10 else ''}). Add the files, or pass --skip-bad "
-                           f"(skip_bad=True) to predict the {len(items)} complete ones")
-    if not items:
-        raise HpaDataError(f"{folder}: no image has all of the stains {list(stains)}")
-    return items, skipped
-
-
-def _discover_csv(csv: Path, n_channels: int, images_dir) -> list[Item]:
-    import pandas as pd
-
-    from hpa_zoo.train.finetune import read_table
-
-    table, _ = read_table(csv, n_channels=n_channels, require_labels=False)
-    root = Path(images_dir) if images_dir is not None else csv.parent
-    raw = pd.read_csv(csv, dtype=str, keep_default_na=False)
-    has_labels = "labels" in raw.columns
-    ids = list(raw["Id"]) if "Id" in raw.columns else [Path(files[0]).stem for files in table["files"]]
-    items = [Item(i, root, tuple(files), labels=tuple(labels) if has_labels else None)
-             for i, files, labels in zip(ids, table["files"], table["labels"])]
-    return _unique_ids(items)
-
-
-def _unique_ids(items: list[Item]) -> list[Item]:
-    seen: dict[str, int] = {}
-    for item in items:
-        n = seen.get(item.id, 0)
-        seen[item.id] = n + 1
-        if n:
-            item.id = f"{item.id}#{n}"  # two files with one stem in different folders
-    return items
-
-
-def read_item(item: Item, n_channels: int, size: int, *, pixel_size_um: float | None = None,
-              model_pixel_size_um: float | None = None) -> np.ndarray:
-    """One item as (size, size, n_channels) uint8 at the model's scale (`hpa_zoo.data.images.fit_to_model`)."""
-    from hpa_zoo.train.finetune import read_image
-    from hpa_zoo.data.images import fit_to_model, read_channel, to_uint8
-
-    if item.planes is not None:  # HPA layout: one grayscale (or HPAv18 colour) file per stain
-        planes = [to_uint8(read_channel(item.root / f, plane=pl, expect_dtype="any"))
-                  for f, pl in zip(item.files, item.planes)]
-        if len({p.shape for p in planes}) != 1:
-            raise HpaDataError(f"{item.root}: the channels of {item.id!r} have different sizes "
-                               f"{[p.shape for p in planes]}")
-        image = np.stack(planes, axis=-1)
-    else:
-        image = read_image(item.root, item.files, n_channels, None, where=f"image {item.id!r}: ")
-    if image.shape[-1] != n_channels:
-        raise HpaDataError(f"image {item.id!r} ({item.root / item.files[0]}): {image.shape[-1]} channels, the model "
-                           f"takes {n_channels}")
-    return fit_to_model(image, size, pixel_size_um=pixel_size_um, model_pixel_size_um=model_pixel_size_um)
 
 
 # ---------------------------------------------------------------------------------------------- predict

@@ -44,9 +44,7 @@ import warnings
 from pathlib import Path
 from typing import Mapping, Sequence
 
-import cv2
 import numpy as np
-import pandas as pd
 
 from hpa_zoo.atomic import atomic_path, ensure_free_space, model_bytes
 from hpa_zoo.checks import open_fraction, positive_float, positive_int, reports_out_of_memory
@@ -55,163 +53,20 @@ from hpa_zoo.errors import ConfigError, HpaDataError
 from hpa_zoo.data.images import fit_to_model
 from hpa_zoo.interrupt import Interrupted, stop_at_step_boundary
 from hpa_zoo.runlock import holds_run_lock
-from hpa_zoo.safepaths import check_relative_name, resolve_inside
 from zoo_models.surgery import adapt_channels  # the graph edit lives in the one surgery module
+# moved to the data layer; re-exported here for callers of hpa_zoo.train.finetune
+from hpa_zoo.data.user_images import (FILE_SEPARATOR, LABEL_SEPARATOR, STAIN_ALIASES, map_stains,  # noqa: F401
+                                      read_image, read_table)
 
-#: User stain name (lower case) -> the HPA stain it is (teams.md §0: red = microtubules, green = protein of
-#: interest, blue = nucleus, yellow = endoplasmic reticulum).
-STAIN_ALIASES: dict[str, str] = {
-    "red": "red", "microtubules": "red", "microtubule": "red", "tubulin": "red",
-    "green": "green", "protein": "green", "antibody": "green", "target": "green", "gfp": "green",
-    "blue": "blue", "nucleus": "blue", "nuclei": "blue", "dapi": "blue", "hoechst": "blue", "dna": "blue",
-    "yellow": "yellow", "er": "yellow", "endoplasmic_reticulum": "yellow", "endoplasmic reticulum": "yellow",
-    "calreticulin": "yellow",
-}
-LABEL_SEPARATOR = ";"
-FILE_SEPARATOR = ";"
 PRESET_SUBDIR = "preset"
 #: Threshold of a class without positive validation images (its F1-optimal threshold is undefined).
 DEFAULT_THRESHOLD = 0.5
 
 
 # ---------------------------------------------------------------------------------------------- channels
-def map_stains(channels: Sequence[str], channel_map: Mapping[str, str | None] | None = None) -> list[str | None]:
-    """The HPA stain (``"red"``, ``"green"``, ``"blue"``, ``"yellow"``) or None (unknown) of each user channel.
-
-    Args:
-        channels: user channel names, e.g. ``("nucleus", "protein")``.
-        channel_map: explicit ``{user channel: HPA stain or None}``; overrides `STAIN_ALIASES`.
-
-    Returns:
-        list of len(channels).
-
-    Raises:
-        ConfigError: a duplicate channel name, or a channel_map value that is not an HPA stain.
-    """
-    channel_map = dict(channel_map or {})
-    if len(set(channels)) != len(channels) or not channels:
-        raise ConfigError(f"channels={tuple(channels)}: give at least one channel, each name once")
-    out = []
-    for ch in channels:
-        if ch in channel_map:
-            stain = channel_map[ch]
-            if stain is not None and stain not in CHANNELS:
-                raise ConfigError(f"channel_map[{ch!r}]={stain!r}: map to one of {CHANNELS} or None (unknown stain)")
-            out.append(stain)
-        else:
-            out.append(STAIN_ALIASES.get(str(ch).lower()))
-    return out
 
 
 # ---------------------------------------------------------------------------------------------- data
-def read_table(data_csv, *, classes: Sequence[str] | None = None, multi_label: bool = True,
-               n_channels: int, require_labels: bool = True) -> tuple[pd.DataFrame, list[str]]:
-    """Read and check the fine-tuning CSV (module docstring, item 4).
-
-    Args:
-        data_csv: the CSV path.
-        classes: the class names, in output order; default the sorted names found in ``labels``.
-        multi_label: if False every row must have exactly one label.
-        n_channels: channels per image (for ``filenames`` rows).
-        require_labels: False for prediction: a CSV without ``labels`` (or with empty ones) gives empty tuples.
-
-    Returns:
-        (table with columns ``files`` (tuple of relative paths) and ``labels`` (tuple of class names), classes).
-
-    Raises:
-        HpaDataError: missing file/columns, an empty or unknown label, a wrong file count, a file name that is
-            absolute or has a '..' part (`hpa_zoo.safepaths.check_relative_name`); the message names the CSV
-            line (header = line 1) and the fix.
-    """
-    data_csv = Path(data_csv)
-    if not data_csv.is_file():
-        raise HpaDataError(f"{data_csv}: CSV not found; pass a CSV with columns filename(s),labels")
-    df = pd.read_csv(data_csv, dtype=str, keep_default_na=False)
-    if "labels" not in df.columns and not require_labels:
-        df["labels"] = ""
-    if "labels" not in df.columns or not ({"filename", "filenames"} & set(df.columns)):
-        raise HpaDataError(f"{data_csv}: columns {list(df.columns)}; need 'labels' and 'filename' (one "
-                           f"multi-channel file) or 'filenames' ('{FILE_SEPARATOR}'-separated, one per channel)")
-    rows = []
-    for k, row in enumerate(df.itertuples(index=False), start=2):
-        where = f"{data_csv}, line {k}"
-        names = tuple(s.strip() for s in str(row.labels).split(LABEL_SEPARATOR) if s.strip())
-        if not names and require_labels:
-            raise HpaDataError(f"{where}: empty labels; write class names separated by '{LABEL_SEPARATOR}'")
-        if not multi_label and len(names) != 1 and (names or require_labels):
-            raise HpaDataError(f"{where}: {len(names)} labels {names} but multi_label=False needs exactly one")
-        if "filenames" in df.columns and str(getattr(row, "filenames")).strip():
-            files = tuple(s.strip() for s in str(row.filenames).split(FILE_SEPARATOR))
-            if len(files) != n_channels:
-                raise HpaDataError(f"{where}: {len(files)} files for {n_channels} channels; list one file per "
-                                   f"channel, in channel order, separated by '{FILE_SEPARATOR}'")
-        elif "filename" in df.columns and str(getattr(row, "filename")).strip():
-            files = (str(row.filename).strip(),)
-        else:
-            raise HpaDataError(f"{where}: no file name")
-        for f in files:
-            check_relative_name(f, f"{where}, {'filenames' if len(files) > 1 else 'filename'}")
-        rows.append((files, names))
-    if not rows:
-        raise HpaDataError(f"{data_csv}: no rows")
-    found = sorted({n for _, names in rows for n in names})
-    classes = list(classes) if classes is not None else found
-    unknown = sorted(set(found) - set(classes))
-    if unknown:
-        raise HpaDataError(f"{data_csv}: labels {unknown} are not in classes={classes}; add them or fix the CSV")
-    return pd.DataFrame(rows, columns=["files", "labels"]), classes
-
-
-def read_image(images_dir, files: Sequence[str], n_channels: int, size: int | None, *,
-               where: str = "") -> np.ndarray:
-    """One image as (size, size, n_channels) uint8 (native (H, W, n_channels) for ``size=None``) from one
-    multi-channel file or one file per channel.
-
-    A multi-channel PNG/TIFF is read with OpenCV (colour files are BGR(A) on disk order -> reversed to RGB(A));
-    a multi-page TIFF gives one channel per page. 16-bit is scaled to 8-bit (`hpa_zoo.data.images.to_uint8`); the
-    image is resized with area interpolation when a side shrinks, else bilinear.
-
-    Raises:
-        HpaDataError: missing/unreadable file, a channel count that is not ``n_channels``, or a file name that
-            resolves outside `images_dir` (``..``, absolute, a symlink out: `hpa_zoo.safepaths.resolve_inside`).
-    """
-    from hpa_zoo.data.images import read_channel, to_uint8
-
-    images_dir = Path(images_dir)
-    if len(files) == 1 and n_channels > 1:
-        path = resolve_inside(images_dir, files[0], where.rstrip(": "))
-        if not path.is_file():
-            raise HpaDataError(f"{where}{path}: file not found")
-        ok, pages = cv2.imreadmulti(str(path), flags=cv2.IMREAD_UNCHANGED)
-        if not ok or not pages:
-            raise HpaDataError(f"{where}{path}: cannot be decoded as an image (corrupt, or not PNG/TIFF)")
-        if len(pages) > 1:
-            planes = [p if p.ndim == 2 else p[..., 0] for p in pages]
-        else:
-            img = pages[0]
-            if img.ndim == 2:
-                planes = [img]
-            else:
-                order = {3: [2, 1, 0], 4: [2, 1, 0, 3]}.get(img.shape[2], list(range(img.shape[2])))
-                planes = [img[..., i] for i in order]
-        if len(planes) != n_channels:
-            raise HpaDataError(f"{where}{path}: has {len(planes)} channels but {n_channels} were declared; fix "
-                               f"channels= or the file")
-    else:
-        planes = [read_channel(resolve_inside(images_dir, f, where.rstrip(": ")), expect_dtype="any") for f in files]
-    planes = [to_uint8(p) if p.dtype != np.uint8 else p for p in planes]
-    if len({p.shape for p in planes}) != 1:
-        raise HpaDataError(f"{where}{images_dir}: the channels {list(files)} have different sizes "
-                           f"{[p.shape for p in planes]}; all must be the same field of view")
-    if size is None:
-        return np.stack(planes, axis=-1)
-    out = []
-    for p in planes:
-        if p.shape != (size, size):
-            interp = cv2.INTER_AREA if max(p.shape) > size else cv2.INTER_LINEAR
-            p = cv2.resize(p, (size, size), interpolation=interp)
-        out.append(p)
-    return np.stack(out, axis=-1)
 
 
 def encode_labels(label_lists: Sequence[Sequence[str]], classes: Sequence[str]) -> np.ndarray:
@@ -238,7 +93,7 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, n
 def _load_base(base, weights, image_size: int):
     """(model with the base's channels, registry spec, its stains) for a registry name or a preset folder."""
     from hpa_zoo.zoo.models_api import CONFIG_FILE, load, load_metadata
-    from hpa_zoo.zoo.registry import get_spec
+    from hpa_zoo.registry import get_spec
 
     path = Path(os.fspath(base))
     if path.is_dir():
@@ -263,7 +118,7 @@ def _load_base(base, weights, image_size: int):
 def _base_pixel_size(base) -> float | None:
     """µm per pixel the base model was trained at: a preset's record, or the registry row's."""
     from hpa_zoo.zoo.models_api import preset_info
-    from hpa_zoo.zoo.registry import get_spec
+    from hpa_zoo.registry import get_spec
 
     path = Path(os.fspath(base))
     return preset_info(path)["pixel_size_um"] if path.is_dir() else get_spec(str(base)).pixel_size_um

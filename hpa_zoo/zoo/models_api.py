@@ -32,7 +32,7 @@ from typing import Any
 from hpa_zoo.atomic import atomic_dir, ensure_free_space, model_bytes
 from hpa_zoo.constants import CLASS_NAMES, NUM_CLASSES
 from hpa_zoo.errors import ConfigError, WeightsError
-from hpa_zoo.zoo.registry import get_spec, pixel_size_of
+from hpa_zoo.registry import get_spec, pixel_size_of
 
 PRESET_FORMAT = "hpa_zoo.preset"
 PRESET_FORMAT_VERSION = 1
@@ -203,7 +203,7 @@ def _import_custom_objects() -> None:
     """Import the modules that register hpa-zoo's Keras serialisables (``hpa_zoo>...``)."""
     import importlib
 
-    from hpa_zoo.zoo.registry import ROWS
+    from hpa_zoo.registry import ROWS
 
     for module in sorted({row.builder.partition(":")[0] for row in ROWS}):
         importlib.import_module(module)

@@ -35,7 +35,7 @@ Team 1's published ONNX files (docs/teams.md §1.8: the bioimage.io package ``de
    being fully convolutional, is run at that size whatever size it was built for.
 
 `hpa_zoo.zoo.models_api` caches the converted weights as ``.weights.h5`` only after the check passed, with the measured
-differences in a ``.check.json`` beside them; `hpa_zoo.zoo.weights.verify` repeats the check on the package's own test
+differences in a ``.check.json`` beside them; `hpa_zoo.zoo.verify_weights.verify` repeats the check on the package's own test
 tensors.
 """
 from __future__ import annotations
