@@ -115,9 +115,9 @@ def prepare_data(out: Path, budget: Budget, data_dir: Optional[str], seed: int) 
 
 def _read_images(folder: Path, split: str, ids: Sequence[str], size: int) -> np.ndarray:
     """uint8 (N, size, size, 4) images of ``folder/split`` in ``ids`` order (tf.data reader)."""
-    from hpa_zoo.data import pipeline
+    from hpa_zoo.data import sources
 
-    ds = pipeline.folder_dataset(folder / split, ids=list(ids), labelled=False, image_size=size)
+    ds = sources.folder_dataset(folder / split, ids=list(ids), labelled=False, image_size=size)
     return np.stack([e["image"] for e in ds.as_numpy_iterator()])
 
 

@@ -602,7 +602,7 @@ def _run_embed(args) -> int:
     from hpa_zoo.atomic import atomic_path, atomic_to_csv
     from hpa_zoo.infer.explain import embed, plot_embedding, umap_projection
     from hpa_zoo.data.labels import format_target, read_labels_csv
-    from hpa_zoo.data.pipeline import folder_dataset
+    from hpa_zoo.data.sources import folder_dataset
 
     data, out = Path(args.data), Path(args.out)
     images_dir, csv = data, args.csv
@@ -617,7 +617,7 @@ def _run_embed(args) -> int:
         ds = folder_dataset(images_dir, csv, image_size=size, labelled=csv is not None)
     else:
         from hpa_zoo.errors import ConfigError
-        from hpa_zoo.data.pipeline import rescale_to_model
+        from hpa_zoo.data.image_ops import rescale_to_model
         from hpa_zoo.infer.predict_images import model_pixel_size
 
         target = model_pixel_size(args.model, size)

@@ -83,7 +83,7 @@ def is_kaggle_id(image_id: str) -> bool:
     """True for a 36-character Kaggle UUID, False for an HPAv18 id (the rule Teams 2 and 3 used)."""
     return len(image_id) == KAGGLE_ID_LENGTH and image_id.count("-") == 4
 
-#: The 8 dihedral (D4) transforms in the fixed order used by the data pipeline (`hpa_zoo.data.pipeline.d4_transform`)
+#: The 8 dihedral (D4) transforms in the fixed order used by the data pipeline (`hpa_zoo.data.image_ops.d4_transform`)
 #: and by test-time augmentation (`hpa_zoo.infer.tta.d4_apply`): Team 1's augment list (teams.md §1.4). Each name lists
 #: the steps applied left to right (flips before the transpose).
 D4_ORDER: tuple[str, ...] = (

@@ -261,9 +261,9 @@ def validation_baselines(synthetic: Path, folds_csv: Path, *, fold: int, image_s
 
 def _read_images(folder: Path, ids, size: int) -> np.ndarray:
     """uint8 (N, size, size, 4) images of a Kaggle-layout image folder, in ``ids`` order."""
-    from hpa_zoo.data import pipeline
+    from hpa_zoo.data import sources
 
-    ds = pipeline.folder_dataset(folder, ids=list(ids), labelled=False, image_size=size)
+    ds = sources.folder_dataset(folder, ids=list(ids), labelled=False, image_size=size)
     return np.stack([e["image"] for e in ds.as_numpy_iterator()])
 
 
@@ -345,7 +345,7 @@ def gradcam_panel(preset_dir: Path, val_predictions: Path, report: dict, synthet
     import tensorflow as tf
 
     from hpa_zoo.infer import explain
-    from hpa_zoo.data import pipeline
+    from hpa_zoo.data import image_ops
     from hpa_zoo.data.labels import parse_target
     from hpa_zoo.zoo.models_api import load
 
@@ -366,7 +366,7 @@ def gradcam_panel(preset_dir: Path, val_predictions: Path, report: dict, synthet
         used.add(best["Id"])
     model = load(str(preset_dir))
     wanted = [r["id"] for r in rows]
-    images = {key: pipeline.resize(tf.convert_to_tensor(image), input_size).numpy()  # as eval_map does
+    images = {key: image_ops.resize(tf.convert_to_tensor(image), input_size).numpy()  # as eval_map does
               for key, image in zip(wanted, _read_images(synthetic / "train", wanted, image_size))} if wanted else {}
     fig, axes = plt.subplots(max(len(rows), 1), 2, figsize=(6, 3 * max(len(rows), 1)), squeeze=False)
     for ax in axes.ravel():

@@ -138,7 +138,7 @@ def all_zero_image(tmp):
 
 
 def pipeline_channel_sizes_differ(tmp):
-    from hpa_zoo.data.pipeline import folder_dataset
+    from hpa_zoo.data.sources import folder_dataset
 
     csv = _kaggle(tmp)
     cv2.imwrite(str(tmp / "train" / "b_blue.png"), np.zeros((20, 20), np.uint8))
@@ -146,7 +146,7 @@ def pipeline_channel_sizes_differ(tmp):
 
 
 def pipeline_corrupt_png(tmp):
-    from hpa_zoo.data.pipeline import folder_dataset
+    from hpa_zoo.data.sources import folder_dataset
 
     csv = _kaggle(tmp)
     (tmp / "train" / "b_green.png").write_bytes(os.urandom(200))
@@ -154,7 +154,7 @@ def pipeline_corrupt_png(tmp):
 
 
 def pipeline_truncated_png(tmp):
-    from hpa_zoo.data.pipeline import folder_dataset
+    from hpa_zoo.data.sources import folder_dataset
 
     csv = _kaggle(tmp)
     path = tmp / "train" / "b_yellow.png"
@@ -164,7 +164,7 @@ def pipeline_truncated_png(tmp):
 
 
 def pipeline_truncated_jpeg_hpav18(tmp):
-    from hpa_zoo.data.pipeline import folder_dataset
+    from hpa_zoo.data.sources import folder_dataset
 
     folder = tmp / "train"
     folder.mkdir(parents=True)
@@ -177,7 +177,7 @@ def pipeline_truncated_jpeg_hpav18(tmp):
 
 
 def pipeline_empty_file(tmp):
-    from hpa_zoo.data.pipeline import folder_dataset
+    from hpa_zoo.data.sources import folder_dataset
 
     csv = _kaggle(tmp)
     (tmp / "train" / "a_red.png").write_bytes(b"")
@@ -185,7 +185,7 @@ def pipeline_empty_file(tmp):
 
 
 def pipeline_colour_png_in_kaggle_layout(tmp):
-    from hpa_zoo.data.pipeline import folder_dataset
+    from hpa_zoo.data.sources import folder_dataset
 
     csv = _kaggle(tmp)
     rgb = np.zeros((16, 16, 3), np.uint8)
@@ -195,7 +195,7 @@ def pipeline_colour_png_in_kaggle_layout(tmp):
 
 
 def pipeline_16bit_png(tmp):
-    from hpa_zoo.data.pipeline import folder_dataset
+    from hpa_zoo.data.sources import folder_dataset
 
     csv = _kaggle(tmp)
     cv2.imwrite(str(tmp / "train" / "a_blue.png"), np.full((16, 16), 3000, np.uint16))
@@ -203,7 +203,7 @@ def pipeline_16bit_png(tmp):
 
 
 def pipeline_tiff_file(tmp):
-    from hpa_zoo.data.pipeline import folder_dataset
+    from hpa_zoo.data.sources import folder_dataset
 
     csv = _kaggle(tmp)
     (tmp / "train" / "b_red.png").unlink()
@@ -212,7 +212,7 @@ def pipeline_tiff_file(tmp):
 
 
 def pipeline_grey_saved_as_rgb(tmp):
-    from hpa_zoo.data.pipeline import folder_dataset
+    from hpa_zoo.data.sources import folder_dataset
 
     csv = _kaggle(tmp)
     cv2.imwrite(str(tmp / "train" / "b_green.png"), np.full((16, 16, 3), 77, np.uint8))  # 3 equal planes
@@ -262,14 +262,14 @@ def csv_duplicate_ids(tmp):
 
 
 def csv_ids_without_images(tmp):
-    from hpa_zoo.data.pipeline import folder_dataset
+    from hpa_zoo.data.sources import folder_dataset
 
     csv = _kaggle(tmp, "Id,Target\na,0\nb,1\nghost,3\n")
     return folder_dataset(tmp / "train", csv)
 
 
 def csv_images_without_ids(tmp):
-    from hpa_zoo.data.pipeline import folder_dataset
+    from hpa_zoo.data.sources import folder_dataset
 
     csv = _kaggle(tmp, "Id,Target\na,0\n")  # b's four files are in the folder but not in the CSV
     ids = [e["id"].decode() for e in _iterate(folder_dataset(tmp / "train", csv))]
@@ -289,7 +289,7 @@ def csv_windows_line_endings(tmp):
 
 
 def csv_bom_and_crlf_through_the_pipeline(tmp):
-    from hpa_zoo.data.pipeline import folder_dataset
+    from hpa_zoo.data.sources import folder_dataset
 
     _kaggle(tmp)
     csv = _csv(tmp / "train.csv", "Id,Target\na,0\nb,1 2\n", encoding="utf-8-sig", newline="\r\n")
@@ -424,7 +424,7 @@ def _escape_target(tmp):
 def path_id_parent(tmp):
     _escape_target(tmp)
     _sample(tmp / "train", "b")
-    from hpa_zoo.data.pipeline import folder_dataset
+    from hpa_zoo.data.sources import folder_dataset
 
     return _iterate(folder_dataset(tmp / "train", _csv(tmp / "train.csv", "Id,Target\nb,0\n../other/a,1\n")))
 
@@ -432,7 +432,7 @@ def path_id_parent(tmp):
 def path_id_absolute(tmp):
     other = _escape_target(tmp)
     _sample(tmp / "train", "b")
-    from hpa_zoo.data.pipeline import folder_dataset
+    from hpa_zoo.data.sources import folder_dataset
 
     return _iterate(folder_dataset(tmp / "train", _csv(tmp / "train.csv", f"Id,Target\n{other / 'a'},1\n")))
 
@@ -452,7 +452,7 @@ def path_id_drive(tmp):
 def path_ids_argument(tmp):
     _escape_target(tmp)
     _sample(tmp / "train", "b")
-    from hpa_zoo.data.pipeline import folder_dataset
+    from hpa_zoo.data.sources import folder_dataset
 
     return folder_dataset(tmp / "train", ids=["b", "../other/a"], labelled=False)
 
@@ -656,7 +656,7 @@ def tfds_header_only_submission(tmp):
 
 def tfds_no_test_split(tmp):
     import tfds_hpa
-    from hpa_zoo.data.pipeline import tfds_dataset
+    from hpa_zoo.data.sources import tfds_dataset
 
     tfds_hpa.build("hpa_kaggle", manual_dir=_kaggle_manual(tmp), data_dir=tmp / "tfds", config="128")
     return tfds_dataset("hpa_kaggle/128", "test", data_dir=tmp / "tfds")

@@ -49,7 +49,7 @@ def test_fit_to_model_rescales_then_centres_on_the_canvas():
 def test_graph_rescale_matches_the_numpy_geometry():
     """`pipeline.rescale_to_model` (embed) and `images.fit_to_model` (predict, finetune) put the same content in
     the same place: a uniform image shows it independently of the interpolation."""
-    from hpa_zoo.data.pipeline import rescale_to_model
+    from hpa_zoo.data.image_ops import rescale_to_model
 
     for shape, scale, size in [((90, 50, 3), 0.5, 64), ((90, 50, 3), 2.0, 64), ((41, 77, 1), 1.0, 32)]:
         img = np.full(shape, 200, np.uint8)

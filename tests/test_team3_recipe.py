@@ -1,4 +1,4 @@
-"""zoo_models.teams.team3_recipe: Team 3's recipe facts, loss weighting, data maps, policy loading, blend, and a few real
+"""zoo_models.teams.team3_pudae: Team 3's recipe facts, loss weighting, data maps, policy loading, blend, and a few real
 training steps of each of the three real networks with the recipe's loss and optimiser (the loss falls).
 
 Training Team 3 through the generic trainer (loss falls, 0.4 x aux, SWA preset, predict) is in
@@ -17,7 +17,7 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from hpa_zoo.augment import transforms  # noqa: E402
-from hpa_zoo.data import pipeline
+from hpa_zoo.data import image_ops
 from hpa_zoo.errors import ConfigError  # noqa: E402
 from hpa_zoo.infer import ensemble  # noqa: E402
 from zoo_models.teams import team3_pudae as t3  # noqa: E402
@@ -86,7 +86,7 @@ def test_train_map_is_a_dihedral_transform_then_resize_and_eval_map_resizes():
     image = tf.constant(np.random.default_rng(0).integers(0, 256, (16, 16, 4)), tf.uint8)
     off = transforms.PolicyOp("InvertImg", 0.0, {})
     recipe = t3.make_recipe(SERESNEXT, policy=[transforms.SubPolicy(off, off)], image_size=16, input_size=24)
-    resized = pipeline.resize(image, 24).numpy().astype(np.float32)
+    resized = image_ops.resize(image, 24).numpy().astype(np.float32)
     d4 = [np.rot90(resized, k) for k in range(4)] + [np.rot90(resized.transpose(1, 0, 2), k) for k in range(4)]
     def same(a, b):  # uint8 rounding of bilinear ties may differ by 1 between a flipped and an unflipped resize
         return np.abs(a - b).max() <= 1 and np.mean(a != b) < 0.1

@@ -1,7 +1,7 @@
 """Team 3 through the generic trainer and predictor (`hpa_zoo.train.trainer.train`, `hpa_zoo.infer.predict.predict`), and the
 per-epoch `Recipe.train_sampler` hook.
 
-Team 3's real recipe (`zoo_models.teams.team3_recipe.make_recipe`: focal mean, Adam 5e-4 constant, loss weights
+Team 3's real recipe (`zoo_models.teams.team3_pudae.make_recipe`: focal mean, Adam 5e-4 constant, loss weights
 {logits: 1, aux_logits: 0.4}, D4 + policy augmentation, 512 -> 1024 upsampling, SWA of the last N epochs, D4 mean
 TTA, proportion-matched thresholds) drives a small stand-in with the *same interface* as Team 3's Inception-v3:
 Team 3's normalisation layer, a conv + BatchNorm trunk and the real class-wise attention heads
@@ -27,7 +27,7 @@ keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 
 from hpa_zoo.augment import transforms  # noqa: E402
-from zoo_models.teams import team3_recipe as t3  # noqa: E402
+from zoo_models.teams import team3_pudae as t3  # noqa: E402
 
 STANDIN, SAMPLED = "team3_test_attention_standin", "team3_test_sampled_standin"
 IMAGE, INPUT = 32, 48  # images loaded at 32 px and upsampled to 48 px, as Team 3's 512 -> 1024
@@ -132,11 +132,11 @@ def run(rows, data, tmp_path_factory):
 
 def _train_images(out, data):
     """The fold-0 training images with the validation transform: float32 (N, INPUT, INPUT, 4)."""
-    from hpa_zoo.data import pipeline
+    from hpa_zoo.data import sources
 
     folds = pd.read_csv(out / "folds.csv", dtype={"Id": str})
     ids = list(folds.loc[folds["fold"] != 0, "Id"])
-    src = pipeline.folder_dataset(data / "train", data / "train.csv", ids=ids, image_size=IMAGE)
+    src = sources.folder_dataset(data / "train", data / "train.csv", ids=ids, image_size=IMAGE)
     recipe = make_recipe()
     return ids, np.stack([recipe.eval_map(e)[0].numpy() for e in src])
 
@@ -279,9 +279,9 @@ def test_sampler_sets_each_epochs_ids_order_and_steps(rows, data, tmp_path, monk
 
 
 def _examples(data, ids):
-    from hpa_zoo.data import pipeline
+    from hpa_zoo.data import sources
 
-    return list(pipeline.folder_dataset(data / "train", data / "train.csv", ids=ids, image_size=IMAGE))
+    return list(sources.folder_dataset(data / "train", data / "train.csv", ids=ids, image_size=IMAGE))
 
 
 def test_sampler_may_not_return_validation_or_unknown_ids(rows, data, tmp_path):

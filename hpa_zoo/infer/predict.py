@@ -127,7 +127,8 @@ def _test_source(data, *, data_dir, image_size: int):
     """(ids list, dataset of {"id", "image" uint8 (image_size, image_size, 4)}) of the test images."""
     import tensorflow as tf
 
-    from hpa_zoo.data import pipeline
+    from hpa_zoo.data import sources
+    from hpa_zoo.data import image_ops
     from hpa_zoo.data.labels import read_labels_csv
 
     if Path(data).is_dir():
@@ -137,13 +138,13 @@ def _test_source(data, *, data_dir, image_size: int):
             raise HpaDataError(f"{csv}: not found; a Kaggle test folder needs sample_submission.csv (the test ids) "
                                f"and test/ with the channel PNGs")
         ids = list(read_labels_csv(csv, require_target=False)["Id"])
-        ds = pipeline.folder_dataset(folder / "test", ids=ids, labelled=False, image_size=image_size)
+        ds = sources.folder_dataset(folder / "test", ids=ids, labelled=False, image_size=image_size)
         return ids, ds
-    ds = pipeline.tfds_dataset(str(data), "test", data_dir=data_dir)
+    ds = sources.tfds_dataset(str(data), "test", data_dir=data_dir)
     stored = ds.element_spec["image"].shape[0]
     if stored is not None and stored != image_size:
         ds = ds.map(lambda e: {"id": e["id"], "image": tf.cast(tf.clip_by_value(tf.round(
-            pipeline.resize(e["image"], image_size)), 0, 255), tf.uint8)}, num_parallel_calls=tf.data.AUTOTUNE)
+            image_ops.resize(e["image"], image_size)), 0, 255), tf.uint8)}, num_parallel_calls=tf.data.AUTOTUNE)
     return None, ds
 
 

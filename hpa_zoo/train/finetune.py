@@ -188,7 +188,8 @@ def finetune(base, data_csv, images_dir, *, out_dir, classes: Sequence[str] | No
     import tensorflow as tf
 
     from hpa_zoo.zoo.models_api import save_preset
-    from hpa_zoo.data.pipeline import batch_pipeline, random_d4, to_float
+    from hpa_zoo.data.pipeline import batch_pipeline
+    from hpa_zoo.data.image_ops import random_d4, to_float
     from hpa_zoo.infer.thresholds import check_evidence, fit_thresholds
     from hpa_zoo.train.trainer import AtomicBestCheckpoint
     from zoo_models.surgery import replace_head

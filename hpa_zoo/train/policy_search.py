@@ -6,7 +6,7 @@ a no-augmentation baseline, trains a proxy network from scratch (ResNet18, per-i
 Adam 5e-4) on one half of the labelled images and is validated on the other half after every epoch; its score is
 the best moving average (10 epochs) of the validation macro F1. The top-k candidates' sub-policies are flattened
 (top 5 × 5 = 25 for pudae) and written with `hpa_zoo.augment.transforms.save_policy` to the policy file that training reads
-(``zoo_models.teams.team3_recipe.make_recipe(..., policy=path)``).
+(``zoo_models.teams.team3_pudae.make_recipe(..., policy=path)``).
 
 Outputs of `search` (``out`` = the policy JSON)::
 
@@ -143,19 +143,19 @@ def _train_map(example: dict, seed, *, policy):
     import tensorflow as tf
 
     from hpa_zoo.augment import transforms
-    from hpa_zoo.data import pipeline
+    from hpa_zoo.data import image_ops
 
     image = transforms.apply_policy(example["image"], policy, seed)
-    return pipeline.per_image_standardize(image), tf.cast(example["multi_hot"], tf.float32)
+    return image_ops.per_image_standardize(image), tf.cast(example["multi_hot"], tf.float32)
 
 
 def _eval_map(example: dict):
     """Per-image z-score only. Returns (image float32 (s, s, 4), multi_hot float32 (28,))."""
     import tensorflow as tf
 
-    from hpa_zoo.data import pipeline
+    from hpa_zoo.data import image_ops
 
-    return pipeline.per_image_standardize(example["image"]), tf.cast(example["multi_hot"], tf.float32)
+    return image_ops.per_image_standardize(example["image"]), tf.cast(example["multi_hot"], tf.float32)
 
 
 def train_candidate(policy: Sequence, train_src, valid_src, *, epochs: int, batch_size: int, size: int,
@@ -164,7 +164,7 @@ def train_candidate(policy: Sequence, train_src, valid_src, *, epochs: int, batc
 
     Args:
         policy: list of `SubPolicy` (empty = baseline: D4 base only).
-        train_src, valid_src: example-dict datasets (`pipeline.folder_dataset`, images (size, size, 4) uint8).
+        train_src, valid_src: example-dict datasets (`sources.folder_dataset`, images (size, size, 4) uint8).
         epochs, batch_size, size, proxy: see `search`.
         seed: weights initialisation and data order (the same for every candidate).
         log: called with one line per epoch.
@@ -203,7 +203,7 @@ def train_candidate(policy: Sequence, train_src, valid_src, *, epochs: int, batc
 # ---------------------------------------------------------------------------------------------- search
 def _split_halves(data_dir: Path, seed: int, size: int):
     """(train_src, valid_src, n_train, n_valid): two stratified halves of ``data_dir/train.csv``."""
-    from hpa_zoo.data import folds, pipeline
+    from hpa_zoo.data import folds, sources
     from hpa_zoo.data.labels import read_labels_csv
 
     csv = data_dir / "train.csv"
@@ -216,7 +216,7 @@ def _split_halves(data_dir: Path, seed: int, size: int):
                            f"(one half trains, the other validates)")
     table = folds.make_folds(df, n_splits=N_DATA_HALVES, seed=seed)
     ids = [list(table.loc[table["fold"] == f, "Id"]) for f in range(N_DATA_HALVES)]
-    train, valid = (pipeline.folder_dataset(data_dir / "train", csv, ids=part, image_size=size).cache() for part in ids)
+    train, valid = (sources.folder_dataset(data_dir / "train", csv, ids=part, image_size=size).cache() for part in ids)
     return train, valid, len(ids[0]), len(ids[1])
 
 

@@ -135,7 +135,7 @@ def _all_labels(data, *, data_dir, verbose) -> tuple[list[str], np.ndarray]:
     if _is_folder(data):
         df = read_labels_csv(Path(data) / "train.csv")
         return list(df["Id"]), multi_hot_matrix(list(df["labels"]))
-    from hpa_zoo.data.pipeline import tfds_dataset
+    from hpa_zoo.data.sources import tfds_dataset
 
     _log(verbose, f"reading ids and labels of {data} (train split) for the folds")
     ds = tfds_dataset(data, "train", data_dir=data_dir).map(lambda e: (e["id"], e["multi_hot"]))
@@ -152,7 +152,8 @@ def _split_sources(data, table, fold: int, *, data_dir, image_size: int):
     """(train_ds, valid_ds, n_train, n_valid): example-dict datasets of the fold's train and valid parts."""
     import tensorflow as tf
 
-    from hpa_zoo.data import pipeline
+    from hpa_zoo.data import sources
+    from hpa_zoo.data import image_ops
 
     if fold not in set(table["fold"]):
         raise ConfigError(f"fold {fold} is not in the folds table (folds: {sorted(set(table['fold']))})")
@@ -160,18 +161,18 @@ def _split_sources(data, table, fold: int, *, data_dir, image_size: int):
     valid_ids = list(table.loc[table["fold"] == fold, "Id"])
     if _is_folder(data):
         folder = Path(data)
-        make = lambda ids: pipeline.folder_dataset(folder / "train", folder / "train.csv", ids=ids,  # noqa: E731
+        make = lambda ids: sources.folder_dataset(folder / "train", folder / "train.csv", ids=ids,  # noqa: E731
                                                    image_size=image_size)
         return make(train_ids), make(valid_ids), len(train_ids), len(valid_ids)
 
-    ds = pipeline.tfds_dataset(data, "train", data_dir=data_dir)
+    ds = sources.tfds_dataset(data, "train", data_dir=data_dir)
     keys = tf.constant(list(table["Id"]))
     lookup = tf.lookup.StaticHashTable(
         tf.lookup.KeyValueTensorInitializer(keys, tf.constant(list(table["fold"]), tf.int64)), default_value=-1)
     stored = ds.element_spec["image"].shape[0]
     if stored is not None and stored != image_size:  # a TFDS config of another size: resize once, here
         ds = ds.map(lambda e: {**e, "image": tf.cast(tf.clip_by_value(tf.round(
-            pipeline.resize(e["image"], image_size)), 0, 255), tf.uint8)}, num_parallel_calls=tf.data.AUTOTUNE)
+            image_ops.resize(e["image"], image_size)), 0, 255), tf.uint8)}, num_parallel_calls=tf.data.AUTOTUNE)
     train = ds.filter(lambda e: tf.logical_and(lookup.lookup(e["id"]) != fold, lookup.lookup(e["id"]) >= 0))
     valid = ds.filter(lambda e: tf.equal(lookup.lookup(e["id"]), fold))
     # A filter hides the size; stating it lets Keras show progress and end the validation pass without a
@@ -236,7 +237,7 @@ def _sampled_source(data, train_src, epoch_ids: list[str], *, image_size: int, s
     """The examples of one sampled epoch (`_EpochSampler`): a dataset of example dicts, ``len(epoch_ids)`` long.
 
     * Kaggle-layout folder: exactly ``epoch_ids`` in that order, repeats included
-      (`hpa_zoo.data.pipeline.folder_dataset` keeps the order of ``ids``); nothing reshuffles it.
+      (`hpa_zoo.data.sources.folder_dataset` keeps the order of ``ids``); nothing reshuffles it.
     * TFDS: records are read in their stored order, so the sampler's **order is not kept**: each training
       record is emitted as many times as the sampler lists its id (0 = left out this epoch), then shuffled
       (buffer `SAMPLED_TFDS_SHUFFLE`, seeded by the epoch) — the multiplicities, i.e. the class balance, hold.
@@ -247,11 +248,11 @@ def _sampled_source(data, train_src, epoch_ids: list[str], *, image_size: int, s
     """
     import tensorflow as tf
 
-    from hpa_zoo.data import pipeline
+    from hpa_zoo.data import sources
 
     if _is_folder(data):
         folder = Path(data)
-        return pipeline.folder_dataset(folder / "train", folder / "train.csv", ids=epoch_ids, image_size=image_size)
+        return sources.folder_dataset(folder / "train", folder / "train.csv", ids=epoch_ids, image_size=image_size)
     unique, counts = np.unique(np.asarray(epoch_ids, dtype=object).astype(str), return_counts=True)
     table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
         tf.constant(unique.tolist()), tf.constant(counts, tf.int64)), default_value=0)

@@ -225,12 +225,12 @@ def train_map(example: dict, seed, *, image_size: int, input_size: int):
     """
     import tensorflow as tf
 
-    from hpa_zoo.data import pipeline
+    from hpa_zoo.data import image_ops
 
     crop_seed, d4_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
-    image = pipeline.resize(example["image"], image_size)
-    image = pipeline.random_scale_crop(image, input_size, crop_seed)
-    image = pipeline.random_d4(image, d4_seed)
+    image = image_ops.resize(example["image"], image_size)
+    image = image_ops.random_scale_crop(image, input_size, crop_seed)
+    image = image_ops.random_d4(image, d4_seed)
     return tf.cast(image, tf.float32), tf.cast(example["multi_hot"], tf.float32)
 
 
@@ -239,9 +239,9 @@ def eval_map(example: dict, *, input_size: int):
 
     Returns (image float32 (input_size, input_size, 4) in [0, 255], multi_hot float32 (28,)).
     """
-    from hpa_zoo.data import pipeline
+    from hpa_zoo.data import image_ops
 
-    return pipeline.resized_pair(example, input_size)
+    return image_ops.resized_pair(example, input_size)
 
 
 # ---------------------------------------------------------------------------------------------- recipe

@@ -340,15 +340,15 @@ def _colour(image, seed):
 
 
 def _flip(image, seed):
-    """albumentations ``Flip`` p .75: one of vertical / horizontal / both (`pipeline.d4_transform` 1, 2, 4)."""
+    """albumentations ``Flip`` p .75: one of vertical / horizontal / both (`image_ops.d4_transform` 1, 2, 4)."""
     import tensorflow as tf
 
     from hpa_zoo.augment import transforms
-    from hpa_zoo.data import pipeline
+    from hpa_zoo.data import image_ops
 
     def flip(x, s):
         k = tf.gather([1, 2, 4], tf.random.stateless_uniform([], s, 0, 3, dtype=tf.int32))
-        return tf.ensure_shape(pipeline.d4_transform(x, k), x.shape)
+        return tf.ensure_shape(image_ops.d4_transform(x, k), x.shape)
 
     return transforms.apply_with_probability(flip, FLIP_P, seed)(image)
 
@@ -382,10 +382,10 @@ def train_map(example: dict, seed, *, input_size: int):
     import tensorflow as tf
 
     from hpa_zoo.augment import transforms
-    from hpa_zoo.data import pipeline
+    from hpa_zoo.data import image_ops
 
     s = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
-    image = tf.cast(pipeline.resize(example["image"], input_size), tf.float32)
+    image = tf.cast(image_ops.resize(example["image"], input_size), tf.float32)
     image = _colour(image, s[0])
     image = _flip(image, s[1])
     image = transforms.shift_scale_rotate(image, s[2], shift_limit=SSR_SHIFT, scale_limit=SSR_SCALE,
@@ -398,9 +398,9 @@ def eval_map(example: dict, *, input_size: int):
     """Validation: the whole image resized to ``input_size``. Returns (float32 (s, s, 4), float32 (28,))."""
     import tensorflow as tf
 
-    from hpa_zoo.data import pipeline
+    from hpa_zoo.data import image_ops
 
-    image = pipeline.resize(example["image"], input_size)
+    image = image_ops.resize(example["image"], input_size)
     return tf.cast(image, tf.float32), tf.cast(example["multi_hot"], tf.float32)
 
 

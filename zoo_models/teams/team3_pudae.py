@@ -10,7 +10,7 @@ Three final models, all RGBY with a 4-channel stem whose yellow filter starts as
 
 * ``AttentionInceptionV3`` at 1024 px: Inception-v3 trunk, class-wise spatial-softmax attention head
   (`zoo_models.attention`) on ``mixed10``; for training an auxiliary attention head on ``mixed7`` (loss
-  main + 0.4·aux, in `zoo_models.teams.team3_recipe`);
+  main + 0.4·aux, in `zoo_models.teams.team3_pudae`);
 * ``Attention(se_resnext50_32x4d)`` at 1024 px: the same head on the last SE-ResNeXt50 stage;
 * ``resnet34`` at 512 px: global average pool -> Linear(512 -> 28), no dropout.
 
@@ -334,10 +334,10 @@ def train_map(example: dict, seed, *, policy, input_size: int):
     import tensorflow as tf
 
     from hpa_zoo.augment import transforms
-    from hpa_zoo.data import pipeline
+    from hpa_zoo.data import image_ops
 
     image = transforms.apply_policy(example["image"], policy, seed)
-    image = pipeline.resize(image, input_size)
+    image = image_ops.resize(image, input_size)
     return tf.cast(image, tf.float32), tf.cast(example["multi_hot"], tf.float32)
 
 
@@ -359,7 +359,7 @@ def make_recipe(model_name: str = "team3_attention_inceptionv3_1024", *, policy:
         ConfigError: unknown model name, or a bad policy file.
     """
     from hpa_zoo.augment import transforms
-    from hpa_zoo.data import pipeline
+    from hpa_zoo.data import image_ops
 
     if model_name not in MODELS:
         raise ConfigError(f"make_recipe: {model_name!r} is not a Team 3 model; use one of {sorted(MODELS)}")
@@ -378,7 +378,7 @@ def make_recipe(model_name: str = "team3_attention_inceptionv3_1024", *, policy:
         make_optimizer=functools.partial(make_optimizer, grad_accum_steps=grad_accum),
         train_map=functools.partial(train_map, policy=sub_policies, input_size=input_size),
         # teams.md §3.3/§3.6: validation = Resize to the input size only
-        eval_map=functools.partial(pipeline.resized_pair, size=input_size),
+        eval_map=functools.partial(image_ops.resized_pair, size=input_size),
         monitor="val_loss",
         monitor_mode="min",
         tta=TTAConfig("d4", aggregate="mean"),  # teams.md §3.6: 8 D4 transforms, mean of probabilities

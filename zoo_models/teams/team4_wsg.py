@@ -281,7 +281,7 @@ def train_stacker(oof_crop_probs, y_true, *, epochs: int = STACKER_EPOCHS, batch
 
 def predict_five_crops(model, images, *, crop_size: int = CROP_SIZE, image_size: Optional[int] = None,
                        batch_size: int = 8) -> np.ndarray:
-    """Probabilities of the 5 fixed crops ul, ur, centre, bl, br (`hpa_zoo.data.pipeline.five_crop`, teams.md §4.2).
+    """Probabilities of the 5 fixed crops ul, ur, centre, bl, br (`hpa_zoo.data.image_ops.five_crop`, teams.md §4.2).
 
     Args:
         model: (B, crop, crop, C) [0, 255] -> logits (B, K).
@@ -295,12 +295,12 @@ def predict_five_crops(model, images, *, crop_size: int = CROP_SIZE, image_size:
     """
     import tensorflow as tf
 
-    from hpa_zoo.data import pipeline
+    from hpa_zoo.data import image_ops
 
     images = tf.convert_to_tensor(images)
     if image_size is not None:
         images = tf.cast(tf.image.resize(tf.cast(images, tf.float32), (image_size, image_size)), tf.float32)
-    crops = tf.map_fn(lambda im: tf.cast(pipeline.five_crop(im, crop_size), tf.float32), images,
+    crops = tf.map_fn(lambda im: tf.cast(image_ops.five_crop(im, crop_size), tf.float32), images,
                       fn_output_signature=tf.TensorSpec((5, crop_size, crop_size, images.shape[-1]), tf.float32))
     flat = tf.reshape(crops, (-1, crop_size, crop_size, images.shape[-1])).numpy()
     logits = np.concatenate([np.asarray(model(flat[i:i + batch_size], training=False), np.float64)
@@ -384,7 +384,7 @@ def sampling_weights(labels, num_classes: int = NUM_CLASSES) -> np.ndarray:
 
 def weighted_sample_ids(ids: Sequence[str], weights, n: int, *, seed: int = 0) -> list[str]:
     """Draw ``n`` ids with replacement, probability proportional to ``weights`` (an epoch's id list for
-    `hpa_zoo.data.pipeline.folder_dataset(ids=...)`). Returns list[str] of length n."""
+    `hpa_zoo.data.sources.folder_dataset(ids=...)`). Returns list[str] of length n."""
     w = np.asarray(weights, np.float64)
     if len(w) != len(ids) or (w < 0).any() or w.sum() <= 0:
         raise ConfigError(f"weighted_sample_ids: {len(ids)} ids need as many non-negative weights (not all 0)")
@@ -517,10 +517,10 @@ def train_map(example: dict, seed, *, image_size: int, input_size: int):
     RandomCrop 512); rotate90 / flip / affine. Returns (float32 (input_size, input_size, 4), float32 (28,))."""
     import tensorflow as tf
 
-    from hpa_zoo.data import pipeline
+    from hpa_zoo.data import image_ops
 
     crop_seed, aug_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    image = tf.cast(pipeline.resize(example["image"], image_size), tf.float32)
+    image = tf.cast(image_ops.resize(example["image"], image_size), tf.float32)
     if input_size < image_size:
         image = tf.image.stateless_random_crop(image, (input_size, input_size, image.shape[-1]), crop_seed)
     image = tf.ensure_shape(_augment(image, aug_seed), (input_size, input_size, image.shape[-1]))
@@ -532,11 +532,11 @@ def eval_map(example: dict, *, image_size: int, input_size: int):
     5 crops). Returns (float32 (input_size, input_size, 4), float32 (28,))."""
     import tensorflow as tf
 
-    from hpa_zoo.data import pipeline
+    from hpa_zoo.data import image_ops
 
-    image = pipeline.resize(example["image"], image_size)
+    image = image_ops.resize(example["image"], image_size)
     if input_size < image_size:
-        image = pipeline.five_crop(image, input_size)[2]
+        image = image_ops.five_crop(image, input_size)[2]
     return tf.cast(image, tf.float32), tf.cast(example["multi_hot"], tf.float32)
 
 
