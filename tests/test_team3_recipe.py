@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from hpa_zoo.augment import transforms  # noqa: E402
+from hpa_zoo.augment import autoaugment
 from hpa_zoo.data import image_ops
 from hpa_zoo.errors import ConfigError  # noqa: E402
 from hpa_zoo.infer import ensemble  # noqa: E402
@@ -84,8 +84,8 @@ def test_inception_recipe_loss_is_main_plus_point_four_aux():
 
 def test_train_map_is_a_dihedral_transform_then_resize_and_eval_map_resizes():
     image = tf.constant(np.random.default_rng(0).integers(0, 256, (16, 16, 4)), tf.uint8)
-    off = transforms.PolicyOp("InvertImg", 0.0, {})
-    recipe = t3.make_recipe(SERESNEXT, policy=[transforms.SubPolicy(off, off)], image_size=16, input_size=24)
+    off = autoaugment.PolicyOp("InvertImg", 0.0, {})
+    recipe = t3.make_recipe(SERESNEXT, policy=[autoaugment.SubPolicy(off, off)], image_size=16, input_size=24)
     resized = image_ops.resize(image, 24).numpy().astype(np.float32)
     d4 = [np.rot90(resized, k) for k in range(4)] + [np.rot90(resized.transpose(1, 0, 2), k) for k in range(4)]
     def same(a, b):  # uint8 rounding of bilinear ties may differ by 1 between a flipped and an unflipped resize
@@ -104,10 +104,10 @@ def test_train_map_is_a_dihedral_transform_then_resize_and_eval_map_resizes():
 
 
 def test_make_recipe_reads_a_policy_file(tmp_path):
-    policy = transforms.sample_policy(3, n_subpolicies=2)
-    path = transforms.save_policy(policy, tmp_path / "p.json")
+    policy = autoaugment.sample_policy(3, n_subpolicies=2)
+    path = autoaugment.save_policy(policy, tmp_path / "p.json")
     recipe = t3.make_recipe(RESNET34, policy=path)
-    assert recipe.train_map.keywords["policy"] == transforms.load_policy(path)
+    assert recipe.train_map.keywords["policy"] == autoaugment.load_policy(path)
     assert len(t3.make_recipe(RESNET34).train_map.keywords["policy"]) == 25  # teams.md §3.5: pudae's final policy
 
 

@@ -26,7 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 
-from hpa_zoo.augment import transforms  # noqa: E402
+from hpa_zoo.augment import autoaugment
 from zoo_models.teams import team3_pudae as t3  # noqa: E402
 
 STANDIN, SAMPLED = "team3_test_attention_standin", "team3_test_sampled_standin"
@@ -35,10 +35,10 @@ EPOCHS, STEPS, BATCH, SWA_N = 4, 3, 4, 3
 #: load_recipe reads this from the recipe module: the maps resize the whole image (teams.md §3.4).
 INPUT_IS_RESIZED_IMAGE = t3.make_recipe("team3_resnet34_512").input_is_resized_image
 # Two cheap sub-policies: tracing pudae's 25-branch policy graph takes ~45 s on 2 CPUs.
-CHEAP_POLICY = [transforms.SubPolicy(transforms.PolicyOp("RandomBrightness", 0.5, {"limit": 0.2}),
-                                  transforms.PolicyOp("RandomContrast", 0.5, {"limit": 0.2})),
-                transforms.SubPolicy(transforms.PolicyOp("InvertImg", 0.25, {}),
-                                  transforms.PolicyOp("RandomGamma", 0.5, {"gamma_limit": (80, 120)}))]
+CHEAP_POLICY = [autoaugment.SubPolicy(autoaugment.PolicyOp("RandomBrightness", 0.5, {"limit": 0.2}),
+                                  autoaugment.PolicyOp("RandomContrast", 0.5, {"limit": 0.2})),
+                autoaugment.SubPolicy(autoaugment.PolicyOp("InvertImg", 0.25, {}),
+                                  autoaugment.PolicyOp("RandomGamma", 0.5, {"gamma_limit": (80, 120)}))]
 SAMPLER_CALLS: list = []
 
 

@@ -27,40 +27,30 @@ in `hpa_zoo/augment/policies/` (``"team3"`` = pudae's final 25 sub-policies).
 """
 from __future__ import annotations
 
-import difflib
-import functools
-import json
 import math
 import numbers
-import os
-from pathlib import Path
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
-import numpy as np
 import tensorflow as tf
 
-from hpa_zoo.atomic import atomic_write_text
 from hpa_zoo.errors import ConfigError
 
 ALBUMENTATIONS_VERSION = "0.1.8"  # pudae:requirements.txt
 MAX_VALUE = 255.0  # uint8 range; float32 images are in [0, 255] (docs/ARCHITECTURE.md)
-POLICY_FORMAT = "hpa_zoo.augment_policy/1"
 
 __all__ = [
-    "OPS", "OP_NAMES", "SEARCH_SPACE", "P_CHOICES", "PolicyOp", "SubPolicy", "Uniform", "RandInt",
     "random_contrast", "random_brightness", "random_gamma", "blur", "motion_blur", "invert_img", "rotate",
     "shift_scale_rotate", "random_scale", "grid_distortion", "elastic_transform",
     "adjust_brightness_contrast", "gamma_transform", "box_blur", "filter2d", "motion_blur_kernel",
     "rotation_matrix", "affine_from_points", "warp_affine", "remap", "grid_distortion_maps", "gaussian_filter",
-    "apply_with_probability", "base_d4", "choose_sub_policy", "apply_sub_policy", "apply_policy",
-    "load_policy", "save_policy", "sample_policy", "validate_magnitude",
+    "check_image", "as_seed", "split_seed", "uniform", "randint", "to_range",
 ]
 
 
 # --------------------------------------------------------------------------------------------------------------
 # small helpers: dtype, seeds, albumentations-style ranges
 # --------------------------------------------------------------------------------------------------------------
-def _check_image(image) -> tf.Tensor:
+def check_image(image) -> tf.Tensor:
+    """The image as a tensor, checked: ONE image (H, W, C), uint8 or float32 in [0, 255] (`ConfigError` else)."""
     image = tf.convert_to_tensor(image)
     if image.dtype not in (tf.uint8, tf.float32):
         raise ConfigError(f"augment ops take uint8 or float32 [0,255] images, got dtype {image.dtype.name}; "
@@ -85,7 +75,8 @@ def _finish(values: tf.Tensor, like: tf.Tensor, rounding: str, same_shape: bool 
     return out
 
 
-def _seed(seed) -> tf.Tensor:
+def as_seed(seed) -> tf.Tensor:
+    """A stateless RNG seed as a (2,) int32/int64 tensor (other dtypes cast to int64; another shape: `ConfigError`)."""
     seed = tf.convert_to_tensor(seed)
     if seed.dtype not in (tf.int32, tf.int64):
         seed = tf.cast(seed, tf.int64)
@@ -94,13 +85,13 @@ def _seed(seed) -> tf.Tensor:
     return seed
 
 
-def _split(seed, n: int) -> list[tf.Tensor]:
+def split_seed(seed, n: int) -> list[tf.Tensor]:
     """`n` independent (2,) seeds derived from `seed`."""
-    seeds = tf.random.experimental.stateless_split(_seed(seed), num=n)
+    seeds = tf.random.experimental.stateless_split(as_seed(seed), num=n)
     return [seeds[i] for i in range(n)]
 
 
-def _uniform(seed, lo, hi, shape=(), dtype=tf.float32) -> tf.Tensor:
+def uniform(seed, lo, hi, shape=(), dtype=tf.float32) -> tf.Tensor:
     """U[lo, hi) in `dtype` (exactly lo when lo == hi); lo, hi python floats or float tensors."""
     lo, hi = tf.cast(lo, dtype), tf.cast(hi, dtype)
     return tf.random.stateless_uniform(shape, seed=seed, minval=lo, maxval=hi, dtype=dtype)
@@ -111,7 +102,7 @@ def _as_int(value) -> tf.Tensor:
     return tf.cast(tf.round(tf.cast(value, tf.float64)), tf.int32)
 
 
-def _randint(seed, lo, hi) -> tf.Tensor:
+def randint(seed, lo, hi) -> tf.Tensor:
     """int32 uniform on {lo, ..., hi} inclusive (Python ``random.randint``); bounds python ints or int tensors."""
     lo, hi = _as_int(lo), _as_int(hi)
     return tf.random.stateless_uniform((), seed=seed, minval=lo, maxval=hi + 1, dtype=tf.int32)
@@ -121,7 +112,7 @@ def _is_tensor(value) -> bool:
     return tf.is_tensor(value) or (isinstance(value, (list, tuple)) and any(tf.is_tensor(v) for v in value))
 
 
-def _to_range(value, bias: float = 0.0):
+def to_range(value, bias: float = 0.0):
     """albumentations ``to_tuple``: a scalar v means (-v, v); a pair is kept; `bias` is added to both ends.
 
     Python numbers give python floats; tensors (a scalar or a (2,) pair) give float32 tensors.
@@ -153,7 +144,7 @@ def adjust_brightness_contrast(image, alpha=1.0, beta=0.0, *, beta_by_max: bool 
     over all pixels AND channels of the input (``np.mean(img)``, verified). ``beta_by_max=True`` uses ``beta·255``
     instead (albumentations >= 0.4 default). uint8 results are truncated like numpy ``astype``. Same shape/dtype out.
     """
-    image = _check_image(image)
+    image = check_image(image)
     x = tf.cast(image, tf.float32)
     scale = tf.constant(MAX_VALUE) if beta_by_max else tf.reduce_mean(x)
     return _finish(x * tf.cast(alpha, tf.float32) + tf.cast(beta, tf.float32) * scale, image, "floor")
@@ -167,8 +158,8 @@ def random_contrast(image, seed, limit=0.2) -> tf.Tensor:
     (not around the mean), so it scales deviations from 0 and also shifts the mean; clipped to [0, 255].
     limit: float l >= 0 or a (lo, hi) pair of offsets. image (H, W, C) uint8/float32, seed (2,) int -> same shape/dtype.
     """
-    lo, hi = _to_range(limit)
-    return adjust_brightness_contrast(image, 1.0 + _uniform(_seed(seed), lo, hi), 0.0)
+    lo, hi = to_range(limit)
+    return adjust_brightness_contrast(image, 1.0 + uniform(as_seed(seed), lo, hi), 0.0)
 
 
 def random_brightness(image, seed, limit=0.2, *, beta_by_max: bool = False) -> tf.Tensor:
@@ -179,8 +170,8 @@ def random_brightness(image, seed, limit=0.2, *, beta_by_max: bool = False) -> t
     (uint8: 153). teams.md §3.5 describes the later ``x + 255·β`` form; pass ``beta_by_max=True`` for it.
     limit: float l >= 0 or (lo, hi). image (H, W, C) uint8/float32, seed (2,) int -> same shape/dtype.
     """
-    lo, hi = _to_range(limit)
-    return adjust_brightness_contrast(image, 1.0, _uniform(_seed(seed), lo, hi), beta_by_max=beta_by_max)
+    lo, hi = to_range(limit)
+    return adjust_brightness_contrast(image, 1.0, uniform(as_seed(seed), lo, hi), beta_by_max=beta_by_max)
 
 
 def gamma_transform(image, gamma) -> tf.Tensor:
@@ -191,7 +182,7 @@ def gamma_transform(image, gamma) -> tf.Tensor:
     inconsistent; pudae's images were uint8, so float32 [0,255] inputs here get the uint8 formula without rounding.
     image (H, W, C) uint8/float32, gamma: positive float scalar -> same shape/dtype.
     """
-    image = _check_image(image)
+    image = check_image(image)
     inv = 1.0 / tf.cast(gamma, tf.float64)
     if image.dtype == tf.uint8:
         table = tf.floor(tf.pow(tf.range(256, dtype=tf.float64) / MAX_VALUE, inv) * MAX_VALUE)
@@ -210,7 +201,7 @@ def random_gamma(image, seed, gamma_limit=(80, 120)) -> tf.Tensor:
     raises to 1/γ (see `gamma_transform`). (100, 100) is the identity.
     image (H, W, C) uint8/float32, seed (2,) int -> same shape/dtype.
     """
-    gamma = tf.cast(_randint(_seed(seed), gamma_limit[0], gamma_limit[1]), tf.float64) / 100.0
+    gamma = tf.cast(randint(as_seed(seed), gamma_limit[0], gamma_limit[1]), tf.float64) / 100.0
     return gamma_transform(image, gamma)
 
 
@@ -220,7 +211,7 @@ def invert_img(image, seed=None) -> tf.Tensor:
     image (H, W, C) uint8 or float32 in [0, 255] (255 is this project's float maximum) -> same shape/dtype.
     """
     del seed
-    image = _check_image(image)
+    image = check_image(image)
     return tf.constant(255, image.dtype) - image
 
 
@@ -252,7 +243,7 @@ def filter2d(image, kernel) -> tf.Tensor:
     image (H, W, C) uint8/float32; kernel (K, K) float (K odd, anchor at the centre) applied to every channel with
     `tf.nn.depthwise_conv2d`. uint8 output is rounded (OpenCV saturate_cast). Same shape/dtype out.
     """
-    image = _check_image(image)
+    image = check_image(image)
     kernel = tf.convert_to_tensor(kernel, tf.float32)
     k = kernel.shape[0]
     if k is None or kernel.shape[1] != k or k % 2 == 0:
@@ -304,7 +295,7 @@ def _kernel_size(seed, blur_limit, max_blur_limit: int | None) -> tuple[tf.Tenso
                           f"got {blur_limit}")
     frame = 3 + 2 * ((int(max_blur_limit) - 3) // 2)
     n_sizes = (_as_int(blur_limit) - 3) // 2 + 1
-    return 3 + 2 * _randint(seed, 0, n_sizes - 1), frame
+    return 3 + 2 * randint(seed, 0, n_sizes - 1), frame
 
 
 def blur(image, seed, blur_limit=7, *, max_blur_limit: int | None = None) -> tf.Tensor:
@@ -315,7 +306,7 @@ def blur(image, seed, blur_limit=7, *, max_blur_limit: int | None = None) -> tf.
     kernel use `box_blur`. image (H, W, C) uint8/float32, seed (2,) int -> same shape/dtype. blur_limit may be an
     int tensor when the python bound `max_blur_limit` is given (used by `apply_policy`).
     """
-    k, frame = _kernel_size(_seed(seed), blur_limit, max_blur_limit)
+    k, frame = _kernel_size(as_seed(seed), blur_limit, max_blur_limit)
     return filter2d(image, _box_kernel(k, frame))
 
 
@@ -358,18 +349,18 @@ def motion_blur(image, seed, blur_limit=7, *, max_blur_limit: int | None = None)
     normalised to sum 1, applied with ``cv2.filter2D`` (reflect-101). image (H, W, C) uint8/float32, seed (2,) int ->
     same shape/dtype. blur_limit may be a tensor when `max_blur_limit` is given (see `blur`).
     """
-    s = _split(seed, 6)
+    s = split_seed(seed, 6)
     k, frame = _kernel_size(s[0], blur_limit, max_blur_limit)
     kmax = tf.cast(k, tf.float32)
 
     def draw(sd):  # randint(0, k-1) with a tensor k
-        return tf.cast(tf.floor(_uniform(sd, 0.0, 1.0) * kmax), tf.int32)
+        return tf.cast(tf.floor(uniform(sd, 0.0, 1.0) * kmax), tf.int32)
 
     xs, xe = draw(s[1]), draw(s[2])
     ys_free, ye_free = draw(s[3]), draw(s[4])
     # random.sample(range(k), 2): first uniform, second uniform among the other k-1 values
     ys_pair = ys_free
-    other = tf.cast(tf.floor(_uniform(s[5], 0.0, 1.0) * (kmax - 1.0)), tf.int32)
+    other = tf.cast(tf.floor(uniform(s[5], 0.0, 1.0) * (kmax - 1.0)), tf.int32)
     ye_pair = tf.where(other >= ys_pair, other + 1, other)
     same = tf.equal(xs, xe)
     ys = tf.where(same, ys_pair, ys_free)
@@ -387,7 +378,7 @@ def remap(image, map_x, map_y) -> tf.Tensor:
     integers): ``out[i, j] = image(map_y[i, j], map_x[i, j])`` bilinearly interpolated, out-of-image neighbours read
     with reflect-101. Returns (H', W', C) in image's dtype (uint8 rounded). All channels use the same maps.
     """
-    image = _check_image(image)
+    image = check_image(image)
     h, w = _hw(image)
     channels = tf.shape(image)[2]
     flat = tf.reshape(tf.cast(image, tf.float32), tf.stack([h * w, channels]))
@@ -460,7 +451,7 @@ def warp_affine(image, matrix) -> tf.Tensor:
 
     image (H, W, C) uint8/float32 -> same shape/dtype; ``out(p) = image(M^-1 p)``.
     """
-    image = _check_image(image)
+    image = check_image(image)
     grid_x, grid_y = _pixel_grid(*_hw(image))
     map_x, map_y = _inverse_affine_maps(matrix, grid_x, grid_y)
     out = remap(image, map_x, map_y)
@@ -482,9 +473,9 @@ def rotate(image, seed, limit=90) -> tf.Tensor:
     centre is W/2 (not (W-1)/2), a 90° rotation equals ``np.rot90`` shifted by one pixel (first row reflected).
     limit: degrees, or a (lo, hi) pair ((90, 90) forces 90°). image (H, W, C), seed (2,) int -> same shape/dtype.
     """
-    image = _check_image(image)
-    lo, hi = _to_range(limit)
-    angle = _uniform(_seed(seed), lo, hi)
+    image = check_image(image)
+    lo, hi = to_range(limit)
+    angle = uniform(as_seed(seed), lo, hi)
     return warp_affine(image, rotation_matrix(_center(image), angle, 1.0))
 
 
@@ -496,12 +487,12 @@ def shift_scale_rotate(image, seed, shift_limit=0.0625, scale_limit=0.1, rotate_
     ``scale_limit`` goes through ``to_tuple(scale_limit, bias=1.0)``. pudae's policy uses scale 0, rotate 0.
     Each limit: a float or a (lo, hi) pair. image (H, W, C), seed (2,) int -> same shape/dtype.
     """
-    image = _check_image(image)
-    s = _split(seed, 4)
-    angle = _uniform(s[0], *_to_range(rotate_limit))
-    scale = _uniform(s[1], *_to_range(scale_limit, bias=1.0))
-    lo, hi = _to_range(shift_limit)
-    dx, dy = _uniform(s[2], lo, hi), _uniform(s[3], lo, hi)
+    image = check_image(image)
+    s = split_seed(seed, 4)
+    angle = uniform(s[0], *to_range(rotate_limit))
+    scale = uniform(s[1], *to_range(scale_limit, bias=1.0))
+    lo, hi = to_range(shift_limit)
+    dx, dy = uniform(s[2], lo, hi), uniform(s[3], lo, hi)
     h, w = _hw(image)
     shift = tf.stack([tf.cast(dx, tf.float64) * tf.cast(w, tf.float64),
                       tf.cast(dy, tf.float64) * tf.cast(h, tf.float64)])
@@ -524,9 +515,9 @@ def random_scale(image, seed, scale_limit=0.1, *, mode: str = "resize_back") -> 
     """
     if mode not in ("resize_back", "crop_or_pad"):
         raise ConfigError(f"random_scale mode must be 'resize_back' or 'crop_or_pad', got {mode!r}")
-    image = _check_image(image)
-    lo, hi = _to_range(scale_limit, bias=1.0)
-    scale = _uniform(_seed(seed), lo, hi, dtype=tf.float64)  # float64 like python's int(height * scale)
+    image = check_image(image)
+    lo, hi = to_range(scale_limit, bias=1.0)
+    scale = uniform(as_seed(seed), lo, hi, dtype=tf.float64)  # float64 like python's int(height * scale)
     h, w = _hw(image)
     new_h = tf.maximum(tf.cast(tf.floor(tf.cast(h, tf.float64) * scale), tf.int32), 1)
     new_w = tf.maximum(tf.cast(tf.floor(tf.cast(w, tf.float64) * scale), tf.int32), 1)
@@ -595,15 +586,15 @@ def grid_distortion(image, seed, num_steps=5, distort_limit=0.3, *, max_num_step
     identity. image (H, W, C), seed (2,) int -> same shape/dtype. num_steps may be an int tensor when the python
     bound `max_num_steps` is given (the number of random factors drawn is static).
     """
-    image = _check_image(image)
+    image = check_image(image)
     if max_num_steps is None:
         if _is_tensor(num_steps):
             raise ConfigError("a tensor num_steps needs max_num_steps (a python int bound)")
         max_num_steps = num_steps
-    lo, hi = _to_range(distort_limit)
-    s = _split(seed, 2)
-    steps_x = 1.0 + _uniform(s[0], lo, hi, shape=(int(max_num_steps) + 1,))
-    steps_y = 1.0 + _uniform(s[1], lo, hi, shape=(int(max_num_steps) + 1,))
+    lo, hi = to_range(distort_limit)
+    s = split_seed(seed, 2)
+    steps_x = 1.0 + uniform(s[0], lo, hi, shape=(int(max_num_steps) + 1,))
+    steps_y = 1.0 + uniform(s[1], lo, hi, shape=(int(max_num_steps) + 1,))
     h, w = _hw(image)
     map_x, map_y = grid_distortion_maps(h, w, num_steps, steps_x, steps_y)
     out = remap(image, map_x, map_y)
@@ -652,14 +643,14 @@ def elastic_transform(image, seed, alpha=1.0, sigma=50.0, alpha_affine=50.0) -> 
     tensors (python zeros skip their stage statically). image (H, W, C) uint8/float32 (H, W >= 3), seed (2,) int ->
     same shape/dtype.
     """
-    image = _check_image(image)
-    s = _split(seed, 3)
+    image = check_image(image)
+    s = split_seed(seed, 3)
     h, w = _hw(image)
     grid_x, grid_y = _pixel_grid(h, w)
     if _is_tensor(alpha) or float(alpha) != 0.0:
         alpha = tf.cast(alpha, tf.float64)
-        noise_x = _uniform(s[1], -1.0, 1.0, shape=tf.stack([h, w]))
-        noise_y = _uniform(s[2], -1.0, 1.0, shape=tf.stack([h, w]))
+        noise_x = uniform(s[1], -1.0, 1.0, shape=tf.stack([h, w]))
+        noise_y = uniform(s[2], -1.0, 1.0, shape=tf.stack([h, w]))
         grid_x = grid_x + gaussian_filter(noise_x, sigma) * alpha
         grid_y = grid_y + gaussian_filter(noise_y, sigma) * alpha
     if _is_tensor(alpha_affine) or float(alpha_affine) != 0.0:
@@ -668,7 +659,7 @@ def elastic_transform(image, seed, alpha=1.0, sigma=50.0, alpha_affine=50.0) -> 
         half = tf.cast(tf.minimum(h, w) // 3, tf.float64)
         pts1 = tf.stack([tf.stack([cx + half, cy + half]), tf.stack([cx + half, cy - half]),
                          tf.stack([cx - half, cy - half])])
-        jitter = _uniform(s[0], -tf.cast(alpha_affine, tf.float32), alpha_affine, shape=(3, 2))
+        jitter = uniform(s[0], -tf.cast(alpha_affine, tf.float32), alpha_affine, shape=(3, 2))
         pts2 = pts1 + tf.cast(jitter, tf.float64)
         grid_x, grid_y = _inverse_affine_maps(affine_from_points(pts1, pts2), grid_x, grid_y)
     out = remap(image, grid_x, grid_y)
@@ -679,393 +670,18 @@ def elastic_transform(image, seed, alpha=1.0, sigma=50.0, alpha_affine=50.0) -> 
 # --------------------------------------------------------------------------------------------------------------
 # op table, magnitude validation, search space
 # --------------------------------------------------------------------------------------------------------------
-class _OpDef(NamedTuple):
-    fn: Callable[..., tf.Tensor]
-    defaults: Mapping[str, Any]  # albumentations 0.1.8 constructor defaults
-    kinds: Mapping[str, str]  # magnitude key -> validation kind (see _validate_value)
 
 
-OPS: dict[str, _OpDef] = {
-    "RandomContrast": _OpDef(random_contrast, {"limit": 0.2}, {"limit": "range"}),
-    "RandomBrightness": _OpDef(random_brightness, {"limit": 0.2}, {"limit": "range"}),
-    "RandomGamma": _OpDef(random_gamma, {"gamma_limit": (80, 120)}, {"gamma_limit": "percent_pair"}),
-    "Blur": _OpDef(blur, {"blur_limit": 7}, {"blur_limit": "kernel"}),
-    "MotionBlur": _OpDef(motion_blur, {"blur_limit": 7}, {"blur_limit": "kernel"}),
-    "InvertImg": _OpDef(invert_img, {}, {}),
-    "Rotate": _OpDef(rotate, {"limit": 90}, {"limit": "range"}),
-    "ShiftScaleRotate": _OpDef(shift_scale_rotate, {"shift_limit": 0.0625, "scale_limit": 0.1, "rotate_limit": 45},
-                               {"shift_limit": "range", "scale_limit": "scale_range", "rotate_limit": "range"}),
-    "RandomScale": _OpDef(random_scale, {"scale_limit": 0.1}, {"scale_limit": "scale_range"}),
-    "GridDistortion": _OpDef(grid_distortion, {"num_steps": 5, "distort_limit": 0.3},
-                             {"num_steps": "positive_int", "distort_limit": "scale_range"}),
-    "ElasticTransform": _OpDef(elastic_transform, {"alpha": 1, "sigma": 50, "alpha_affine": 50},
-                               {"alpha": "nonnegative", "sigma": "positive", "alpha_affine": "nonnegative"}),
-}
 """The 11 ops of pudae's ``POLICIES`` (teams.md §3.5): name -> (fn, 0.1.8 defaults, magnitude validation kinds)."""
-
-OP_NAMES: tuple[str, ...] = tuple(OPS)
-P_CHOICES: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75)  # teams.md §3.5: each op's p is drawn from these
-
-
-class Uniform(NamedTuple):
-    """A magnitude drawn uniformly from the real interval [lo, hi] (``random.uniform``)."""
-    lo: float
-    hi: float
-
-
-class RandInt(NamedTuple):
-    """A magnitude drawn uniformly from the integers lo..hi inclusive (``random.randint``)."""
-    lo: int
-    hi: int
-
-
-SEARCH_SPACE: dict[str, dict[str, Any]] = {
-    # teams.md §3.5 "Search space" table (pudae:transforms/policy_transform.py POLICIES); constants stay fixed
-    "RandomContrast": {"limit": Uniform(0.1, 0.3)},
-    "RandomBrightness": {"limit": Uniform(0.1, 0.3)},
-    "RandomGamma": {"gamma_limit": (RandInt(70, 90), RandInt(110, 130))},
-    "Blur": {"blur_limit": RandInt(3, 5)},
-    "MotionBlur": {"blur_limit": RandInt(3, 5)},
-    "InvertImg": {},
-    "Rotate": {"limit": RandInt(5, 45)},
-    "ShiftScaleRotate": {"shift_limit": Uniform(0.03, 0.12), "scale_limit": 0.0, "rotate_limit": 0},
-    "RandomScale": {"scale_limit": Uniform(0.05, 0.20)},
-    "GridDistortion": {"num_steps": RandInt(3, 5), "distort_limit": Uniform(0.1, 0.5)},
-    "ElasticTransform": {"alpha": 1, "sigma": RandInt(30, 70), "alpha_affine": RandInt(30, 70)},
-}
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(float(v))
-
-
-def _validate_value(kind: str, value):
-    """Return the normalised value or raise ValueError with a sentence saying what is expected."""
-    if kind in ("range", "scale_range"):
-        if _is_number(value):
-            if value < 0:
-                raise ValueError(f"must be >= 0 (it means the range (-v, v)), got {value}")
-            if kind == "scale_range" and value >= 1:
-                raise ValueError(f"must be < 1 (factors 1 ± v must stay positive), got {value}")
-            return value
-        if isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_number(v) for v in value):
-            lo, hi = value
-            if lo > hi:
-                raise ValueError(f"a (lo, hi) pair needs lo <= hi, got {list(value)}")
-            if kind == "scale_range" and lo <= -1:
-                raise ValueError(f"needs lo > -1 (factors 1 + lo must stay positive), got {list(value)}")
-            return (lo, hi)
-        raise ValueError(f"must be a number or a [lo, hi] pair, got {value!r}")
-    if kind == "percent_pair":
-        if (isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_number(v) for v in value)
-                and all(float(v).is_integer() for v in value)):
-            lo, hi = (int(v) for v in value)
-            if not 0 < lo <= hi:
-                raise ValueError(f"needs 0 < lo <= hi (gamma in percent), got {list(value)}")
-            return (lo, hi)
-        raise ValueError(f"must be a [lo, hi] pair of integer percentages (e.g. [80, 120]), got {value!r}")
-    if kind in ("kernel", "positive_int"):
-        minimum = 3 if kind == "kernel" else 1
-        if _is_number(value) and float(value).is_integer() and value >= minimum:
-            return int(value)
-        raise ValueError(f"must be an integer >= {minimum}, got {value!r}")
-    if kind in ("positive", "nonnegative"):
-        if _is_number(value) and (value > 0 if kind == "positive" else value >= 0):
-            return value
-        raise ValueError(f"must be a {'positive' if kind == 'positive' else 'non-negative'} number, got {value!r}")
-    raise AssertionError(f"unknown magnitude kind {kind}")
-
-
-def validate_magnitude(op_name: str, magnitude: Mapping[str, Any] | None, where: str = "") -> dict[str, Any]:
-    """Check `op_name` and its magnitude dict; return the magnitudes (0.1.8 defaults filled in, pairs as tuples).
-
-    Raises ConfigError naming `where` (e.g. "policy.json: sub_policies[3][1]") for an unknown op (with the closest
-    names), an unknown magnitude key, or a value of the wrong type/range.
-    """
-    prefix = f"{where}: " if where else ""
-    if op_name not in OPS:
-        close = difflib.get_close_matches(str(op_name), OP_NAMES, n=3)
-        hint = f"did you mean {close}? " if close else ""
-        raise ConfigError(f"{prefix}unknown augmentation op {op_name!r}; {hint}known ops: {list(OP_NAMES)}")
-    spec = OPS[op_name]
-    magnitude = dict(magnitude or {})
-    unknown = sorted(set(magnitude) - set(spec.kinds))
-    if unknown:
-        raise ConfigError(f"{prefix}{op_name} has no magnitude {unknown}; its magnitudes are {sorted(spec.kinds)}")
-    out = {}
-    for key, kind in spec.kinds.items():
-        value = magnitude.get(key, spec.defaults[key])
-        try:
-            out[key] = _validate_value(kind, value)
-        except ValueError as err:
-            raise ConfigError(f"{prefix}{op_name} magnitude {key!r} {err}") from None
-    return out
 
 
 # --------------------------------------------------------------------------------------------------------------
 # policies
 # --------------------------------------------------------------------------------------------------------------
-class PolicyOp(NamedTuple):
-    """One op of a sub-policy: albumentations name, probability p in [0, 1], magnitude dict (validated)."""
-    name: str
-    p: float
-    magnitude: Mapping[str, Any]
-
-
-class SubPolicy(NamedTuple):
-    """Two ops applied in order, each with its own probability (an albumentations ``Compose(op1, op2)``)."""
-    first: PolicyOp
-    second: PolicyOp
-
-
-def apply_with_probability(op: Callable[[tf.Tensor, tf.Tensor], tf.Tensor], p: float, seed
-                           ) -> Callable[[tf.Tensor], tf.Tensor]:
-    """Wrap ``op(image, seed) -> image`` so that it runs with probability `p` (albumentations' per-op ``p``).
-
-    Returns ``f(image) -> image`` (same shape/dtype). `seed` (2,) int is split into the coin's seed and the op's
-    seed; p == 0 and p == 1 are decided statically (no coin). Bind magnitudes first, e.g.
-    ``apply_with_probability(functools.partial(rotate, limit=26), 0.75, seed)(image)``.
-    """
-    p = float(p)
-    if not 0.0 <= p <= 1.0:
-        raise ConfigError(f"probability p must be in [0, 1], got {p}")
-
-    def wrapped(image):
-        image = _check_image(image)
-        if p == 0.0:
-            return image
-        coin_seed, op_seed = _split(seed, 2)
-        if p == 1.0:
-            return op(image, op_seed)
-        apply = _uniform(coin_seed, 0.0, 1.0) < p
-        return tf.cond(apply, lambda: op(image, op_seed), lambda: image)
-
-    return wrapped
-
-
-def base_d4(image, seed) -> tf.Tensor:
-    """pudae's base transform: RandomRotate90, Flip, Transpose, each with p=0.5 (teams.md §3.5 step 1).
-
-    Verified (0.1.x): RandomRotate90 = ``np.rot90(img, randint(0, 3))``; Flip = ``cv2.flip(img, d)`` with
-    d ~ randint(-1, 1) (0 vertical, 1 horizontal, -1 both); Transpose swaps H and W. Not uniform over the 8 D4
-    elements (as in the original). image (H, W, C) (square for a static shape), seed (2,) int -> same dtype.
-    """
-    image = _check_image(image)
-    s = _split(seed, 5)
-
-    def rot90(x, sd):
-        return tf.image.rot90(x, k=_randint(sd, 0, 3))
-
-    def flip(x, sd):
-        d = _randint(sd, -1, 1)
-        x = tf.cond(d <= 0, lambda: tf.reverse(x, axis=[0]), lambda: x)  # 0 and -1 flip rows
-        return tf.cond(d != 0, lambda: tf.reverse(x, axis=[1]), lambda: x)  # 1 and -1 flip columns
-
-    def transpose(x, sd):
-        del sd
-        return tf.transpose(x, [1, 0, 2])
-
-    for op, sd in ((rot90, s[0]), (flip, s[1]), (transpose, s[2])):
-        image = apply_with_probability(op, 0.5, sd)(image)
-    return image
-
-
-def _bound(policy_op: PolicyOp) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
-    fn = OPS[policy_op.name].fn
-    magnitude = dict(policy_op.magnitude)
-    return lambda image, seed: fn(image, seed, **magnitude)
-
-
-def apply_sub_policy(image, sub_policy: SubPolicy, seed) -> tf.Tensor:
-    """Apply a sub-policy's two ops in order, each with its own p. image (H, W, C), seed (2,) int -> same shape/dtype."""
-    s = _split(seed, len(sub_policy))
-    for policy_op, sd in zip(sub_policy, s):
-        image = apply_with_probability(_bound(policy_op), policy_op.p, sd)(image)
-    return image
-
-
-def choose_sub_policy(seed, n: int) -> tf.Tensor:
-    """int32 scalar index in [0, n), uniform (``random.choice`` over the sub-policies). seed (2,) int."""
-    return _randint(_seed(seed), 0, int(n) - 1)
 
 
 # apply_policy builds each op type ONCE per slot and feeds it the chosen sub-policy's magnitudes from a table, so
 # the graph (and its tracing time) does not grow with the number of sub-policies. Each op's magnitudes are packed
 # into a fixed-length float vector: name -> (pack: magnitude dict -> floats, unpack: (vector, bounds) -> kwargs).
-_N_PARAMS = 6
-_PACKING: dict[str, tuple[Callable[[Mapping], list], Callable[[tf.Tensor, Mapping], dict]]] = {
-    "RandomContrast": (lambda m: [*_to_range(m["limit"])], lambda v, b: {"limit": v[0:2]}),
-    "RandomBrightness": (lambda m: [*_to_range(m["limit"])], lambda v, b: {"limit": v[0:2]}),
-    "RandomGamma": (lambda m: [*m["gamma_limit"]], lambda v, b: {"gamma_limit": v[0:2]}),
-    "Blur": (lambda m: [m["blur_limit"]],
-             lambda v, b: {"blur_limit": v[0], "max_blur_limit": b["blur_limit"]}),
-    "MotionBlur": (lambda m: [m["blur_limit"]],
-                   lambda v, b: {"blur_limit": v[0], "max_blur_limit": b["blur_limit"]}),
-    "InvertImg": (lambda m: [], lambda v, b: {}),
-    "Rotate": (lambda m: [*_to_range(m["limit"])], lambda v, b: {"limit": v[0:2]}),
-    "ShiftScaleRotate": (
-        lambda m: [*_to_range(m["shift_limit"]), *_to_range(m["scale_limit"]), *_to_range(m["rotate_limit"])],
-        lambda v, b: {"shift_limit": v[0:2], "scale_limit": v[2:4], "rotate_limit": v[4:6]}),
-    "RandomScale": (lambda m: [*_to_range(m["scale_limit"])], lambda v, b: {"scale_limit": v[0:2]}),
-    "GridDistortion": (lambda m: [m["num_steps"], *_to_range(m["distort_limit"])],
-                       lambda v, b: {"num_steps": v[0], "distort_limit": v[1:3], "max_num_steps": b["num_steps"]}),
-    "ElasticTransform": (lambda m: [m["alpha"], m["sigma"], m["alpha_affine"]],
-                         lambda v, b: {"alpha": v[0], "sigma": v[1], "alpha_affine": v[2]}),
-}
 
 
-def _run_packed(name: str, image, seed, vector, *, bounds: Mapping[str, int]) -> tf.Tensor:
-    """Run op `name` with magnitudes unpacked from a (_N_PARAMS,) float32 `vector` (see `_PACKING`)."""
-    out = OPS[name].fn(image, seed, **_PACKING[name][1](vector, bounds))
-    out.set_shape(image.shape)
-    return out
-
-
-def apply_policy(image, policy: Sequence[SubPolicy], seed) -> tf.Tensor:
-    """pudae's training augmentation: `base_d4`, then ONE sub-policy chosen uniformly, each op with its own p.
-
-    image (H, W, C) uint8/float32 [0,255]; policy: list of `SubPolicy` (e.g. ``load_policy("team3")``; an empty
-    list applies only the D4 base); seed (2,) int32/int64. Returns the same dtype (and shape for square images).
-    Resize and normalisation (steps 3-4 of teams.md §3.5) are the pipeline's job.
-
-    Equivalent to ``apply_sub_policy(base_d4(image, s_d4), policy[choose_sub_policy(s_choice, n)], s_ops)`` with
-    ``s_d4, s_choice, s_ops = split(seed, 3)``, but the graph holds each op type once per slot (a `tf.switch_case`
-    over op types, magnitudes gathered from a constant table), so tracing cost does not grow with the policy.
-    """
-    image = _check_image(image)
-    d4_seed, choice_seed, op_seed = _split(seed, 3)
-    image = base_d4(image, d4_seed)
-    if not policy:
-        return image
-    policy = [SubPolicy(*(PolicyOp(op.name, float(op.p), validate_magnitude(op.name, op.magnitude, f"policy[{i}]"))
-                          for op in sub)) for i, sub in enumerate(policy)]
-    names = sorted({op.name for sub in policy for op in sub if op.p > 0}, key=OP_NAMES.index)
-    if not names:
-        return image
-    # static bounds for ops whose magnitude fixes a static size
-    bounds = {key: max([int(op.magnitude[key]) for sub in policy for op in sub if key in op.magnitude] or [3])
-              for key in ("blur_limit", "num_steps")}
-    op_ids, probs, params = [], [], []
-    for sub in policy:
-        op_ids.append([names.index(op.name) if op.p > 0 else 0 for op in sub])
-        probs.append([float(op.p) for op in sub])
-        params.append([(_PACKING[op.name][0](op.magnitude) + [0.0] * _N_PARAMS)[:_N_PARAMS] for op in sub])
-    index = choose_sub_policy(choice_seed, len(policy))
-    op_ids = tf.gather(tf.constant(op_ids, tf.int32), index)
-    probs = tf.gather(tf.constant(probs, tf.float32), index)
-    params = tf.gather(tf.constant(params, tf.float32), index)
-    for slot, slot_seed in enumerate(_split(op_seed, 2)):
-        coin_seed, seed_for_op = _split(slot_seed, 2)  # same derivation as apply_with_probability
-        branches = [functools.partial(_run_packed, name, image, seed_for_op, params[slot], bounds=bounds)
-                    for name in names]
-        apply = _uniform(coin_seed, 0.0, 1.0) < probs[slot]
-        static_shape = image.shape
-        image = tf.cond(apply, lambda br=branches, i=op_ids[slot]: tf.switch_case(i, br), lambda x=image: x)
-        image.set_shape(static_shape)
-    return image
-
-
-def _policy_op_from_json(entry, where: str) -> PolicyOp:
-    if not isinstance(entry, Mapping) or "op" not in entry or "p" not in entry:
-        raise ConfigError(f"{where}: expected an object {{\"op\": name, \"p\": probability, \"magnitude\": {{...}}}}, "
-                          f"got {entry!r}")
-    extra = sorted(set(entry) - {"op", "p", "magnitude"})
-    if extra:
-        raise ConfigError(f"{where}: unexpected keys {extra}; an op entry has only 'op', 'p', 'magnitude'")
-    name, p = entry["op"], entry["p"]
-    if not _is_number(p) or not 0.0 <= float(p) <= 1.0:
-        raise ConfigError(f"{where} ({name}): p must be a number in [0, 1], got {p!r}")
-    magnitude = entry.get("magnitude", {})
-    if not isinstance(magnitude, Mapping):
-        raise ConfigError(f"{where} ({name}): 'magnitude' must be an object, got {magnitude!r}")
-    return PolicyOp(str(name), float(p), validate_magnitude(name, magnitude, where=f"{where} ({name})"))
-
-
-def load_policy(path_or_name: str | os.PathLike = "team3") -> list[SubPolicy]:
-    """Read and validate a policy JSON file (or a packaged name, e.g. ``"team3"``) -> list of `SubPolicy`.
-
-    File format (`POLICY_FORMAT`): ``{"format": ..., "sub_policies": [[op, op], ...]}`` with each op
-    ``{"op": name, "p": float, "magnitude": {...}}``. Errors (ConfigError) name the file and the entry
-    (``sub_policies[i][j]``) and say what is expected.
-    """
-    from hpa_zoo.augment.policies import POLICY_FILES, policy_path
-
-    if isinstance(path_or_name, str) and path_or_name in POLICY_FILES:
-        path = policy_path(path_or_name)
-    else:
-        path = Path(path_or_name)
-    if not path.is_file():
-        raise ConfigError(f"policy file {path} not found; give a JSON policy path or one of the packaged names "
-                          f"{sorted(POLICY_FILES)}")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{path}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})") from None
-    if not isinstance(doc, Mapping) or not isinstance(doc.get("sub_policies"), list):
-        raise ConfigError(f"{path}: expected an object with a 'sub_policies' list (format {POLICY_FORMAT})")
-    if doc.get("format", POLICY_FORMAT) != POLICY_FORMAT:
-        raise ConfigError(f"{path}: unsupported format {doc.get('format')!r}; this version reads {POLICY_FORMAT}")
-    policy = []
-    for i, sub in enumerate(doc["sub_policies"]):
-        where = f"{path}: sub_policies[{i}]"
-        if not isinstance(sub, list) or len(sub) != 2:
-            raise ConfigError(f"{where}: a sub-policy is a list of exactly 2 ops, got {sub!r}")
-        policy.append(SubPolicy(*(_policy_op_from_json(e, f"{where}[{j}]") for j, e in enumerate(sub))))
-    if not policy:
-        raise ConfigError(f"{path}: 'sub_policies' is empty")
-    return policy
-
-
-def _jsonable(value):
-    return list(value) if isinstance(value, tuple) else value
-
-
-def save_policy(policy: Sequence[SubPolicy], path: str | os.PathLike, *, description: str = "") -> Path:
-    """Write `policy` (list of `SubPolicy` or (op, op) pairs of `PolicyOp`) to `path` as JSON, atomically.
-
-    Every op is validated first (ConfigError on a bad entry). Returns the path. `load_policy` reads it back.
-    """
-    subs = []
-    for i, sub in enumerate(policy):
-        ops = []
-        for j, policy_op in enumerate(sub):
-            policy_op = PolicyOp(*policy_op)
-            where = f"policy[{i}][{j}]"
-            if not 0.0 <= float(policy_op.p) <= 1.0:
-                raise ConfigError(f"{where} ({policy_op.name}): p must be in [0, 1], got {policy_op.p}")
-            magnitude = validate_magnitude(policy_op.name, policy_op.magnitude, where=where)
-            ops.append({"op": policy_op.name, "p": float(policy_op.p),
-                        "magnitude": {k: _jsonable(v) for k, v in magnitude.items()}})
-        subs.append(ops)
-    doc = {"format": POLICY_FORMAT, "description": description, "semantics": f"albumentations {ALBUMENTATIONS_VERSION}",
-           "sub_policies": subs}
-    return atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
-
-
-def _sample_value(spec, rng: np.random.Generator):
-    if isinstance(spec, Uniform):
-        return float(rng.uniform(spec.lo, spec.hi))
-    if isinstance(spec, RandInt):
-        return int(rng.integers(spec.lo, spec.hi + 1))
-    if isinstance(spec, tuple):
-        return tuple(_sample_value(s, rng) for s in spec)
-    return spec
-
-
-def sample_policy(rng: np.random.Generator | int | None, n_subpolicies: int = 5) -> list[SubPolicy]:
-    """One random-search candidate (teams.md §3.5): `n_subpolicies` sub-policies of 2 DISTINCT ops from the 11.
-
-    Each op's p is drawn from `P_CHOICES` = {0, .25, .5, .75}; magnitudes uniformly from `SEARCH_SPACE` (reals with
-    ``uniform``, integers inclusive). rng: ``numpy.random.Generator`` or an int seed (same seed -> same policy).
-    """
-    rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-    policy = []
-    for _ in range(int(n_subpolicies)):
-        ops = []
-        for index in rng.choice(len(OP_NAMES), size=2, replace=False):
-            name = OP_NAMES[int(index)]
-            magnitude = {key: _sample_value(spec, rng) for key, spec in SEARCH_SPACE[name].items()}
-            p = float(P_CHOICES[int(rng.integers(len(P_CHOICES)))])
-            ops.append(PolicyOp(name, p, validate_magnitude(name, magnitude)))
-        policy.append(SubPolicy(*ops))
-    return policy

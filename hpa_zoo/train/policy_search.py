@@ -1,11 +1,11 @@
 """Team 3's (pudae) AutoAugment policy search: random search instead of RL (teams.md §3.5,
 ``pudae:augmentation_search.py``).
 
-Each candidate policy is 5 sub-policies of 2 distinct ops (`hpa_zoo.augment.transforms.sample_policy`). Every candidate, and
+Each candidate policy is 5 sub-policies of 2 distinct ops (`hpa_zoo.augment.autoaugment.sample_policy`). Every candidate, and
 a no-augmentation baseline, trains a proxy network from scratch (ResNet18, per-image normalisation, focal loss,
 Adam 5e-4) on one half of the labelled images and is validated on the other half after every epoch; its score is
 the best moving average (10 epochs) of the validation macro F1. The top-k candidates' sub-policies are flattened
-(top 5 × 5 = 25 for pudae) and written with `hpa_zoo.augment.transforms.save_policy` to the policy file that training reads
+(top 5 × 5 = 25 for pudae) and written with `hpa_zoo.augment.autoaugment.save_policy` to the policy file that training reads
 (``zoo_models.teams.team3_pudae.make_recipe(..., policy=path)``).
 
 Outputs of `search` (``out`` = the policy JSON)::
@@ -87,11 +87,11 @@ def best_moving_average(values: Sequence[float], window: int = WINDOW) -> float:
 
 
 def candidate_policy(seed: int, index: int, n_subpolicies: int = N_SUBPOLICIES) -> list:
-    """Candidate ``index``'s policy: `hpa_zoo.augment.transforms.sample_policy` seeded by (seed, index) only, so a candidate
+    """Candidate ``index``'s policy: `hpa_zoo.augment.autoaugment.sample_policy` seeded by (seed, index) only, so a candidate
     is the same whatever the number of candidates or the order they run in. Returns a list of `SubPolicy`."""
-    from hpa_zoo.augment import transforms
+    from hpa_zoo.augment import autoaugment
 
-    return transforms.sample_policy(np.random.default_rng([int(seed), int(index)]), n_subpolicies)
+    return autoaugment.sample_policy(np.random.default_rng([int(seed), int(index)]), n_subpolicies)
 
 
 def flatten_top_k(scored: Sequence[tuple[float, Sequence]], k: int = TOP_K) -> list:
@@ -138,14 +138,14 @@ def proxy_model(name: str = PROXY, size: int = IMAGE_SIZE, num_classes: int = NU
 
 
 def _train_map(example: dict, seed, *, policy):
-    """D4 base + one sub-policy (`transforms.apply_policy`), then per-image z-score (teams.md §3.4/§3.5).
+    """D4 base + one sub-policy (`autoaugment.apply_policy`), then per-image z-score (teams.md §3.4/§3.5).
     Returns (image float32 (s, s, 4), multi_hot float32 (28,))."""
     import tensorflow as tf
 
-    from hpa_zoo.augment import transforms
+    from hpa_zoo.augment import autoaugment
     from hpa_zoo.data import image_ops
 
-    image = transforms.apply_policy(example["image"], policy, seed)
+    image = autoaugment.apply_policy(example["image"], policy, seed)
     return image_ops.per_image_standardize(image), tf.cast(example["multi_hot"], tf.float32)
 
 
@@ -247,7 +247,7 @@ def search(data_dir: str | os.PathLike, out: str | os.PathLike, *, candidates: i
     Args:
         data_dir: Kaggle-layout folder (``train.csv`` + ``train/``); it is split into two stratified halves,
             one for training the proxies, one for validation.
-        out: the policy JSON to write (read by ``make_recipe(..., policy=out)`` / `transforms.load_policy`).
+        out: the policy JSON to write (read by ``make_recipe(..., policy=out)`` / `autoaugment.load_policy`).
         candidates: number of random candidates (ids 0 .. candidates-1).
         epochs: epochs per candidate.
         size: side the images are loaded (and augmented) at.
@@ -267,7 +267,7 @@ def search(data_dir: str | os.PathLike, out: str | os.PathLike, *, candidates: i
     """
     import pandas as pd
 
-    from hpa_zoo.augment import transforms
+    from hpa_zoo.augment import autoaugment
     from hpa_zoo.atomic import atomic_to_csv
 
     if candidates < 1 or epochs < 1 or batch_size < 1 or not 1 <= top_k <= candidates:
@@ -300,7 +300,7 @@ def search(data_dir: str | os.PathLike, out: str | os.PathLike, *, candidates: i
                              proxy=proxy, seed=seed, log=log if verbose else None)
         policy_file = policy_dir / f"{name}.json"
         if policy:
-            transforms.save_policy(policy, policy_file, description=f"autoaugment search {name} (seed {seed})")
+            autoaugment.save_policy(policy, policy_file, description=f"autoaugment search {name} (seed {seed})")
         row = {"candidate": cand, "score": best_moving_average(f1, window), "window": int(window),
                "f1_per_epoch": json.dumps([round(v, 6) for v in f1]),
                "policy_file": str(policy_file.relative_to(results.parent)) if policy else "",
@@ -314,12 +314,12 @@ def search(data_dir: str | os.PathLike, out: str | os.PathLike, *, candidates: i
 
 def _write_policy(table, results: Path, out: Path, *, top_k: int, window: int, candidates: int, log) -> Path:
     """Re-score every row with `window`, keep the top-k candidates (ids < candidates) and save their policies."""
-    from hpa_zoo.augment import transforms
+    from hpa_zoo.augment import autoaugment
 
     rows = table[table["candidate"].astype(int) != BASELINE_ID]
     rows = rows[rows["candidate"].astype(int) < candidates].sort_values("candidate", kind="stable")
     scored = [(best_moving_average(json.loads(r.f1_per_epoch), window),
-               transforms.load_policy(results.parent / r.policy_file)) for r in rows.itertuples()]
+               autoaugment.load_policy(results.parent / r.policy_file)) for r in rows.itertuples()]
     ids = [int(c) for c in rows["candidate"]]
     policy = flatten_top_k(scored, top_k)
     ranked = sorted(zip((s for s, _ in scored), ids), key=lambda t: -t[0])[:top_k]
@@ -328,7 +328,7 @@ def _write_policy(table, results: Path, out: Path, *, top_k: int, window: int, c
                 if len(base) else "")
     description = (f"autoaugment random search (teams.md §3.5): top {top_k} of {len(scored)} candidates "
                    f"{[c for _, c in ranked]} with scores {[round(s, 4) for s, _ in ranked]}{base_txt}")
-    transforms.save_policy(policy, out, description=description)
+    autoaugment.save_policy(policy, out, description=description)
     log(f"wrote {len(policy)} sub-policies to {out}: {description}")
     return out
 

@@ -329,6 +329,7 @@ def _colour(image, seed):
     import tensorflow as tf
 
     from hpa_zoo.augment import transforms
+    from hpa_zoo.augment import autoaugment
 
     pick_seed, op_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     ops_ = [functools.partial(transforms.random_gamma, gamma_limit=GAMMA_LIMIT),
@@ -336,21 +337,21 @@ def _colour(image, seed):
             functools.partial(transforms.random_contrast, limit=CONTRAST_LIMIT)]
     choice = tf.random.stateless_uniform([], pick_seed, 0, len(ops_), dtype=tf.int32)
     one_of = lambda x, s: tf.switch_case(choice, [lambda op=op: op(x, s) for op in ops_])  # noqa: E731
-    return transforms.apply_with_probability(one_of, COLOUR_P, op_seed)(image)
+    return autoaugment.apply_with_probability(one_of, COLOUR_P, op_seed)(image)
 
 
 def _flip(image, seed):
     """albumentations ``Flip`` p .75: one of vertical / horizontal / both (`image_ops.d4_transform` 1, 2, 4)."""
     import tensorflow as tf
 
-    from hpa_zoo.augment import transforms
+    from hpa_zoo.augment import autoaugment
     from hpa_zoo.data import image_ops
 
     def flip(x, s):
         k = tf.gather([1, 2, 4], tf.random.stateless_uniform([], s, 0, 3, dtype=tf.int32))
         return tf.ensure_shape(image_ops.d4_transform(x, k), x.shape)
 
-    return transforms.apply_with_probability(flip, FLIP_P, seed)(image)
+    return autoaugment.apply_with_probability(flip, FLIP_P, seed)(image)
 
 
 def _distort(image, seed):
@@ -358,6 +359,7 @@ def _distort(image, seed):
     import tensorflow as tf
 
     from hpa_zoo.augment import transforms
+    from hpa_zoo.augment import autoaugment
 
     pick_seed, op_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     grid = functools.partial(transforms.grid_distortion, num_steps=GRID_STEPS, distort_limit=GRID_LIMIT)
@@ -365,7 +367,7 @@ def _distort(image, seed):
                                 alpha_affine=ELASTIC_ALPHA_AFFINE)
     choice = tf.random.stateless_uniform([], pick_seed, 0, 2, dtype=tf.int32)
     one_of = lambda x, s: tf.switch_case(choice, [lambda: grid(x, s), lambda: elastic(x, s)])  # noqa: E731
-    return transforms.apply_with_probability(one_of, DISTORT_P, op_seed)(image)
+    return autoaugment.apply_with_probability(one_of, DISTORT_P, op_seed)(image)
 
 
 def train_map(example: dict, seed, *, input_size: int):

@@ -321,22 +321,22 @@ def make_optimizer(steps_per_epoch: int, epochs: int, *, grad_accum_steps: int =
 # ---------------------------------------------------------------------------------------------- data maps
 def train_map(example: dict, seed, *, policy, input_size: int):
     """teams.md §3.5 training transform: base D4 (RandomRotate90, Flip, Transpose, p=0.5 each) + ONE sub-policy
-    of `policy` chosen uniformly (`hpa_zoo.augment.transforms.apply_policy`), then Resize to ``input_size`` (the 1024 models
+    of `policy` chosen uniformly (`hpa_zoo.augment.autoaugment.apply_policy`), then Resize to ``input_size`` (the 1024 models
     upsample the 512 image, §3.4). Normalisation is inside the model.
 
     Args:
         example: ``{"image": uint8 (H, W, 4), "multi_hot": uint8 (28,), ...}`` (H = W = the recipe's image_size).
         seed: int (2,) tensor, the stateless per-example seed.
-        policy: list of `hpa_zoo.augment.transforms.SubPolicy`.
+        policy: list of `hpa_zoo.augment.autoaugment.SubPolicy`.
     Returns:
         (image float32 (input_size, input_size, 4) in [0, 255], multi_hot float32 (28,)).
     """
     import tensorflow as tf
 
-    from hpa_zoo.augment import transforms
+    from hpa_zoo.augment import autoaugment
     from hpa_zoo.data import image_ops
 
-    image = transforms.apply_policy(example["image"], policy, seed)
+    image = autoaugment.apply_policy(example["image"], policy, seed)
     image = image_ops.resize(image, input_size)
     return tf.cast(image, tf.float32), tf.cast(example["multi_hot"], tf.float32)
 
@@ -350,7 +350,7 @@ def make_recipe(model_name: str = "team3_attention_inceptionv3_1024", *, policy:
         model_name: ``"team3_attention_inceptionv3_1024"``, ``"team3_attention_se_resnext50_1024"`` or
             ``"team3_resnet34_512"``.
         policy: the AutoAugment policy: a packaged name (``"team3"``, pudae's final 25 sub-policies), a policy
-            JSON path (e.g. written by ``hpa-zoo autoaugment-search``), or a list of `hpa_zoo.augment.transforms.SubPolicy`.
+            JSON path (e.g. written by ``hpa-zoo autoaugment-search``), or a list of `hpa_zoo.augment.autoaugment.SubPolicy`.
         overrides: any `Recipe` field; ``image_size`` / ``input_size`` also rebuild the data maps,
             ``grad_accum_steps`` the optimiser factory.
     Returns:
@@ -358,13 +358,13 @@ def make_recipe(model_name: str = "team3_attention_inceptionv3_1024", *, policy:
     Raises:
         ConfigError: unknown model name, or a bad policy file.
     """
-    from hpa_zoo.augment import transforms
+    from hpa_zoo.augment import autoaugment
     from hpa_zoo.data import image_ops
 
     if model_name not in MODELS:
         raise ConfigError(f"make_recipe: {model_name!r} is not a Team 3 model; use one of {sorted(MODELS)}")
     facts = MODELS[model_name]
-    sub_policies = list(policy) if isinstance(policy, (list, tuple)) else transforms.load_policy(policy)
+    sub_policies = list(policy) if isinstance(policy, (list, tuple)) else autoaugment.load_policy(policy)
     image_size = int(overrides.pop("image_size", IMAGE_SIZE))
     input_size = int(overrides.pop("input_size", facts.input_size))
     grad_accum = int(overrides.pop("grad_accum_steps", facts.grad_accum_steps))

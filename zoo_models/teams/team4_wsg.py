@@ -504,10 +504,11 @@ def _augment(image, seed):
     import tensorflow as tf
 
     from hpa_zoo.augment import transforms
+    from hpa_zoo.augment import autoaugment
 
     s = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
     image = tf.image.rot90(image, k=tf.random.stateless_uniform([], s[0], 0, 4, dtype=tf.int32))
-    image = transforms.apply_with_probability(lambda x, _: tf.reverse(x, axis=[1]), 0.5, s[1])(image)
+    image = autoaugment.apply_with_probability(lambda x, _: tf.reverse(x, axis=[1]), 0.5, s[1])(image)
     return transforms.shift_scale_rotate(image, s[2], shift_limit=AFFINE_SHIFT, scale_limit=AFFINE_SCALE,
                                       rotate_limit=AFFINE_ROTATE)
 

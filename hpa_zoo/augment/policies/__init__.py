@@ -1,8 +1,8 @@
 """Augmentation policies shipped with hpa-zoo as data (JSON files in this folder).
 
 A policy file holds a list of sub-policies; each sub-policy is two operations ``{"op", "p", "magnitude"}``
-from Team 3's AutoAugment search space (`hpa_zoo.augment.transforms.OPS`). Load one with
-``hpa_zoo.augment.transforms.load_policy(name_or_path)``; this module only maps short names to the packaged files.
+from Team 3's AutoAugment search space (`hpa_zoo.augment.autoaugment.OPS`). Load one with
+``hpa_zoo.augment.autoaugment.load_policy(name_or_path)``; this module only maps short names to the packaged files.
 
 - ``team3``: `team3_best_policy.json`, the 25 sub-policies of pudae's final policy
   (`pudae:data/best_policy.data`, teams.md §3.5), exact floats from the source file.
