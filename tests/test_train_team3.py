@@ -262,7 +262,7 @@ def test_sampler_sets_each_epochs_ids_order_and_steps(rows, data, tmp_path, monk
     table = read_labels_csv(data / "train.csv").set_index("Id")
     labels = multi_hot_matrix([table.loc[i, "labels"] for i in train_ids]).astype(np.float32)
     SAMPLER_CALLS.clear()
-    expected = [one_class_sampler(train_ids, labels, seed=trainer._epoch_seed(3, e), batch_size=BATCH)
+    expected = [one_class_sampler(train_ids, labels, seed=trainer.epoch_seed(3, e), batch_size=BATCH)
                 for e in range(2)]
     assert len(set(SAMPLER_CALLS)) == 2  # a different seed per epoch
     steps = len(expected[0]) // BATCH
@@ -297,12 +297,12 @@ def test_sampler_may_not_return_validation_or_unknown_ids(rows, data, tmp_path):
 
 
 def test_tfds_sampled_epoch_keeps_the_multiplicities():
-    from hpa_zoo.train.trainer import _sampled_source
+    from hpa_zoo.train.sampling import sampled_source
 
     ids = [f"id{i}" for i in range(6)]
     src = tf.data.Dataset.from_tensor_slices({"id": tf.constant(ids), "image": tf.zeros((6, 2, 2, 4), tf.uint8),
                                               "multi_hot": tf.zeros((6, 28), tf.uint8)})
     epoch = ["id1", "id1", "id1", "id4", "id5", "id4"]  # id0, id2, id3 left out
-    ds = _sampled_source("hpa_kaggle/32", src, epoch, image_size=2, seed=5)
+    ds = sampled_source("hpa_kaggle/32", src, epoch, image_size=2, seed=5)
     got = [e["id"].decode() for e in ds.as_numpy_iterator()]
     assert sorted(got) == sorted(epoch) and int(ds.cardinality()) == len(epoch)

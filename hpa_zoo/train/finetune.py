@@ -191,7 +191,7 @@ def finetune(base, data_csv, images_dir, *, out_dir, classes: Sequence[str] | No
     from hpa_zoo.data.pipeline import batch_pipeline
     from hpa_zoo.data.image_ops import random_d4, to_float
     from hpa_zoo.infer.thresholds import check_evidence, fit_thresholds
-    from hpa_zoo.train.trainer import AtomicBestCheckpoint
+    from hpa_zoo.train.callbacks import AtomicBestCheckpoint
     from zoo_models.surgery import replace_head
 
     positive_int(epochs, "epochs", hint="CLI: --epochs")

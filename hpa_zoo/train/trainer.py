@@ -6,7 +6,7 @@
 2. opens the data (a Kaggle-layout folder or a TFDS name), makes or reads the folds and splits by fold id;
 3. builds the tf.data pipelines with the recipe's ``train_map`` (random crop + augmentation) / ``eval_map``;
    each epoch is re-seeded from (seed, epoch); a recipe ``train_sampler`` picks each epoch's ids and order
-   (see `_sampled_source`: kept exactly for folders, multiplicities only for TFDS);
+   (see `sampled_source`: kept exactly for folders, multiplicities only for TFDS);
 4. builds and compiles the model (optional mixed precision, XLA, ``tf.distribute`` strategy) with the recipe
    loss and optimizer, the ``val_focal`` metric and the streaming macro F1. A recipe with ``loss_weights``
    trains the builder's multi-output graph (``with_aux=True``) with those weights; metrics, the checkpoint
@@ -39,7 +39,6 @@ import dataclasses
 import importlib
 import importlib.util
 import json
-import math
 import os
 import signal
 import time
@@ -49,16 +48,17 @@ from typing import Any, Optional
 import keras
 import numpy as np
 
-from hpa_zoo.train import distribute
-from hpa_zoo.atomic import (atomic_path, atomic_to_csv, atomic_write_text, ensure_free_space, model_bytes,
-                            save_weights_atomic)
+from hpa_zoo.atomic import atomic_to_csv, atomic_write_text
 from hpa_zoo.checks import positive_int, reports_out_of_memory
-from hpa_zoo.constants import CLASS_NAMES, NUM_CLASSES
-from hpa_zoo.errors import ConfigError, HpaDataError, HpaZooError
+from hpa_zoo.constants import CLASS_NAMES, MAIN_OUTPUT, NUM_CLASSES
+from hpa_zoo.errors import ConfigError, HpaDataError
 from hpa_zoo.interrupt import Interrupted, stop_at_step_boundary
 from hpa_zoo.recipe import Recipe, load_recipe  # noqa: F401  (load_recipe: re-exported)
 from hpa_zoo.runlock import holds_run_lock
-from zoo_models.common import MAIN_OUTPUT  # the output that is validated, thresholded and predicted
+from hpa_zoo.train import distribute
+from hpa_zoo.train.callbacks import (AtomicBackupAndRestore, AtomicBestCheckpoint, StopOnNaN,  # noqa: F401
+                                    TrainingDivergedError)
+from hpa_zoo.train.sampling import EpochSampler, callable_name, epoch_seed, sampled_source
 
 #: Values of ``precision``; None / "float32" = full precision.
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -70,10 +70,6 @@ _RESUME_KEYS = ("model_name", "data", "fold", "image_size", "input_size", "batch
 #: The ``tta`` entry of the ``val_predictions.csv.json`` sidecar (`hpa_zoo.infer.ensemble.write_sidecar`): validation
 #: probabilities are one pass of the recipe's ``eval_map``, without test-time augmentation.
 VAL_TTA = {"transforms": "none"}
-
-
-class TrainingDivergedError(HpaZooError, FloatingPointError):
-    """The training loss became NaN or infinite; the message names the step and the last good checkpoint."""
 
 
 # ------------------------------------------------------------------------------------------------ recipe
@@ -193,223 +189,7 @@ def _labels_of(data, ids: list[str], *, data_dir, verbose) -> np.ndarray:
     return multi_hot[[row[i] for i in ids]].astype(np.float32)
 
 
-class _EpochSampler:
-    """A recipe's ``train_sampler`` bound to one fold's training split (`hpa_zoo.recipe.Recipe.train_sampler`).
-
-    ``ids(epoch)`` calls ``sampler(train_ids, labels (N, 28) float32, seed=_epoch_seed(seed, epoch),
-    batch_size=batch_size)`` once per epoch (cached) and checks the answer: a non-empty list of training ids
-    (repeats allowed); an id outside the fold's training split (e.g. a validation image) is refused.
-    """
-
-    def __init__(self, sampler, train_ids: list[str], labels: np.ndarray, *, seed: int, batch_size: int,
-                 fold: int):
-        self.sampler, self.train_ids, self.labels = sampler, list(train_ids), labels
-        self.seed, self.batch_size, self.fold = int(seed), int(batch_size), int(fold)
-        self.known = set(self.train_ids)
-        self._cache: dict[int, list[str]] = {}
-
-    @property
-    def name(self) -> str:
-        return _callable_name(self.sampler)
-
-    def ids(self, epoch: int) -> list[str]:
-        """The ids of epoch ``epoch`` (0-based), in training order; list[str], repeats allowed."""
-        if epoch not in self._cache:
-            out = self.sampler(list(self.train_ids), self.labels, seed=_epoch_seed(self.seed, epoch),
-                               batch_size=self.batch_size)
-            if isinstance(out, (str, bytes)) or not hasattr(out, "__len__"):
-                raise ConfigError(f"train_sampler {self.name} returned a {type(out).__name__}; it must return the "
-                                  f"epoch's ids as a list of str (hpa_zoo.recipe.Recipe.train_sampler)")
-            out = [str(i) for i in out]
-            if not out:
-                raise ConfigError(f"train_sampler {self.name} returned no id for epoch {epoch + 1}; it must return "
-                                  f"at least one batch of training ids")
-            unknown = [i for i in out if i not in self.known]
-            if unknown:
-                raise ConfigError(f"train_sampler {self.name} returned {len(unknown)} id(s) that are not in the "
-                                  f"training split of fold {self.fold}, e.g. {unknown[:3]}; it may only return ids "
-                                  f"it was given (validation images must never be trained on)")
-            self._cache[epoch] = out
-        return self._cache[epoch]
-
-
-def _sampled_source(data, train_src, epoch_ids: list[str], *, image_size: int, seed: int):
-    """The examples of one sampled epoch (`_EpochSampler`): a dataset of example dicts, ``len(epoch_ids)`` long.
-
-    * Kaggle-layout folder: exactly ``epoch_ids`` in that order, repeats included
-      (`hpa_zoo.data.sources.folder_dataset` keeps the order of ``ids``); nothing reshuffles it.
-    * TFDS: records are read in their stored order, so the sampler's **order is not kept**: each training
-      record is emitted as many times as the sampler lists its id (0 = left out this epoch), then shuffled
-      (buffer `SAMPLED_TFDS_SHUFFLE`, seeded by the epoch) — the multiplicities, i.e. the class balance, hold.
-
-    Cost: all epochs of a run are built when ``fit`` starts (`_epoch_stream`); for a folder each epoch holds its
-    ids and file paths as constants (about 0.5 KB of host memory per sampled image and epoch, e.g. ~0.4 GB for
-    28 epochs of 30,000 images).
-    """
-    import tensorflow as tf
-
-    from hpa_zoo.data import sources
-
-    if _is_folder(data):
-        folder = Path(data)
-        return sources.folder_dataset(folder / "train", folder / "train.csv", ids=epoch_ids, image_size=image_size)
-    unique, counts = np.unique(np.asarray(epoch_ids, dtype=object).astype(str), return_counts=True)
-    table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
-        tf.constant(unique.tolist()), tf.constant(counts, tf.int64)), default_value=0)
-    repeated = train_src.flat_map(lambda e: tf.data.Dataset.from_tensors(e).repeat(table.lookup(e["id"])))
-    return (repeated.apply(tf.data.experimental.assert_cardinality(len(epoch_ids)))
-            .shuffle(SAMPLED_TFDS_SHUFFLE, seed=seed, reshuffle_each_iteration=False))
-
-
-#: Shuffle buffer of a sampled TFDS epoch (`_sampled_source`): spreads an image's repeats over the epoch.
-SAMPLED_TFDS_SHUFFLE = 1024
-
-
 # ------------------------------------------------------------------------------------------------ callbacks
-class AtomicBestCheckpoint(keras.callbacks.Callback):
-    """Save the weights when ``monitor`` improves, through a temporary file renamed into place.
-
-    Keras' ModelCheckpoint writes the target file directly (an interruption mid-write leaves a truncated
-    file); this one never does. The best value survives a resume: it is kept in ``best.json`` beside the file.
-    """
-
-    def __init__(self, path: Path, monitor: str, mode: str = "min", verbose: int = 1):
-        super().__init__()
-        self.path, self.monitor, self.mode, self.verbose = Path(path), monitor, mode, verbose
-        self.info_path = self.path.with_name("best.json")
-        self.best: Optional[dict] = None
-
-    def on_train_begin(self, logs=None):
-        if self.info_path.is_file() and self.path.is_file():
-            self.best = json.loads(self.info_path.read_text())
-
-    def _improved(self, value: float) -> bool:
-        if not math.isfinite(value):
-            return False
-        if self.best is None:
-            return True
-        return value < self.best["value"] if self.mode == "min" else value > self.best["value"]
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
-        if self.monitor not in logs:
-            raise ConfigError(f"checkpoint monitor {self.monitor!r} is not among the logged metrics "
-                              f"{sorted(logs)}; fix Recipe.monitor or add the metric")
-        value = float(logs[self.monitor])
-        if not self._improved(value):
-            return
-        save_weights_atomic(self.model, self.path, hint="pass another --out")
-        self.best = {"epoch": epoch + 1, "monitor": self.monitor, "value": value, "path": str(self.path)}
-        atomic_write_text(self.info_path, json.dumps(self.best, indent=2))
-        if self.verbose:
-            print(f"\nepoch {epoch + 1}: {self.monitor} improved to {value:.5f}, saved {self.path}")
-
-
-class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
-    """`keras.callbacks.BackupAndRestore` (per epoch, kept after the run) whose state survives a kill at any instant.
-
-    Keras writes ``latest.weights.h5`` and ``training_metadata.json`` in place, one after the other: a kill
-    between the two leaves epoch e+1 weights with an epoch-e counter, and a resumed run silently trains epoch
-    e+1 twice. Here every file goes through `hpa_zoo.atomic`, the metadata records the sha256 of the weights
-    file beside it, and the previous epoch's pair is kept (``previous*``); on restore the newest *consistent* pair
-    is used (weights whose sha256 equals the metadata's), so a kill between the two renames falls back to the
-    previous epoch instead of resuming from a mismatched state.
-
-    Files in ``backup_dir``: ``latest.weights.h5`` (model + optimizer variables), ``training_metadata.json``
-    ``{"epoch": int, "batch": 0, "iterations": int, "sha256": str}``, and the previous epoch's pair
-    ``previous.weights.h5`` + ``previous_training_metadata.json``.
-    """
-
-    def __init__(self, backup_dir):
-        super().__init__(backup_dir, save_freq="epoch", double_checkpoint=True, delete_checkpoint=False)
-
-    @staticmethod
-    def _pairs(backup_dir: Path):
-        backup_dir = Path(backup_dir)
-        weights, meta = backup_dir / "latest.weights.h5", backup_dir / "training_metadata.json"
-        previous = (backup_dir / "previous.weights.h5", backup_dir / "previous_training_metadata.json")
-        return [(weights, meta), previous]
-
-    @classmethod
-    def consistent_state(cls, backup_dir: Path) -> Optional[dict]:
-        """The newest ``{"epoch", "batch", "iterations", "sha256", "weights"}`` whose weights match it, else None."""
-        from hpa_zoo.zoo.weights import sha256_file
-
-        for weights, meta in cls._pairs(backup_dir):
-            if not (weights.is_file() and meta.is_file()):
-                continue
-            try:
-                state = json.loads(meta.read_text())
-            except (OSError, ValueError):
-                continue
-            if "sha256" in state and sha256_file(weights) != state["sha256"]:
-                continue
-            return {**state, "weights": str(weights)}
-        return None
-
-    def _load_model(self):
-        state = self.consistent_state(Path(self.backup_dir))
-        if state is None:
-            if any(w.exists() for w, _ in self._pairs(Path(self.backup_dir))):
-                raise ConfigError(f"{self.backup_dir} holds no readable, consistent resume state (weights "
-                                  f"unreadable or not matching training_metadata.json); delete the folder to "
-                                  f"start over")
-            return
-        if self.model.optimizer is not None and not self.model.optimizer.built:
-            self.model.optimizer.build(self.model.trainable_variables)
-        self.model.load_weights(state["weights"])
-        self.model._initial_epoch = int(state["epoch"])
-
-    def on_train_begin(self, logs=None):
-        self._load_model()
-
-    def _save_model(self):
-        from hpa_zoo.atomic import atomic_write_bytes
-        from hpa_zoo.zoo.weights import sha256_file
-
-        (weights, meta), (old_weights, old_meta) = self._pairs(Path(self.backup_dir))
-        if weights.is_file() and meta.is_file():  # keep the previous pair (copies, each atomic)
-            atomic_write_bytes(old_weights, weights.read_bytes())
-            atomic_write_bytes(old_meta, meta.read_bytes())
-        ensure_free_space(weights, model_bytes(self.model), hint="pass another --out")
-        with atomic_path(weights) as tmp:
-            self.model.save_weights(tmp)
-            digest = sha256_file(tmp)
-        state = {"epoch": self._current_epoch, "batch": self._last_batch_seen,
-                 "iterations": int(self.model.optimizer.iterations.numpy()), "sha256": digest}
-        atomic_write_text(meta, json.dumps(state))
-
-
-class StopOnNaN(keras.callbacks.Callback):
-    """Raise `TrainingDivergedError` on the first batch whose loss is NaN/inf.
-
-    Raising (rather than ``stop_training``) keeps the epoch-end callbacks from writing the diverged weights
-    over the backup, so the backup and the best checkpoint stay the last good state.
-    """
-
-    def __init__(self, best: AtomicBestCheckpoint, backup_dir: Path):
-        super().__init__()
-        self.best, self.backup_dir = best, backup_dir
-        self.epoch = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is None or math.isfinite(float(loss)):
-            return
-        step = int(self.model.optimizer.iterations.numpy())
-        if self.best.best:
-            last = (f"the last good checkpoint is {self.best.path} (epoch {self.best.best['epoch']}, "
-                    f"{self.best.monitor}={self.best.best['value']:.5f})")
-        else:
-            last = "there is no good checkpoint yet"
-        raise TrainingDivergedError(
-            f"training loss became {float(loss)} at epoch {self.epoch + 1}, step {batch + 1} of the epoch "
-            f"(optimizer step {step}); {last}; the resume state in {self.backup_dir} is from the end of the last "
-            f"finished epoch. Lower the learning rate, try --precision mixed_bfloat16 or float32, or check "
-            f"the input data")
 
 
 # ------------------------------------------------------------------------------------------------ train
@@ -494,7 +274,7 @@ def train(model_name: str, data: str | os.PathLike, *, fold: int = 0, folds_csv:
                 "input_size": recipe.input_size, "batch_size": recipe.batch_size, "epochs": recipe.epochs,
                 "steps_per_epoch": steps_per_epoch, "precision": precision or "float32", "seed": int(seed),
                 "weights": weights, "jit_compile": bool(jit_compile),
-                "sampler": _callable_name(recipe.train_sampler) if recipe.train_sampler is not None else None}
+                "sampler": callable_name(recipe.train_sampler) if recipe.train_sampler is not None else None}
     _check_resume(out_dir, settings)
     atomic_write_text(out_dir / "run.json", json.dumps(settings, indent=2))
     _log(verbose, f"training {model_name} ({recipe.name}) fold {fold}: images {recipe.image_size}px -> input "
@@ -512,12 +292,12 @@ def train(model_name: str, data: str | os.PathLike, *, fold: int = 0, folds_csv:
     epoch_source, n_epoch = None, n_train
     if recipe.train_sampler is not None:  # Recipe.train_sampler: the epoch's ids, in training order
         train_ids = list(table.loc[table["fold"] != fold, "Id"])
-        sampler = _EpochSampler(recipe.train_sampler, train_ids,
+        sampler = EpochSampler(recipe.train_sampler, train_ids,
                                 _labels_of(data, train_ids, data_dir=data_dir, verbose=verbose),
                                 seed=seed, batch_size=recipe.batch_size, fold=fold)
         n_epoch = len(sampler.ids(0))  # epoch 0's length sets the steps, also in a resumed process
-        epoch_source = lambda epoch: _sampled_source(  # noqa: E731
-            data, train_src, sampler.ids(epoch), image_size=recipe.image_size, seed=_epoch_seed(seed, epoch))
+        epoch_source = lambda epoch: sampled_source(  # noqa: E731
+            data, train_src, sampler.ids(epoch), image_size=recipe.image_size, seed=epoch_seed(seed, epoch))
     steps = steps_per_epoch or n_epoch // recipe.batch_size
     if steps <= 0 or n_valid == 0:
         raise ConfigError(f"fold {fold}: {n_train} training / {n_valid} validation images, batch size "
@@ -585,24 +365,18 @@ def _build_optimizer(model) -> None:
         model.optimizer.build(model.trainable_variables)
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
-    """The seed of epoch ``epoch`` (0-based) of a run seeded ``seed``: its shuffle, augmentation and sampler
-    (a Python int, so a resumed process derives the same one)."""
-    return int(seed) * 1_000_003 + int(epoch)
-
-
 def _epoch_stream(src, map_fn, *, batch_size: int, seed: int, steps: int, start_epoch: int, epochs: int,
                   epoch_source=None):
     """The training batches from epoch ``start_epoch`` on: epoch e is ``steps`` batches of a pipeline seeded by
-    ``_epoch_seed(seed, e)``, so a run resumed at epoch e sees exactly the batches an uninterrupted run sees there.
+    ``epoch_seed(seed, e)``, so a run resumed at epoch e sees exactly the batches an uninterrupted run sees there.
 
     (A single ``batch_pipeline(...).repeat()`` re-randomises per iteration *within one process*: a resumed
     process would replay epoch 0's order and augmentation.) Each epoch is a fresh pass (repeated if ``steps``
     exceeds one pass), as Team 1's per-epoch re-seeded sampler (teams.md §1.5).
 
     With ``epoch_source`` (``epoch -> dataset of example dicts`` in training order, from a recipe's
-    ``train_sampler``, see `_sampled_source`) epoch e is that dataset, **not reshuffled**, mapped with
-    per-example seeds drawn from ``_epoch_seed(seed, e)``; otherwise `src` is shuffled as
+    ``train_sampler``, see `sampled_source`) epoch e is that dataset, **not reshuffled**, mapped with
+    per-example seeds drawn from ``epoch_seed(seed, e)``; otherwise `src` is shuffled as
     `hpa_zoo.data.pipeline.batch_pipeline` shuffles it (both use `hpa_zoo.data.pipeline.training_pairs`). Incomplete
     batches are dropped either way.
 
@@ -623,8 +397,8 @@ def _epoch_stream(src, map_fn, *, batch_size: int, seed: int, steps: int, start_
     def pairs(epoch: int):
         # the epoch's (example, seed) pairs, in the order batch_pipeline(training=True) maps them
         if epoch_source is None:
-            return pipeline.training_pairs(src, seed=_epoch_seed(seed, epoch))
-        return pipeline.training_pairs(epoch_source(epoch), seed=_epoch_seed(seed, epoch), shuffle_buffer=None,
+            return pipeline.training_pairs(src, seed=epoch_seed(seed, epoch))
+        return pipeline.training_pairs(epoch_source(epoch), seed=epoch_seed(seed, epoch), shuffle_buffer=None,
                                        rerandomize_seeds=False)
 
     def one_epoch_pairs(epoch: int):
@@ -890,16 +664,6 @@ class _null_scope:
 
     def __exit__(self, *exc):
         return False
-
-
-def _callable_name(fn) -> str:
-    """A stable name of a function / ``functools.partial`` (module.qualname(keywords)), recorded in run.json."""
-    import functools
-
-    if isinstance(fn, functools.partial):
-        kw = ", ".join(f"{k}={v!r}" for k, v in sorted(fn.keywords.items()))
-        return f"{_callable_name(fn.func)}({kw})"
-    return f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
 
 
 def _jsonable(obj):
