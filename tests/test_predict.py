@@ -2,15 +2,13 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import numpy as np
 import pandas as pd
 import pytest
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-keras = pytest.importorskip("keras")
+import keras
 
 from tests.test_training import SIZE, build_tiny, make_recipe, synthetic_data, tiny_model  # noqa: E402,F401
 
