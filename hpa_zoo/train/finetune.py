@@ -150,6 +150,97 @@ def _compile(model, multi_label: bool, lr: float) -> None:
 # ---------------------------------------------------------------------------------------------- finetune
 @holds_run_lock("finetune")
 @reports_out_of_memory("finetune")
+def _read_images(table, data_csv, images_dir, n_channels: int, image_size: int, pixel_size_um, model_pixel,
+                 say) -> np.ndarray:
+    """Every CSV row's image at the network size: uint8 (N, image_size, image_size, n_channels); rescaled to the
+    model's µm per pixel first when both pixel sizes are known (`hpa_zoo.data.images.fit_to_model`)."""
+    start = time.perf_counter()
+    images = np.zeros((len(table), image_size, image_size, n_channels), np.uint8)
+    for n, files in enumerate(table["files"]):
+        where = f"{data_csv}, line {n + 2}: "
+        native = read_image(images_dir, files, n_channels, None if model_pixel else image_size, where=where)
+        images[n] = (fit_to_model(native, image_size, pixel_size_um=pixel_size_um, model_pixel_size_um=model_pixel)
+                     if model_pixel else native)
+        if (n + 1) % 100 == 0 or n + 1 == len(table):
+            say(f"read {n + 1}/{len(table)} images ({time.perf_counter() - start:.1f}s)")
+    return images
+
+
+def _prepare_model(base, weights, image_size: int, stains, train_images: np.ndarray, n_classes: int, say):
+    """The base model rebuilt for the user's stains (`zoo_models.surgery.adapt_channels`, unknown stains
+    normalised by their training mean / std) with a new ``n_classes`` head; returns (model, registry spec)."""
+    from zoo_models.surgery import replace_head
+
+    model, spec, source_stains = _load_base(base, weights, image_size)
+    if list(stains) != list(source_stains):
+        imgs = train_images.astype(np.float64)
+        stats = [(float(imgs[..., i].mean()), float(max(imgs[..., i].std(), 1.0))) for i in range(len(stains))]
+        model = adapt_channels(model, stains, source_stains=source_stains, first_conv=spec.first_conv,
+                               unknown_stats=stats)
+        say(f"rebuilt {spec.name} for {len(stains)} channels (stem: known stains keep their filter, unknown take "
+            f"the mean filter)")
+    return replace_head(model, n_classes, classifier=spec.classifier or "logits"), spec
+
+
+def _fit_phases(model, train_ds, val_ds, out_dir: Path, *, classifier: str, multi_label: bool, epochs: int,
+                freeze_epochs: int, learning_rate: float, verbose: int, say):
+    """The two phases (backbone frozen at ``learning_rate``, then all layers at a tenth), the best ``val_loss``
+    weights loaded back at the end; returns (history dict, the `AtomicBestCheckpoint`). A signal stops at a step
+    boundary and raises `Interrupted` (no preset is written)."""
+    from hpa_zoo.train.callbacks import AtomicBestCheckpoint
+
+    best = AtomicBestCheckpoint(out_dir / "best.weights.h5", "val_loss", verbose=0)
+    for stale in (best.path, best.info_path):  # never resume a best value from an earlier run
+        stale.unlink(missing_ok=True)
+    history: dict = {"loss": [], "val_loss": []}
+    phases = [(0, freeze_epochs, False, learning_rate), (freeze_epochs, epochs, True, learning_rate / 10)]
+    for first, last, trainable, lr in phases:
+        if last <= first:
+            continue
+        _set_backbone_trainable(model, trainable, classifier)
+        _compile(model, multi_label, lr)
+        if "initial_val_loss" not in history:
+            history["initial_val_loss"] = float(model.evaluate(val_ds, verbose=0))
+            say(f"initial val_loss {history['initial_val_loss']:.4f}")
+        say(f"epochs {first + 1}-{last}: {'all layers' if trainable else 'classifier only (backbone frozen)'}, "
+            f"lr {lr:g}")
+        try:
+            with stop_at_step_boundary() as stopper:  # SIGINT/SIGTERM: stop after the current step
+                fit = model.fit(train_ds, validation_data=val_ds, epochs=last, initial_epoch=first,
+                                callbacks=[stopper, best], verbose=2 if verbose else 0)
+        except KeyboardInterrupt as exc:
+            raise Interrupted(f"{'interrupted' if not isinstance(exc, Interrupted) else exc}: no preset was written "
+                              f"(fine-tuning does not resume; the best weights so far are in {best.path}); re-run "
+                              f"the command to start again", getattr(exc, "signum", signal.SIGINT)) from None
+        for key in ("loss", "val_loss"):
+            history[key] += [float(v) for v in fit.history[key]]
+    with warnings.catch_warnings():  # the checkpoint holds the frozen phase's optimiser: not needed here
+        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+        model.load_weights(best.path)
+    history["best_epoch"] = int(best.best["epoch"])
+    return history, best
+
+
+def _validation_thresholds(model, val_ds, y_val: np.ndarray, classes, multi_label: bool, say):
+    """Multi-label: per-class F1-optimal thresholds on the validation images, a class without evidence kept at
+    `DEFAULT_THRESHOLD` (`hpa_zoo.infer.thresholds.check_evidence`); returns (K floats or None, fallbacks)."""
+    from hpa_zoo.infer.thresholds import check_evidence, fit_thresholds
+
+    logits = np.asarray(model.predict(val_ds, verbose=0), np.float64)
+    fallbacks: dict = {}
+    if multi_label:
+        probs = 1.0 / (1.0 + np.exp(-logits))
+        fitted = fit_thresholds(probs, "f1_optimal", y_true=y_val)
+        fitted, fallbacks = check_evidence(fitted, y_val, default=DEFAULT_THRESHOLD, class_names=classes)
+        thresholds = fitted.tolist()
+        if fallbacks:
+            say(f"threshold {DEFAULT_THRESHOLD} (not fitted) for {len(fallbacks)} classes: "
+                + "; ".join(f"{c}: {r}" for c, r in fallbacks.items()))
+    else:
+        thresholds = None
+    return thresholds, fallbacks
+
+
 def finetune(base, data_csv, images_dir, *, out_dir, classes: Sequence[str] | None = None, multi_label: bool = True,
              channels: Sequence[str] = CHANNELS, channel_map: Mapping[str, str | None] | None = None,
              weights=None, epochs: int = 10, freeze_epochs: int = 2, image_size: int = 512, batch_size: int = 8,
@@ -193,9 +284,6 @@ def finetune(base, data_csv, images_dir, *, out_dir, classes: Sequence[str] | No
     from hpa_zoo.zoo.models_api import save_preset
     from hpa_zoo.data.pipeline import batch_pipeline
     from hpa_zoo.data.image_ops import random_d4, to_float
-    from hpa_zoo.infer.thresholds import check_evidence, fit_thresholds
-    from hpa_zoo.train.callbacks import AtomicBestCheckpoint
-    from zoo_models.surgery import replace_head
 
     positive_int(epochs, "epochs", hint="CLI: --epochs")
     positive_int(image_size, "image_size", hint="CLI: --image-size")
@@ -220,32 +308,15 @@ def finetune(base, data_csv, images_dir, *, out_dir, classes: Sequence[str] | No
     elif model_pixel is None:
         raise ConfigError(f"{base}: its training pixel size is unknown (fine-tuned without a pixel size); drop "
                           f"pixel_size_um")
-    start = time.perf_counter()
-    images = np.zeros((len(table), image_size, image_size, len(channels)), np.uint8)
-    for n, files in enumerate(table["files"]):
-        where = f"{data_csv}, line {n + 2}: "
-        native = read_image(images_dir, files, len(channels), None if model_pixel else image_size, where=where)
-        images[n] = (fit_to_model(native, image_size, pixel_size_um=pixel_size_um, model_pixel_size_um=model_pixel)
-                     if model_pixel else native)
-        if verbose and ((n + 1) % 100 == 0 or n + 1 == len(table)):
-            say(f"read {n + 1}/{len(table)} images ({time.perf_counter() - start:.1f}s)")
+    images = _read_images(table, data_csv, images_dir, len(channels), image_size, pixel_size_um, model_pixel, say)
     y = encode_labels(table["labels"], classes)
     train_idx, val_idx = split_indices(len(table), val_fraction, seed)
     say(f"{len(train_idx)} train / {len(val_idx)} validation images, {len(classes)} classes, channels "
         f"{dict(zip(channels, stains))}")
 
     keras.utils.set_random_seed(seed)
-    model, spec, source_stains = _load_base(base, weights, image_size)
-    if list(stains) != list(source_stains):
-        train_imgs = images[train_idx].astype(np.float64)
-        stats = [(float(train_imgs[..., i].mean()), float(max(train_imgs[..., i].std(), 1.0)))
-                 for i in range(len(channels))]
-        model = adapt_channels(model, stains, source_stains=source_stains, first_conv=spec.first_conv,
-                               unknown_stats=stats)
-        say(f"rebuilt {spec.name} for {len(channels)} channels (stem: known stains keep their filter, unknown take "
-            f"the mean filter)")
+    model, spec = _prepare_model(base, weights, image_size, stains, images[train_idx], len(classes), say)
     classifier = spec.classifier or "logits"
-    model = replace_head(model, len(classes), classifier=classifier)
 
     def train_map(ex, s):
         return random_d4(to_float(ex["image"]), s), ex["y"]
@@ -260,48 +331,10 @@ def finetune(base, data_csv, images_dir, *, out_dir, classes: Sequence[str] | No
                               drop_remainder=len(train_idx) >= batch_size)
     val_ds = batch_pipeline(source(val_idx), eval_map, batch_size=batch_size, training=False)
 
-    best = AtomicBestCheckpoint(out_dir / "best.weights.h5", "val_loss", verbose=0)
-    for stale in (best.path, best.info_path):  # never resume a best value from an earlier run
-        stale.unlink(missing_ok=True)
-    history: dict = {"loss": [], "val_loss": []}
-    phases = [(0, freeze_epochs, False, learning_rate), (freeze_epochs, epochs, True, learning_rate / 10)]
-    for first, last, trainable, lr in phases:
-        if last <= first:
-            continue
-        _set_backbone_trainable(model, trainable, classifier)
-        _compile(model, multi_label, lr)
-        if "initial_val_loss" not in history:
-            history["initial_val_loss"] = float(model.evaluate(val_ds, verbose=0))
-            say(f"initial val_loss {history['initial_val_loss']:.4f}")
-        say(f"epochs {first + 1}-{last}: {'all layers' if trainable else 'classifier only (backbone frozen)'}, "
-            f"lr {lr:g}")
-        try:
-            with stop_at_step_boundary() as stopper:  # SIGINT/SIGTERM: stop after the current step
-                fit = model.fit(train_ds, validation_data=val_ds, epochs=last, initial_epoch=first,
-                                callbacks=[stopper, best], verbose=2 if verbose else 0)
-        except KeyboardInterrupt as exc:
-            raise Interrupted(f"{'interrupted' if not isinstance(exc, Interrupted) else exc}: no preset was written "
-                              f"(fine-tuning does not resume; the best weights so far are in {best.path}); re-run "
-                              f"the command to start again", getattr(exc, "signum", signal.SIGINT)) from None
-        for key in ("loss", "val_loss"):
-            history[key] += [float(v) for v in fit.history[key]]
-    with warnings.catch_warnings():  # the checkpoint holds the frozen phase's optimiser: not needed here
-        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-        model.load_weights(best.path)
-    history["best_epoch"] = int(best.best["epoch"])
-
-    logits = np.asarray(model.predict(val_ds, verbose=0), np.float64)
-    fallbacks: dict = {}
-    if multi_label:
-        probs = 1.0 / (1.0 + np.exp(-logits))
-        fitted = fit_thresholds(probs, "f1_optimal", y_true=y[val_idx])
-        fitted, fallbacks = check_evidence(fitted, y[val_idx], default=DEFAULT_THRESHOLD, class_names=classes)
-        thresholds = fitted.tolist()
-        if fallbacks:
-            say(f"threshold {DEFAULT_THRESHOLD} (not fitted) for {len(fallbacks)} classes: "
-                + "; ".join(f"{c}: {r}" for c, r in fallbacks.items()))
-    else:
-        thresholds = None
+    history, best = _fit_phases(model, train_ds, val_ds, out_dir, classifier=classifier, multi_label=multi_label,
+                                epochs=epochs, freeze_epochs=freeze_epochs, learning_rate=learning_rate,
+                                verbose=verbose, say=say)
+    thresholds, fallbacks = _validation_thresholds(model, val_ds, y[val_idx], classes, multi_label, say)
     say(f"best epoch {history['best_epoch']}: val_loss {min(history['val_loss']):.4f} "
         f"(initial {history['initial_val_loss']:.4f})")
 
