@@ -93,8 +93,8 @@ def check_input_shape(input_shape, *, arch: str, min_side: int = 32, channels: O
         allowed = " or ".join(f"(H, W, {c})" for c in channels)
         raise ConfigError(f"{arch}: input_shape must be {allowed} (4 = RGBY), got {input_shape}")
     if any(s is not None and s < min_side for s in shape[:2]):
-        raise ConfigError(f"{arch}: input_shape {shape} is below the {min_side} px minimum: {arch} needs H, W >= "
-                          f"{min_side}")
+        raise ConfigError(f"input_shape {shape}: {arch} needs H, W >= {min_side} (below the {min_side} px minimum "
+                          f"of its strides); use a larger input_shape")
     return shape
 
 
