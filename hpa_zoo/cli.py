@@ -590,6 +590,9 @@ def _add_embed(sub) -> None:
     p.add_argument("--n-neighbors", type=int, default=15, help="UMAP n_neighbors (PCA below n_neighbors+1 images)")
     p.add_argument("--min-dist", type=float, default=0.1, help="UMAP min_dist")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--html", action="store_true",
+                   help="also write OUT/explorer.html: the interactive, offline embedding explorer")
+    p.add_argument("--data-label", default="your images", help="what the images are, shown on the page")
     p.set_defaults(func=_run_embed)
 
 
@@ -648,6 +651,16 @@ def _run_embed(args) -> int:
 
     plt.close(plot_embedding(xy, labels, out / "embedding.png", title=f"{model.name}: {method.upper()} of features"))
     print(f"wrote features {feats.shape}, projection.csv and embedding.png to {out}")
+    if args.html:
+        from hpa_zoo.explorer import build_explorer, predicted_probabilities
+
+        probs = predicted_probabilities(model, ds.map(lambda e: e["image"]).batch(args.batch_size))
+        views = folder_dataset(images_dir, csv, image_size=256, labelled=csv is not None).map(lambda e: e["image"])
+        page = build_explorer(xy, ids, labels, out / "explorer.html", images=views.as_numpy_iterator(),
+                              probabilities=probs, data_label=args.data_label, progress=True,
+                              title=f"{model.name}: {method.upper()} of features")
+        print(f"wrote {page['html']} ({page['bytes'] / 1e6:.1f} MB"
+              + (f", images in {page['sidecar']}" if page["sidecar"] else "") + ")")
     return 0
 
 

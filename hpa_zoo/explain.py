@@ -311,12 +311,13 @@ def plot_embedding(xy, labels: Sequence[Sequence[int]], out_png, *, class_names:
         if mask.any():
             ax.scatter(xy[mask, 0], xy[mask, 1], s=12, color=MULTI_LABEL_GREY, label=name,
                        marker="o" if name == "multi-location" else "x")
+    from hpa_zoo.explorer import MARKERS, class_colour  # 28 distinguishable colours, shapes for print
+
     single = [lab[0] if len(lab) == 1 else -1 for lab in labels]
-    cmap = plt.get_cmap("tab20", max(len(class_names), 1))
     for c in sorted({s for s in single if s >= 0}):
         idx = np.array([s == c for s in single])
         name = class_names[c] if c < len(class_names) else str(c)
-        ax.scatter(xy[idx, 0], xy[idx, 1], s=14, color=cmap(c % cmap.N), label=name)
+        ax.scatter(xy[idx, 0], xy[idx, 1], s=14, color=class_colour(c), marker=MARKERS[c % len(MARKERS)], label=name)
     ax.set_xlabel("UMAP 1")
     ax.set_ylabel("UMAP 2")
     if title:
