@@ -233,8 +233,10 @@ def _run_leaks(args) -> int:
 
 
 def _add_report(sub) -> None:
-    p = sub.add_parser("report", help="the paper's Fig. 2 (a-d) and Supp. Fig. 2 from predictions CSVs, as HTML")
-    p.add_argument("predictions", nargs="+", help="probabilities CSVs (Id + class columns; sidecars name the models)")
+    p = sub.add_parser("report", help="the paper's Fig. 2 (a-d), Supp. Fig. 2 and Fig. 3 (Grad-CAMs, CAM "
+                                      "relevance) from runs or predictions CSVs, as HTML")
+    p.add_argument("predictions", nargs="+", help="probabilities CSVs (Id + class columns; sidecars name the models) "
+                                                  "or training run folders (their val_predictions.csv and preset/)")
     p.add_argument("--labels", default=None,
                    help="Id,Target CSV of the predicted images (default: the first file's Target column, as in "
                         "val_predictions.csv)")
@@ -243,14 +245,25 @@ def _add_report(sub) -> None:
     p.add_argument("--data-label", default="your data",
                    help="what the images are, printed on every figure (e.g. 'synthetic data - not an HPA result')")
     p.add_argument("--threshold", type=float, default=0.5, help="probability threshold (top class always on)")
+    p.add_argument("--images", default=None, help="folder of the images' channel files: adds the Fig. 3 Grad-CAMs")
+    p.add_argument("--models", nargs="+", default=None,
+                   help="one model per input for the Grad-CAMs (registry name, preset, .keras, '-' for none; "
+                        "default: a run folder's preset/)")
+    p.add_argument("--masks", default=None, help="ground-truth masks ({Id}.npz, hpa-zoo synth --masks): adds CAM "
+                                                 "relevance per class and model")
+    p.add_argument("--image-size", type=int, default=None, help="side the CAM images are loaded at (default: the "
+                                                                "model's input)")
     p.set_defaults(func=_run_report)
 
 
 def _run_report(args) -> int:
     from hpa_zoo.report import figure_report
+    from hpa_zoo.report_cams import resolve_report_inputs
 
-    summary = figure_report(args.predictions, args.labels, out_dir=args.out, data_label=args.data_label,
-                            train_csv=args.train_labels, threshold=args.threshold)
+    csvs, models = resolve_report_inputs(args.predictions, args.models, load_models=args.images is not None)
+    summary = figure_report(csvs, args.labels, out_dir=args.out, data_label=args.data_label,
+                            train_csv=args.train_labels, threshold=args.threshold, cam_models=models or None,
+                            images_dir=args.images, masks_dir=args.masks, image_size=args.image_size)
     for name, m in summary["models"].items():
         print(f"{name}: macro F1 {m['macro_f1']:.3f}, precision {m['micro_precision']:.3f}, recall "
               f"{m['micro_recall']:.3f} ({summary['data']})")

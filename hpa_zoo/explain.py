@@ -33,6 +33,11 @@ from hpa_zoo.errors import ConfigError
 CAM_LAYERS: dict[str, str] = {
     "team1_densenet121_512": "conv4_block24_concat",
     "team1_densenet121_1024": "conv4_block24_concat",
+    "team2_densenet121_rgb_512": "conv4_block24_concat",
+    "team3_attention_inceptionv3_1024": "mixed10",  # torchvision Mixed_7c (paper Fig. 3)
+    "team3_resnet34_512": "layer3",  # ResNet "Layer3" (paper Fig. 3, the lower-scoring models)
+    "team4_gapnet_resnet18_512": "layer3",
+    "team4_gapnet_resnet18_1024crop512": "layer3",
 }
 
 #: Colour of images with more than one location in `plot_embedding`.
@@ -105,12 +110,14 @@ def save_cam_png(path, image_rgby, cam, *, alpha: float = 0.5) -> Path:
 # ---------------------------------------------------------------------------------------------- Grad-CAM
 def default_cam_layer(model) -> str:
     """The Grad-CAM layer of ``model``: `CAM_LAYERS` for its registry name, else ``conv4_block24_concat`` if the
-    model has it (any DenseNet121), else the last layer with a 4-D (B, h, w, D) output."""
+    model has it (any DenseNet121), else ``layer3`` (a zoo ResNet), else the last layer with a 4-D (B, h, w, D)
+    output."""
     if model.name in CAM_LAYERS:
         return CAM_LAYERS[model.name]
     names = [layer.name for layer in model.layers]
-    if "conv4_block24_concat" in names:
-        return "conv4_block24_concat"
+    for name in ("conv4_block24_concat", "layer3"):  # DenseNet121 "Block3"; ResNet "Layer3"
+        if name in names:
+            return name
     for layer in reversed(model.layers):
         try:
             shape = layer.output.shape
