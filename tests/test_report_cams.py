@@ -127,3 +127,19 @@ def test_report_inputs_accept_run_folders_and_check_the_models(tmp_path):
         report_cams.resolve_report_inputs([tmp_path])
     with pytest.raises(ConfigError, match="2 models for 1 inputs"):
         report_cams.resolve_report_inputs([run], ["x", "y"])
+
+
+def test_benchmark_table_means_over_classes():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "cam_relevance.py"
+    spec = importlib.util.spec_from_file_location("cam_relevance_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = [{"model": m, "class": c, "n": 4, "pointing": p, "energy": e, "chance": 0.1, "layer": "x"}
+            for m, c, p, e in (("a", "Cytosol", 1.0, 0.5), ("a", "Nucleoli", 0.5, 0.25),
+                               ("b", "Cytosol", 0.0, 0.1), ("b", "Nucleoli", 0.25, 0.2))]
+    text = bench.table({"cam_relevance": rows})
+    assert "| Cytosol | 4 | 1.00 | 0.500 | 0.00 | 0.100 | 0.100 |" in text
+    assert "| mean over 2 classes | | **0.750** | **0.375** | **0.125** | **0.150** | 0.100 |" in text
