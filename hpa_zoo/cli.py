@@ -261,6 +261,11 @@ def _run_report(args) -> int:
     from hpa_zoo.report_cams import resolve_report_inputs
 
     csvs, models = resolve_report_inputs(args.predictions, args.models, load_models=args.images is not None)
+    if args.images is not None and not models:
+        from hpa_zoo.errors import ConfigError
+
+        raise ConfigError("--images draws each model's Grad-CAMs, but no input names a model: give run folders "
+                          "(with preset/) or --models, one per input")
     summary = figure_report(csvs, args.labels, out_dir=args.out, data_label=args.data_label,
                             train_csv=args.train_labels, threshold=args.threshold, cam_models=models or None,
                             images_dir=args.images, masks_dir=args.masks, image_size=args.image_size)

@@ -117,6 +117,9 @@ def figure_report(predictions: Sequence, labels_csv, *, out_dir, data_label: str
         raise ConfigError("report: give at least one predictions CSV")
     if not 0.0 < threshold < 1.0:
         raise ConfigError(f"threshold={threshold}: use a probability in (0, 1)")
+    if masks_dir is not None and not cam_models:
+        raise ConfigError("masks_dir (CLI --masks) scores the models' Grad-CAMs: also pass cam_models and images_dir "
+                          "(CLI: --images with a run folder or --models)")
     out_dir = Path(out_dir)
     preds = [load_predictions(p, class_names=class_names) for p in predictions]
     names = [p.model_name or Path(p.path).stem for p in preds]

@@ -143,3 +143,15 @@ def test_benchmark_table_means_over_classes():
     text = bench.table({"cam_relevance": rows})
     assert "| Cytosol | 4 | 1.00 | 0.500 | 0.00 | 0.100 | 0.100 |" in text
     assert "| mean over 2 classes | | **0.750** | **0.375** | **0.125** | **0.150** | 0.100 |" in text
+
+
+def test_cam_options_without_models_are_refused(tmp_path, capsys):
+    from hpa_zoo.cli import main
+
+    csv = save_predictions(tmp_path / "p.csv", ["a"], np.full((1, 28), 0.5), model_name="m", fold=0)
+    pd.DataFrame({"Id": ["a"], "Target": ["0"]}).to_csv(tmp_path / "l.csv", index=False)
+    with pytest.raises(ConfigError, match="--masks"):
+        figure_report([csv], tmp_path / "l.csv", out_dir=tmp_path / "r", data_label="x", masks_dir=tmp_path)
+    assert main(["report", str(csv), "--labels", str(tmp_path / "l.csv"), "--out", str(tmp_path / "r"),
+                 "--images", str(tmp_path)]) == 1
+    assert "no input names a model" in capsys.readouterr().err
