@@ -4,8 +4,8 @@ The paper (Ouyang et al. 2019, Fig. 3) observed by eye that better models attend
 measures it: the demo's model (``hpa-zoo demo``) at its best epoch and at epoch 1, Grad-CAM of every true class of
 the validation images at the model's CAM layer (DenseNet121 "Block3"), scored against the generator's mask of that
 class (``hpa-zoo synth --masks`` with the demo's arguments writes the same images plus the masks) with the pointing
-game and the energy inside the mask (`hpa_zoo.explain.score_cams`). Both models are also run through the whole
-report (`hpa_zoo.report.figure_report`: Fig. 2, Supp. Fig. 2, the Fig. 3 panel and the relevance table).
+game and the energy inside the mask (`hpa_zoo.infer.explain.score_cams`). Both models are also run through the whole
+report (`hpa_zoo.analysis.report.figure_report`: Fig. 2, Supp. Fig. 2, the Fig. 3 panel and the relevance table).
 
     hpa-zoo demo --out /tmp/demo                       # keep a copy of checkpoints/best.weights.h5 after epoch 1
     hpa-zoo synth /tmp/demo_masks --n-train 2000 --n-test 200 --size 96 --seed 0 --preset demo --masks
@@ -31,7 +31,7 @@ BANNER = "synthetic data — not an HPA result"
 def _predict(model, images_dir: Path, ids: Sequence[str], batch: int = 32) -> np.ndarray:
     import keras
 
-    from hpa_zoo.images import load_rgby
+    from hpa_zoo.data.images import load_rgby
 
     size = int(model.input_shape[1])
     out = []
@@ -44,9 +44,9 @@ def _predict(model, images_dir: Path, ids: Sequence[str], batch: int = 32) -> np
 def measure(run: Path, early_weights: Path, images: Path, masks: Path, out: Path, *, per_class: int = 24,
             early_name: str = "epoch 1") -> dict:
     """Predict the validation images with both models, write the report with CAM relevance, return its summary."""
-    from hpa_zoo.ensemble import load_predictions, save_predictions
-    from hpa_zoo.models_api import load
-    from hpa_zoo.report import figure_report
+    from hpa_zoo.infer.ensemble import load_predictions, save_predictions
+    from hpa_zoo.zoo.models_api import load
+    from hpa_zoo.analysis.report import figure_report
 
     val = load_predictions(run / "val_predictions.csv")
     ids = list(val.ids)
@@ -65,7 +65,7 @@ def measure(run: Path, early_weights: Path, images: Path, masks: Path, out: Path
     labels = out / "val_labels.csv"
     import pandas as pd
 
-    from hpa_zoo.labels import format_target
+    from hpa_zoo.data.labels import format_target
 
     labels.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame({"Id": ids, "Target": [format_target(np.flatnonzero(r)) for r in val.y_true]}).to_csv(labels,

@@ -3,12 +3,12 @@
 For each model of the budget (``small``: one member of each team — Team 1 DenseNet121, Team 2 DenseNet121-RGB,
 Team 3 ResNet34, Team 4 GAPNet — on the ``demo`` synthetic preset, 2 seeds; ``full``: every registered model with a
 recipe; ``--models`` picks any): train one fold with
-`hpa_zoo.training.train` at the budget's size and length, predict the held-out test images with the team's own
-TTA and thresholds (`hpa_zoo.predict.predict`; Team 4's 1024crop512 model with its 5 crops + stacker), and score
+`hpa_zoo.train.trainer.train` at the budget's size and length, predict the held-out test images with the team's own
+TTA and thresholds (`hpa_zoo.infer.predict.predict`; Team 4's 1024crop512 model with its 5 crops + stacker), and score
 them against the test labels, with a bootstrap 95 % interval of macro F1 over the test images (the seed-mean
-when there are several seeds, `hpa_zoo.metrics.bootstrap_macro_f1`). A deliberately weak baseline — per-class
+when there are several seeds, `hpa_zoo.nn.metrics.bootstrap_macro_f1`). A deliberately weak baseline — per-class
 logistic regression on pooled pixel statistics (per-channel mean, std and percentiles) — is scored the same way.
-The figures of the paper (``<out>/figures/report.html``, `hpa_zoo.report`: Fig. 2a-d, Supp. Fig. 2 and the Fig. 3
+The figures of the paper (``<out>/figures/report.html``, `hpa_zoo.analysis.report`: Fig. 2a-d, Supp. Fig. 2 and the Fig. 3
 Grad-CAM panel of the trained members) come with it. The report (Markdown + CSV + PNG) has macro F1 and the ranking, per-class F1 ordered by class frequency (Fig. 2c), single- vs multi-label macro F1
 (Fig. 2d), macro precision / recall, training time and inference images/s, with the teams' own reported HPA
 leaderboard scores beside ours, labelled as theirs.
@@ -18,7 +18,7 @@ leaderboard scores beside ours, labelled as theirs.
         --out runs/compare_t3t4                                                     # other members, same budget
     python benchmarks/compare_teams.py --data-dir data/kaggle_split --size 256 --epochs 8 --out runs/real
 
-Data: by default a synthetic HPA-like dataset (`hpa_zoo.synthetic`) is written to ``<out>/synthetic`` — its numbers
+Data: by default a synthetic HPA-like dataset (`hpa_zoo.data.synthetic`) is written to ``<out>/synthetic`` — its numbers
 are "synthetic data — not HPA results". ``--data-dir`` takes a Kaggle-layout folder with ``train.csv`` + ``train/``
 (training, fold 0 held out for the label-fitted thresholds) and ``sample_submission.csv`` + ``test/`` +
 ``test_labels.csv`` (``Id,Target`` of the test images: make it by moving part of Kaggle's train.csv there).
@@ -42,7 +42,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a script
     sys.path.insert(0, str(REPO_ROOT))
 
 from hpa_zoo.atomic import atomic_path, atomic_to_csv, atomic_write_text  # noqa: E402
-from hpa_zoo.baselines import BASELINE_PERCENTILES, PixelStatsBaseline, pixel_features  # noqa: E402,F401
+from hpa_zoo.train.baselines import BASELINE_PERCENTILES, PixelStatsBaseline, pixel_features  # noqa: E402,F401
 from hpa_zoo.constants import CLASS_NAMES, NUM_CLASSES  # noqa: E402
 from hpa_zoo.errors import ConfigError, HpaDataError  # noqa: E402
 
@@ -65,7 +65,7 @@ class Budget:
         models: the registry models trained by default (None = every model with a recipe); the others get a
             "not run" row. ``--models`` overrides it.
         seeds: training seeds of every member (the data seed is the first).
-        preset: the synthetic difficulty (`hpa_zoo.synthetic.PRESETS`).
+        preset: the synthetic difficulty (`hpa_zoo.data.synthetic.PRESETS`).
     """
 
     n_train: int
@@ -105,7 +105,7 @@ def prepare_data(out: Path, budget: Budget, data_dir: Optional[str], seed: int) 
                                    f"sample_submission.csv + test/ + test_labels.csv (Id,Target of the test images; "
                                    f"move part of Kaggle's train.csv and images there)")
         return folder, False
-    from hpa_zoo.synthetic import write_synthetic_dataset
+    from hpa_zoo.data.synthetic import write_synthetic_dataset
 
     folder = out / "synthetic"
     if not (folder / "test_labels.csv").is_file():
@@ -116,14 +116,14 @@ def prepare_data(out: Path, budget: Budget, data_dir: Optional[str], seed: int) 
 
 def _read_images(folder: Path, split: str, ids: Sequence[str], size: int) -> np.ndarray:
     """uint8 (N, size, size, 4) images of ``folder/split`` in ``ids`` order (tf.data reader)."""
-    from hpa_zoo import pipeline
+    from hpa_zoo.data import sources
 
-    ds = pipeline.folder_dataset(folder / split, ids=list(ids), labelled=False, image_size=size)
+    ds = sources.folder_dataset(folder / split, ids=list(ids), labelled=False, image_size=size)
     return np.stack([e["image"] for e in ds.as_numpy_iterator()])
 
 
 def _test_truth(folder: Path) -> tuple[list[str], np.ndarray]:
-    from hpa_zoo.labels import multi_hot_matrix, read_labels_csv
+    from hpa_zoo.data.labels import multi_hot_matrix, read_labels_csv
 
     df = read_labels_csv(folder / "test_labels.csv")
     return list(df["Id"]), multi_hot_matrix(list(df["labels"]))
@@ -132,7 +132,7 @@ def _test_truth(folder: Path) -> tuple[list[str], np.ndarray]:
 # ============================================================================================ members
 def _sizes(model_name: str, size: int) -> tuple[int, int]:
     """(image_size, input_size) for a network input of ``size`` keeping the recipe's load/input ratio."""
-    from hpa_zoo.training import load_recipe
+    from hpa_zoo.recipe import load_recipe
 
     team = load_recipe(model_name)
     return int(round(size * team.image_size / team.input_size)), int(size)
@@ -141,11 +141,11 @@ def _sizes(model_name: str, size: int) -> tuple[int, int]:
 def run_member(name: str, folder: Path, out: Path, budget: Budget, seed: int, verbose: int,
                run: Optional[Path] = None) -> dict:
     """Train one registered model, predict the test split with its team's TTA and thresholds, score it.
-    Degenerate LB-ratio labels (Team 1) switch to the tie-aware rank variant (`hpa_zoo.thresholds`)."""
-    from hpa_zoo import metrics
-    from hpa_zoo.ensemble import load_predictions, write_sidecar
-    from hpa_zoo.predict import predict
-    from hpa_zoo.training import train
+    Degenerate LB-ratio labels (Team 1) switch to the tie-aware rank variant (`hpa_zoo.infer.thresholds`)."""
+    from hpa_zoo.nn import metrics
+    from hpa_zoo.infer.ensemble import load_predictions, write_sidecar
+    from hpa_zoo.infer.predict import predict
+    from hpa_zoo.train.trainer import train
 
     image_size, input_size = _sizes(name, budget.size)
     run = run or out / "runs" / name
@@ -174,7 +174,7 @@ def run_member(name: str, folder: Path, out: Path, budget: Budget, seed: int, ve
         loaded = load_predictions(prob_csv)
         ids, probs = list(loaded.ids), loaded.probs
         labels = metrics.read_predictions_csv(submission)
-        from hpa_zoo.labels import multi_hot_matrix
+        from hpa_zoo.data.labels import multi_hot_matrix
 
         labels = multi_hot_matrix(list(labels["labels"]))
         tta = json.dumps((meta.get("recipe") or {}).get("tta", {}))
@@ -186,9 +186,10 @@ def _five_crop_stacker(name, preset, folder, run, image_size, input_size, budget
     """Team 4's 1024crop512 inference: 5 fixed crops -> stacker trained on the validation fold's crops."""
     import pandas as pd
 
-    from hpa_zoo import ensemble, models_api
-    from hpa_zoo.labels import multi_hot_matrix, read_labels_csv
-    from zoo_models import team4_wsg
+    from hpa_zoo.infer import ensemble
+    from hpa_zoo.zoo import models_api
+    from hpa_zoo.data.labels import multi_hot_matrix, read_labels_csv
+    from zoo_models.teams import team4_wsg
 
     model = models_api.load(str(preset))
     folds = pd.read_csv(run / "folds.csv", dtype={"Id": str})
@@ -211,9 +212,9 @@ def _five_crop_stacker(name, preset, folder, run, image_size, input_size, budget
 
 # ============================================================================================ baseline
 def run_baseline(folder: Path, size: int, seed: int) -> dict:
-    """`hpa_zoo.baselines.PixelStatsBaseline` (logistic regression on pooled pixel statistics, F1-optimal
+    """`hpa_zoo.train.baselines.PixelStatsBaseline` (logistic regression on pooled pixel statistics, F1-optimal
     thresholds on the training images) trained on ``train/`` and scored on ``test/``."""
-    from hpa_zoo.labels import multi_hot_matrix, read_labels_csv
+    from hpa_zoo.data.labels import multi_hot_matrix, read_labels_csv
 
     t0 = time.time()
     train_df = read_labels_csv(folder / "train.csv")
@@ -234,7 +235,7 @@ def run_baseline(folder: Path, size: int, seed: int) -> dict:
 def _row(name: str, team: str, result, truth_ids, y_true, reported: str, status: str) -> dict:
     """One report row. ``result``: a `run_member` / `run_baseline` dict, a list of them (one per seed: every number
     is the mean over the seeds, ``train_s`` their sum) or None (not run)."""
-    from hpa_zoo import metrics
+    from hpa_zoo.nn import metrics
 
     row = {"model": name, "team": team, "status": status, "macro_f1": np.nan, "macro_f1_ci_low": np.nan,
            "macro_f1_ci_high": np.nan, "macro_f1_per_seed": "", "single_label_f1": np.nan,
@@ -414,7 +415,7 @@ def compare(out: str | os.PathLike, *, budget: str = "small", models: Optional[S
         verbose: 0 quiet, 1 progress.
     """
     from hpa_zoo.checks import positive_int
-    from hpa_zoo.labels import read_labels_csv
+    from hpa_zoo.data.labels import read_labels_csv
     from hpa_zoo.registry import get_spec, list_models
 
     if budget not in BUDGETS:
@@ -461,7 +462,7 @@ def compare(out: str | os.PathLike, *, budget: str = "small", models: Optional[S
     base = run_baseline(folder, b.size, seed)
     rows.append(_row(BASELINE, "baseline", base, truth_ids, y_true, "—", "ok"))
     train_labels = read_labels_csv(folder / "train.csv")
-    from hpa_zoo.labels import multi_hot_matrix
+    from hpa_zoo.data.labels import multi_hot_matrix
 
     freq = multi_hot_matrix(list(train_labels["labels"])).sum(0).astype(np.int64)  # uint8 sums are unsigned
     class_order = np.argsort(-freq, kind="stable")
@@ -475,11 +476,11 @@ def compare(out: str | os.PathLike, *, budget: str = "small", models: Optional[S
 
 
 def figures(done: Sequence[tuple[str, Path]], folder: Path, out: Path, *, synthetic: bool, verbose: int = 0):
-    """The paper's figures (`hpa_zoo.report.figure_report`: Fig. 2a-d, Supp. Fig. 2, Fig. 3 Grad-CAMs of each
+    """The paper's figures (`hpa_zoo.analysis.report.figure_report`: Fig. 2a-d, Supp. Fig. 2, Fig. 3 Grad-CAMs of each
     trained member on the same test images) for the members' test predictions (the first seed's run), in ``out``.
     Returns the report summary, or None when no member was trained. A CAM failure drops the CAM panel only."""
-    from hpa_zoo.models_api import load
-    from hpa_zoo.report import figure_report
+    from hpa_zoo.zoo.models_api import load
+    from hpa_zoo.analysis.report import figure_report
 
     done = [(name, run) for name, run in done if (run / "test" / "probabilities.csv").is_file()]
     if not done:

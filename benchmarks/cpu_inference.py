@@ -4,9 +4,9 @@
 
 Measures single-image latency (batch 1, median of ``--repeats`` timed calls after warm-up) of
 
-* ``keras``: ``model.predict_on_batch`` (what `hpa_zoo.tta.predict_tta` calls for a Keras model);
-* ``onnxruntime``: the ONNX file `hpa_zoo.export.export_onnx` writes from the same model, run by
-  `hpa_zoo.onnx_runtime.OnnxModel` (what ``hpa-zoo predict --runtime onnx`` uses), with ``--threads`` intra-op
+* ``keras``: ``model.predict_on_batch`` (what `hpa_zoo.infer.tta.predict_tta` calls for a Keras model);
+* ``onnxruntime``: the ONNX file `hpa_zoo.infer.export.export_onnx` writes from the same model, run by
+  `hpa_zoo.infer.onnx_runtime.OnnxModel` (what ``hpa-zoo predict --runtime onnx`` uses), with ``--threads`` intra-op
   threads;
 
 alternating the two per repeat so that a busy machine slows both alike, and prints both, their ratio and the max
@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     except RuntimeError:  # TensorFlow already started in this process (e.g. under pytest)
         print("note: TensorFlow's thread pools were already initialised; --threads applies to onnxruntime only")
     import hpa_zoo
-    from hpa_zoo.onnx_runtime import OnnxModel
+    from hpa_zoo.infer.onnx_runtime import OnnxModel
 
     model = hpa_zoo.load(args.model, input_shape=(args.size, args.size, 4))
     x = np.random.default_rng(0).uniform(0, 255, (1, args.size, args.size, 4)).astype(np.float32)

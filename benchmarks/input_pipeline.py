@@ -10,11 +10,11 @@ full-size images hold more detail and decode slower).
 
 Paths:
 
-* ``team1``: Team 1's training path at 1024 (`zoo_models.team1_bestfitting.train_map`): a 1536 px image, random-scale
+* ``team1``: Team 1's training path at 1024 (`zoo_models.teams.team1_bestfitting.train_map`): a 1536 px image, random-scale
   crop (side ~ U(1024, 1536)) resized to 1024, one of the 8 dihedral transforms, float32.
 * ``team1_device``: the host part when the crop, resize and D4 run on the accelerator (as
   ``benchmarks/train_throughput.py --mode full`` does): decode to uint8 only.
-* ``team3``: Team 3's path (`zoo_models.team3_recipe.train_map`): a 512 px image, D4 + one AutoAugment sub-policy
+* ``team3``: Team 3's path (`zoo_models.teams.team3_pudae.train_map`): a 512 px image, D4 + one AutoAugment sub-policy
   of the team's 25, resized to 1024, float32.
 
 Storage formats (what a TFDS example would hold):
@@ -57,7 +57,7 @@ def source_images(folder: Path, size: int):
     import numpy as np
     import pandas as pd
 
-    from hpa_zoo.images import load_rgby
+    from hpa_zoo.data.images import load_rgby
 
     ids = list(pd.read_csv(folder / "labels.csv")["Id"])
     return [np.ascontiguousarray(load_rgby(folder, i, size=size)) for i in ids]
@@ -115,9 +115,9 @@ def dataset(encoded: list[list[bytes]], fmt: str, path: str, n: int):
     """An endless tf.data pipeline of path ``path`` over the encoded images (one thread)."""
     import tensorflow as tf
 
-    from hpa_zoo import pipeline
-    from zoo_models import team1_bestfitting as t1
-    from zoo_models import team3_recipe as t3
+    from hpa_zoo.data import image_ops
+    from zoo_models.teams import team1_bestfitting as t1
+    from zoo_models.teams import team3_pudae as t3
 
     stored = 512 if path == "team3" else 1536
     parts = tf.data.Dataset.from_tensor_slices([e for e in encoded]).repeat().take(n)
@@ -127,9 +127,9 @@ def dataset(encoded: list[list[bytes]], fmt: str, path: str, n: int):
     if path == "team1" and fmt.startswith("jpeg"):
         def fn(p, seed):
             crop_seed, d4_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
-            window = pipeline.random_scale_crop_box(tf.constant([stored, stored]), 1024, crop_seed)
-            image = pipeline.resize(decode_fn(fmt, stored, window)(p), 1024)
-            return tf.cast(pipeline.random_d4(image, d4_seed), tf.float32), tf.cast(labels, tf.float32)
+            window = image_ops.random_scale_crop_box(tf.constant([stored, stored]), 1024, crop_seed)
+            image = image_ops.resize(decode_fn(fmt, stored, window)(p), 1024)
+            return tf.cast(image_ops.random_d4(image, d4_seed), tf.float32), tf.cast(labels, tf.float32)
     elif path == "team1":
         def fn(p, seed):
             return t1.train_map({"image": decode_fn(fmt, stored)(p), "multi_hot": labels}, seed,

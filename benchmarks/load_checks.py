@@ -1,11 +1,11 @@
 """Bounded memory and time at scale (issue 14): prints the figures, exits 1 if a bound is broken.
 
 1. **predict with TTA** over N synthetic 64-px images (default 20,000) in a Kaggle-layout test folder: the loop of
-   `hpa_zoo.predict.predict_probabilities` (`predict._test_source` -> `pipeline.folder_dataset` stream ->
+   `hpa_zoo.infer.predict.predict_probabilities` (`predict._test_source` -> `pipeline.folder_dataset` stream ->
    `tta.predict_tta`, d4 = 8 views, mean) on a small RGBY CNN, chunk by chunk; resident memory (RSS) after the
    first 1,000 images vs after the last. Bound: growth < 300 MB.
-2. **embed** over the same stream (`hpa_zoo.explain.embed` per chunk of the folder dataset), same bound.
-3. **evaluate** (`hpa_zoo.metrics.evaluate_csv`, what `hpa-zoo evaluate` runs) on an M-row submission against an
+2. **embed** over the same stream (`hpa_zoo.infer.explain.embed` per chunk of the folder dataset), same bound.
+3. **evaluate** (`hpa_zoo.nn.metrics.evaluate_csv`, what `hpa-zoo evaluate` runs) on an M-row submission against an
    M-row label CSV (default 1,000,000). Bound: < 30 s.
 
 The images are random-texture PNGs written with OpenCV (fast to make; the memory behaviour of the reader and
@@ -83,9 +83,9 @@ def _growth(samples: list[tuple[int, float]], first: int) -> dict:
 
 def predict_memory(folder: Path, *, first: int = CHUNK, chunk: int = CHUNK, batch_size: int = 32) -> dict:
     """Check 1: stream the test folder through `predict_tta` (d4) chunk by chunk; RSS figures and images/s."""
-    from hpa_zoo.predict import _test_source
+    from hpa_zoo.infer.predict import _test_source
     from hpa_zoo.recipe import TTAConfig
-    from hpa_zoo.tta import predict_tta
+    from hpa_zoo.infer.tta import predict_tta
 
     model = small_model()
     ids, ds = _test_source(folder, data_dir=None, image_size=SIZE)
@@ -103,8 +103,8 @@ def predict_memory(folder: Path, *, first: int = CHUNK, chunk: int = CHUNK, batc
 
 def embed_memory(folder: Path, *, first: int = CHUNK, chunk: int = CHUNK, batch_size: int = 64) -> dict:
     """Check 2: `explain.embed` over the same folder stream, chunk by chunk; RSS figures."""
-    from hpa_zoo.explain import embed
-    from hpa_zoo.predict import _test_source
+    from hpa_zoo.infer.explain import embed
+    from hpa_zoo.infer.predict import _test_source
 
     model = small_model()
     _, ds = _test_source(folder, data_dir=None, image_size=SIZE)
@@ -122,7 +122,7 @@ def evaluate_time(work: Path, rows: int, seed: int = 0) -> dict:
     """Check 3: `metrics.evaluate_csv` on a `rows`-row submission; seconds (writing the CSVs is not timed)."""
     import pandas as pd
 
-    from hpa_zoo.metrics import evaluate_csv
+    from hpa_zoo.nn.metrics import evaluate_csv
 
     rng = np.random.default_rng(seed)
     ids = [f"{k:08x}-bbc3-11e8-b2bc-ac1f6b6435d0" for k in range(rows)]

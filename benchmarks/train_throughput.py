@@ -3,7 +3,7 @@
 The timed training step is the whole Team 1 recipe (teams.md §1): uint8 RGBY images at ``image_size`` ->
 random-scale square crop (side ~ U(size, image_size), resized to ``size``) -> one of the 8 dihedral transforms
 (per example) -> DenseNet121(-large) + dropout head -> BestfittingLoss (focal + symmetric Lovász + hard-negative
-BCE) -> Adam (clipnorm 1, step schedule). The augmentation is keras.ops (`hpa_zoo.tta.d4_apply`,
+BCE) -> Adam (clipnorm 1, step schedule). The augmentation is keras.ops (`hpa_zoo.infer.tta.d4_apply`,
 ``keras.ops.image.affine_transform``), so the benchmark runs with ``KERAS_BACKEND=jax`` or ``torch`` and no
 TensorFlow installed: nothing imported here imports TensorFlow.
 
@@ -67,7 +67,7 @@ def random_scale_crop(images, size: int, seed_generator):
 
 
 def random_d4(images, seed_generator):
-    """One of the 8 dihedral transforms per example, uniformly (teams.md §1.4), from `hpa_zoo.tta.d4_apply`.
+    """One of the 8 dihedral transforms per example, uniformly (teams.md §1.4), from `hpa_zoo.infer.tta.d4_apply`.
 
     flipud, fliplr and transpose, each applied with p = 1/2, compose to each D4 element with p = 1/8.
 
@@ -79,7 +79,7 @@ def random_d4(images, seed_generator):
     import keras
     from keras import ops
 
-    from hpa_zoo.tta import D4_ORDER, d4_apply
+    from hpa_zoo.infer.tta import D4_ORDER, d4_apply
 
     coins = keras.random.uniform((ops.shape(images)[0], 3), seed=seed_generator) < 0.5
     for j, name in enumerate(("flipud", "fliplr", "transpose")):
@@ -97,7 +97,7 @@ def build_keras_trainer(size: int, image_size: int, large: bool, seed: int = 0):
     import keras
     from keras import ops
 
-    from zoo_models.team1_bestfitting import build_densenet121
+    from zoo_models.teams.team1_bestfitting import build_densenet121
 
     net = build_densenet121(NUM_CLASSES, (size, size, 4), weights=None, large=large)
 
@@ -142,8 +142,8 @@ def bench_keras(args, batches, labels) -> dict:
     """Time ``args.steps`` Keras training steps after ``args.warmup``; optionally TTA inference."""
     import keras
 
-    from hpa_zoo.losses import BestfittingLoss
-    from zoo_models.team1_bestfitting import make_optimizer
+    from hpa_zoo.nn.losses import BestfittingLoss
+    from zoo_models.teams.team1_bestfitting import make_optimizer
 
     if args.precision != "float32":
         keras.mixed_precision.set_dtype_policy(args.precision)
@@ -168,9 +168,9 @@ def bench_keras(args, batches, labels) -> dict:
 
 
 def bench_tta(args, net, images) -> dict:
-    """Inference images/s with Team 1's TTA (`hpa_zoo.tta.predict_tta`), first call excluded."""
+    """Inference images/s with Team 1's TTA (`hpa_zoo.infer.tta.predict_tta`), first call excluded."""
     from hpa_zoo.recipe import TTAConfig
-    from hpa_zoo.tta import predict_tta
+    from hpa_zoo.infer.tta import predict_tta
 
     cfg = TTAConfig("d4", n_random_crops=3, aggregate="max")  # teams.md §1.6: seeds 0..3 x 8 dihedral, max
     kw = dict(config=cfg, image_size=args.image_size, input_size=args.size, batch_size=args.batch)
@@ -184,7 +184,7 @@ def bench_tta(args, net, images) -> dict:
 
 # ------------------------------------------------------------------------------------------------ torch
 def torch_bestfitting_loss(logits, target):
-    """Team 1's loss written plainly in PyTorch (teams.md §1.3), independent of hpa_zoo.losses.
+    """Team 1's loss written plainly in PyTorch (teams.md §1.3), independent of hpa_zoo.nn.losses.
 
     0.5 * focal (gamma 2, summed over classes, mean over batch) + 0.5 * symmetric Lovász hinge (per class over the
     batch, mean over classes) + 0.5 * hard-negative BCE (all positives + top-k negatives per class).

@@ -18,10 +18,10 @@ from hpa_zoo.registry import get_spec, list_models  # noqa: F401
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load": "hpa_zoo.models_api",
-    "save_preset": "hpa_zoo.models_api",
-    "feature_extractor": "hpa_zoo.models_api",
-    "preset_info": "hpa_zoo.models_api",
+    "load": "hpa_zoo.zoo.models_api",
+    "save_preset": "hpa_zoo.zoo.models_api",
+    "feature_extractor": "hpa_zoo.zoo.models_api",
+    "preset_info": "hpa_zoo.zoo.models_api",
 }
 
 

@@ -30,7 +30,7 @@ def _add_synth(sub) -> None:
 def _run_synth(args) -> int:
     import time
 
-    from hpa_zoo.synthetic import write_synthetic_dataset
+    from hpa_zoo.data.synthetic import write_synthetic_dataset
 
     start = time.perf_counter()
     out = write_synthetic_dataset(args.out_dir, n_train=args.n_train, n_test=args.n_test, size=args.size,
@@ -94,7 +94,7 @@ def _run_prepare(args) -> int:
     if getattr(builder, "beam_counters", None):  # empty when an existing dataset was reused
         print("Beam counters: " + ", ".join(f"{k}={v}" for k, v in builder.beam_counters.items()))
     if args.skip_bad:  # from the dataset's metadata, so a build reused from --data-dir reports it too
-        from hpa_zoo.labels import SkipReport
+        from hpa_zoo.data.labels import SkipReport
 
         print(SkipReport([tuple(e) for e in builder.info.metadata.get("skipped", [])]).summary())
     return 0
@@ -115,7 +115,7 @@ def _add_folds(sub) -> None:
 
 
 def _run_folds(args) -> int:
-    from hpa_zoo.folds import folds_for_folders, save_folds
+    from hpa_zoo.data.folds import folds_for_folders, save_folds
 
     folds = folds_for_folders(args.kaggle_dir, args.hpav18_dir, n_splits=args.n_splits, seed=args.seed,
                               max_distance=args.max_distance, progress=True, workers=args.workers)
@@ -137,7 +137,7 @@ def _add_evaluate(sub) -> None:
 
 def _run_evaluate(args) -> int:
     from hpa_zoo.atomic import atomic_write_text
-    from hpa_zoo.metrics import evaluate_csv, report_to_markdown
+    from hpa_zoo.nn.metrics import evaluate_csv, report_to_markdown
 
     report = evaluate_csv(args.pred_csv, args.labels_csv)
     text = f"# {args.pred_csv} vs {args.labels_csv}\n\n" + report_to_markdown(report)
@@ -183,7 +183,7 @@ def _add_qc(sub) -> None:
 
 
 def _run_qc(args) -> int:
-    from hpa_zoo.qc import qc_folder
+    from hpa_zoo.data.qc import qc_folder
 
     summary = qc_folder(args.folder, out_dir=args.out, full_res_px=args.full_res_px, min_cells=args.min_cells,
                         min_object_px_full_res=args.min_object_px, write_filtered=args.write_filtered,
@@ -219,7 +219,7 @@ def _add_leaks(sub) -> None:
 
 
 def _run_leaks(args) -> int:
-    from hpa_zoo.leaks import audit
+    from hpa_zoo.analysis.leaks import audit
 
     summary = audit(args.a, args.b, out_dir=args.out, model=None if args.no_features else args.model,
                     weights=args.weights, embedding_model=args.embedding_model, a_csv=args.a_csv, b_csv=args.b_csv,
@@ -257,8 +257,8 @@ def _add_report(sub) -> None:
 
 
 def _run_report(args) -> int:
-    from hpa_zoo.report import figure_report
-    from hpa_zoo.report_cams import resolve_report_inputs
+    from hpa_zoo.analysis.report import figure_report
+    from hpa_zoo.analysis.report_cams import resolve_report_inputs
 
     csvs, models = resolve_report_inputs(args.predictions, args.models, load_models=args.images is not None)
     if args.images is not None and not models:
@@ -291,7 +291,7 @@ def _add_weights(sub) -> None:
 
 
 def _run_weights_verify(args) -> int:
-    from hpa_zoo.weights import verify
+    from hpa_zoo.zoo.verify_weights import verify
 
     report = verify(args.model, args.weights, onnx_path=args.onnx, tensors_dir=args.tensors)
     for line in report.lines():
@@ -318,7 +318,7 @@ def _add_train(sub) -> None:
     p.add_argument("--precision", choices=["float32", "mixed_float16", "mixed_bfloat16"], default=None)
     p.add_argument("--xla", action="store_true", help="compile the train step with XLA (jit_compile)")
     p.add_argument("--strategy", choices=["default", "mirrored", "multiworker", "tpu"], default=None,
-                   help="hpa_zoo.distribute: mirrored = all local GPUs (JAX: DataParallel), multiworker = the "
+                   help="hpa_zoo.train.distribute: mirrored = all local GPUs (JAX: DataParallel), multiworker = the "
                         "TF_CONFIG cluster, tpu; --batch-size is the global batch")
     p.add_argument("--weights", default=None, help="initial weights: imagenet, hpa or a .weights.h5 file")
     p.add_argument("--seed", type=int, default=0)
@@ -328,7 +328,7 @@ def _add_train(sub) -> None:
 
 
 def _run_train(args) -> int:
-    from hpa_zoo.training import train
+    from hpa_zoo.train.trainer import train
 
     train(args.model, args.data, fold=args.fold, folds_csv=args.folds_csv, out_dir=args.out,
           data_dir=args.data_dir, epochs=args.epochs, image_size=args.image_size, input_size=args.input_size,
@@ -372,20 +372,20 @@ def _add_predict(sub) -> None:
 
 
 def _run_predict(args) -> int:
-    from hpa_zoo.predict import is_kaggle_source
+    from hpa_zoo.infer.predict import is_kaggle_source
 
     if args.images is None and args.data is None:
         from hpa_zoo.errors import ConfigError
 
         raise ConfigError("give --data (a folder, CSV or TFDS name) or --images FILE ...")
     if args.images is None and is_kaggle_source(args.presets, args.data):
-        from hpa_zoo.predict import predict
+        from hpa_zoo.infer.predict import predict
 
         predict(args.presets, args.data, out_dir=args.out, data_dir=args.data_dir, tta=args.tta,
                 batch_size=args.batch_size, thresholds=None if args.thresholds == "preset" else "refit",
                 tie_fallback=getattr(args, "tie_fallback", False), runtime=args.runtime)
         return 0
-    from hpa_zoo.predict_images import predict_images
+    from hpa_zoo.infer.predict_images import predict_images
 
     written = predict_images(args.presets if len(args.presets) > 1 else args.presets[0],
                              args.images if args.images is not None else args.data, out_dir=args.out,
@@ -452,7 +452,7 @@ def _add_autoaugment_search(sub) -> None:
 
 
 def _run_autoaugment_search(args) -> int:
-    from hpa_zoo.autoaugment_search import search
+    from hpa_zoo.train.policy_search import search
 
     search(args.data, args.out, candidates=args.candidates, epochs=args.epochs, size=args.size, top_k=args.top_k,
            window=args.window, batch_size=args.batch_size, seed=args.seed, proxy=args.proxy,
@@ -490,7 +490,7 @@ def _add_finetune(sub) -> None:
 
 def _run_finetune(args) -> int:
     from hpa_zoo.errors import ConfigError
-    from hpa_zoo.finetune import finetune
+    from hpa_zoo.train.finetune import finetune
 
     channel_map = {}
     for item in args.map:
@@ -525,7 +525,7 @@ def _add_export(sub) -> None:
 
 
 def _cli_model(name, weights, image_size, channels: int = 4):
-    from hpa_zoo.models_api import load
+    from hpa_zoo.zoo.models_api import load
 
     shape = (image_size, image_size, channels) if image_size else None
     return load(name, weights=weights, input_shape=shape)
@@ -534,7 +534,7 @@ def _cli_model(name, weights, image_size, channels: int = 4):
 def _run_export(args) -> int:
     from pathlib import Path
 
-    from hpa_zoo import export
+    from hpa_zoo.infer import export
 
     model = _cli_model(args.model, args.weights, args.image_size)
     print(f"exporting {model.name} ({model.count_params():,} parameters) as {args.format} ...", flush=True)
@@ -545,7 +545,7 @@ def _run_export(args) -> int:
     else:
         image = None
         if args.test_image:
-            from hpa_zoo.images import load_rgby
+            from hpa_zoo.data.images import load_rgby
 
             folder, image_id = Path(args.test_image).parent, Path(args.test_image).name
             image = load_rgby(folder, image_id, size=int(model.input_shape[1] or 512))
@@ -573,8 +573,8 @@ def _add_explain(sub) -> None:
 def _run_explain(args) -> int:
     from hpa_zoo.constants import CLASS_NAMES
     from hpa_zoo.errors import ConfigError
-    from hpa_zoo.explain import default_cam_layer, grad_cam, save_cam_png
-    from hpa_zoo.images import load_rgby
+    from hpa_zoo.infer.explain import default_cam_layer, grad_cam, save_cam_png
+    from hpa_zoo.data.images import load_rgby
 
     model = _cli_model(args.model, args.weights, args.image_size)
     if args.class_.isdigit():
@@ -623,9 +623,9 @@ def _run_embed(args) -> int:
     import pandas as pd
 
     from hpa_zoo.atomic import atomic_path, atomic_to_csv
-    from hpa_zoo.explain import embed, plot_embedding, umap_projection
-    from hpa_zoo.labels import format_target, read_labels_csv
-    from hpa_zoo.pipeline import folder_dataset
+    from hpa_zoo.infer.explain import embed, plot_embedding, umap_projection
+    from hpa_zoo.data.labels import format_target, read_labels_csv
+    from hpa_zoo.data.sources import folder_dataset
 
     data, out = Path(args.data), Path(args.out)
     images_dir, csv = data, args.csv
@@ -640,8 +640,8 @@ def _run_embed(args) -> int:
         ds = folder_dataset(images_dir, csv, image_size=size, labelled=csv is not None)
     else:
         from hpa_zoo.errors import ConfigError
-        from hpa_zoo.pipeline import rescale_to_model
-        from hpa_zoo.predict_images import model_pixel_size
+        from hpa_zoo.data.image_ops import rescale_to_model
+        from hpa_zoo.infer.predict_images import model_pixel_size
 
         target = model_pixel_size(args.model, size)
         if target is None:
@@ -670,7 +670,7 @@ def _run_embed(args) -> int:
     plt.close(plot_embedding(xy, labels, out / "embedding.png", title=f"{model.name}: {method.upper()} of features"))
     print(f"wrote features {feats.shape}, projection.csv and embedding.png to {out}")
     if args.html:
-        from hpa_zoo.explorer import build_explorer, predicted_probabilities
+        from hpa_zoo.analysis.explorer import build_explorer, predicted_probabilities
 
         probs = predicted_probabilities(model, ds.map(lambda e: e["image"]).batch(args.batch_size))
         views = folder_dataset(images_dir, csv, image_size=256, labelled=csv is not None).map(lambda e: e["image"])

@@ -83,8 +83,8 @@ def is_kaggle_id(image_id: str) -> bool:
     """True for a 36-character Kaggle UUID, False for an HPAv18 id (the rule Teams 2 and 3 used)."""
     return len(image_id) == KAGGLE_ID_LENGTH and image_id.count("-") == 4
 
-#: The 8 dihedral (D4) transforms in the fixed order used by the data pipeline (`hpa_zoo.pipeline.d4_transform`)
-#: and by test-time augmentation (`hpa_zoo.tta.d4_apply`): Team 1's augment list (teams.md §1.4). Each name lists
+#: The 8 dihedral (D4) transforms in the fixed order used by the data pipeline (`hpa_zoo.data.image_ops.d4_transform`)
+#: and by test-time augmentation (`hpa_zoo.infer.tta.d4_apply`): Team 1's augment list (teams.md §1.4). Each name lists
 #: the steps applied left to right (flips before the transpose).
 D4_ORDER: tuple[str, ...] = (
     "identity",
@@ -96,3 +96,8 @@ D4_ORDER: tuple[str, ...] = (
     "fliplr_transpose",
     "flipud_fliplr_transpose",
 )
+
+#: The main output of every zoo model (logits (B, K) float32). A multi-output model (Team 3's Inception-v3 with its
+#: auxiliary head, docs/teams.md §3.2) returns a dict with this key; it is the one validated, thresholded, saved
+#: in the preset, predicted and exported.
+MAIN_OUTPUT = "logits"

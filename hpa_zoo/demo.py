@@ -1,10 +1,10 @@
 """``hpa-zoo demo``: the whole workflow end to end on a small SYNTHETIC dataset, on a laptop CPU.
 
-synthesise (`hpa_zoo.synthetic`, the learnable ``demo`` preset, Kaggle layout) -> train Team 1's recipe from scratch
-on that folder (`hpa_zoo.training.train`: DenseNet121, its loss and augmentation, at 96 -> 64 px, with a warm-up +
+synthesise (`hpa_zoo.data.synthetic`, the learnable ``demo`` preset, Kaggle layout) -> train Team 1's recipe from scratch
+on that folder (`hpa_zoo.train.trainer.train`: DenseNet121, its loss and augmentation, at 96 -> 64 px, with a warm-up +
 cosine learning rate) -> validation
-report (macro F1 beside the two `hpa_zoo.baselines`, per-class F1 chart, learning curve, Grad-CAM of three
-validation images) -> predict the synthetic test split into a submission (`hpa_zoo.predict.predict`, Team 1's TTA
+report (macro F1 beside the two `hpa_zoo.train.baselines`, per-class F1 chart, learning curve, Grad-CAM of three
+validation images) -> predict the synthetic test split into a submission (`hpa_zoo.infer.predict.predict`, Team 1's TTA
 and LB-ratio rule re-fitted on the test probabilities, tie-aware when degenerate) -> labels per image of the
 submission beside the truth's.
 
@@ -60,7 +60,7 @@ def run_demo(out_dir: str | os.PathLike = "hpa_zoo_demo", *, n_train: int = DEMO
         seed: data and training seed.
         tta: "default" (Team 1: 8 dihedral x (whole + 3 random crops), max) or "none".
         model_name: the registered model to train (default Team 1's DenseNet121; any row with a recipe).
-        preset: the synthetic difficulty (`hpa_zoo.synthetic.PRESETS`; ``"demo"`` learns on a CPU in minutes).
+        preset: the synthetic difficulty (`hpa_zoo.data.synthetic.PRESETS`; ``"demo"`` learns on a CPU in minutes).
         warmup_epochs, peak_lr: the learning rate of `warmup_optimizer` (the recipe's Adam with a linear warm-up
             to ``peak_lr`` over ``warmup_epochs``, then cosine decay to the recipe's last rate). ``peak_lr=None``
             and ``warmup_epochs=0`` train with the recipe's own optimizer and schedule unchanged.
@@ -68,10 +68,11 @@ def run_demo(out_dir: str | os.PathLike = "hpa_zoo_demo", *, n_train: int = DEMO
     Returns:
         ``out_dir / "report.md"``.
     """
-    from hpa_zoo.predict import predict
+    from hpa_zoo.infer.predict import predict
     from hpa_zoo.recipe import ThresholdConfig
-    from hpa_zoo.synthetic import write_synthetic_dataset
-    from hpa_zoo.training import load_recipe, train
+    from hpa_zoo.data.synthetic import write_synthetic_dataset
+    from hpa_zoo.recipe import load_recipe
+    from hpa_zoo.train.trainer import train
 
     out = Path(out_dir)
     image_size = image_size or size
@@ -224,14 +225,14 @@ def warmup_optimizer(make_optimizer, steps_per_epoch: int, epochs: int, *, warmu
 
 def train_label_ratios(train_csv: str | os.PathLike) -> np.ndarray:
     """Positive fraction of every class among the labels of ``train_csv`` (``Id,Target``): float64 (28,)."""
-    from hpa_zoo.labels import multi_hot_matrix, read_labels_csv
+    from hpa_zoo.data.labels import multi_hot_matrix, read_labels_csv
 
     df = read_labels_csv(train_csv)
     return multi_hot_matrix(list(df["labels"])).mean(axis=0).astype(np.float64)
 
 
 def validation_baselines(synthetic: Path, folds_csv: Path, *, fold: int, image_size: int, seed: int) -> dict:
-    """The two `hpa_zoo.baselines` trained on the non-``fold`` images of ``synthetic/train`` and scored on the
+    """The two `hpa_zoo.train.baselines` trained on the non-``fold`` images of ``synthetic/train`` and scored on the
     ``fold`` images (the model's validation split), at ``image_size``.
 
     Returns:
@@ -239,9 +240,9 @@ def validation_baselines(synthetic: Path, folds_csv: Path, *, fold: int, image_s
     """
     import pandas as pd
 
-    from hpa_zoo import metrics
-    from hpa_zoo.baselines import LabelPriorBaseline, PixelStatsBaseline
-    from hpa_zoo.labels import multi_hot_matrix, read_labels_csv
+    from hpa_zoo.nn import metrics
+    from hpa_zoo.train.baselines import LabelPriorBaseline, PixelStatsBaseline
+    from hpa_zoo.data.labels import multi_hot_matrix, read_labels_csv
 
     labels = read_labels_csv(synthetic / "train.csv").set_index("Id")
     folds = pd.read_csv(folds_csv, dtype={"Id": str}).set_index("Id")["fold"]
@@ -260,9 +261,9 @@ def validation_baselines(synthetic: Path, folds_csv: Path, *, fold: int, image_s
 
 def _read_images(folder: Path, ids, size: int) -> np.ndarray:
     """uint8 (N, size, size, 4) images of a Kaggle-layout image folder, in ``ids`` order."""
-    from hpa_zoo import pipeline
+    from hpa_zoo.data import sources
 
-    ds = pipeline.folder_dataset(folder, ids=list(ids), labelled=False, image_size=size)
+    ds = sources.folder_dataset(folder, ids=list(ids), labelled=False, image_size=size)
     return np.stack([e["image"] for e in ds.as_numpy_iterator()])
 
 
@@ -275,8 +276,8 @@ def test_summary(submission: Path, truth_csv: Path, ratios: np.ndarray) -> dict:
     """
     import pandas as pd
 
-    from hpa_zoo import metrics
-    from hpa_zoo.labels import multi_hot_matrix, read_labels_csv
+    from hpa_zoo.nn import metrics
+    from hpa_zoo.data.labels import multi_hot_matrix, read_labels_csv
 
     sub = pd.read_csv(submission, dtype=str, keep_default_na=False)
     truth = read_labels_csv(truth_csv).set_index("Id")
@@ -327,7 +328,7 @@ def plot_learning_curve(log_csv: str | os.PathLike, path: str | os.PathLike, *, 
 
 def gradcam_panel(preset_dir: Path, val_predictions: Path, report: dict, synthetic: Path, *, image_size: int,
                   input_size: int, path: Path, n: int = 3) -> tuple[Path, list[dict]]:
-    """Grad-CAM (`hpa_zoo.explain.grad_cam`) of ``n`` validation images for the classes the model learned best.
+    """Grad-CAM (`hpa_zoo.infer.explain.grad_cam`) of ``n`` validation images for the classes the model learned best.
 
     The classes are those with the highest validation F1 (at least one true positive), one image each: the true
     positive with the highest probability. Images are read from ``synthetic/train`` at ``image_size`` and resized
@@ -343,9 +344,10 @@ def gradcam_panel(preset_dir: Path, val_predictions: Path, report: dict, synthet
     import pandas as pd
     import tensorflow as tf
 
-    from hpa_zoo import explain, pipeline
-    from hpa_zoo.labels import parse_target
-    from hpa_zoo.models_api import load
+    from hpa_zoo.infer import explain
+    from hpa_zoo.data import image_ops
+    from hpa_zoo.data.labels import parse_target
+    from hpa_zoo.zoo.models_api import load
 
     val = pd.read_csv(val_predictions, dtype={"Id": str, "Target": str, "Predicted": str}, keep_default_na=False)
     f1 = np.asarray(per_class_f1(report))
@@ -364,7 +366,7 @@ def gradcam_panel(preset_dir: Path, val_predictions: Path, report: dict, synthet
         used.add(best["Id"])
     model = load(str(preset_dir))
     wanted = [r["id"] for r in rows]
-    images = {key: pipeline.resize(tf.convert_to_tensor(image), input_size).numpy()  # as eval_map does
+    images = {key: image_ops.resize(tf.convert_to_tensor(image), input_size).numpy()  # as eval_map does
               for key, image in zip(wanted, _read_images(synthetic / "train", wanted, image_size))} if wanted else {}
     fig, axes = plt.subplots(max(len(rows), 1), 2, figsize=(6, 3 * max(len(rows), 1)), squeeze=False)
     for ax in axes.ravel():
@@ -388,7 +390,7 @@ def gradcam_panel(preset_dir: Path, val_predictions: Path, report: dict, synthet
 
 
 def plot_per_class_f1(report: dict, path: str | os.PathLike, *, title: str) -> Path:
-    """Horizontal bar chart of the per-class F1 of an `hpa_zoo.metrics.f1_report` dict, saved as PNG.
+    """Horizontal bar chart of the per-class F1 of an `hpa_zoo.nn.metrics.f1_report` dict, saved as PNG.
 
     Args:
         report: the f1_report dict (per-class F1 under ``per_class``; a list of 28 or a name -> dict mapping).
@@ -438,7 +440,7 @@ def _macro(report: dict) -> float:
 def _write_report(out: Path, model_name: str, report: dict, png: Path, preset: Path, submission: Path,
                   probabilities: Path, timings: dict, settings: dict, *, curve: Path, baselines: dict, cam: tuple,
                   test: dict, meta: dict) -> Path:
-    from hpa_zoo import metrics
+    from hpa_zoo.nn import metrics
 
     table = metrics.report_to_markdown(report)
     steps = "\n".join(f"| {k} | {v:.1f} |" for k, v in timings.items())
@@ -450,7 +452,7 @@ def _write_report(out: Path, model_name: str, report: dict, png: Path, preset: P
                           f"F1 {r['f1']:.2f})" for r in cam_rows) or "- no class had a validation true positive"
     text = (
         f"# hpa-zoo demo — {BANNER}\n\n"
-        f"**{BANNER[0].upper() + BANNER[1:]}.** These images are generated by `hpa_zoo.synthetic` (preset "
+        f"**{BANNER[0].upper() + BANNER[1:]}.** These images are generated by `hpa_zoo.data.synthetic` (preset "
         f"`{settings['preset']}`); the scores below show that the recipe learns on them, nothing about Human "
         f"Protein Atlas performance.\n\n"
         f"Model: `{model_name}`, trained from scratch with its team recipe (Team 1: BestfittingLoss, random-scale "
@@ -463,7 +465,7 @@ def _write_report(out: Path, model_name: str, report: dict, png: Path, preset: P
         f"## Validation (fold 0) — {BANNER}\n\n"
         f"| model | macro F1 |\n|---|---|\n| **{model_name}** (thresholds: {rule}) | **{_macro(report):.4f}** |\n"
         f"{base_rows}\n\n"
-        f"Baselines (`hpa_zoo.baselines`, trained on the same training folds): *label prior* sees no pixel (each "
+        f"Baselines (`hpa_zoo.train.baselines`, trained on the same training folds): *label prior* sees no pixel (each "
         f"class on for every image or none, whichever is better on the training labels); *pixel-statistics "
         f"logistic* is a per-class logistic regression on per-channel mean/std/percentiles.\n\n"
         f"Best checkpoint (lowest `{best.get('monitor', 'val_focal')}`): epoch {best.get('epoch', '?')} of "

@@ -1,13 +1,23 @@
-"""What a team recipe is: the data every team module (``zoo_models/teamN_*.py``) fills in, and the generic
-training / inference code (`hpa_zoo.training`, `hpa_zoo.predict`) consumes.
+"""What a team recipe is, and the one way to get one.
 
-A recipe is plain data plus factories, so a team module reads like that team's method section and the training
-loop stays team-agnostic.
+A team module (``zoo_models/teams/*.py``) fills in a `Recipe`: plain data plus factories, so the module reads like
+that team's method section and the generic code stays team-agnostic. A recipe *declares* what the trainer and the
+predictor do (the SWA window, the TTA, the threshold rule, the ensemble blend); `hpa_zoo.train` and `hpa_zoo.infer`
+carry it out.
+
+The protocol: a registry row names its factory, ``recipe="zoo_models.teams.team1_bestfitting:make_recipe"``, and
+every factory has the signature ``make_recipe(model_name: str, **overrides) -> Recipe`` where ``overrides`` are
+`Recipe` fields (``image_size`` / ``input_size`` also rebuild the data maps, ``epochs`` the schedule) or the team's
+documented extras. `load_recipe` is the one caller.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Optional
+
+from hpa_zoo.checks import positive_int
+from hpa_zoo.constants import MAIN_OUTPUT
+from hpa_zoo.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -29,7 +39,7 @@ class TTAConfig:
 
 @dataclass(frozen=True)
 class ThresholdConfig:
-    """How probabilities become labels (see `hpa_zoo.thresholds`).
+    """How probabilities become labels (see `hpa_zoo.infer.thresholds`).
 
     Attributes:
         rule: ``"lb_ratio_match"`` (Team 1), ``"proportion_match"`` (Team 3, on a held-out split),
@@ -42,6 +52,22 @@ class ThresholdConfig:
 
     rule: str = "f1_optimal"
     force_top: bool = False
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BlendConfig:
+    """How the team combined its models' probabilities (`hpa_zoo.infer.ensemble.blend`).
+
+    Attributes:
+        rule: ``"mean"`` (Team 2: unweighted mean of the members), ``"weighted_mean"`` (Team 3: ``kwargs["weights"]``
+            maps a model name, or a name prefix such as ``team3_resnet34_512`` for its folds, to a weight), or
+            ``"hill_climb_vote"`` (Team 4: per member a hill-climbed blend on OOF, frequency-matched labels, then a
+            weighted vote; `hpa_zoo.infer.ensemble.multiscale_vote`).
+        kwargs: rule parameters.
+    """
+
+    rule: Literal["mean", "weighted_mean", "hill_climb_vote"] = "mean"
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -79,6 +105,9 @@ class Recipe:
             sampling and Kaggle/external alternating batches). ``seed`` differs per epoch and is a function of the
             run seed and the epoch, so a resumed run replays the same epochs. None = every training image once per
             epoch, shuffled.
+        blend: `BlendConfig`, how several trained models of the team are combined.
+        input_is_resized_image: the maps resize the whole image to ``input_size`` (never crop), so
+            ``input_size > image_size`` is allowed (Team 3's 1024 models upsample the 512 PNGs).
         notes: where the recipe deviates from or infers beyond the facts.
     """
 
@@ -100,4 +129,49 @@ class Recipe:
     swa_last_n: int = 0
     loss_weights: Optional[dict[str, float]] = None
     train_sampler: Optional[Callable[..., list]] = None
+    blend: BlendConfig = BlendConfig()
+    input_is_resized_image: bool = False
     notes: str = ""
+
+
+def load_recipe(model_name: str, *, epochs: Optional[int] = None, image_size: Optional[int] = None,
+                input_size: Optional[int] = None, batch_size: Optional[int] = None) -> Recipe:
+    """The `Recipe` of a registered model, with the team's values unless overridden.
+
+    Calls the registry row's factory, ``make_recipe(model_name, **overrides)`` (the maps and the LR schedule are
+    rebuilt for the new sizes / epochs).
+
+    Args:
+        model_name: a registry name, e.g. ``"team1_densenet121_512"``.
+        epochs, image_size, input_size, batch_size: overrides (None keeps the team's value).
+    Returns:
+        the `Recipe`.
+    Raises:
+        UnknownModelError: the name is not registered.
+        ConfigError: the model has no recipe, an override is not a positive integer, or the sizes do not fit
+            the recipe (a crop larger than the image).
+    """
+    from hpa_zoo.registry import get_spec
+
+    spec = get_spec(model_name)
+    factory = spec.recipe_fn()
+    if factory is None:
+        raise ConfigError(f"model {model_name!r} has no training recipe in the registry (ModelSpec.recipe is "
+                          f"empty); it can be loaded for inference but not trained with `hpa-zoo train`")
+    overrides = {k: v for k, v in dict(epochs=epochs, image_size=image_size, input_size=input_size,
+                                       batch_size=batch_size).items() if v is not None}
+    for key, value in overrides.items():
+        positive_int(value, key)
+    recipe = factory(model_name, **overrides)
+    if not isinstance(recipe, Recipe):
+        raise ConfigError(f"{spec.recipe} returned {type(recipe).__name__}, not a hpa_zoo.recipe.Recipe")
+    if recipe.input_size > recipe.image_size and not recipe.input_is_resized_image:
+        raise ConfigError(f"input_size {recipe.input_size} > image_size {recipe.image_size}: the network input of "
+                          f"{model_name!r} is a crop of the loaded image, so choose input_size <= image_size (only "
+                          f"recipes whose maps resize the whole image, Recipe.input_is_resized_image, e.g. Team 3's "
+                          f"512 -> 1024, may upsample)")
+    if recipe.loss_weights is not None and MAIN_OUTPUT not in recipe.loss_weights:
+        raise ConfigError(f"the recipe of {model_name!r} has loss_weights {recipe.loss_weights} without the main "
+                          f"output {MAIN_OUTPUT!r}; the main output is the one validated, thresholded and exported")
+    return recipe
+

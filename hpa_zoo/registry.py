@@ -5,7 +5,8 @@ A model name is a stable string and the public API (``hpa_zoo.load("team1_densen
 
 * ``builder``: ``"module:function"`` of a function ``f(num_classes, input_shape, weights, **kw) -> keras.Model``;
 * ``input_size`` / ``channels``: what the team fed the network;
-* ``recipe``: ``"module"`` of the team recipe (loss, schedule, augmentation, TTA, thresholds);
+* ``recipe``: ``"module:make_recipe"``, the team's recipe factory (loss, schedule, augmentation, TTA, thresholds,
+  SWA, blend), called as ``make_recipe(model_name, **overrides)`` by `hpa_zoo.recipe.load_recipe`;
 * ``first_conv`` / ``classifier`` / ``feature_layer``: layer names used by backbone surgery, head replacement
   and embeddings (timm's pretrained-config idea);
 * ``weights``: the available weights (`WeightsSpec`, URL + sha256);
@@ -42,7 +43,7 @@ class WeightsSpec:
         test_tensors: files published beside the weights to check a runtime reproduces them, as specs of their
             own named ``"input"`` and after the outputs they hold (``"classes"``, ``"features"``); a spec without
             sha256 there is checked by running the (hash-pinned) weights file on the input instead
-            (`hpa_zoo.weights.verify`).
+            (`hpa_zoo.zoo.verify_weights.verify`).
     """
 
     name: str
@@ -98,8 +99,20 @@ class ModelSpec:
 
     def build_fn(self) -> Callable[..., Any]:
         """Import and return the builder function."""
-        module, _, attr = self.builder.partition(":")
-        return getattr(importlib.import_module(module), attr)
+        return _import_factory(self.builder, f"builder of {self.name!r}")
+
+    def recipe_fn(self) -> Callable[..., Any] | None:
+        """Import and return the recipe factory ``make_recipe(model_name, **overrides) -> Recipe`` (None: the
+        model has no training recipe)."""
+        return _import_factory(self.recipe, f"recipe of {self.name!r}") if self.recipe else None
+
+
+def _import_factory(ref: str, what: str) -> Callable[..., Any]:
+    """``"package.module:function"`` -> the function."""
+    module, sep, attr = ref.partition(":")
+    if not sep or not attr:
+        raise ConfigError(f"the {what} is {ref!r}; registry rows name factories as 'module:function'")
+    return getattr(importlib.import_module(module), attr)
 
 
 #: The Kaggle competition's full-resolution TIFFs: 2048 x 2048 px (docs/teams.md §0.1, from Team 1's diagram; not
@@ -174,7 +187,7 @@ _TEAM1_CITATION = ("Ouyang W, Winsnes CF, Hjelmare M, et al. Analysis of the Hum
                    "Shubin Dai (bestfitting), 1st-place solution, github.com/CellProfiling/HPA-competition-solutions "
                    "(bestfitting/).")
 _TEAM1_SCORES_SOURCE = "bestfitting/src/bestfitting-densenet-diagram.png; bestfitting/README.md (teams.md §1.6)"
-_TEAM1_COMMON = dict(team="team1", channels="RGBY", recipe="zoo_models.team1_bestfitting", first_conv="conv1_conv",
+_TEAM1_COMMON = dict(team="team1", channels="RGBY", recipe="zoo_models.teams.team1_bestfitting:make_recipe", first_conv="conv1_conv",
                      classifier="logits", feature_layer="head_dropout2", citation=_TEAM1_CITATION)
 
 
@@ -188,7 +201,7 @@ def _team1_scores(private: float, public: float, private_ml: float, public_ml: f
 
 ROWS.append(ModelSpec(
     name="team1_densenet121_1024",
-    builder="zoo_models.team1_bestfitting:build_team1_densenet121_1024",
+    builder="zoo_models.teams.team1_bestfitting:build_team1_densenet121_1024",
     input_size=1024,  # teams.md §1.1: 1536 -> random crop 1024 (final model)
     pixel_size_um=pixel_size_of(1536),  # teams.md §1.1, §1.4: the 1536 px resizes of the fields, cropped to 1024 by the recipe
     weights=(WeightsSpec(
@@ -229,14 +242,14 @@ ROWS.append(ModelSpec(
 
 ROWS.append(ModelSpec(
     name="team1_densenet121_512",
-    builder="zoo_models.team1_bestfitting:build_team1_densenet121_512",
+    builder="zoo_models.teams.team1_bestfitting:build_team1_densenet121_512",
     input_size=512,  # teams.md §1.1: 768 -> random crop 512
     pixel_size_um=pixel_size_of(768),  # teams.md §1.1, §1.4: the 768 px resizes, cropped to 512
     weights=(WeightsSpec(
         name="hpa",
         urls=("https://github.com/CellProfiling/densenet/releases/download/v0.1.0/external_crop512_focal_slov_"
               "hardlog_class_densenet121_dropout_i768_aug2_5folds_fold0_final_probability.onnx",),
-        sha256="",  # not in the facts (teams.md §1.8): hpa_zoo.weights refuses to download without a hash
+        sha256="",  # not in the facts (teams.md §1.8): hpa_zoo.zoo.weights refuses to download without a hash
         format="onnx",
         filename="team1_densenet121_i768_crop512_fold0_probability.onnx",
         trained_on="Kaggle HPA train + HPAv18 external images (teams.md §1.4), 768 -> crop 512, fold 0",
@@ -257,7 +270,7 @@ ROWS.append(ModelSpec(
 ROWS.append(ModelSpec(
     name="team1_arcface_resnet50_768",
     team="team1",
-    builder="zoo_models.team1_metric_learning:build_team1_arcface_resnet50_768",
+    builder="zoo_models.teams.team1_metric_learning:build_team1_arcface_resnet50_768",
     input_size=768,  # teams.md §1.7: 768 px, no crop
     pixel_size_um=pixel_size_of(768),
     channels="RGBY",
@@ -271,7 +284,7 @@ ROWS.append(ModelSpec(
                  "came from matching test images to HPAv18 images of the same sample: of 935 test_private images "
                  "with such a partner it found 647 (69.2 %, the paper's figure), and 261 of the 270 predictions "
                  "it changed had one. Use it with `hpa-zoo leaks` to audit splits; the label replacement "
-                 "(hpa_zoo.ensemble.metric_learning_replace) is a leak exploit and off by default. No weights are "
+                 "(hpa_zoo.infer.ensemble.metric_learning_replace) is a leak exploit and off by default. No weights are "
                  "published: train it on your own sample ids."),
     citation=_TEAM1_CITATION,
 ))
@@ -288,11 +301,11 @@ _TEAM3_SCORES_SOURCE = ("secondary source: transcription of the Kaggle discussio
 ROWS.append(ModelSpec(
     name="team3_attention_inceptionv3_1024",
     team="team3",
-    builder="zoo_models.team3_pudae:build_team3_attention_inceptionv3_1024",
+    builder="zoo_models.teams.team3_pudae:build_team3_attention_inceptionv3_1024",
     input_size=1024,  # teams.md §3.1, §3.4: the 512 PNGs upsampled to 1024
     pixel_size_um=pixel_size_of(512),  # teams.md §3.4: the 512 PNGs, upsampled to 1024 by the recipe
     channels="RGBY",
-    recipe="zoo_models.team3_recipe",
+    recipe="zoo_models.teams.team3_pudae:make_recipe",
     first_conv="conv2d",
     classifier="logits",  # the attention pooling (not a Dense): heads are attention_class_conv/attention_att_conv
     feature_layer="mixed10",  # (B, h, w, 2048) map the attention head reads
@@ -309,11 +322,11 @@ ROWS.append(ModelSpec(
 ROWS.append(ModelSpec(
     name="team3_attention_se_resnext50_1024",
     team="team3",
-    builder="zoo_models.team3_pudae:build_team3_attention_se_resnext50_1024",
+    builder="zoo_models.teams.team3_pudae:build_team3_attention_se_resnext50_1024",
     input_size=1024,
     pixel_size_um=pixel_size_of(512),  # teams.md §3.4: the 512 PNGs, upsampled to 1024 by the recipe
     channels="RGBY",
-    recipe="zoo_models.team3_recipe",
+    recipe="zoo_models.teams.team3_pudae:make_recipe",
     first_conv="layer0_conv1",
     classifier="logits",  # the attention pooling (not a Dense)
     feature_layer="layer4",  # (B, h, w, 2048) map the attention head reads
@@ -328,11 +341,11 @@ ROWS.append(ModelSpec(
 ROWS.append(ModelSpec(
     name="team3_resnet34_512",
     team="team3",
-    builder="zoo_models.team3_pudae:build_team3_resnet34_512",
+    builder="zoo_models.teams.team3_pudae:build_team3_resnet34_512",
     input_size=512,
     pixel_size_um=pixel_size_of(512),  # teams.md §3.4: the 512 PNGs
     channels="RGBY",
-    recipe="zoo_models.team3_recipe",
+    recipe="zoo_models.teams.team3_pudae:make_recipe",
     first_conv="conv1",
     classifier="logits",
     feature_layer="avgpool",  # 512-d
@@ -352,14 +365,14 @@ _TEAM2_CITATION = ("Ouyang W, Winsnes CF, Hjelmare M, et al. Analysis of the Hum
                    "competition. Nature Methods 16, 1254-1261 (2019), doi:10.1038/s41592-019-0658-6; Jun Lan (WAIR), "
                    "2nd-place solution, github.com/CellProfiling/HPA-competition-solutions (wair/).")
 _TEAM2_COMMON = dict(pixel_size_um=pixel_size_of(512),  # teams.md §2: the 512 PNGs
-                     team="team2", channels="RGBY", recipe="zoo_models.team2_wair", first_conv="conv1_conv",
+                     team="team2", channels="RGBY", recipe="zoo_models.teams.team2_wair:make_recipe", first_conv="conv1_conv",
                      classifier="logits", feature_layer="head_gap", citation=_TEAM2_CITATION, input_size=512,
                      reported=(ReportedScore("private LB macro F1 (7-model ensemble, not this model alone)", 0.571,
                                              "wair/README.md (teams.md §2.6)"),))
 
 ROWS.append(ModelSpec(
     name="team2_densenet121_rgb_512",
-    builder="zoo_models.team2_wair:build_team2_densenet121_rgb_512",
+    builder="zoo_models.teams.team2_wair:build_team2_densenet121_rgb_512",
     description=("Team 2 (WAIR, 2nd place) DenseNet121_change_avg: RGB (yellow dropped inside), ImageNet "
                  "normalisation, DenseNet121 -> ReLU -> GAP -> Dense 28; class-weighted BCE, rare-class "
                  "oversampling, Adamax cosine restarts -> Adam-amsgrad; 5 random flip/SSR TTA passes (mean), "
@@ -369,7 +382,7 @@ ROWS.append(ModelSpec(
 
 ROWS.append(ModelSpec(
     name="team2_densenet169_rgb_512",
-    builder="zoo_models.team2_wair:build_team2_densenet169_rgb_512",
+    builder="zoo_models.teams.team2_wair:build_team2_densenet169_rgb_512",
     description=("Team 2 (WAIR) DenseNet169_change_avg (_v5): as the DenseNet121 member with a DenseNet169 trunk "
                  "(1664-d GAP feature)."),
     **_TEAM2_COMMON,
@@ -384,12 +397,12 @@ _TEAM4_CITATION = ("Ouyang W, Winsnes CF, Hjelmare M, et al. Analysis of the Hum
                    "Wienerschnitzelgemeinschaft (S. Galib, C. Henkel, K. Hwang, D. Poplavskiy, B. Tunguz, "
                    "R. Wolfinger), 4th-place solution, github.com/CellProfiling/HPA-competition-solutions "
                    "(wienerschnitzelgemeinschaft/).")
-_TEAM4_COMMON = dict(team="team4", channels="RGBY", recipe="zoo_models.team4_wsg", first_conv="conv1",
+_TEAM4_COMMON = dict(team="team4", channels="RGBY", recipe="zoo_models.teams.team4_wsg:make_recipe", first_conv="conv1",
                      classifier="logits", feature_layer="head_fc", citation=_TEAM4_CITATION)
 
 ROWS.append(ModelSpec(
     name="team4_gapnet_resnet18_512",
-    builder="zoo_models.team4_wsg:build_team4_gapnet_resnet18_512",
+    builder="zoo_models.teams.team4_wsg:build_team4_gapnet_resnet18_512",
     input_size=512,  # teams.md §4.2: 13_ext, whole 512 images
     pixel_size_um=pixel_size_of(512),  # teams.md §4.2 13_ext: whole 512 images
     description=("Team 4 (Christof) GAPNet 13_ext: RGB ResNet18 with squeeze-excite + GAP at five depths, concat "
@@ -400,18 +413,18 @@ ROWS.append(ModelSpec(
 
 ROWS.append(ModelSpec(
     name="team4_gapnet_resnet18_1024crop512",
-    builder="zoo_models.team4_wsg:build_team4_gapnet_resnet18_1024crop512",
+    builder="zoo_models.teams.team4_wsg:build_team4_gapnet_resnet18_1024crop512",
     input_size=512,  # teams.md §4.2: 13_ext_512crop, the network sees 512 crops of 1024 images
     pixel_size_um=pixel_size_of(1024),  # teams.md §4.2 13_ext_512crop: 1024 images, 512 crops
     description=("Team 4 (Christof) GAPNet 13_ext_512crop: the GAPNet trained on random 512 crops of 1024 images, "
-                 "predicted on 5 fixed crops combined by a small stacker (zoo_models.team4_wsg.predict_five_crops, "
+                 "predicted on 5 fixed crops combined by a small stacker (zoo_models.teams.team4_wsg.predict_five_crops, "
                  "train_stacker)."),
     **_TEAM4_COMMON,
 ))
 
 ROWS.append(ModelSpec(
     name="team4_gwap_resnet34_512",
-    builder="zoo_models.team4_wsg:build_team4_gwap_resnet34_512",
+    builder="zoo_models.teams.team4_wsg:build_team4_gwap_resnet34_512",
     input_size=512,  # teams.md §4.2: Dmytro's models on 512 crops
     pixel_size_um=pixel_size_of(512),  # teams.md §4.2: 512 crops with affine augmentation of the 512 images
     description=("Team 4 (Dmytro) resnet34_gwap: RGBY ResNet34 with a fresh stem, global weighted average pooling "

@@ -4,8 +4,8 @@ A label CSV from the web (HPAv18 lists are passed around) must not be able to po
 files. No Kaggle or HPAv18 id contains a path separator, so
 
 * `check_image_id` refuses an ``Id`` with ``/`` or ``\\``, ``..``, a drive prefix (``C:``), a NUL or a control
-  character (used by `hpa_zoo.labels.read_labels_csv`, hence by the folder pipelines, the TFDS builders, folds,
-  predict and evaluate, and by `hpa_zoo.pipeline.folder_dataset` / `hpa_zoo.images.find_channel_file` for ids
+  character (used by `hpa_zoo.data.labels.read_labels_csv`, hence by the folder pipelines, the TFDS builders, folds,
+  predict and evaluate, and by `hpa_zoo.data.sources.folder_dataset` / `hpa_zoo.data.images.find_channel_file` for ids
   passed directly);
 * `resolve_inside` accepts a relative file name that may name sub-folders (the fine-tuning CSV's ``filename`` /
   ``filenames``) but refuses absolute paths, ``..`` parts and NULs, and a path (or symlink) that resolves outside

@@ -80,10 +80,11 @@ def build_tiny_rgby_model(num_classes: int = 28, size: int = MODEL_FIXTURE_SIZE,
     """
     import keras
 
-    from zoo_models.team1_bestfitting import rgby_normalization
+    from zoo_models.common import input_normalization
+    from zoo_models.teams.team1_bestfitting import RGBY_MEAN, RGBY_STD
 
     inputs = keras.Input((size, size, 4), name="image")
-    x = rgby_normalization()(inputs)
+    x = input_normalization(RGBY_MEAN, RGBY_STD)(inputs)
     x = keras.layers.Conv2D(16, 7, strides=2, padding="same", use_bias=False, name="conv1_conv")(x)
     x = keras.layers.BatchNormalization(epsilon=1.001e-5, name="conv1_bn")(x)
     x = keras.layers.ReLU(name="conv1_relu")(x)
@@ -169,7 +170,7 @@ def team1_model_64():
     init, built once per session (DenseNet121 takes seconds to build; treat it as read-only)."""
     import keras
 
-    from zoo_models.team1_bestfitting import build_team1_densenet121_512
+    from zoo_models.teams.team1_bestfitting import build_team1_densenet121_512
 
     keras.utils.set_random_seed(3)
     return build_team1_densenet121_512(input_shape=(MODEL_FIXTURE_SIZE, MODEL_FIXTURE_SIZE, 4))

@@ -1,7 +1,7 @@
 """Atomic artifacts: a writer that fails half-way never damages the previous file and leaves no temp file.
 
 Covers `hpa_zoo.atomic` (bytes, text, CSV, a named-path writer), the preset folder (`models_api.save_preset`)
-and the training state (`training.AtomicBackupAndRestore`, `training.AtomicBestCheckpoint`), including the
+and the training state (`callbacks.AtomicBackupAndRestore`, `callbacks.AtomicBestCheckpoint`), including the
 resume state's fallback when a kill lands between the weights and the metadata rename.
 """
 from __future__ import annotations
@@ -87,7 +87,7 @@ def tiny():
 
 
 def test_save_preset_failure_keeps_the_previous_preset(tiny, tmp_path, monkeypatch):
-    from hpa_zoo import models_api
+    from hpa_zoo.zoo import models_api
 
     preset = tmp_path / "preset"
     models_api.save_preset(tiny, preset, metadata={"version": 1})
@@ -108,7 +108,7 @@ def test_save_preset_failure_keeps_the_previous_preset(tiny, tmp_path, monkeypat
 
 def _backup(tiny, folder, epoch):
     """Run `AtomicBackupAndRestore._save_model` as at the end of epoch ``epoch`` (1-based)."""
-    from hpa_zoo.training import AtomicBackupAndRestore
+    from hpa_zoo.train.callbacks import AtomicBackupAndRestore
 
     cb = AtomicBackupAndRestore(str(folder))
     cb.set_model(tiny)
@@ -119,7 +119,7 @@ def _backup(tiny, folder, epoch):
 
 
 def test_backup_write_failure_keeps_the_last_epoch_and_restores_it(tiny, tmp_path, monkeypatch):
-    from hpa_zoo.training import AtomicBackupAndRestore
+    from hpa_zoo.train.callbacks import AtomicBackupAndRestore
 
     folder = tmp_path / "backup"
     tiny.optimizer.build(tiny.trainable_variables)
@@ -157,7 +157,7 @@ def test_backup_write_failure_keeps_the_last_epoch_and_restores_it(tiny, tmp_pat
 def test_kill_between_weights_and_metadata_falls_back_to_the_previous_epoch(tiny, tmp_path):
     """Epoch-3 weights renamed into place, epoch-2 metadata still beside them: never resume from that pair."""
     from hpa_zoo.atomic import atomic_path
-    from hpa_zoo.training import AtomicBackupAndRestore
+    from hpa_zoo.train.callbacks import AtomicBackupAndRestore
 
     folder = tmp_path / "backup"
     tiny.optimizer.build(tiny.trainable_variables)
@@ -184,7 +184,7 @@ def test_kill_between_weights_and_metadata_falls_back_to_the_previous_epoch(tiny
 
 def test_unusable_backup_is_a_clear_error(tiny, tmp_path):
     from hpa_zoo.errors import ConfigError
-    from hpa_zoo.training import AtomicBackupAndRestore
+    from hpa_zoo.train.callbacks import AtomicBackupAndRestore
 
     folder = tmp_path / "backup"
     folder.mkdir()
@@ -197,7 +197,7 @@ def test_unusable_backup_is_a_clear_error(tiny, tmp_path):
 
 
 def test_best_checkpoint_failure_keeps_the_previous_best(tiny, tmp_path, monkeypatch):
-    from hpa_zoo.training import AtomicBestCheckpoint
+    from hpa_zoo.train.callbacks import AtomicBestCheckpoint
 
     path = tmp_path / "checkpoints" / "best.weights.h5"
     cb = AtomicBestCheckpoint(path, "val_loss", "min", verbose=0)

@@ -1,4 +1,4 @@
-"""Tests for hpa_zoo.augment: Team 3's search-space ops against NumPy/OpenCV/SciPy references, and policies."""
+"""Tests for hpa_zoo.augment.transforms: Team 3's search-space ops against NumPy/OpenCV/SciPy references, and policies."""
 from __future__ import annotations
 
 import functools
@@ -11,7 +11,8 @@ import pytest
 import scipy.ndimage
 import tensorflow as tf
 
-from hpa_zoo import augment as A
+from hpa_zoo.augment import transforms as A
+from hpa_zoo.augment import autoaugment
 from hpa_zoo.errors import ConfigError
 
 SEED = tf.constant([7, 11], tf.int64)
@@ -40,21 +41,21 @@ STRONG = {
     "GridDistortion": {"num_steps": 5, "distort_limit": 0.5},
     "ElasticTransform": {"alpha": 1, "sigma": 30, "alpha_affine": 10},
 }
-RANDOM_OPS = [name for name in A.OP_NAMES if name != "InvertImg"]
+RANDOM_OPS = [name for name in autoaugment.OP_NAMES if name != "InvertImg"]
 
 
 def run(name, image, seed=SEED, **magnitude):
     magnitude = magnitude or STRONG[name]
-    return A.OPS[name].fn(tf.constant(image), seed, **magnitude).numpy()
+    return autoaugment.OPS[name].fn(tf.constant(image), seed, **magnitude).numpy()
 
 
 def test_op_table_is_the_search_space():
-    assert set(A.OPS) == set(A.SEARCH_SPACE) == set(STRONG)
-    assert len(A.OPS) == 11
+    assert set(autoaugment.OPS) == set(autoaugment.SEARCH_SPACE) == set(STRONG)
+    assert len(autoaugment.OPS) == 11
 
 
 # ---------------------------------------------------------------------------------------------------- contract
-@pytest.mark.parametrize("name", A.OP_NAMES)
+@pytest.mark.parametrize("name", autoaugment.OP_NAMES)
 def test_op_keeps_shape_dtype_and_range_for_any_channel_count(name):
     for channels, dtype in itertools.product((1, 3, 4), (np.uint8, np.float32)):
         image = NOISE_U8[..., :channels].astype(dtype)
@@ -65,7 +66,7 @@ def test_op_keeps_shape_dtype_and_range_for_any_channel_count(name):
             assert np.isfinite(out).all()
 
 
-@pytest.mark.parametrize("name", A.OP_NAMES)
+@pytest.mark.parametrize("name", autoaugment.OP_NAMES)
 def test_op_is_deterministic_under_seed_and_varies_with_seed(name):
     image = smooth_image(32).astype(np.uint8)
     first = run(name, image, seed=tf.constant([3, 4], tf.int64))
@@ -78,7 +79,7 @@ def test_op_is_deterministic_under_seed_and_varies_with_seed(name):
         assert all(np.array_equal(first, o) for o in others)
 
 
-@pytest.mark.parametrize("name", A.OP_NAMES)
+@pytest.mark.parametrize("name", autoaugment.OP_NAMES)
 def test_identical_channels_stay_identical(name):
     plane = smooth_image(32, channels=1)
     image = np.repeat(plane, 4, axis=-1)
@@ -92,11 +93,11 @@ def test_every_op_runs_inside_tf_data_map_like_eager():
     image = smooth_image(32).astype(np.uint8)
 
     def per_op(seed):
-        return {name: A.OPS[name].fn(tf.constant(image), seed, **STRONG[name]) for name in A.OP_NAMES}
+        return {name: autoaugment.OPS[name].fn(tf.constant(image), seed, **STRONG[name]) for name in autoaugment.OP_NAMES}
 
     seed = tf.constant([1, 2], tf.int64)
     (graph,) = tf.data.Dataset.from_tensors(seed).map(per_op).as_numpy_iterator()
-    for name in A.OP_NAMES:
+    for name in autoaugment.OP_NAMES:
         np.testing.assert_allclose(graph[name].astype(float), run(name, image, seed=seed).astype(float), atol=1,
                                    err_msg=name)
         assert graph[name].shape == image.shape and graph[name].dtype == np.uint8
@@ -376,7 +377,7 @@ _MAIN_KEYS = {"RandomContrast": ("limit",), "RandomBrightness": ("limit",), "Rot
 
 
 def test_team3_policy_file_matches_teams_md_table():
-    policy = A.load_policy("team3")
+    policy = autoaugment.load_policy("team3")
     assert len(policy) == 25
     for sub, row in zip(policy, TABLE):
         for op, (name, p, magnitude) in zip(sub, row):
@@ -396,7 +397,7 @@ def test_team3_policy_file_matches_teams_md_table():
 
 def _write(tmp_path, sub_policies, name="p.json"):
     path = tmp_path / name
-    path.write_text(json.dumps({"format": A.POLICY_FORMAT, "sub_policies": sub_policies}))
+    path.write_text(json.dumps({"format": autoaugment.POLICY_FORMAT, "sub_policies": sub_policies}))
     return path
 
 
@@ -414,25 +415,25 @@ GOOD = {"op": "Rotate", "p": 0.5, "magnitude": {"limit": 10}}
 def test_bad_policy_entries_raise_clear_errors(tmp_path, bad, message):
     path = _write(tmp_path, [[GOOD, GOOD], [bad, GOOD]])
     with pytest.raises(ConfigError, match=message) as info:
-        A.load_policy(path)
+        autoaugment.load_policy(path)
     assert str(path) in str(info.value)
 
 
 def test_malformed_policy_files_raise_clear_errors(tmp_path):
     with pytest.raises(ConfigError, match="not found.*team3"):
-        A.load_policy(tmp_path / "missing.json")
+        autoaugment.load_policy(tmp_path / "missing.json")
     broken = tmp_path / "broken.json"
     broken.write_text('{"sub_policies": [\n  [}')
     with pytest.raises(ConfigError, match="not valid JSON \\(line 2"):
-        A.load_policy(broken)
+        autoaugment.load_policy(broken)
     with pytest.raises(ConfigError, match=r"sub_policies\[0\]: a sub-policy is a list of exactly 2 ops"):
-        A.load_policy(_write(tmp_path, [[GOOD]]))
+        autoaugment.load_policy(_write(tmp_path, [[GOOD]]))
 
 
 def test_apply_with_probability_rates():
     grey = tf.constant(np.full((4, 4, 1), 10, np.uint8))
     for p, expected in ((0.0, 0.0), (1.0, 1.0), (0.25, 0.25)):
-        wrapped = [A.apply_with_probability(A.invert_img, p, tf.constant([int(p * 100), s], tf.int64))
+        wrapped = [autoaugment.apply_with_probability(A.invert_img, p, tf.constant([int(p * 100), s], tf.int64))
                    for s in range(300)]
         rate = np.mean([w(grey).numpy()[0, 0, 0] == 245 for w in wrapped])
         assert abs(rate - expected) < 0.06
@@ -441,17 +442,17 @@ def test_apply_with_probability_rates():
 def test_base_d4_yields_all_eight_dihedral_images():
     image = np.arange(16, dtype=np.uint8).reshape(4, 4, 1)
     group = {np.rot90(t, k).tobytes() for t in (image, image.transpose(1, 0, 2)) for k in range(4)}
-    ds = tf.data.Dataset.range(200).map(lambda s: A.base_d4(image, tf.stack([tf.constant(9, tf.int64), s])))
+    ds = tf.data.Dataset.range(200).map(lambda s: autoaugment.base_d4(image, tf.stack([tf.constant(9, tf.int64), s])))
     seen = {out.tobytes() for out in ds.as_numpy_iterator()}
     assert seen == group
 
 
 def test_apply_policy_picks_every_sub_policy_roughly_uniformly():
     # 25 sub-policies that each map a constant image to a distinct value (D4 leaves a constant image unchanged)
-    policy = [A.SubPolicy(A.PolicyOp("RandomContrast", 1.0, {"limit": (i / 100, i / 100)}),
-                          A.PolicyOp("InvertImg", 0.0, {})) for i in range(25)]
+    policy = [autoaugment.SubPolicy(autoaugment.PolicyOp("RandomContrast", 1.0, {"limit": (i / 100, i / 100)}),
+                          autoaugment.PolicyOp("InvertImg", 0.0, {})) for i in range(25)]
     image = tf.constant(np.full((8, 8, 4), 100.0, np.float32))
-    ds = tf.data.Dataset.range(2000).map(lambda s: A.apply_policy(image, policy, tf.stack([s, 17]))[0, 0, 0])
+    ds = tf.data.Dataset.range(2000).map(lambda s: autoaugment.apply_policy(image, policy, tf.stack([s, 17]))[0, 0, 0])
     values = np.fromiter(ds.as_numpy_iterator(), float)
     counts = np.bincount(np.round(values - 100).astype(int), minlength=25)
     assert counts.size == 25 and counts.sum() == 2000
@@ -459,50 +460,50 @@ def test_apply_policy_picks_every_sub_policy_roughly_uniformly():
 
 
 def test_sample_policy_follows_search_space_and_round_trips(tmp_path):
-    policy = A.sample_policy(np.random.default_rng(0), n_subpolicies=40)
+    policy = autoaugment.sample_policy(np.random.default_rng(0), n_subpolicies=40)
     assert len(policy) == 40
-    assert A.sample_policy(3) == A.sample_policy(3)
+    assert autoaugment.sample_policy(3) == autoaugment.sample_policy(3)
     names = set()
     for sub in policy:
         assert sub.first.name != sub.second.name
         for op in sub:
             names.add(op.name)
-            assert op.p in A.P_CHOICES
-            for key, spec in A.SEARCH_SPACE[op.name].items():
+            assert op.p in autoaugment.P_CHOICES
+            for key, spec in autoaugment.SEARCH_SPACE[op.name].items():
                 value = op.magnitude[key]
-                pair = isinstance(spec, tuple) and not isinstance(spec, (A.Uniform, A.RandInt))
+                pair = isinstance(spec, tuple) and not isinstance(spec, (autoaugment.Uniform, autoaugment.RandInt))
                 for v, s in zip(value if pair else (value,), spec if pair else (spec,)):
-                    if isinstance(s, (A.Uniform, A.RandInt)):
+                    if isinstance(s, (autoaugment.Uniform, autoaugment.RandInt)):
                         assert s.lo <= v <= s.hi
-                        assert isinstance(v, int) == isinstance(s, A.RandInt)
+                        assert isinstance(v, int) == isinstance(s, autoaugment.RandInt)
                     else:
                         assert v == s
-    assert names == set(A.OP_NAMES)
-    path = A.save_policy(policy, tmp_path / "sub" / "policy.json")
-    assert A.load_policy(path) == policy
+    assert names == set(autoaugment.OP_NAMES)
+    path = autoaugment.save_policy(policy, tmp_path / "sub" / "policy.json")
+    assert autoaugment.load_policy(path) == policy
     assert not list(path.parent.glob(".*tmp*"))  # atomic write left no temporary file
     with pytest.raises(ConfigError, match=r"policy\[0\]\[1\].*unknown augmentation op"):
-        A.save_policy([(A.PolicyOp("Rotate", 0.5, {}), A.PolicyOp("Nope", 0.5, {}))], tmp_path / "x.json")
+        autoaugment.save_policy([(autoaugment.PolicyOp("Rotate", 0.5, {}), autoaugment.PolicyOp("Nope", 0.5, {}))], tmp_path / "x.json")
 
 
 def test_apply_policy_equals_d4_then_the_chosen_sub_policy():
     image = tf.constant(smooth_image(32).astype(np.uint8))
-    policy = A.load_policy("team3")
+    policy = autoaugment.load_policy("team3")
     chosen = set()
     for k in range(12):
         seed = tf.constant([5, k], tf.int64)
         d4_seed, choice_seed, op_seed = tf.random.experimental.stateless_split(seed, 3)
-        index = int(A.choose_sub_policy(choice_seed, len(policy)))
+        index = int(autoaugment.choose_sub_policy(choice_seed, len(policy)))
         chosen.add(index)
-        ref = A.apply_sub_policy(A.base_d4(image, d4_seed), policy[index], op_seed).numpy()
-        out = A.apply_policy(image, policy, seed).numpy()
+        ref = autoaugment.apply_sub_policy(autoaugment.base_d4(image, d4_seed), policy[index], op_seed).numpy()
+        out = autoaugment.apply_policy(image, policy, seed).numpy()
         assert np.abs(out.astype(int) - ref).max() <= 1, (k, index)
     assert len(chosen) >= 6
 
 
 def test_team3_policy_applies_to_rgby_images_with_partial_for_custom_ops():
     image = tf.constant(NOISE_U8)
-    out = A.apply_policy(image, A.load_policy("team3"), SEED)
+    out = autoaugment.apply_policy(image, autoaugment.load_policy("team3"), SEED)
     assert out.shape == image.shape and out.dtype == tf.uint8
-    wrapped = A.apply_with_probability(functools.partial(A.rotate, limit=26), 1.0, SEED)
+    wrapped = autoaugment.apply_with_probability(functools.partial(A.rotate, limit=26), 1.0, SEED)
     assert wrapped(image).shape == image.shape

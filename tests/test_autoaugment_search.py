@@ -1,4 +1,4 @@
-"""hpa_zoo.autoaugment_search: Team 3's random policy search (scoring, flattening, a tiny resumable run, CLI)."""
+"""hpa_zoo.train.policy_search: Team 3's random policy search (scoring, flattening, a tiny resumable run, CLI)."""
 from __future__ import annotations
 
 import json
@@ -10,8 +10,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from hpa_zoo import augment  # noqa: E402
-from hpa_zoo import autoaugment_search as aas  # noqa: E402
+from hpa_zoo.augment import autoaugment
+from hpa_zoo.train import policy_search as aas  # noqa: E402
 from hpa_zoo.errors import ConfigError  # noqa: E402
 
 
@@ -47,7 +47,7 @@ def test_candidate_policies_depend_only_on_seed_and_index():
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    from hpa_zoo.synthetic import write_synthetic_dataset
+    from hpa_zoo.data.synthetic import write_synthetic_dataset
 
     return write_synthetic_dataset(tmp_path_factory.mktemp("aas") / "data", n_train=8, n_test=0, size=32,
                                    workers=0, progress=False)
@@ -58,7 +58,7 @@ def test_tiny_search_writes_policy_and_results_and_resumes(tiny_data, tmp_path, 
     out = tmp_path / "policy.json"
     kw = dict(epochs=1, size=32, window=1, batch_size=4, proxy="small_cnn", seed=0)
     aas.search(tiny_data, out, candidates=1, top_k=1, **kw)
-    assert augment.load_policy(out) == aas.candidate_policy(0, 0)
+    assert autoaugment.load_policy(out) == aas.candidate_policy(0, 0)
     results = pd.read_csv(tmp_path / "policy.results.csv")
     assert sorted(results["candidate"]) == [aas.BASELINE_ID, 0]
     assert "[1/2] baseline" in capsys.readouterr().out
@@ -68,7 +68,7 @@ def test_tiny_search_writes_policy_and_results_and_resumes(tiny_data, tmp_path, 
     assert "2 already in" in log and "[1/1] candidate_001" in log and "candidate_000:" not in log
     assert "baseline:" not in log
 
-    policy = augment.load_policy(out)
+    policy = autoaugment.load_policy(out)
     assert len(policy) == 2 * 5
     results = pd.read_csv(tmp_path / "policy.results.csv")
     assert sorted(results["candidate"]) == [aas.BASELINE_ID, 0, 1]
@@ -91,6 +91,6 @@ def test_cli_autoaugment_search_on_synthetic_data(tiny_data, tmp_path):
                  "--epochs", "1", "--size", "32", "--top-k", "1", "--window", "1", "--batch-size", "4",
                  "--proxy", "small_cnn", "--no-baseline"])
     assert code == 0
-    assert augment.load_policy(out) == aas.candidate_policy(0, 0)
+    assert autoaugment.load_policy(out) == aas.candidate_policy(0, 0)
     assert main(["autoaugment-search", "--data", str(tmp_path / "nowhere"), "--out", str(out), "--candidates",
                  "2", "--top-k", "1", "--proxy", "small_cnn", "--results", str(tmp_path / "other.csv")]) == 1

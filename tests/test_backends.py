@@ -33,8 +33,9 @@ _JAX_SCRIPT = textwrap.dedent(
     import keras
     assert keras.backend.backend() == "jax", keras.backend.backend()
     from keras import ops
-    from hpa_zoo import losses, tta
-    from zoo_models.team1_bestfitting import build_densenet121
+    from hpa_zoo.infer import tta
+    from hpa_zoo.nn import losses
+    from zoo_models.teams.team1_bestfitting import build_densenet121
 
     # Checked right after import: building a keras.applications trunk lets Keras itself use tf.io.gfile
     # whenever TensorFlow happens to be installed, which hpa-zoo does not control.
@@ -70,8 +71,9 @@ def test_losses_tta_and_team1_model_agree_between_tensorflow_and_jax(tmp_path):
         proc = children.start(["-c", _JAX_SCRIPT, str(tmp_path / "data.npz"), str(weights)],
                               env={"KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "XLA_FLAGS": FAST_XLA_COMPILE})
 
-        from hpa_zoo import losses, tta
-        from zoo_models.team1_bestfitting import build_densenet121
+        from hpa_zoo.infer import tta
+        from hpa_zoo.nn import losses
+        from zoo_models.teams.team1_bestfitting import build_densenet121
 
         keras.utils.set_random_seed(1)  # other initial weights than the JAX side's: the load must replace them
         model = build_densenet121(num_classes=28, input_shape=(64, 64, 4), large=True)

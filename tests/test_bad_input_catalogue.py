@@ -44,7 +44,7 @@ def _kaggle(tmp: Path, rows="Id,Target\na,0\nb,1 2\n"):
 
 
 def _read(tmp, image_id="a", **kw):
-    from hpa_zoo.images import load_rgby
+    from hpa_zoo.data.images import load_rgby
 
     return load_rgby(tmp / "train", image_id, **kw)
 
@@ -105,7 +105,7 @@ def sixteen_bit_where_8_expected(tmp):
 
 
 def eight_bit_where_16_expected(tmp):
-    from hpa_zoo.images import read_channel
+    from hpa_zoo.data.images import read_channel
 
     _sample(tmp / "train", ext=".tif")
     return read_channel(tmp / "train" / "a_red.tif", expect_dtype="uint16")
@@ -138,7 +138,7 @@ def all_zero_image(tmp):
 
 
 def pipeline_channel_sizes_differ(tmp):
-    from hpa_zoo.pipeline import folder_dataset
+    from hpa_zoo.data.sources import folder_dataset
 
     csv = _kaggle(tmp)
     cv2.imwrite(str(tmp / "train" / "b_blue.png"), np.zeros((20, 20), np.uint8))
@@ -146,7 +146,7 @@ def pipeline_channel_sizes_differ(tmp):
 
 
 def pipeline_corrupt_png(tmp):
-    from hpa_zoo.pipeline import folder_dataset
+    from hpa_zoo.data.sources import folder_dataset
 
     csv = _kaggle(tmp)
     (tmp / "train" / "b_green.png").write_bytes(os.urandom(200))
@@ -154,7 +154,7 @@ def pipeline_corrupt_png(tmp):
 
 
 def pipeline_truncated_png(tmp):
-    from hpa_zoo.pipeline import folder_dataset
+    from hpa_zoo.data.sources import folder_dataset
 
     csv = _kaggle(tmp)
     path = tmp / "train" / "b_yellow.png"
@@ -164,7 +164,7 @@ def pipeline_truncated_png(tmp):
 
 
 def pipeline_truncated_jpeg_hpav18(tmp):
-    from hpa_zoo.pipeline import folder_dataset
+    from hpa_zoo.data.sources import folder_dataset
 
     folder = tmp / "train"
     folder.mkdir(parents=True)
@@ -177,7 +177,7 @@ def pipeline_truncated_jpeg_hpav18(tmp):
 
 
 def pipeline_empty_file(tmp):
-    from hpa_zoo.pipeline import folder_dataset
+    from hpa_zoo.data.sources import folder_dataset
 
     csv = _kaggle(tmp)
     (tmp / "train" / "a_red.png").write_bytes(b"")
@@ -185,7 +185,7 @@ def pipeline_empty_file(tmp):
 
 
 def pipeline_colour_png_in_kaggle_layout(tmp):
-    from hpa_zoo.pipeline import folder_dataset
+    from hpa_zoo.data.sources import folder_dataset
 
     csv = _kaggle(tmp)
     rgb = np.zeros((16, 16, 3), np.uint8)
@@ -195,7 +195,7 @@ def pipeline_colour_png_in_kaggle_layout(tmp):
 
 
 def pipeline_16bit_png(tmp):
-    from hpa_zoo.pipeline import folder_dataset
+    from hpa_zoo.data.sources import folder_dataset
 
     csv = _kaggle(tmp)
     cv2.imwrite(str(tmp / "train" / "a_blue.png"), np.full((16, 16), 3000, np.uint16))
@@ -203,7 +203,7 @@ def pipeline_16bit_png(tmp):
 
 
 def pipeline_tiff_file(tmp):
-    from hpa_zoo.pipeline import folder_dataset
+    from hpa_zoo.data.sources import folder_dataset
 
     csv = _kaggle(tmp)
     (tmp / "train" / "b_red.png").unlink()
@@ -212,7 +212,7 @@ def pipeline_tiff_file(tmp):
 
 
 def pipeline_grey_saved_as_rgb(tmp):
-    from hpa_zoo.pipeline import folder_dataset
+    from hpa_zoo.data.sources import folder_dataset
 
     csv = _kaggle(tmp)
     cv2.imwrite(str(tmp / "train" / "b_green.png"), np.full((16, 16, 3), 77, np.uint8))  # 3 equal planes
@@ -232,7 +232,7 @@ def tfds_build_corrupt_png(tmp):
 
 # CSVs ------------------------------------------------------------------------------------------
 def _labels(path):
-    from hpa_zoo.labels import read_labels_csv
+    from hpa_zoo.data.labels import read_labels_csv
 
     return read_labels_csv(path)
 
@@ -262,14 +262,14 @@ def csv_duplicate_ids(tmp):
 
 
 def csv_ids_without_images(tmp):
-    from hpa_zoo.pipeline import folder_dataset
+    from hpa_zoo.data.sources import folder_dataset
 
     csv = _kaggle(tmp, "Id,Target\na,0\nb,1\nghost,3\n")
     return folder_dataset(tmp / "train", csv)
 
 
 def csv_images_without_ids(tmp):
-    from hpa_zoo.pipeline import folder_dataset
+    from hpa_zoo.data.sources import folder_dataset
 
     csv = _kaggle(tmp, "Id,Target\na,0\n")  # b's four files are in the folder but not in the CSV
     ids = [e["id"].decode() for e in _iterate(folder_dataset(tmp / "train", csv))]
@@ -289,7 +289,7 @@ def csv_windows_line_endings(tmp):
 
 
 def csv_bom_and_crlf_through_the_pipeline(tmp):
-    from hpa_zoo.pipeline import folder_dataset
+    from hpa_zoo.data.sources import folder_dataset
 
     _kaggle(tmp)
     csv = _csv(tmp / "train.csv", "Id,Target\na,0\nb,1 2\n", encoding="utf-8-sig", newline="\r\n")
@@ -315,45 +315,45 @@ def image_size_model_cannot_take(tmp):
 
 
 def input_larger_than_image(tmp):
-    from hpa_zoo.training import load_recipe
+    from hpa_zoo.recipe import load_recipe
 
     return load_recipe("team1_densenet121_512", image_size=64, input_size=96)
 
 
 def non_positive_batch(tmp):
-    from hpa_zoo.training import train
+    from hpa_zoo.train.trainer import train
 
     _kaggle(tmp)
     return train("team1_densenet121_512", tmp, out_dir=tmp / "run", batch_size=0, verbose=0)
 
 
 def data_folder_missing(tmp):
-    from hpa_zoo.training import train
+    from hpa_zoo.train.trainer import train
 
     return train("team1_densenet121_512", str(tmp / "missing_folder"), out_dir=tmp / "run", verbose=0)
 
 
 def non_positive_epochs(tmp):
-    from hpa_zoo.training import train
+    from hpa_zoo.train.trainer import train
 
     _kaggle(tmp)
     return train("team1_densenet121_512", tmp, out_dir=tmp / "run", epochs=-2, verbose=0)
 
 
 def unknown_precision(tmp):
-    from hpa_zoo.training import train
+    from hpa_zoo.train.trainer import train
 
     return train("team1_densenet121_512", tmp, out_dir=tmp / "run", precision="fp8", verbose=0)
 
 
 def unknown_strategy(tmp):
-    from hpa_zoo.distribute import make_strategy
+    from hpa_zoo.train.distribute import make_strategy
 
     return make_strategy("horovod")
 
 
 def data_neither_folder_nor_tfds(tmp):
-    from hpa_zoo.training import train
+    from hpa_zoo.train.trainer import train
 
     return train("team1_densenet121_512", "my_data", out_dir=tmp / "run", verbose=0)
 
@@ -399,7 +399,7 @@ def weights_file_missing(tmp):
 
 def weights_wrong_hash(tmp):
     from hpa_zoo.registry import WeightsSpec
-    from hpa_zoo.weights import fetch
+    from hpa_zoo.zoo.weights import fetch
 
     os.environ["HPA_ZOO_CACHE"] = str(tmp / "cache")
     path = tmp / "download.onnx"
@@ -424,7 +424,7 @@ def _escape_target(tmp):
 def path_id_parent(tmp):
     _escape_target(tmp)
     _sample(tmp / "train", "b")
-    from hpa_zoo.pipeline import folder_dataset
+    from hpa_zoo.data.sources import folder_dataset
 
     return _iterate(folder_dataset(tmp / "train", _csv(tmp / "train.csv", "Id,Target\nb,0\n../other/a,1\n")))
 
@@ -432,7 +432,7 @@ def path_id_parent(tmp):
 def path_id_absolute(tmp):
     other = _escape_target(tmp)
     _sample(tmp / "train", "b")
-    from hpa_zoo.pipeline import folder_dataset
+    from hpa_zoo.data.sources import folder_dataset
 
     return _iterate(folder_dataset(tmp / "train", _csv(tmp / "train.csv", f"Id,Target\n{other / 'a'},1\n")))
 
@@ -452,14 +452,14 @@ def path_id_drive(tmp):
 def path_ids_argument(tmp):
     _escape_target(tmp)
     _sample(tmp / "train", "b")
-    from hpa_zoo.pipeline import folder_dataset
+    from hpa_zoo.data.sources import folder_dataset
 
     return folder_dataset(tmp / "train", ids=["b", "../other/a"], labelled=False)
 
 
 def path_id_load_rgby(tmp):
     _escape_target(tmp)
-    from hpa_zoo.images import load_rgby
+    from hpa_zoo.data.images import load_rgby
 
     return load_rgby(tmp / "train", "../other/a")
 
@@ -475,7 +475,7 @@ def path_id_tfds(tmp):
 
 
 def path_id_folds(tmp):
-    from hpa_zoo.folds import folds_for_folders
+    from hpa_zoo.data.folds import folds_for_folders
 
     _escape_target(tmp)
     _kaggle(tmp, rows="Id,Target\na,0\n../other/a,1\n")
@@ -483,7 +483,7 @@ def path_id_folds(tmp):
 
 
 def path_id_predict_test(tmp):
-    from hpa_zoo.predict import _test_source
+    from hpa_zoo.infer.predict import _test_source
 
     _escape_target(tmp)
     _sample(tmp / "test", "t")
@@ -498,7 +498,7 @@ def _multichannel(path: Path, size=16):
 
 
 def _finetune_table(tmp, name):
-    from hpa_zoo.finetune import read_image, read_table
+    from hpa_zoo.data.user_images import read_image, read_table
 
     table, _ = read_table(_csv(tmp / "data.csv", f"filename,labels\n{name},x\n"), n_channels=4)
     return read_image(tmp / "images", table["files"][0], 4, 16, where="data.csv, line 2: ")
@@ -527,7 +527,7 @@ def path_finetune_subfolder(tmp):
 
 
 def _predict_csv_item(tmp, rows: str):
-    from hpa_zoo.predict_images import discover, read_item
+    from hpa_zoo.data.user_images import discover, read_item
 
     (tmp / "images").mkdir(exist_ok=True)
     items, _ = discover(_csv(tmp / "images" / "list.csv", rows), stains=("red", "green", "blue", "yellow"))
@@ -547,7 +547,7 @@ def path_predict_csv_symlink(tmp):
 
 # argument sanity: counts and sizes that cannot work, refused before any work ----------------------------
 def synth_no_train_images(tmp):
-    from hpa_zoo.synthetic import write_synthetic_dataset
+    from hpa_zoo.data.synthetic import write_synthetic_dataset
 
     try:
         return write_synthetic_dataset(tmp / "syn", n_train=0, n_test=0, size=32, workers=0, progress=False)
@@ -556,53 +556,53 @@ def synth_no_train_images(tmp):
 
 
 def synth_negative_workers(tmp):
-    from hpa_zoo.synthetic import write_synthetic_dataset
+    from hpa_zoo.data.synthetic import write_synthetic_dataset
 
     return write_synthetic_dataset(tmp / "syn", n_train=2, n_test=0, size=32, workers=-1, progress=False)
 
 
 def folds_one_split(tmp):
-    from hpa_zoo.folds import folds_for_folders
+    from hpa_zoo.data.folds import folds_for_folders
 
     _kaggle(tmp)
     return folds_for_folders(tmp, n_splits=1)
 
 
 def folds_zero_workers(tmp):
-    from hpa_zoo.folds import folds_for_folders
+    from hpa_zoo.data.folds import folds_for_folders
 
     _kaggle(tmp)
     return folds_for_folders(tmp, workers=0)
 
 
 def train_zero_steps(tmp):
-    from hpa_zoo.training import train
+    from hpa_zoo.train.trainer import train
 
     _kaggle(tmp)
     return train("team1_densenet121_512", tmp, out_dir=tmp / "run", steps_per_epoch=0, verbose=0)
 
 
 def train_negative_fold(tmp):
-    from hpa_zoo.training import train
+    from hpa_zoo.train.trainer import train
 
     _kaggle(tmp)
     return train("team1_densenet121_512", tmp, out_dir=tmp / "run", fold=-1, verbose=0)
 
 
 def predict_zero_batch(tmp):
-    from hpa_zoo.predict import predict
+    from hpa_zoo.infer.predict import predict
 
     return predict(tmp / "preset", tmp, out_dir=tmp / "out", batch_size=0, verbose=0)
 
 
 def predict_images_zero_batch(tmp):
-    from hpa_zoo.predict_images import predict_images
+    from hpa_zoo.infer.predict_images import predict_images
 
     return predict_images(tmp / "preset", tmp, out_dir=tmp / "out", batch_size=0, verbose=0)
 
 
 def _finetune(tmp, **kw):
-    from hpa_zoo.finetune import finetune
+    from hpa_zoo.train.finetune import finetune
 
     return finetune("team1_densenet121_512", tmp / "data.csv", tmp, out_dir=tmp / "ft", verbose=0, **kw)
 
@@ -633,7 +633,7 @@ def compare_teams_zero_size(tmp):
 
 def download_zero_timeout(tmp):
     from hpa_zoo.registry import WeightsSpec
-    from hpa_zoo.weights import fetch
+    from hpa_zoo.zoo.weights import fetch
 
     return fetch(WeightsSpec(name="hpa", urls=("http://127.0.0.1:9/x",), sha256="ab" * 32, format="onnx",
                              filename="x.onnx"), timeout=0)
@@ -656,7 +656,7 @@ def tfds_header_only_submission(tmp):
 
 def tfds_no_test_split(tmp):
     import tfds_hpa
-    from hpa_zoo.pipeline import tfds_dataset
+    from hpa_zoo.data.sources import tfds_dataset
 
     tfds_hpa.build("hpa_kaggle", manual_dir=_kaggle_manual(tmp), data_dir=tmp / "tfds", config="128")
     return tfds_dataset("hpa_kaggle/128", "test", data_dir=tmp / "tfds")

@@ -1,11 +1,11 @@
-"""hpa_zoo.baselines on constructed data, against sklearn's f1_score and a direct NumPy computation."""
+"""hpa_zoo.train.baselines on constructed data, against sklearn's f1_score and a direct NumPy computation."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from hpa_zoo.baselines import BASELINE_PERCENTILES, LabelPriorBaseline, PixelStatsBaseline, pixel_features
+from hpa_zoo.train.baselines import BASELINE_PERCENTILES, LabelPriorBaseline, PixelStatsBaseline, pixel_features
 from hpa_zoo.errors import HpaDataError
 
 

@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("keras")
 pytest.importorskip("sklearn")
 
-from hpa_zoo import ensemble  # noqa: E402
+from hpa_zoo.infer import ensemble  # noqa: E402
 from hpa_zoo.constants import CLASS_NAMES  # noqa: E402
 from hpa_zoo.registry import list_models  # noqa: E402
 

@@ -23,7 +23,7 @@ from tests.test_training import tiny_model  # noqa: E402,F401
 def test_demo_cli_runs_end_to_end_and_labels_everything_synthetic(tiny_model, tmp_path):
     from hpa_zoo.cli import main
     from hpa_zoo.demo import BANNER
-    from hpa_zoo.labels import parse_target
+    from hpa_zoo.data.labels import parse_target
 
     out = tmp_path / "demo"
     code = main(["demo", "--out", str(out), "--n-train", "40", "--n-test", "6", "--size", "64", "--image-size", "64",

@@ -56,7 +56,7 @@ def test_read_only_disk_names_the_path(small_disk):
 
 def test_preset_on_a_full_disk_is_not_written_and_the_earlier_one_still_loads(small_disk, tiny_registry_model):
     import hpa_zoo
-    from hpa_zoo.models_api import save_preset
+    from hpa_zoo.zoo.models_api import save_preset
 
     model = hpa_zoo.load(tiny_registry_model)
     save_preset(model, small_disk / "preset", model_name=tiny_registry_model)
@@ -74,7 +74,7 @@ def test_preset_on_a_full_disk_is_not_written_and_the_earlier_one_still_loads(sm
 
 def test_training_on_a_full_disk_stops_naming_the_checkpoint_and_leaves_no_loadable_half(small_disk, tiny_model,
                                                                                           synthetic_data):
-    from hpa_zoo.training import AtomicBackupAndRestore, train
+    from hpa_zoo.train.trainer import AtomicBackupAndRestore, train
 
     out = small_disk / "run"
     out.mkdir()
@@ -95,7 +95,7 @@ def test_predict_images_on_a_full_disk_keeps_the_earlier_predictions(small_disk,
     """The real `predict_images` writing into a full ``--out``: DiskWriteError naming the CSV; the earlier run's
     outputs are untouched, byte for byte."""
     from benchmarks.load_checks import write_test_folder
-    from hpa_zoo.predict_images import predict_images
+    from hpa_zoo.infer.predict_images import predict_images
 
     images = write_test_folder(tmp_path / "kaggle", 24, size=32) / "test"
     out = small_disk / "pred"

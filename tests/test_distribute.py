@@ -1,4 +1,4 @@
-"""hpa_zoo.distribute: strategies by name, the global batch, data sharding, and what they compute.
+"""hpa_zoo.train.distribute: strategies by name, the global batch, data sharding, and what they compute.
 
 TensorFlow can only be given logical devices before it initialises, so each distributed run is a fresh
 ``python -m tests.test_distribute <role>`` process (``_worker`` below) that writes its weights to an .npz:
@@ -7,7 +7,7 @@ TensorFlow can only be given logical devices before it initialises, so each dist
   the same 8 examples (weights to 1e-6), fed through ``model.fit`` on a DATA-sharded tf.data pipeline;
 * MultiWorkerMirroredStrategy, 2 worker processes on 127.0.0.1 ports (TF_CONFIG): 3 steps; both workers end with
   the same weights, equal to one process on the same global batches (to 1e-5). This needs the Keras 3.15
-  workaround in `hpa_zoo.distribute._multi_worker_strategy_class` (keras-team/keras#20585).
+  workaround in `hpa_zoo.train.distribute._multi_worker_strategy_class` (keras-team/keras#20585).
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def _fit(strategy, steps: int):
     """Fit the tiny model for ``steps`` global batches under ``strategy`` (None = one device); weights list."""
     import tensorflow as tf
 
-    from hpa_zoo import distribute
+    from hpa_zoo.train import distribute
 
     x, y = _data()
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(GLOBAL_BATCH)
@@ -65,7 +65,7 @@ def _worker(role: str, out: str) -> None:
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
     import tensorflow as tf
 
-    from hpa_zoo import distribute
+    from hpa_zoo.train import distribute
 
     if role == "mirrored":  # also the one-device references of both tests (one TF start fewer)
         cpu = tf.config.list_physical_devices("CPU")[0]
@@ -143,7 +143,7 @@ def test_multiworker_two_processes_on_loopback_end_with_the_same_weights(runs):
 
 
 def test_make_strategy_names_and_errors(monkeypatch):
-    from hpa_zoo import distribute
+    from hpa_zoo.train import distribute
     from hpa_zoo.errors import ConfigError
 
     assert distribute.make_strategy(None) is None and distribute.make_strategy("default") is None
@@ -168,7 +168,7 @@ def test_make_strategy_names_and_errors(monkeypatch):
 
 
 def test_global_batch_must_split_evenly_over_replicas():
-    from hpa_zoo import distribute
+    from hpa_zoo.train import distribute
     from hpa_zoo.errors import ConfigError
 
     class Four:
@@ -185,7 +185,7 @@ def test_global_batch_must_split_evenly_over_replicas():
 def test_shard_by_data_sets_the_data_policy():
     import tensorflow as tf
 
-    from hpa_zoo import distribute
+    from hpa_zoo.train import distribute
 
     ds = distribute.shard_by_data(tf.data.Dataset.range(4))
     assert ds.options().experimental_distribute.auto_shard_policy == tf.data.experimental.AutoShardPolicy.DATA
@@ -194,7 +194,7 @@ def test_shard_by_data_sets_the_data_policy():
 
 def test_jax_backend_gets_keras_data_parallel():
     """In a JAX process (the backend is fixed at import): DataParallel over the local devices."""
-    code = ("import keras; from hpa_zoo import distribute as d; s = d.make_strategy('mirrored'); "
+    code = ("import keras; from hpa_zoo.train import distribute as d; s = d.make_strategy('mirrored'); "
             "print(type(s).__name__, d.num_replicas(s), d.is_keras_distribution(s))")
     text = finish(start(["-c", code], env={"KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}), timeout=120, check=True)
     assert text.split()[-3:] == ["DataParallel", "1", "True"]

@@ -1,4 +1,4 @@
-"""hpa_zoo.ensemble: prediction files round-trip and validate; blends equal NumPy formulas; hill climbing finds the
+"""hpa_zoo.infer.ensemble: prediction files round-trip and validate; blends equal NumPy formulas; hill climbing finds the
 known answer of constructed OOF predictions (and matches a plain greedy loop scored by sklearn); weighted voting
 with a known cut-off; Team 4's vote file name (teams.md §4.1)."""
 from __future__ import annotations
@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
 
-from hpa_zoo import ensemble
+from hpa_zoo.infer import ensemble
 from hpa_zoo.constants import CLASS_NAMES
 from hpa_zoo.errors import ConfigError, HpaDataError
 from hpa_zoo.recipe import ThresholdConfig, TTAConfig
-from hpa_zoo.thresholds import fit_thresholds
+from hpa_zoo.infer.thresholds import fit_thresholds
 
 C = len(CLASS_NAMES)
 
@@ -270,7 +270,7 @@ def test_label_fitted_rules_say_what_is_missing():
 def test_sidecar_for_a_csv_written_elsewhere_and_newer_formats_refused(tmp_path):
     probs = np.random.default_rng(9).random((3, C))
     frame = pd.concat([pd.DataFrame({"Id": ["a", "b", "c"]}), pd.DataFrame(probs, columns=list(CLASS_NAMES))], axis=1)
-    frame.to_csv(tmp_path / "probabilities.csv", index=False)  # as hpa_zoo.predict writes it
+    frame.to_csv(tmp_path / "probabilities.csv", index=False)  # as hpa_zoo.infer.predict writes it
     ensemble.write_sidecar(tmp_path / "probabilities.csv", model_name="team4_gapnet_resnet18_512", fold="test",
                            tta=TTAConfig("d4", aggregate="median"), n_rows=3)
     loaded = ensemble.load_predictions(tmp_path / "probabilities.csv")

@@ -1,4 +1,4 @@
-"""hpa_zoo.explain: Grad-CAM on real HPA images against a hand-computed Grad-CAM, embeddings against the
+"""hpa_zoo.infer.explain: Grad-CAM on real HPA images against a hand-computed Grad-CAM, embeddings against the
 classifier they feed, the UMAP/PCA projection and the embedding plot, and the `explain` / `embed` CLI.
 
 References: ``tf.GradientTape`` on a separately built sub-model with NumPy channel weighting and
@@ -16,9 +16,9 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from hpa_zoo import explain  # noqa: E402
-from hpa_zoo.images import load_rgby  # noqa: E402
-from hpa_zoo.labels import read_labels_csv  # noqa: E402
+from hpa_zoo.infer import explain  # noqa: E402
+from hpa_zoo.data.images import load_rgby  # noqa: E402
+from hpa_zoo.data.labels import read_labels_csv  # noqa: E402
 
 from tests.conftest import MODEL_FIXTURE_SIZE as SIZE  # noqa: E402
 
@@ -145,7 +145,7 @@ def test_cli_explain_and_embed_on_real_samples(real_samples_dir, tmp_path):
         rc = main(["embed", "team1_densenet121_512", "--data", str(real_samples_dir), "--image-size", str(SIZE),
                    "--out", str(tmp_path / "emb"), "--html", "--data-label", "three HPA samples"])
     assert rc == 0
-    from hpa_zoo.explorer import read_explorer_data
+    from hpa_zoo.analysis.explorer import read_explorer_data
 
     page = read_explorer_data(tmp_path / "emb" / "explorer.html")  # the explorer (tests/test_explorer.py)
     assert page["ids"] == list(read_labels_csv(real_samples_dir / "labels.csv")["Id"])

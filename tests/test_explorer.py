@@ -1,4 +1,4 @@
-"""hpa_zoo.explorer: the offline embedding explorer page.
+"""hpa_zoo.analysis.explorer: the offline embedding explorer page.
 
 Without a browser: the page's data block against the inputs (points, labels, top predictions from NumPy's
 argsort), the embedded thumbnails decoded and compared with an OpenCV downscale of the RGB composite, the sidecar
@@ -21,7 +21,8 @@ import pytest
 
 pytest.importorskip("plotly")
 
-from hpa_zoo import explain, explorer  # noqa: E402
+from hpa_zoo.analysis import explorer  # noqa: E402
+from hpa_zoo.infer import explain  # noqa: E402
 from hpa_zoo.constants import CLASS_NAMES  # noqa: E402
 
 

@@ -1,4 +1,4 @@
-"""hpa_zoo.export: the exported artifacts compute what the Keras model computes, and the bioimage.io package passes
+"""hpa_zoo.infer.export: the exported artifacts compute what the Keras model computes, and the bioimage.io package passes
 bioimage.io's own validator.
 
 References: the Keras model's own outputs (SavedModel reloaded with ``tf.saved_model.load``, ONNX run by
@@ -20,10 +20,10 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from hpa_zoo import export  # noqa: E402
+from hpa_zoo.infer import export  # noqa: E402
 from hpa_zoo.constants import CLASS_NAMES  # noqa: E402
 from hpa_zoo.errors import ConfigError  # noqa: E402
-from hpa_zoo.images import load_rgby  # noqa: E402
+from hpa_zoo.data.images import load_rgby  # noqa: E402
 
 from tests.conftest import MODEL_FIXTURE_SIZE as SIZE  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""hpa_zoo.finetune: user data reading, channel mapping by surgery, and a short fine-tuning run whose validation loss
+"""hpa_zoo.train.finetune: user data reading, channel mapping by surgery, and a short fine-tuning run whose validation loss
 falls.
 
 References: the source model's own weights (NumPy slices / means of its stem kernel), OpenCV-written files read
@@ -15,7 +15,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from hpa_zoo import finetune as ft  # noqa: E402
+from hpa_zoo.train import finetune as ft  # noqa: E402
 from hpa_zoo.constants import CLASS_NAMES  # noqa: E402
 from hpa_zoo.errors import ConfigError, HpaDataError  # noqa: E402
 
@@ -37,7 +37,7 @@ def test_read_image_multichannel_png_and_16bit_tiff(tmp_path):
     got = ft.read_image(tmp_path, ["a.png"], 3, 80)
     assert got.shape == (80, 80, 3) and got.dtype == np.uint8
     np.testing.assert_array_equal(got, cv2.resize(rgb, (80, 80), interpolation=cv2.INTER_AREA))
-    # one 16-bit file per channel, scaled by 255/65535 as hpa_zoo.images.to_uint8
+    # one 16-bit file per channel, scaled by 255/65535 as hpa_zoo.data.images.to_uint8
     planes16 = rng.integers(0, 65536, (2, 32, 32), dtype=np.uint16)
     for i, p in enumerate(planes16):
         cv2.imwrite(str(tmp_path / f"c{i}.tif"), p)
@@ -58,7 +58,7 @@ def test_read_table_names_the_bad_line(tmp_path):
 
 
 def test_adapt_channels_keeps_mapped_filters_and_mean_for_unknown():
-    from zoo_models.team1_bestfitting import build_team1_densenet121_512
+    from zoo_models.teams.team1_bestfitting import build_team1_densenet121_512
 
     keras.utils.set_random_seed(1)
     src = build_team1_densenet121_512(input_shape=(SIZE, SIZE, 4))
@@ -82,8 +82,8 @@ def test_adapt_channels_keeps_mapped_filters_and_mean_for_unknown():
 @pytest.fixture(scope="module")
 def user_data(tmp_path_factory):
     """A 3-channel, 5-class user dataset (multi-channel PNGs + CSV) cut from the synthetic HPA data."""
-    from hpa_zoo.labels import read_labels_csv
-    from hpa_zoo.synthetic import write_synthetic_dataset
+    from hpa_zoo.data.labels import read_labels_csv
+    from hpa_zoo.data.synthetic import write_synthetic_dataset
 
     root = tmp_path_factory.mktemp("ft")
     syn = write_synthetic_dataset(root / "syn", n_train=40, n_test=0, size=SIZE, workers=0, progress=False)
@@ -127,7 +127,7 @@ def test_finetune_three_stains_five_classes_validation_loss_falls(user_data, tin
     assert min(hist["val_loss"]) < hist["initial_val_loss"] - 0.01
 
     # independent check: the saved model's NumPy BCE on the validation images is the best logged val_loss
-    from hpa_zoo.models_api import load
+    from hpa_zoo.zoo.models_api import load
 
     model = load(preset / "model.keras")
     assert model.input_shape == (None, SIZE, SIZE, 3) and model.output_shape == (None, 5)

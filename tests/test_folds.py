@@ -1,4 +1,4 @@
-"""hpa_zoo.folds: pHash duplicate groups and group-aware multilabel stratified folds."""
+"""hpa_zoo.data.folds: pHash duplicate groups and group-aware multilabel stratified folds."""
 from __future__ import annotations
 
 import uuid
@@ -12,11 +12,11 @@ from PIL import Image
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 
-from hpa_zoo import folds as F
+from hpa_zoo.data import folds as F
 from hpa_zoo.cli import main as cli_main
 from hpa_zoo.constants import CHANNELS, KAGGLE_TRAIN_COUNTS, KAGGLE_TRAIN_SIZE, NUM_CLASSES
 from hpa_zoo.errors import ConfigError, HpaDataError
-from hpa_zoo.labels import multi_hot_matrix
+from hpa_zoo.data.labels import multi_hot_matrix
 
 KAGGLE_ID = "b478cc78-bad4-11e8-b2b8-ac1f6b6435d0"
 HPAV18_SAME_FIELD = "57639_1283_B2_10"

@@ -1,4 +1,4 @@
-"""hpa_zoo.leaks: a planted same-sample pair is found by pHash and by classifier-feature cosine, recall and
+"""hpa_zoo.analysis.leaks: a planted same-sample pair is found by pHash and by classifier-feature cosine, recall and
 precision follow from the Sample truth, and `hpa-zoo leaks` writes the ranked pairs and the sheet."""
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hpa_zoo import cli, leaks
-from hpa_zoo.synthetic import synthesize_field
+from hpa_zoo import cli
+from hpa_zoo.analysis import leaks
+from hpa_zoo.data.synthetic import synthesize_field
 
 
 def _second_set(real_samples_dir, folder):

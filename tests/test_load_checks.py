@@ -37,7 +37,7 @@ def test_vectorised_and_row_by_row_csv_readers_agree(tmp_path):
     match the per-row functions."""
     import numpy as np
 
-    from hpa_zoo.labels import multi_hot_matrix, parse_target, parse_targets, read_labels_csv
+    from hpa_zoo.data.labels import multi_hot_matrix, parse_target, parse_targets, read_labels_csv
 
     rows = "Id,Target\r\n a ,7 1 2 0\r\nb,1 1\r\nc, 27 \r\nd,3;4\r\n"
     good = tmp_path / "good.csv"

@@ -1,4 +1,4 @@
-"""hpa_zoo.losses against independent NumPy references written from the definitions (teams.md §1.3, §2.3, §3.3,
+"""hpa_zoo.nn.losses against independent NumPy references written from the definitions (teams.md §1.3, §2.3, §3.3,
 §4.2; Berman et al. 2018), values and gradients (central finite differences on the float64 reference)."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from hpa_zoo import losses  # noqa: E402
+from hpa_zoo.nn import losses  # noqa: E402
 from hpa_zoo.errors import ConfigError  # noqa: E402
 
 

@@ -1,11 +1,11 @@
-"""hpa_zoo.metrics against scikit-learn (an independent implementation of the same definitions)."""
+"""hpa_zoo.nn.metrics against scikit-learn (an independent implementation of the same definitions)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from sklearn.metrics import f1_score, precision_recall_fscore_support
 
-from hpa_zoo import metrics
+from hpa_zoo.nn import metrics
 from hpa_zoo.cli import main
 from hpa_zoo.constants import CLASS_NAMES
 from hpa_zoo.errors import HpaDataError

@@ -1,4 +1,4 @@
-"""hpa_zoo.onnx_convert against independent PyTorch references exported the way the published files were made.
+"""hpa_zoo.zoo.onnx_convert against independent PyTorch references exported the way the published files were made.
 
 The references (`tests/torch_refs/bestfitting_densenet.py`, plain PyTorch) get random weights and BN statistics
 and are exported with the TorchScript exporter in eval mode (input ``image`` 1x4xHxW = uint8/255, outputs
@@ -23,13 +23,13 @@ import onnxruntime as ort
 import torch
 
 from hpa_zoo.errors import WeightsError
-from hpa_zoo.images import load_rgby
-from hpa_zoo.labels import read_labels_csv
-from hpa_zoo.onnx_convert import FEATURE_REL_TOL, onnx_to_keras_weights
+from hpa_zoo.data.images import load_rgby
+from hpa_zoo.data.labels import read_labels_csv
+from hpa_zoo.zoo.onnx_convert import FEATURE_REL_TOL, onnx_to_keras_weights
 from tests.torch_refs.bestfitting_densenet import (
     BioimageWrapper, PublishedOutputs, build_published_densenet, build_torch_bestfitting_densenet, randomize_)
 from tests.torch_refs.resnets import torch_resnet
-from zoo_models.team1_bestfitting import FEATURE_LAYER, build_densenet121
+from zoo_models.teams.team1_bestfitting import FEATURE_LAYER, build_densenet121
 
 SIZE = 128  # test input size (the package uses 1024); `large` -> a 2x2 final map
 PROB_TOL = 1e-4
@@ -355,7 +355,7 @@ def test_truncated_file_is_refused(onnx_file, keras_model, tmp_path):
 
 def test_export_with_symbolic_spatial_axes_is_checked_at_the_default_probe_size(torch_model, keras_model, images,
                                                                                   tmp_path, record_property):
-    from hpa_zoo.onnx_convert import DEFAULT_PROBE_SIZE
+    from hpa_zoo.zoo.onnx_convert import DEFAULT_PROBE_SIZE
 
     path = tmp_path / "dynamic.onnx"
     torch.onnx.export(torch_model, torch.zeros(1, 4, SIZE, SIZE), str(path), input_names=["image"],

@@ -1,4 +1,4 @@
-"""hpa_zoo.onnx_runtime: onnxruntime on the project's own ONNX export gives the Keras logits (<= 1e-5), is cached
+"""hpa_zoo.infer.onnx_runtime: onnxruntime on the project's own ONNX export gives the Keras logits (<= 1e-5), is cached
 by the weights' sha256, and `predict_images(runtime="onnx")` writes the same probabilities as Keras."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 import hpa_zoo
-from hpa_zoo import onnx_runtime
+from hpa_zoo.infer import onnx_runtime
 from hpa_zoo.errors import ConfigError
 from tests.conftest import TINY_REGISTRY_NAME
 
@@ -42,7 +42,7 @@ def test_choose_runtime():
 
 
 def test_predict_images_onnx_equals_keras(tiny_registry_model, tmp_path, real_samples_dir):
-    from hpa_zoo.predict_images import predict_images
+    from hpa_zoo.infer.predict_images import predict_images
 
     model = hpa_zoo.load(tiny_registry_model)
     preset = hpa_zoo.save_preset(model, tmp_path / "preset", model_name=TINY_REGISTRY_NAME)

@@ -38,7 +38,7 @@ def huge_model():
 def test_train_out_of_memory_names_a_batch_size_to_try(huge_model, synthetic_data, tmp_path):
     """The real OOM error (TF's CPU allocator waits ~10 s for memory before it gives up: one OOM per test)."""
     from hpa_zoo.checks import out_of_memory_error
-    from hpa_zoo.training import train
+    from hpa_zoo.train.trainer import train
 
     start = time.monotonic()
     with pytest.raises(ConfigError, match=r"train: out of memory at batch size 8 \(ResourceExhaustedError: .*OOM "

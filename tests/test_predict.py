@@ -1,4 +1,4 @@
-"""hpa_zoo.predict: submissions and probabilities from presets, checked against a direct NumPy computation."""
+"""hpa_zoo.infer.predict: submissions and probabilities from presets, checked against a direct NumPy computation."""
 from __future__ import annotations
 
 import os
@@ -16,8 +16,8 @@ from tests.test_training import SIZE, build_tiny, make_recipe, synthetic_data, t
 
 def _preset(directory, seed: int, thresholds):
     """A tiny model with random weights saved as a preset with a Team 1 recipe summary (input = image size)."""
-    from hpa_zoo.models_api import save_preset
-    from hpa_zoo.training import recipe_summary
+    from hpa_zoo.zoo.models_api import save_preset
+    from hpa_zoo.train.trainer import recipe_summary
 
     keras.utils.set_random_seed(seed)
     model = build_tiny(input_shape=(SIZE, SIZE, 4))
@@ -31,7 +31,7 @@ def _preset(directory, seed: int, thresholds):
 
 
 def _test_images(folder):
-    from hpa_zoo.images import load_rgby
+    from hpa_zoo.data.images import load_rgby
 
     ids = list(pd.read_csv(folder / "sample_submission.csv", dtype=str)["Id"])
     return ids, np.stack([load_rgby(folder / "test", i) for i in ids])
@@ -39,8 +39,8 @@ def _test_images(folder):
 
 def test_submission_matches_direct_prediction_and_team1_thresholds(tiny_model, synthetic_data, tmp_path):
     from hpa_zoo.constants import CLASS_NAMES
-    from hpa_zoo.labels import parse_target
-    from hpa_zoo.predict import predict
+    from hpa_zoo.data.labels import parse_target
+    from hpa_zoo.infer.predict import predict
 
     th = np.full(28, 0.6)
     preset, model = _preset(tmp_path / "p0", 0, th)
@@ -65,7 +65,7 @@ def test_submission_matches_direct_prediction_and_team1_thresholds(tiny_model, s
 
 def test_presets_are_averaged_and_default_tta_runs(tiny_model, synthetic_data, tmp_path):
     from hpa_zoo.constants import CLASS_NAMES
-    from hpa_zoo.predict import predict
+    from hpa_zoo.infer.predict import predict
 
     p0, _ = _preset(tmp_path / "p0", 0, np.full(28, 0.3))
     p1, _ = _preset(tmp_path / "p1", 1, np.full(28, 0.5))
@@ -82,11 +82,11 @@ def test_presets_are_averaged_and_default_tta_runs(tiny_model, synthetic_data, t
     plain = single[0][list(CLASS_NAMES)].to_numpy()
     assert np.all(tta >= plain - 1e-6) and np.any(tta > plain + 1e-4)
 
-    # every probabilities.csv loads through hpa_zoo.ensemble with its provenance: the presets' model name, the
+    # every probabilities.csv loads through hpa_zoo.infer.ensemble with its provenance: the presets' model name, the
     # "test" tag (test-set predictions, not out-of-fold ones), and the TTA each was predicted with
     import dataclasses
 
-    from hpa_zoo import ensemble
+    from hpa_zoo.infer import ensemble
 
     recipe_tta = dataclasses.asdict(make_recipe(input_size=SIZE).tta)
     none_tta = {"transforms": "identity", "n_random_crops": 0, "n_random_passes": 0, "aggregate": "mean"}
@@ -99,7 +99,7 @@ def test_presets_are_averaged_and_default_tta_runs(tiny_model, synthetic_data, t
 
 def test_refit_thresholds_need_no_labels_and_bad_values_are_refused(tiny_model, synthetic_data, tmp_path):
     from hpa_zoo.errors import ConfigError
-    from hpa_zoo.predict import predict
+    from hpa_zoo.infer.predict import predict
 
     preset, _ = _preset(tmp_path / "p0", 0, np.full(28, 0.5))
     sub_csv, _ = predict(preset, synthetic_data, out_dir=tmp_path / "refit", tta="none", thresholds="refit",
@@ -113,14 +113,14 @@ def test_refit_thresholds_need_no_labels_and_bad_values_are_refused(tiny_model, 
 
 def test_degenerate_lb_ratio_labels_warn_and_the_tie_fallback_caps_them(tiny_model, synthetic_data, tmp_path,
                                                                          capsys):
-    from hpa_zoo.thresholds import DegenerateThresholdsWarning, team1_target_ratios
-    from hpa_zoo.predict import predict
+    from hpa_zoo.infer.thresholds import DegenerateThresholdsWarning, team1_target_ratios
+    from hpa_zoo.infer.predict import predict
 
     preset, model = _preset(tmp_path / "p0", 0, np.zeros(28))  # thresholds 0: every class on everywhere
     logits = model.get_layer("logits")
     logits.kernel.assign(np.zeros(logits.kernel.shape, "float32"))  # same probabilities for every image: tied
-    from hpa_zoo.models_api import save_preset
-    from hpa_zoo.training import recipe_summary
+    from hpa_zoo.zoo.models_api import save_preset
+    from hpa_zoo.train.trainer import recipe_summary
 
     save_preset(model, preset, metadata={"model_name": "tiny_test_cnn", "thresholds": [0.0] * 28,
                                          "recipe": recipe_summary(make_recipe(input_size=SIZE))})

@@ -1,4 +1,4 @@
-"""hpa_zoo.predict_images / `hpa-zoo predict` on the user's own images: a folder of 16-bit rectangular
+"""hpa_zoo.infer.predict_images / `hpa-zoo predict` on the user's own images: a folder of 16-bit rectangular
 two-channel TIFFs -> fine-tuned preset -> hpa_zoo.load -> predictions on a new folder; Team 1 on a CSV-less folder
 of HPA-style JPEGs; pixel-size rescaling.
 
@@ -17,8 +17,8 @@ import pytest
 import hpa_zoo
 from hpa_zoo import cli
 from hpa_zoo.errors import ConfigError, HpaDataError
-from hpa_zoo.images import fit_to_model
-from hpa_zoo.predict_images import predict_images
+from hpa_zoo.data.images import fit_to_model
+from hpa_zoo.infer.predict_images import predict_images
 
 SIZE = 32
 
@@ -49,7 +49,7 @@ def test_fit_to_model_rescales_then_centres_on_the_canvas():
 def test_graph_rescale_matches_the_numpy_geometry():
     """`pipeline.rescale_to_model` (embed) and `images.fit_to_model` (predict, finetune) put the same content in
     the same place: a uniform image shows it independently of the interpolation."""
-    from hpa_zoo.pipeline import rescale_to_model
+    from hpa_zoo.data.image_ops import rescale_to_model
 
     for shape, scale, size in [((90, 50, 3), 0.5, 64), ((90, 50, 3), 2.0, 64), ((41, 77, 1), 1.0, 32)]:
         img = np.full(shape, 200, np.uint8)
@@ -98,7 +98,7 @@ def _reference_probs(model, folder, files, thresholds):
 
 
 def test_own_tiffs_finetune_reload_and_predict_a_new_folder(tiny_registry_model, tmp_path, capsys):
-    from hpa_zoo import finetune as ft
+    from hpa_zoo.train import finetune as ft
 
     rng = np.random.default_rng(0)
     classes = ["diffuse", "ring"]
@@ -160,7 +160,7 @@ def jpeg_folder(real_samples_dir, tmp_path_factory):
 
 
 def test_team1_on_a_csv_less_jpeg_folder(jpeg_folder, tmp_path):
-    from hpa_zoo.predict_images import discover, load_member, read_item
+    from hpa_zoo.infer.predict_images import discover, load_member, read_item
 
     folder, ids = jpeg_folder
     with pytest.raises(HpaDataError, match=r"1 image\(s\) have an incomplete channel set \(broken: missing yellow"):

@@ -18,10 +18,10 @@ import pytest
 keras = pytest.importorskip("keras")
 
 import hpa_zoo  # noqa: E402
-from hpa_zoo import models_api  # noqa: E402
+from hpa_zoo.zoo import models_api  # noqa: E402
 from hpa_zoo.errors import ConfigError  # noqa: E402
 from tests.conftest import TINY_REGISTRY_NAME  # noqa: E402
-from zoo_models import team1_bestfitting as t1  # noqa: E402
+from zoo_models.teams import team1_bestfitting as t1  # noqa: E402
 
 NAME, SIZE = "team1_densenet121_512", 32
 X = np.random.default_rng(0).uniform(0, 255, (2, SIZE, SIZE, 4)).astype(np.float32)
@@ -112,9 +112,9 @@ def test_feature_extractor_is_the_head_dropout2_output(model):
 
 
 def test_published_onnx_weights_are_converted_once_then_read_from_the_cache(model, tmp_path, monkeypatch):
-    """`hpa_zoo.weights.fetch` and `onnx_to_keras_weights` are replaced by fakes: this tests load()'s own logic
+    """`hpa_zoo.zoo.weights.fetch` and `onnx_to_keras_weights` are replaced by fakes: this tests load()'s own logic
     (build with 28 classes, convert, cache next to the download, reuse, then a new head for num_classes)."""
-    from hpa_zoo import onnx_convert, weights
+    from hpa_zoo.zoo import onnx_convert, weights
 
     onnx_file = tmp_path / "team1.onnx"
     onnx_file.write_bytes(b"fake onnx")
@@ -140,7 +140,7 @@ def test_published_onnx_weights_are_converted_once_then_read_from_the_cache(mode
 
 # ---------------------------------------------------------------------------------------------- every preset kind
 def _two_stain_single_label(tiny):
-    """What `hpa_zoo.finetune` makes of a zoo model for nucleus + protein images and 3 exclusive classes: the
+    """What `hpa_zoo.train.finetune` makes of a zoo model for nucleus + protein images and 3 exclusive classes: the
     channel surgery (blue, green, with the user's own statistics) and a new 3-class head."""
     from zoo_models.surgery import adapt_channels, replace_head
 

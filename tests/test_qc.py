@@ -1,4 +1,4 @@
-"""hpa_zoo.qc: the paper's cell-count and contrast checks, on constructed images whose answer is known by
+"""hpa_zoo.data.qc: the paper's cell-count and contrast checks, on constructed images whose answer is known by
 construction and on the real HPA samples against an independent SciPy / NumPy computation."""
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 from scipy import ndimage
 
-from hpa_zoo import cli, qc
+from hpa_zoo import cli
+from hpa_zoo.data import qc
 from hpa_zoo.errors import ConfigError
 
 

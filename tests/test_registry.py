@@ -5,7 +5,6 @@ layer names a row promises.
 """
 from __future__ import annotations
 
-import importlib
 import re
 
 import numpy as np
@@ -23,9 +22,13 @@ def test_every_row_is_complete(spec):
     assert callable(spec.build_fn())
     assert spec.input_size > 0 and spec.channels in ("RGBY", "RGB", "RGBYG") and spec.team
     assert spec.first_conv and spec.classifier and spec.feature_layer and spec.citation and spec.description
-    if spec.recipe:
-        module = importlib.import_module(spec.recipe)
-        assert hasattr(module, "make_recipe") or hasattr(module, "RECIPE")
+    if spec.recipe:  # the one recipe protocol: "module:make_recipe", make_recipe(model_name, **overrides) -> Recipe
+        assert spec.recipe.endswith(":make_recipe")
+        from hpa_zoo.recipe import Recipe, load_recipe
+
+        recipe = spec.recipe_fn()(spec.name)
+        assert isinstance(recipe, Recipe) and recipe == recipe  # plain data
+        assert load_recipe(spec.name, epochs=2).epochs == 2
     for score in spec.reported:
         assert 0 < score.value < 1 and score.source and "LB" in score.metric
     for w in spec.weights:

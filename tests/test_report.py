@@ -1,4 +1,4 @@
-"""hpa_zoo.report: the Fig. 2 report from predictions CSVs: per-class F1 against sklearn, the single-label
+"""hpa_zoo.analysis.report: the Fig. 2 report from predictions CSVs: per-class F1 against sklearn, the single-label
 confusion matrix against sklearn's, the figures and one self-contained HTML page that states the data."""
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from sklearn.metrics import confusion_matrix, f1_score
 
 from hpa_zoo import cli
 from hpa_zoo.constants import CLASS_NAMES
-from hpa_zoo.ensemble import save_predictions
-from hpa_zoo.labels import format_target
-from hpa_zoo.report import confusion_single_label, figure_report
+from hpa_zoo.infer.ensemble import save_predictions
+from hpa_zoo.data.labels import format_target
+from hpa_zoo.analysis.report import confusion_single_label, figure_report
 
 
 @pytest.fixture

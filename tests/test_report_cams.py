@@ -1,4 +1,4 @@
-"""hpa_zoo.report_cams: the report's Fig. 3 panel and CAM relevance.
+"""hpa_zoo.analysis.report_cams: the report's Fig. 3 panel and CAM relevance.
 
 Reference: a constructed model whose Grad-CAM is, by Grad-CAM's definition, the image's green channel divided by
 its maximum (a 1x1 convolution that copies green, global average pooling, positive class weights), so the pointing
@@ -13,12 +13,12 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from hpa_zoo import report_cams  # noqa: E402
+from hpa_zoo.analysis import report_cams  # noqa: E402
 from hpa_zoo.constants import CHANNELS, CLASS_NAMES  # noqa: E402
-from hpa_zoo.ensemble import save_predictions  # noqa: E402
+from hpa_zoo.infer.ensemble import save_predictions  # noqa: E402
 from hpa_zoo.errors import ConfigError, HpaDataError  # noqa: E402
-from hpa_zoo.labels import format_target  # noqa: E402
-from hpa_zoo.report import figure_report  # noqa: E402
+from hpa_zoo.data.labels import format_target  # noqa: E402
+from hpa_zoo.analysis.report import figure_report  # noqa: E402
 
 SIZE = 32
 PANEL = [CLASS_NAMES.index(n) for n in ("Cytosol", "Nucleoli", "Mitochondria", "Plasma membrane", "Golgi apparatus")]

@@ -39,7 +39,9 @@ def _driver(argv: list[str]) -> int:
     """
     import keras
 
-    from hpa_zoo import cli, registry, training
+    from hpa_zoo import cli
+    from hpa_zoo.train import trainer
+    from hpa_zoo import registry
     from tests import test_training
 
     registry.get_spec("team1_densenet121_512")  # fill the table first
@@ -63,16 +65,16 @@ def _driver(argv: list[str]) -> int:
             if slow and self.epoch >= 1:
                 time.sleep(slow)
 
-    make_callbacks = training._callbacks
+    make_callbacks = trainer._callbacks
 
     def callbacks(out_dir, recipe, verbose):
         best, cbs = make_callbacks(out_dir, recipe, verbose)
         return best, [*cbs, Progress(out_dir)]
 
-    training._callbacks = callbacks
+    trainer._callbacks = callbacks
     if "HPA_TEST_INF_AT" in os.environ:
-        from hpa_zoo.losses import BestfittingLoss
-        from zoo_models.team1_bestfitting import make_optimizer
+        from hpa_zoo.nn.losses import BestfittingLoss
+        from zoo_models.teams.team1_bestfitting import make_optimizer
 
         at, holder = int(os.environ["HPA_TEST_INF_AT"]), {}
 
@@ -92,7 +94,7 @@ def _driver(argv: list[str]) -> int:
 # ---------------------------------------------------------------------------------------------- helpers
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from hpa_zoo.synthetic import write_synthetic_dataset
+    from hpa_zoo.data.synthetic import write_synthetic_dataset
 
     return write_synthetic_dataset(tmp_path_factory.mktemp("resume_data"), n_train=24, n_test=4, size=64,
                                    seed=5, workers=1)

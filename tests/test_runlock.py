@@ -45,9 +45,9 @@ def test_second_writer_is_refused_at_once_naming_the_holder(holder, tmp_path):
     cli = start(["-m", "hpa_zoo.cli", "train", "team1_densenet121_512", "--data", str(tmp_path / "nowhere"),
                  "--out", str(out)])
     # meanwhile, in this process: predict / predict_images / finetune on the same folder
-    from hpa_zoo.finetune import finetune
-    from hpa_zoo.predict import predict
-    from hpa_zoo.predict_images import predict_images
+    from hpa_zoo.train.finetune import finetune
+    from hpa_zoo.infer.predict import predict
+    from hpa_zoo.infer.predict_images import predict_images
 
     for call in (lambda: predict(tmp_path / "preset", tmp_path, out_dir=out, verbose=0),
                  lambda: predict_images(tmp_path / "preset", tmp_path, out_dir=out, verbose=0),
@@ -68,7 +68,7 @@ def test_lock_of_a_sigkilled_process_does_not_block(holder, tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=10)
     assert read_json(out / HOLDER_NAME)["pid"] == proc.pid  # its record is stale, the OS lock is gone
-    from hpa_zoo.training import train
+    from hpa_zoo.train.trainer import train
 
     with pytest.raises(HpaDataError, match="nowhere': no such folder"):  # got past the lock
         train("team1_densenet121_512", str(tmp_path / "nowhere"), out_dir=out, verbose=0)

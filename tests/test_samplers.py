@@ -13,8 +13,8 @@ import pytest
 pytest.importorskip("keras")
 
 from hpa_zoo.errors import ConfigError  # noqa: E402
-from zoo_models import team2_wair as t2  # noqa: E402
-from zoo_models import team4_wsg as t4  # noqa: E402
+from zoo_models.teams import team2_wair as t2  # noqa: E402
+from zoo_models.teams import team4_wsg as t4  # noqa: E402
 
 C = 28
 # teams.md §2.4, copied from the facts (not from the module): (class, copies), first matching rule wins.

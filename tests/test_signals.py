@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from pathlib import Path
 
 import pytest
 
@@ -58,8 +57,8 @@ def test_sigterm_during_synth_leaves_no_dataset(children, tmp_path, workers):
 
 def test_sigterm_during_prepare_leaves_no_prepared_dataset(children, tmp_path):
     from hpa_zoo.errors import HpaDataError
-    from hpa_zoo.pipeline import tfds_dataset
-    from hpa_zoo.synthetic import write_synthetic_dataset
+    from hpa_zoo.data.sources import tfds_dataset
+    from hpa_zoo.data.synthetic import write_synthetic_dataset
 
     manual = write_synthetic_dataset(tmp_path / "manual", n_train=400, n_test=4, size=32, workers=0, progress=False)
     data_dir = tmp_path / "tfds"

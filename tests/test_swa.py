@@ -1,4 +1,4 @@
-"""hpa_zoo.swa: Team 3's SWA (checkpoint averaging + BN recalibration), against NumPy references."""
+"""hpa_zoo.train.swa: Team 3's SWA (checkpoint averaging + BN recalibration), against NumPy references."""
 from __future__ import annotations
 
 import os
@@ -9,7 +9,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from hpa_zoo import swa  # noqa: E402
+from hpa_zoo.train import swa  # noqa: E402
 from hpa_zoo.errors import ConfigError, WeightsError  # noqa: E402
 
 

@@ -14,11 +14,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import cross_val_predict
 
-from hpa_zoo import synthetic
+from hpa_zoo.data import synthetic
 from hpa_zoo.cli import main
 from hpa_zoo.constants import CHANNELS, KAGGLE_TRAIN_COUNTS, NUM_CLASSES, is_kaggle_id
 from hpa_zoo.errors import ConfigError
-from hpa_zoo.labels import read_labels_csv
+from hpa_zoo.data.labels import read_labels_csv
 
 
 def _tree(root):

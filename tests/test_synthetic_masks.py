@@ -6,11 +6,11 @@ import cv2
 import numpy as np
 import pytest
 
-from hpa_zoo import synthetic
+from hpa_zoo.data import synthetic
 from hpa_zoo.cli import main
 from hpa_zoo.constants import CLASS_NAMES
 from hpa_zoo.errors import HpaDataError
-from hpa_zoo.labels import read_labels_csv
+from hpa_zoo.data.labels import read_labels_csv
 
 
 def _tree(root, skip="masks/"):

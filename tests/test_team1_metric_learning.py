@@ -1,4 +1,4 @@
-"""Team 1's metric-learning model (zoo_models.team1_metric_learning): ArcFace logits and loss against NumPy from
+"""Team 1's metric-learning model (zoo_models.teams.team1_metric_learning): ArcFace logits and loss against NumPy from
 the formulas, the per-set standardised cosine matching against sklearn + NumPy, the network's shapes, and the
 label-replacement exploit against a hand computation."""
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 from sklearn.preprocessing import scale
 
 import hpa_zoo
-from hpa_zoo.ensemble import metric_learning_replace
-from zoo_models import team1_metric_learning as ml
+from hpa_zoo.infer.ensemble import metric_learning_replace
+from zoo_models.teams import team1_metric_learning as ml
 
 
 def _numpy_arcface(cos, y, s=30.0, m=0.5):

@@ -16,7 +16,7 @@ keras = pytest.importorskip("keras")
 from hpa_zoo.constants import KAGGLE_TRAIN_COUNTS, KAGGLE_TRAIN_SIZE, PUBLIC_LB_RATIOS  # noqa: E402
 from hpa_zoo.errors import WeightsError  # noqa: E402
 from tests.torch_refs.bestfitting_densenet import build_torch_bestfitting_densenet, randomize_  # noqa: E402
-from zoo_models import team1_bestfitting as t1  # noqa: E402
+from zoo_models.teams import team1_bestfitting as t1  # noqa: E402
 
 RNG = np.random.default_rng(1)
 SIZES = {False: 64, True: 128}  # normal: 64 px -> 2x2 map (stride 32); large: 128 px -> 2x2 map (stride 64)

@@ -13,7 +13,7 @@ import hpa_zoo  # noqa: E402
 from hpa_zoo.constants import KAGGLE_TRAIN_COUNTS  # noqa: E402
 from hpa_zoo.errors import ConfigError  # noqa: E402
 from hpa_zoo.registry import get_spec  # noqa: E402
-from zoo_models import team2_wair as t2  # noqa: E402
+from zoo_models.teams import team2_wair as t2  # noqa: E402
 
 KAGGLE_A = "00000000-0000-4000-8000-000000000001"
 KAGGLE_B = "00000000-0000-4000-8000-000000000002"
@@ -119,4 +119,9 @@ def test_registry_rows_build_through_hpa_zoo_load():
     assert hpa_zoo.feature_extractor(model).output_shape == (None, 1024)
     rng = np.random.default_rng(1)
     members = [rng.random((4, 28)) for _ in range(3)]
-    np.testing.assert_allclose(t2.team2_ensemble(members), np.mean(members, axis=0), atol=1e-6)
+    blend = t2.make_recipe().blend  # teams.md §2.6: the recipe declares the unweighted mean; infer carries it out
+    assert blend.rule == "mean"
+    from hpa_zoo.infer import ensemble
+
+    got = ensemble.blend(blend, {f"m{i}": m for i, m in enumerate(members)})
+    np.testing.assert_allclose(got, np.mean(members, axis=0), atol=1e-6)

@@ -11,7 +11,7 @@ import pytest  # noqa: E402
 
 from hpa_zoo.errors import ConfigError, WeightsError  # noqa: E402
 from hpa_zoo.registry import get_spec, list_models  # noqa: E402
-from zoo_models import team3_pudae as T  # noqa: E402
+from zoo_models.teams import team3_pudae as T  # noqa: E402
 from zoo_models.attention import AdaptiveAveragePooling2D, attention_head  # noqa: E402
 
 torch = pytest.importorskip("torch")
@@ -138,7 +138,7 @@ def test_registry_rows_state_team3_sources_and_builders():
     assert set(list_models(team="team3")) == {"team3_attention_inceptionv3_1024",
                                               "team3_attention_se_resnext50_1024", "team3_resnet34_512"}
     inc = get_spec("team3_attention_inceptionv3_1024")
-    assert inc.input_size == 1024 and inc.channels == "RGBY" and inc.recipe == "zoo_models.team3_recipe"
+    assert inc.input_size == 1024 and inc.channels == "RGBY" and inc.recipe == "zoo_models.teams.team3_pudae:make_recipe"
     assert {(s.metric, s.value) for s in inc.reported} == {("private LB macro F1", 0.549),
                                                            ("public LB macro F1", 0.583)}
     assert all("77320" in s.source for s in inc.reported) and inc.weights == ()

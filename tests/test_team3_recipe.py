@@ -1,4 +1,4 @@
-"""zoo_models.team3_recipe: Team 3's recipe facts, loss weighting, data maps, policy loading, blend, and a few real
+"""zoo_models.teams.team3_pudae: Team 3's recipe facts, loss weighting, data maps, policy loading, blend, and a few real
 training steps of each of the three real networks with the recipe's loss and optimiser (the loss falls).
 
 Training Team 3 through the generic trainer (loss falls, 0.4 x aux, SWA preset, predict) is in
@@ -6,6 +6,7 @@ tests/test_train_team3.py; the SWA arithmetic against NumPy is in tests/test_swa
 """
 from __future__ import annotations
 
+import functools
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -15,9 +16,11 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from hpa_zoo import augment, pipeline  # noqa: E402
+from hpa_zoo.augment import autoaugment
+from hpa_zoo.data import image_ops
 from hpa_zoo.errors import ConfigError  # noqa: E402
-from zoo_models import team3_recipe as t3  # noqa: E402
+from hpa_zoo.infer import ensemble  # noqa: E402
+from zoo_models.teams import team3_pudae as t3  # noqa: E402
 
 INCEPTION, SERESNEXT, RESNET34 = ("team3_attention_inceptionv3_1024", "team3_attention_se_resnext50_1024",
                                   "team3_resnet34_512")
@@ -81,9 +84,9 @@ def test_inception_recipe_loss_is_main_plus_point_four_aux():
 
 def test_train_map_is_a_dihedral_transform_then_resize_and_eval_map_resizes():
     image = tf.constant(np.random.default_rng(0).integers(0, 256, (16, 16, 4)), tf.uint8)
-    off = augment.PolicyOp("InvertImg", 0.0, {})
-    recipe = t3.make_recipe(SERESNEXT, policy=[augment.SubPolicy(off, off)], image_size=16, input_size=24)
-    resized = pipeline.resize(image, 24).numpy().astype(np.float32)
+    off = autoaugment.PolicyOp("InvertImg", 0.0, {})
+    recipe = t3.make_recipe(SERESNEXT, policy=[autoaugment.SubPolicy(off, off)], image_size=16, input_size=24)
+    resized = image_ops.resize(image, 24).numpy().astype(np.float32)
     d4 = [np.rot90(resized, k) for k in range(4)] + [np.rot90(resized.transpose(1, 0, 2), k) for k in range(4)]
     def same(a, b):  # uint8 rounding of bilinear ties may differ by 1 between a flipped and an unflipped resize
         return np.abs(a - b).max() <= 1 and np.mean(a != b) < 0.1
@@ -101,10 +104,10 @@ def test_train_map_is_a_dihedral_transform_then_resize_and_eval_map_resizes():
 
 
 def test_make_recipe_reads_a_policy_file(tmp_path):
-    policy = augment.sample_policy(3, n_subpolicies=2)
-    path = augment.save_policy(policy, tmp_path / "p.json")
+    policy = autoaugment.sample_policy(3, n_subpolicies=2)
+    path = autoaugment.save_policy(policy, tmp_path / "p.json")
     recipe = t3.make_recipe(RESNET34, policy=path)
-    assert recipe.train_map.keywords["policy"] == augment.load_policy(path)
+    assert recipe.train_map.keywords["policy"] == autoaugment.load_policy(path)
     assert len(t3.make_recipe(RESNET34).train_map.keywords["policy"]) == 25  # teams.md §3.5: pudae's final policy
 
 
@@ -114,26 +117,28 @@ def test_blend_team3_is_the_weighted_mean():
     probs[INCEPTION] = rng.random((5, 28))
     probs[SERESNEXT] = rng.random((5, 28))
     want = (sum(probs[f"team3_resnet34_512_fold{i}"] for i in range(5)) / 5 + probs[INCEPTION] + probs[SERESNEXT]) / 3
-    got = t3.blend_team3(probs)
+    blend_team3 = functools.partial(ensemble.blend, t3.make_recipe(RESNET34).blend)  # the recipe declares it
+    got = blend_team3(probs)
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, want, rtol=1e-6)
-    np.testing.assert_allclose(t3.blend_team3({INCEPTION: probs[INCEPTION], SERESNEXT: probs[SERESNEXT]}),
+    np.testing.assert_allclose(blend_team3({INCEPTION: probs[INCEPTION], SERESNEXT: probs[SERESNEXT]}),
                                (probs[INCEPTION] + probs[SERESNEXT]) / 2, rtol=1e-6)
-    with pytest.raises(ConfigError, match="not a Team 3 model"):
-        t3.blend_team3({"team1_densenet121_512": probs[INCEPTION]})
+    with pytest.raises(ConfigError, match="not a model of this blend"):
+        blend_team3({"team1_densenet121_512": probs[INCEPTION]})
     with pytest.raises(ConfigError, match="same N and C"):
-        t3.blend_team3({INCEPTION: probs[INCEPTION], SERESNEXT: probs[SERESNEXT][:3]})
+        blend_team3({INCEPTION: probs[INCEPTION], SERESNEXT: probs[SERESNEXT][:3]})
 
 
-def test_swa_helpers_point_at_the_run_folder_the_trainer_uses(tmp_path):
-    from hpa_zoo import swa
+def test_the_declared_swa_window_is_what_the_trainer_carries_out(tmp_path):
+    from hpa_zoo.train import swa
 
-    (callback,) = t3.make_callbacks(tmp_path, t3.make_recipe(RESNET34))
+    recipe = t3.make_recipe(RESNET34)
+    (callback,) = swa.epoch_callbacks(tmp_path, recipe.swa_last_n)
     assert isinstance(callback, swa.EpochCheckpoints) and callback.keep_last == 10  # teams.md §3.3
     assert callback.directory == tmp_path / "checkpoints" / "epochs" == tmp_path / swa.EPOCH_CHECKPOINT_DIR
-    assert t3.make_callbacks(tmp_path, t3.make_recipe(RESNET34, swa_last_n=0)) == []
+    assert swa.epoch_callbacks(tmp_path, t3.make_recipe(RESNET34, swa_last_n=0).swa_last_n) == []
     with pytest.raises(ConfigError, match="no epoch_NNN"):
-        t3.apply_swa(tmp_path / "empty", _two_output_model(8), [], verbose=0)
+        swa.apply_swa(tmp_path / "empty", _two_output_model(8), [], last_n=recipe.swa_last_n, verbose=0)
 
 
 def _recipe_loss_np(outputs, y, loss_weights):
@@ -157,7 +162,8 @@ def test_each_real_team3_model_trains_and_its_recipe_loss_falls(name, size, upda
     loss of the untrained outputs, and after `updates` steps the loss is below 0.6 x its initial value, with
     every weight and output finite. grad_accum_steps=1: on one fixed batch k accumulated gradients are the same
     gradient, so accumulation would only make each update k times slower."""
-    from hpa_zoo import models_api, synthetic
+    from hpa_zoo.zoo import models_api
+    from hpa_zoo.data import synthetic
     from hpa_zoo.registry import get_spec
 
     rng = np.random.default_rng(0)
@@ -168,7 +174,7 @@ def test_each_real_team3_model_trains_and_its_recipe_loss_falls(name, size, upda
         y[i, list(lab)] = 1.0
     recipe = t3.make_recipe(name, image_size=size, input_size=size, grad_accum_steps=1)
     keras.utils.set_random_seed(0)
-    if recipe.loss_weights:  # the training graph, as hpa_zoo.training builds it
+    if recipe.loss_weights:  # the training graph, as hpa_zoo.train.trainer builds it
         spec = get_spec(name)
         model = spec.build_fn()(num_classes=28, input_shape=(size, size, 4), weights=None, with_aux=True,
                                 **spec.builder_kwargs)

@@ -3,6 +3,8 @@ parameter counts, the 5-crop stacker (shapes, learns a constructed problem), los
 known table, Kaggle/external alternation, 5-crop prediction order, the multi-scale ensemble, recipes and rows."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -11,9 +13,10 @@ tf = pytest.importorskip("tensorflow")
 
 import hpa_zoo  # noqa: E402
 from hpa_zoo.errors import ConfigError  # noqa: E402
-from hpa_zoo.metrics import macro_f1  # noqa: E402
+from hpa_zoo.infer import ensemble  # noqa: E402
+from hpa_zoo.nn.metrics import macro_f1  # noqa: E402
 from hpa_zoo.registry import get_spec  # noqa: E402
-from zoo_models import team4_wsg as t4  # noqa: E402
+from zoo_models.teams import team4_wsg as t4  # noqa: E402
 from zoo_models.backbones.resnet import resnet18  # noqa: E402
 from zoo_models.pooling import GlobalWeightedAveragePooling2D  # noqa: E402
 
@@ -159,12 +162,14 @@ def test_multiscale_ensemble_hill_climbs_each_member_then_votes():
     good_test = np.clip(0.6 * test_y + rng.uniform(0, 0.3, test_y.shape), 0, 1)
     member = {"gapnet_512": (good_oof, good_test), "noise": (noise_oof, rng.random(test_y.shape))}
     ratios = test_y.mean(0)
-    result = t4.team4_multiscale_ensemble({"christof": member}, y, ratios=ratios)
+    recipe = t4.make_recipe("team4_gapnet_resnet18_512")
+    assert recipe.blend.rule == "hill_climb_vote"  # declared by the recipe, carried out by hpa_zoo.infer.ensemble
+    vote = functools.partial(ensemble.multiscale_vote, thresholds=recipe.thresholds, **recipe.blend.kwargs)
+    result = vote({"christof": member}, y, ratios=ratios)
     assert result.climbs["christof"].weights_by_name() == {"gapnet_512": 1}
     np.testing.assert_array_equal(result.labels, result.member_labels["christof"])  # one member: its labels
     assert macro_f1(test_y, result.labels) > 0.9
-    three = t4.team4_multiscale_ensemble({"a": member, "b": member, "c": {"noise": member["noise"]}}, y,
-                                         ratios=ratios)
+    three = vote({"a": member, "b": member, "c": {"noise": member["noise"]}}, y, ratios=ratios)
     np.testing.assert_array_equal(three.labels, result.labels)  # a and b (2 of 3 votes) outvote c
 
 
@@ -183,7 +188,7 @@ def test_recipes_and_registry_rows():
     assert isinstance(gwap.make_optimizer(10, 2), keras.optimizers.SGD)
     for name in ("team4_gapnet_resnet18_512", "team4_gapnet_resnet18_1024crop512", "team4_gwap_resnet34_512"):
         spec = get_spec(name)
-        assert spec.team == "team4" and spec.recipe == "zoo_models.team4_wsg" and not spec.reported  # §4: no score
+        assert spec.team == "team4" and spec.recipe == "zoo_models.teams.team4_wsg:make_recipe" and not spec.reported  # §4: no score
         model = hpa_zoo.load(name, input_shape=(64, 64, 4), num_classes=4)
         assert model.name == name and model.output_shape == (None, 4)
         assert isinstance(model.get_layer(spec.first_conv), keras.layers.Conv2D)

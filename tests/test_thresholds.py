@@ -1,4 +1,4 @@
-"""hpa_zoo.thresholds on constructed data with known answers, and against brute-force scans written from the
+"""hpa_zoo.infer.thresholds on constructed data with known answers, and against brute-force scans written from the
 rules in teams.md §1.6, §2.6, §3.6, §4.1 (sklearn's f1_score for the F1 rule)."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from hpa_zoo import thresholds as th
+from hpa_zoo.infer import thresholds as th
 from hpa_zoo.constants import KAGGLE_TRAIN_COUNTS, KAGGLE_TRAIN_SIZE, LB_RATIO_PLACEHOLDERS, PUBLIC_LB_RATIOS
 from hpa_zoo.errors import ConfigError, HpaDataError
 from hpa_zoo.recipe import ThresholdConfig
@@ -265,7 +265,7 @@ def test_tie_fallback_switches_the_fit_to_the_rank_variant():
 
 
 def test_check_evidence_replaces_unsupported_and_extreme_thresholds_and_says_why():
-    from hpa_zoo.thresholds import check_evidence
+    from hpa_zoo.infer.thresholds import check_evidence
 
     y = np.zeros((40, 4), int)
     y[:10, 0] = 1   # 10 positives: kept

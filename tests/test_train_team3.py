@@ -1,7 +1,7 @@
-"""Team 3 through the generic trainer and predictor (`hpa_zoo.training.train`, `hpa_zoo.predict.predict`), and the
+"""Team 3 through the generic trainer and predictor (`hpa_zoo.train.trainer.train`, `hpa_zoo.infer.predict.predict`), and the
 per-epoch `Recipe.train_sampler` hook.
 
-Team 3's real recipe (`zoo_models.team3_recipe.make_recipe`: focal mean, Adam 5e-4 constant, loss weights
+Team 3's real recipe (`zoo_models.teams.team3_pudae.make_recipe`: focal mean, Adam 5e-4 constant, loss weights
 {logits: 1, aux_logits: 0.4}, D4 + policy augmentation, 512 -> 1024 upsampling, SWA of the last N epochs, D4 mean
 TTA, proportion-matched thresholds) drives a small stand-in with the *same interface* as Team 3's Inception-v3:
 Team 3's normalisation layer, a conv + BatchNorm trunk and the real class-wise attention heads
@@ -26,19 +26,19 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 
-from hpa_zoo import augment  # noqa: E402
-from zoo_models import team3_recipe as t3  # noqa: E402
+from hpa_zoo.augment import autoaugment
+from zoo_models.teams import team3_pudae as t3  # noqa: E402
 
 STANDIN, SAMPLED = "team3_test_attention_standin", "team3_test_sampled_standin"
 IMAGE, INPUT = 32, 48  # images loaded at 32 px and upsampled to 48 px, as Team 3's 512 -> 1024
 EPOCHS, STEPS, BATCH, SWA_N = 4, 3, 4, 3
 #: load_recipe reads this from the recipe module: the maps resize the whole image (teams.md §3.4).
-INPUT_IS_RESIZED_IMAGE = t3.INPUT_IS_RESIZED_IMAGE
+INPUT_IS_RESIZED_IMAGE = t3.make_recipe("team3_resnet34_512").input_is_resized_image
 # Two cheap sub-policies: tracing pudae's 25-branch policy graph takes ~45 s on 2 CPUs.
-CHEAP_POLICY = [augment.SubPolicy(augment.PolicyOp("RandomBrightness", 0.5, {"limit": 0.2}),
-                                  augment.PolicyOp("RandomContrast", 0.5, {"limit": 0.2})),
-                augment.SubPolicy(augment.PolicyOp("InvertImg", 0.25, {}),
-                                  augment.PolicyOp("RandomGamma", 0.5, {"gamma_limit": (80, 120)}))]
+CHEAP_POLICY = [autoaugment.SubPolicy(autoaugment.PolicyOp("RandomBrightness", 0.5, {"limit": 0.2}),
+                                  autoaugment.PolicyOp("RandomContrast", 0.5, {"limit": 0.2})),
+                autoaugment.SubPolicy(autoaugment.PolicyOp("InvertImg", 0.25, {}),
+                                  autoaugment.PolicyOp("RandomGamma", 0.5, {"gamma_limit": (80, 120)}))]
 SAMPLER_CALLS: list = []
 
 
@@ -47,7 +47,7 @@ def build_standin(num_classes=28, input_shape=None, weights=None, with_aux=False
     """Team 3's Inception-v3 interface in miniature: (B, S, S, 4) [0, 255] -> logits (B, K) float32, or
     ``{"logits", "aux_logits"}`` with ``with_aux`` (aux head on the earlier feature map)."""
     from zoo_models.attention import attention_head
-    from zoo_models.team3_pudae import PerImageStandardization
+    from zoo_models.teams.team3_pudae import PerImageStandardization
 
     inputs = keras.Input(shape=input_shape or (INPUT, INPUT, 4), name="image")
     x = PerImageStandardization(name="input_norm")(inputs)
@@ -114,7 +114,7 @@ def rows():
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from hpa_zoo.synthetic import write_synthetic_dataset
+    from hpa_zoo.data.synthetic import write_synthetic_dataset
 
     return write_synthetic_dataset(tmp_path_factory.mktemp("t3train") / "data", n_train=24, n_test=4, size=IMAGE,
                                    seed=11, workers=0, progress=False)
@@ -123,7 +123,7 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def run(rows, data, tmp_path_factory):
     """One generic-trainer run of the Team 3 recipe on the stand-in: (out_dir, preset)."""
-    from hpa_zoo.training import train
+    from hpa_zoo.train.trainer import train
 
     out = tmp_path_factory.mktemp("t3run") / "run"
     preset = train(STANDIN, data, out_dir=out, epochs=EPOCHS, steps_per_epoch=STEPS, seed=0, verbose=0)
@@ -132,11 +132,11 @@ def run(rows, data, tmp_path_factory):
 
 def _train_images(out, data):
     """The fold-0 training images with the validation transform: float32 (N, INPUT, INPUT, 4)."""
-    from hpa_zoo import pipeline
+    from hpa_zoo.data import sources
 
     folds = pd.read_csv(out / "folds.csv", dtype={"Id": str})
     ids = list(folds.loc[folds["fold"] != 0, "Id"])
-    src = pipeline.folder_dataset(data / "train", data / "train.csv", ids=ids, image_size=IMAGE)
+    src = sources.folder_dataset(data / "train", data / "train.csv", ids=ids, image_size=IMAGE)
     recipe = make_recipe()
     return ids, np.stack([recipe.eval_map(e)[0].numpy() for e in src])
 
@@ -144,7 +144,7 @@ def _train_images(out, data):
 # ---------------------------------------------------------------------------------------------- recipe loading
 def test_team3_recipes_may_upsample_and_team1_may_not(rows):
     from hpa_zoo.errors import ConfigError
-    from hpa_zoo.training import load_recipe
+    from hpa_zoo.recipe import load_recipe
 
     recipe = load_recipe("team3_attention_inceptionv3_1024", image_size=32, input_size=96)
     assert (recipe.image_size, recipe.input_size) == (32, 96)
@@ -214,8 +214,8 @@ def test_preset_is_the_swa_mean_of_the_last_epochs_with_bn_recalibrated(run, dat
 def test_predict_uses_logits_with_d4_mean_tta_and_a_training_model_gives_the_same(run, data, tmp_path):
     from hpa_zoo import load
     from hpa_zoo.constants import CLASS_NAMES
-    from hpa_zoo.images import load_rgby
-    from hpa_zoo.predict import predict
+    from hpa_zoo.data.images import load_rgby
+    from hpa_zoo.infer.predict import predict
     from zoo_models.surgery import transplant_weights
 
     _, preset = run
@@ -246,23 +246,23 @@ def test_sampler_sets_each_epochs_ids_order_and_steps(rows, data, tmp_path, monk
     a function of (run seed, epoch); steps default to len(ids) // batch; a re-run resumes on the next epoch's
     batches. The recorded streams are what ``model.fit`` consumed (deterministic, so iterating them again
     replays the same batches)."""
-    from hpa_zoo import training
-    from hpa_zoo.labels import multi_hot_matrix, read_labels_csv
+    from hpa_zoo.train import trainer
+    from hpa_zoo.data.labels import multi_hot_matrix, read_labels_csv
 
     streams = []
-    original = training._epoch_stream
-    monkeypatch.setattr(training, "_epoch_stream", lambda *a, **k: streams.append(original(*a, **k)) or streams[-1])
+    original = trainer._epoch_stream
+    monkeypatch.setattr(trainer, "_epoch_stream", lambda *a, **k: streams.append(original(*a, **k)) or streams[-1])
     SAMPLER_CALLS.clear()
     out = tmp_path / "run"
-    training.train(SAMPLED, data, out_dir=out, epochs=1, seed=3, verbose=0)
-    training.train(SAMPLED, data, out_dir=out, epochs=2, seed=3, verbose=0)  # resumes at epoch 2
+    trainer.train(SAMPLED, data, out_dir=out, epochs=1, seed=3, verbose=0)
+    trainer.train(SAMPLED, data, out_dir=out, epochs=2, seed=3, verbose=0)  # resumes at epoch 2
 
     folds = pd.read_csv(out / "folds.csv", dtype={"Id": str})
     train_ids = list(folds.loc[folds["fold"] != 0, "Id"])
     table = read_labels_csv(data / "train.csv").set_index("Id")
     labels = multi_hot_matrix([table.loc[i, "labels"] for i in train_ids]).astype(np.float32)
     SAMPLER_CALLS.clear()
-    expected = [one_class_sampler(train_ids, labels, seed=training._epoch_seed(3, e), batch_size=BATCH)
+    expected = [one_class_sampler(train_ids, labels, seed=trainer.epoch_seed(3, e), batch_size=BATCH)
                 for e in range(2)]
     assert len(set(SAMPLER_CALLS)) == 2  # a different seed per epoch
     steps = len(expected[0]) // BATCH
@@ -279,14 +279,14 @@ def test_sampler_sets_each_epochs_ids_order_and_steps(rows, data, tmp_path, monk
 
 
 def _examples(data, ids):
-    from hpa_zoo import pipeline
+    from hpa_zoo.data import sources
 
-    return list(pipeline.folder_dataset(data / "train", data / "train.csv", ids=ids, image_size=IMAGE))
+    return list(sources.folder_dataset(data / "train", data / "train.csv", ids=ids, image_size=IMAGE))
 
 
 def test_sampler_may_not_return_validation_or_unknown_ids(rows, data, tmp_path):
     from hpa_zoo.errors import ConfigError
-    from hpa_zoo.training import train
+    from hpa_zoo.train.trainer import train
 
     RECIPE_PATCH.update(train_sampler=leaking_sampler)
     try:
@@ -297,12 +297,12 @@ def test_sampler_may_not_return_validation_or_unknown_ids(rows, data, tmp_path):
 
 
 def test_tfds_sampled_epoch_keeps_the_multiplicities():
-    from hpa_zoo.training import _sampled_source
+    from hpa_zoo.train.sampling import sampled_source
 
     ids = [f"id{i}" for i in range(6)]
     src = tf.data.Dataset.from_tensor_slices({"id": tf.constant(ids), "image": tf.zeros((6, 2, 2, 4), tf.uint8),
                                               "multi_hot": tf.zeros((6, 28), tf.uint8)})
     epoch = ["id1", "id1", "id1", "id4", "id5", "id4"]  # id0, id2, id3 left out
-    ds = _sampled_source("hpa_kaggle/32", src, epoch, image_size=2, seed=5)
+    ds = sampled_source("hpa_kaggle/32", src, epoch, image_size=2, seed=5)
     got = [e["id"].decode() for e in ds.as_numpy_iterator()]
     assert sorted(got) == sorted(epoch) and int(ds.cardinality()) == len(epoch)

@@ -1,4 +1,4 @@
-"""hpa_zoo.training: a real Team 1 recipe (loss, crop + D4 maps, Adam schedule, thresholds) on a tiny CNN.
+"""hpa_zoo.train.trainer: a real Team 1 recipe (loss, crop + D4 maps, Adam schedule, thresholds) on a tiny CNN.
 
 The tiny CNN stands in for DenseNet121 only to keep CPU time low (the DenseNet path runs in tests/test_demo.py).
 It is registered as a registry row for the test's duration, with this module as its recipe module.
@@ -41,7 +41,7 @@ RECIPE_PATCH: dict = {}
 
 def make_recipe(model_name=None, **overrides):
     """Team 1's real 512 recipe at test sizes, plus `RECIPE_PATCH`."""
-    from zoo_models.team1_bestfitting import make_recipe as team1
+    from zoo_models.teams.team1_bestfitting import make_recipe as team1
 
     overrides = {"image_size": SIZE, "input_size": 48, "batch_size": 8, **overrides}
     return team1("team1_densenet121_512", **overrides, **RECIPE_PATCH)
@@ -64,7 +64,7 @@ def tiny_model():
 @pytest.fixture(scope="session")
 def synthetic_data(tmp_path_factory):
     """40 train + 12 test synthetic images (64 px) in the Kaggle layout."""
-    from hpa_zoo.synthetic import write_synthetic_dataset
+    from hpa_zoo.data.synthetic import write_synthetic_dataset
 
     return write_synthetic_dataset(tmp_path_factory.mktemp("synthetic"), n_train=40, n_test=12, size=SIZE, seed=3,
                                    workers=1)
@@ -86,8 +86,8 @@ def _optimizer_iterations(weights_file) -> int:
 def test_training_loss_falls_and_outputs_are_consistent(tiny_model, synthetic_data, tmp_path):
     from sklearn.metrics import f1_score
 
-    from hpa_zoo.labels import multi_hot_matrix, parse_target
-    from hpa_zoo.training import train
+    from hpa_zoo.data.labels import multi_hot_matrix, parse_target
+    from hpa_zoo.train.trainer import train
 
     out = tmp_path / "run"
     preset = train(tiny_model, synthetic_data, out_dir=out, epochs=4, steps_per_epoch=4, verbose=0)
@@ -130,7 +130,7 @@ def test_training_loss_falls_and_outputs_are_consistent(tiny_model, synthetic_da
 
 def test_rerun_with_more_epochs_resumes_model_optimizer_and_epoch(tiny_model, synthetic_data, tmp_path):
     from hpa_zoo.errors import ConfigError
-    from hpa_zoo.training import train
+    from hpa_zoo.train.trainer import train
 
     out, steps = tmp_path / "run", 3
     train(tiny_model, synthetic_data, out_dir=out, epochs=1, steps_per_epoch=steps, verbose=0)
@@ -149,9 +149,9 @@ def test_rerun_with_more_epochs_resumes_model_optimizer_and_epoch(tiny_model, sy
 
 
 def test_nan_loss_stops_naming_the_step_and_the_last_good_checkpoint(tiny_model, synthetic_data, tmp_path):
-    from hpa_zoo.losses import BestfittingLoss
-    from hpa_zoo.training import TrainingDivergedError, train
-    from zoo_models.team1_bestfitting import make_optimizer
+    from hpa_zoo.nn.losses import BestfittingLoss
+    from hpa_zoo.train.trainer import TrainingDivergedError, train
+    from zoo_models.teams.team1_bestfitting import make_optimizer
 
     steps, holder = 3, {}
 
@@ -178,7 +178,8 @@ def test_nan_loss_stops_naming_the_step_and_the_last_good_checkpoint(tiny_model,
 
 def test_unknown_precision_and_oversized_input_are_config_errors(tiny_model, synthetic_data, tmp_path):
     from hpa_zoo.errors import ConfigError
-    from hpa_zoo.training import load_recipe, train
+    from hpa_zoo.recipe import load_recipe
+    from hpa_zoo.train.trainer import train
 
     with pytest.raises(ConfigError, match="precision"):
         train(tiny_model, synthetic_data, out_dir=tmp_path / "a", precision="fp8", verbose=0)

@@ -1,5 +1,5 @@
-"""hpa_zoo.training: one trace of the train and validation steps per run, and out-of-fold predictions that load
-through hpa_zoo.ensemble with their provenance.
+"""hpa_zoo.train.trainer: one trace of the train and validation steps per run, and out-of-fold predictions that load
+through hpa_zoo.infer.ensemble with their provenance.
 
 Without a tf.distribute strategy Keras 3 builds the optimizer inside the first traced train step, and a
 tf.function that creates variables on its first trace is traced again: every run traced its train step (model
@@ -27,14 +27,15 @@ EPOCHS = 2
 @pytest.fixture(scope="module")
 def traced_run(synthetic_data, tmp_path_factory):  # noqa: F811
     """A 2-epoch run of the tiny registry row (Team 1's recipe, 1 step per epoch) with trace counters."""
-    from hpa_zoo import registry, training
+    from hpa_zoo.train import trainer
+    from hpa_zoo import registry
 
     registry.get_spec("team1_densenet121_512")  # fill the table first
     registry.register(registry.ModelSpec(name=TINY, team="test", builder="tests.test_training:build_tiny",
                                          input_size=SIZE, recipe="tests.test_training", classifier="logits"))
     traces = {"train": [], "test": [], "train_map": 0, "eval_map": 0}
     mp = pytest.MonkeyPatch()
-    with_targets = training._with_output_targets
+    with_targets = trainer._with_output_targets
 
     def counted_maps(map_fn, keys):  # the train/eval maps handed to tf.data; a Python call = one trace
         inner = with_targets(map_fn, keys)
@@ -45,7 +46,7 @@ def traced_run(synthetic_data, tmp_path_factory):  # noqa: F811
 
         return mapped
 
-    mp.setattr(training, "_with_output_targets", counted_maps)
+    mp.setattr(trainer, "_with_output_targets", counted_maps)
     for kind, attr in (("train", "train_step"), ("test", "test_step")):
         original = getattr(keras.Model, attr)
 
@@ -56,7 +57,7 @@ def traced_run(synthetic_data, tmp_path_factory):  # noqa: F811
         mp.setattr(keras.Model, attr, counted)
     out = tmp_path_factory.mktemp("traced_run")
     try:
-        training.train(TINY, synthetic_data, out_dir=out, epochs=EPOCHS, steps_per_epoch=1, verbose=0)
+        trainer.train(TINY, synthetic_data, out_dir=out, epochs=EPOCHS, steps_per_epoch=1, verbose=0)
     finally:
         mp.undo()
         registry.unregister(TINY)
@@ -77,9 +78,9 @@ def test_train_and_validation_steps_are_traced_once_over_epochs(traced_run):
 
 
 def test_val_predictions_load_through_ensemble_with_model_fold_and_tta(traced_run, synthetic_data):  # noqa: F811
-    from hpa_zoo import ensemble
+    from hpa_zoo.infer import ensemble
     from hpa_zoo.constants import CLASS_NAMES
-    from hpa_zoo.labels import multi_hot_matrix, read_labels_csv
+    from hpa_zoo.data.labels import multi_hot_matrix, read_labels_csv
 
     out, _ = traced_run
     loaded = ensemble.load_predictions(out / "val_predictions.csv")
@@ -93,7 +94,7 @@ def test_val_predictions_load_through_ensemble_with_model_fold_and_tta(traced_ru
     # the probabilities are the CSV's columns, and the preset's metadata names the same model and fold
     raw = pd.read_csv(out / "val_predictions.csv", dtype={"Id": str})
     np.testing.assert_allclose(loaded.probs, raw[list(CLASS_NAMES)].to_numpy(), atol=1e-6)
-    from hpa_zoo.predict import read_preset_metadata
+    from hpa_zoo.infer.predict import read_preset_metadata
 
     meta = read_preset_metadata(out / "preset")
     assert (meta["model_name"], meta["fold"]) == (loaded.model_name, loaded.fold)

@@ -1,4 +1,4 @@
-"""hpa_zoo.weights: verified downloads into the cache, without internet (file:// URLs and a loopback HTTP server)."""
+"""hpa_zoo.zoo.weights: verified downloads into the cache, without internet (file:// URLs and a loopback HTTP server)."""
 from __future__ import annotations
 
 import hashlib
@@ -6,7 +6,7 @@ import urllib.request
 
 import pytest
 
-from hpa_zoo import weights
+from hpa_zoo.zoo import weights
 from hpa_zoo.errors import WeightsError
 from hpa_zoo.registry import WeightsSpec
 

@@ -1,4 +1,4 @@
-"""`hpa_zoo.weights.verify` / `hpa-zoo weights verify`: the one-command proof of Team 1's published conversion.
+"""`hpa_zoo.zoo.verify_weights.verify` / `hpa-zoo weights verify`: the one-command proof of Team 1's published conversion.
 
 The package's real files cannot be downloaded here, so the test builds their stand-ins the way the package was
 made: the published-form PyTorch reference (`tests/torch_refs/bestfitting_densenet.py`: in-place normalisation
@@ -15,10 +15,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from hpa_zoo import cli, weights
+from hpa_zoo import cli
+from hpa_zoo.zoo import verify_weights, weights
 from hpa_zoo.errors import WeightsError
-from hpa_zoo.images import load_rgby
-from hpa_zoo.labels import read_labels_csv
+from hpa_zoo.data.images import load_rgby
+from hpa_zoo.data.labels import read_labels_csv
 from hpa_zoo.registry import WeightsSpec
 from tests.torch_refs.bestfitting_densenet import PublishedOutputs, build_published_densenet, randomize_
 
@@ -57,7 +58,7 @@ def _spec(server, folder, onnx_name="densenet_model.onnx") -> WeightsSpec:
     body = (folder / onnx_name).read_bytes()
     server.routes["/densenet_model.onnx"] = ("ok", body)
     tensors = tuple(WeightsSpec(name=role, urls=(server.url(f"/{file}"),), sha256="", format="npy",
-                                filename=f"pkg.{file}") for role, file in weights.TEST_TENSOR_FILES.items())
+                                filename=f"pkg.{file}") for role, file in verify_weights.TEST_TENSOR_FILES.items())
     return WeightsSpec(name="hpa", urls=(server.url("/densenet_model.onnx"),),
                        sha256=hashlib.sha256(body).hexdigest(), format="onnx", filename="pkg_densenet_model.onnx",
                        test_tensors=tensors)
@@ -71,7 +72,7 @@ def cache(tmp_path, monkeypatch):
 
 
 def test_verify_downloads_converts_and_reproduces_the_test_tensors(package, server, cache, monkeypatch):
-    report = weights.verify(MODEL, spec=_spec(server, package), progress=False)
+    report = verify_weights.verify(MODEL, spec=_spec(server, package), progress=False)
     assert report.passed
     assert report.input_shape == (1, 4, SIZE, SIZE)
     assert report.onnx_vs_tensors["classes"] <= 1e-6  # the ONNX file reproduces its own tensors
@@ -83,7 +84,7 @@ def test_verify_downloads_converts_and_reproduces_the_test_tensors(package, serv
 
     server.close()  # offline from now on: everything comes from the cache, the conversion included
     monkeypatch.setenv("HPA_ZOO_OFFLINE", "1")
-    again = weights.verify(MODEL, spec=_offline_spec(report), progress=False)
+    again = verify_weights.verify(MODEL, spec=_offline_spec(report), progress=False)
     assert again.passed and again.conversion == {}  # read from the cache: no second conversion
     assert again.classes_max_abs == pytest.approx(report.classes_max_abs, abs=1e-7)
 
@@ -91,7 +92,7 @@ def test_verify_downloads_converts_and_reproduces_the_test_tensors(package, serv
 def _offline_spec(report) -> WeightsSpec:
     """The same spec as the online run (names and hashes matter offline, URLs do not)."""
     tensors = tuple(WeightsSpec(name=role, urls=(), sha256="", format="npy", filename=f"pkg.{file}")
-                    for role, file in weights.TEST_TENSOR_FILES.items())
+                    for role, file in verify_weights.TEST_TENSOR_FILES.items())
     return WeightsSpec(name="hpa", urls=(), sha256=weights.sha256_file(report.onnx_path), format="onnx",
                        filename="pkg_densenet_model.onnx", test_tensors=tensors)
 
@@ -104,7 +105,7 @@ def test_test_tensors_the_onnx_file_does_not_reproduce_are_refused_and_removed(p
     np.save(path, wrong)
     server.routes["/test_output_classes.npy"] = ("ok", path.read_bytes())
     with pytest.raises(WeightsError, match=r"do not match the ONNX file's own outputs.*'classes': 0\.2"):
-        weights.verify(MODEL, spec=spec, progress=False)
+        verify_weights.verify(MODEL, spec=spec, progress=False)
     assert not (cache / "pkg.test_output_classes.npy").exists()  # nothing unauthenticated stays in the cache
 
 
@@ -117,7 +118,7 @@ def test_a_file_the_numeric_check_refuses_is_never_cached(server, cache, tmp_pat
                         ("test_output_features.npy", features)):
         np.save(folder / name, array)
     with pytest.raises(WeightsError, match="missing sigmoid"):
-        weights.verify(MODEL, spec=_spec(server, folder), progress=False)
+        verify_weights.verify(MODEL, spec=_spec(server, folder), progress=False)
     assert not list(cache.glob("*.weights.h5")) and not list(cache.glob("*.check.json"))
 
 

@@ -34,8 +34,8 @@ import tensorflow_datasets as tfds
 
 from hpa_zoo.constants import CLASS_NAMES, NUM_CLASSES
 from hpa_zoo.errors import ConfigError, HpaDataError
-from hpa_zoo.images import load_rgby
-from hpa_zoo.labels import OnError, SkipReport, to_multi_hot
+from hpa_zoo.data.images import load_rgby
+from hpa_zoo.data.labels import OnError, SkipReport, to_multi_hot
 
 log = logging.getLogger("tfds_hpa")
 

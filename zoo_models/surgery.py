@@ -348,7 +348,7 @@ def _weighted_layers(model):
 def adapt_channels(model, stains: Sequence[str | None], *, source_stains: Sequence[str | None] = CHANNELS,
                    first_conv: str | None, unknown_stats: Sequence[tuple[float, float]] | None = None,
                    norm_stats: Sequence[tuple[float, float]] | None = None):
-    """Rebuild ``model`` for new input channels and transplant its weights (`hpa_zoo.finetune` step 2).
+    """Rebuild ``model`` for new input channels and transplant its weights (`hpa_zoo.train.finetune` step 2).
 
     Stem init, per new channel: a channel that carries a stain the model knows takes that stain's filter, an
     unknown stain (None) the mean of the model's stem filters. The ``input_norm`` layer keeps the known stains'
@@ -413,3 +413,74 @@ def _norm_stats(model):
 
 def _first_weighted(model):
     return next(layer for layer in model.layers if layer.weights)
+
+
+def insert_after(model, layer_name: str, make_output):
+    """A fresh copy of functional ``model`` (new layers from their configs, same names) in which
+    ``make_output(t)`` is applied to ``layer_name``'s output before it feeds the rest of the graph (Team 1's large
+    DenseNet: an extra 2×2 max-pool after ``pool1``, docs/teams.md §1.1).
+
+    Fresh layers (not shared ones) so that every layer has exactly one call node and ``layer.output`` is the node
+    of the returned model (feature extractors rely on it).
+
+    Args:
+        model: functional keras.Model.
+        layer_name: the layer whose output is transformed.
+        make_output: ``(tensor) -> tensor``, building new layers.
+    Returns:
+        keras.Model with the same inputs and outputs structure.
+    """
+    import keras
+
+    def call(layer, *args, **kwargs):
+        out = layer(*args, **kwargs)
+        return make_output(out) if layer.name == layer_name else out
+
+    return keras.models.clone_model(model, call_function=call)
+
+
+def canonical_layer_names(model, auto_name):
+    """A fresh copy of ``model`` whose auto-numbered layers (names matching the compiled regex ``auto_name``, group
+    1 the base name, e.g. ``conv2d_57``) are renamed by order of appearance (``conv2d``, ``conv2d_1``, ...): the
+    names of a first build in a fresh session, whatever the session built before (Team 3's Inception-v3, whose
+    registry ``first_conv`` is ``conv2d``).
+
+    Returns:
+        keras.Model, same graph and weights values (fresh layers).
+    """
+    import keras
+
+    counts: dict[str, int] = {}
+
+    def rename(layer):
+        config = layer.get_config()
+        m = auto_name.fullmatch(layer.name)
+        if m:
+            k = counts.get(m.group(1), 0)
+            counts[m.group(1)] = k + 1
+            config["name"] = m.group(1) if k == 0 else f"{m.group(1)}_{k}"
+        return layer.__class__.from_config(config)
+
+    return keras.models.clone_model(model, clone_function=rename)
+
+
+def copy_weights_by_name(src_model, dst_model, *, skip: Sequence[str] = ()) -> list[str]:
+    """Copy every weighted layer of ``src_model`` into the layer of the same name in ``dst_model`` (same shapes),
+    except the names in ``skip`` (e.g. a stem that changes channel count and gets its own rule).
+
+    Returns:
+        the names copied.
+    Raises:
+        WeightsError: a layer missing from ``dst_model`` or with other shapes.
+    """
+    copied = []
+    for layer in src_model.layers:
+        if not layer.weights or layer.name in skip:
+            continue
+        try:
+            dst_model.get_layer(layer.name).set_weights(layer.get_weights())
+        except ValueError as exc:
+            raise WeightsError(f"copy_weights_by_name: layer {layer.name!r} of {src_model.name!r} does not fit "
+                               f"{dst_model.name!r}: {exc}") from exc
+        copied.append(layer.name)
+    return copied

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import tensorflow_datasets as tfds
 
-from hpa_zoo.labels import read_labels_csv
+from hpa_zoo.data.labels import read_labels_csv
 from tfds_hpa._common import HpaBuilderBase, log, make_configs, require_tree, rgby_example
 
 MANUAL_DOWNLOAD_INSTRUCTIONS = """\

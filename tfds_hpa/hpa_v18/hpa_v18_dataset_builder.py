@@ -2,7 +2,7 @@
 
 An ``Id,Target`` CSV (e.g. ``HPAv18RBGY_wodpl.csv``, teams.md §0.3) plus ``{Id}_{color}.jpg`` files. The
 website JPEGs are false-coloured RGB; each stain is read from its plane (red: R, green: G, blue: B,
-yellow: R, `hpa_zoo.images.HPAV18_PLANE`, Team 1's COLOR_INDEXS) and resized with cv2 INTER_LINEAR to the
+yellow: R, `hpa_zoo.data.images.HPAV18_PLANE`, Team 1's COLOR_INDEXS) and resized with cv2 INTER_LINEAR to the
 config size. Grayscale ``{Id}_{color}.png`` files (already extracted planes) are read as they are.
 Split: ``train``.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 import tensorflow_datasets as tfds
 
 from hpa_zoo.errors import HpaDataError
-from hpa_zoo.labels import read_labels_csv
+from hpa_zoo.data.labels import read_labels_csv
 from tfds_hpa._common import HpaBuilderBase, make_configs, require_tree, rgby_example
 
 #: The CSV looked for first when no ``csv_name`` is given (teams.md §0.3).

@@ -1,0 +1,1 @@
+"""hpa_zoo.data."""
