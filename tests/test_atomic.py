@@ -7,13 +7,11 @@ resume state's fallback when a kill lands between the weights and the metadata r
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pandas as pd
 import pytest
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 class Boom(RuntimeError):

@@ -1,10 +1,9 @@
 """hpa_zoo.train.policy_search: Team 3's random policy search (scoring, flattening, a tiny resumable run, CLI)."""
 from __future__ import annotations
 
+import logging
 import json
-import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -53,7 +52,8 @@ def tiny_data(tmp_path_factory):
                                    workers=0, progress=False)
 
 
-def test_tiny_search_writes_policy_and_results_and_resumes(tiny_data, tmp_path, capsys):
+def test_tiny_search_writes_policy_and_results_and_resumes(tiny_data, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="hpa_zoo")
     # three proxy trainings in all (each one traces a new model and a new augmentation graph)
     out = tmp_path / "policy.json"
     kw = dict(epochs=1, size=32, window=1, batch_size=4, proxy="small_cnn", seed=0)
@@ -61,10 +61,11 @@ def test_tiny_search_writes_policy_and_results_and_resumes(tiny_data, tmp_path, 
     assert autoaugment.load_policy(out) == aas.candidate_policy(0, 0)
     results = pd.read_csv(tmp_path / "policy.results.csv")
     assert sorted(results["candidate"]) == [aas.BASELINE_ID, 0]
-    assert "[1/2] baseline" in capsys.readouterr().out
+    assert "[1/2] baseline" in caplog.text  # the library logs; only the CLI prints
+    caplog.clear()
 
     aas.search(tiny_data, out, candidates=2, top_k=2, **kw)  # resume: only candidate 1 is trained
-    log = capsys.readouterr().out
+    log = caplog.text
     assert "2 already in" in log and "[1/1] candidate_001" in log and "candidate_000:" not in log
     assert "baseline:" not in log
 

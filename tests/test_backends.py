@@ -21,7 +21,7 @@ import pytest
 from tests._subprocess import Children, finish, last_json_line
 
 pytest.importorskip("jax")
-keras = pytest.importorskip("keras")
+import keras
 
 #: XLA_FLAGS of the JAX process: faster compilation of the same computation (see the module docstring).
 FAST_XLA_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from hpa_zoo.constants import CHANNELS  # noqa: E402
 from hpa_zoo.errors import ConfigError, HpaDataError, UnknownModelError, WeightsError  # noqa: E402

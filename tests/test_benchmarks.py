@@ -79,7 +79,7 @@ def test_benchmark_runs_without_tensorflow_on_the_torch_backend(runs):
 
 
 def test_augmentation_is_a_scaled_crop_and_a_dihedral_transform():
-    keras = pytest.importorskip("keras")
+    import keras
     sys.path.insert(0, str(REPO / "benchmarks"))
     try:
         import train_throughput as bench

@@ -10,11 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 
-pytest.importorskip("keras")
-pytest.importorskip("sklearn")
-
+import keras  # noqa: F401
+import sklearn  # noqa: F401
 from hpa_zoo.infer import ensemble  # noqa: E402
 from hpa_zoo.constants import CLASS_NAMES  # noqa: E402
 from hpa_zoo.registry import list_models  # noqa: E402

@@ -6,17 +6,14 @@ DenseNet121 train step alone takes minutes on a busy 2-core CPU. The DenseNet121
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-pytest.importorskip("tensorflow_datasets")
-
+import tensorflow_datasets  # noqa: F401
 from tests.test_training import tiny_model  # noqa: E402,F401
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-keras = pytest.importorskip("keras")
+import keras
 
 from hpa_zoo.infer import explain  # noqa: E402
 from hpa_zoo.data.images import load_rgby  # noqa: E402

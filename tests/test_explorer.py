@@ -19,11 +19,9 @@ import cv2
 import numpy as np
 import pytest
 
-pytest.importorskip("plotly")
-
-from hpa_zoo.analysis import explorer  # noqa: E402
-from hpa_zoo.infer import explain  # noqa: E402
-from hpa_zoo.constants import CLASS_NAMES  # noqa: E402
+from hpa_zoo.analysis import explorer
+from hpa_zoo.constants import CLASS_NAMES
+from hpa_zoo.infer import explain
 
 
 def _fixture(n=40, size=48, seed=0):

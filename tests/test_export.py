@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
+import keras
 
 from hpa_zoo.infer import export  # noqa: E402
 from hpa_zoo.constants import CLASS_NAMES  # noqa: E402

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-keras = pytest.importorskip("keras")
+import keras
 
 from hpa_zoo.train import finetune as ft  # noqa: E402
 from hpa_zoo.constants import CLASS_NAMES  # noqa: E402

@@ -2,10 +2,8 @@
 §4.2; Berman et al. 2018), values and gradients (central finite differences on the float64 reference)."""
 from __future__ import annotations
 
-import os
 from fractions import Fraction
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

@@ -69,7 +69,7 @@ def test_d4_is_closed_under_composition_and_has_inverses():
 
 
 def test_d4_order_and_results_equal_the_keras_tta_module():
-    tta = pytest.importorskip("hpa_zoo.infer.tta")
+    from hpa_zoo.infer import tta
     assert image_ops.D4_ORDER == tta.D4_ORDER
     x = _rand_image(6, 6, 4, seed=11)
     for k in range(8):

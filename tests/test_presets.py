@@ -15,7 +15,7 @@ import json
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
+import keras
 
 import hpa_zoo  # noqa: E402
 from hpa_zoo.zoo import models_api  # noqa: E402

@@ -71,7 +71,7 @@ def test_hpa_weights_without_sha256_are_never_downloaded(tmp_path, monkeypatch):
 
 def test_row_layer_names_exist_in_the_built_model():
     """(The large variant's names are checked in test_team1_model.py.)"""
-    keras = pytest.importorskip("keras")
+    import keras
     name, size = "team1_densenet121_512", 32
     spec = get_spec(name)
     model = hpa_zoo.load(name, input_shape=(size, size, 4), num_classes=7)

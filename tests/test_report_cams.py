@@ -7,18 +7,17 @@ game and the energy inside a mask are computed by hand in NumPy from the green c
 from __future__ import annotations
 
 import cv2
+import keras
 import numpy as np
 import pandas as pd
 import pytest
 
-keras = pytest.importorskip("keras")
-
-from hpa_zoo.analysis import report_cams  # noqa: E402
-from hpa_zoo.constants import CHANNELS, CLASS_NAMES  # noqa: E402
-from hpa_zoo.infer.ensemble import save_predictions  # noqa: E402
-from hpa_zoo.errors import ConfigError, HpaDataError  # noqa: E402
-from hpa_zoo.data.labels import format_target  # noqa: E402
-from hpa_zoo.analysis.report import figure_report  # noqa: E402
+from hpa_zoo.analysis import report_cams
+from hpa_zoo.analysis.report import figure_report
+from hpa_zoo.constants import CHANNELS, CLASS_NAMES
+from hpa_zoo.data.labels import format_target
+from hpa_zoo.errors import ConfigError, HpaDataError
+from hpa_zoo.infer.ensemble import save_predictions
 
 SIZE = 32
 PANEL = [CLASS_NAMES.index(n) for n in ("Cytosol", "Nucleoli", "Mitochondria", "Plasma membrane", "Golgi apparatus")]

@@ -1,9 +1,7 @@
 """ResNet18/34 and SE-ResNeXt50 32x4d in Keras against independent PyTorch references (tests/torch_refs/resnets.py)."""
 from __future__ import annotations
 
-import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 import pytest

@@ -10,8 +10,7 @@ import uuid
 import numpy as np
 import pytest
 
-pytest.importorskip("keras")
-
+import keras  # noqa: F401
 from hpa_zoo.errors import ConfigError  # noqa: E402
 from zoo_models.teams import team2_wair as t2  # noqa: E402
 from zoo_models.teams import team4_wsg as t4  # noqa: E402

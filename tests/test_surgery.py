@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-keras = pytest.importorskip("keras")
+import keras
 
 from hpa_zoo.errors import ConfigError, WeightsError  # noqa: E402
 from zoo_models import surgery  # noqa: E402

@@ -1,9 +1,7 @@
 """hpa_zoo.train.swa: Team 3's SWA (checkpoint averaging + BN recalibration), against NumPy references."""
 from __future__ import annotations
 
-import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-keras = pytest.importorskip("keras")
+import keras
 
 from hpa_zoo.constants import KAGGLE_TRAIN_COUNTS, KAGGLE_TRAIN_SIZE, PUBLIC_LB_RATIOS  # noqa: E402
 from hpa_zoo.errors import WeightsError  # noqa: E402

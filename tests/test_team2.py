@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-keras = pytest.importorskip("keras")
+import keras
 
 import hpa_zoo  # noqa: E402
 from hpa_zoo.constants import KAGGLE_TRAIN_COUNTS  # noqa: E402
@@ -94,7 +94,7 @@ def test_schedule_cosine_restarts_then_amsgrad_rates():
 
 
 def test_recipe_tta_thresholds_and_train_map():
-    tf = pytest.importorskip("tensorflow")
+    import tensorflow as tf
     recipe = t2.make_recipe("team2_densenet169_rgb_512", image_size=48, epochs=2)
     assert (recipe.image_size, recipe.input_size, recipe.epochs, recipe.batch_size) == (48, 48, 2, 48)
     assert recipe.tta.transforms == "random_flip_ssr" and recipe.tta.n_random_passes == 5

@@ -1,9 +1,7 @@
 """Team 3 (pudae) models: attention head vs NumPy/PyTorch, normalisation, builders vs independent counts/references."""
 from __future__ import annotations
 
-import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

@@ -7,9 +7,7 @@ tests/test_train_team3.py; the SWA arithmetic against NumPy is in tests/test_swa
 from __future__ import annotations
 
 import functools
-import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

@@ -8,8 +8,8 @@ import functools
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
-tf = pytest.importorskip("tensorflow")
+import keras
+import tensorflow as tf
 
 import hpa_zoo  # noqa: E402
 from hpa_zoo.errors import ConfigError  # noqa: E402

@@ -15,16 +15,14 @@ the BatchNorm statistics, NumPy D4 transforms for the TTA, the sampler's own out
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pandas as pd
 import pytest
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-keras = pytest.importorskip("keras")
-tf = pytest.importorskip("tensorflow")
+import keras
+import tensorflow as tf
 
 from hpa_zoo.augment import autoaugment
 from zoo_models.teams import team3_pudae as t3  # noqa: E402

@@ -6,15 +6,13 @@ It is registered as a registry row for the test's duration, with this module as 
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pandas as pd
 import pytest
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-keras = pytest.importorskip("keras")
+import keras
 
 TINY = "tiny_test_cnn"
 SIZE = 64

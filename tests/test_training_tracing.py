@@ -9,15 +9,13 @@ which run once per trace (never per executed step or example).
 """
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pandas as pd
 import pytest
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-keras = pytest.importorskip("keras")
+import keras
 
 from tests.test_training import SIZE, TINY, synthetic_data  # noqa: E402,F401
 

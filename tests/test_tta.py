@@ -3,9 +3,7 @@ orientation-sensitive model, random-scale crops checked analytically on a linear
 linear function is exact)."""
 from __future__ import annotations
 
-import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

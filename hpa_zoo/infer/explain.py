@@ -16,6 +16,7 @@ feature map of a split model (``stateless_call``), on torch ``torch.autograd.gra
 """
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -26,6 +27,8 @@ import numpy as np
 from hpa_zoo.atomic import atomic_path
 from hpa_zoo.constants import CLASS_NAMES
 from hpa_zoo.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 #: Default Grad-CAM layer per registry name. DenseNet121 "Block3" (paper Fig. 3) is the output of the third dense
 #: block: torchvision ``features.denseblock3`` = Keras ``conv4_block24_concat`` (Keras numbers the blocks from
@@ -250,7 +253,7 @@ def embed(model, dataset_or_images, *, layer: str | None = None, batch_size: int
     for i, batch in enumerate(_image_batches(dataset_or_images, batch_size)):
         out.append(np.asarray(extractor(batch, training=False), dtype=np.float32).reshape(len(batch), -1))
         if verbose and (i + 1) % 10 == 0:
-            print(f"[embed] {sum(len(o) for o in out)} images", flush=True)
+            log.info("embed: %d images", sum(len(o) for o in out))
     if not out:
         raise ConfigError("embed: no images in the input")
     return np.concatenate(out, axis=0)

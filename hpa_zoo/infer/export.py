@@ -14,6 +14,7 @@ Every artifact is written into a temporary path beside the destination and renam
 """
 from __future__ import annotations
 
+import logging
 import datetime
 import shutil
 from pathlib import Path
@@ -29,6 +30,8 @@ from hpa_zoo.errors import ConfigError, HpaZooError
 PAPER_CITATION = {"text": "Ouyang W, Winsnes CF, Hjelmare M, et al. Analysis of the Human Protein Atlas Image "
                           "Classification competition. Nature Methods 16, 1254-1261 (2019).",
                   "doi": "10.1038/s41592-019-0658-6"}
+
+log = logging.getLogger(__name__)
 #: Output id of the exported probability model (bioimage.io output tensor id and Keras layer name).
 PROBABILITIES = "probabilities"
 #: Attachment holding the class names, one per line (as the bioimage.io HPA Bestfitting package, ecosystem.md §5.2).
@@ -301,7 +304,7 @@ def export_bioimageio(model_or_preset, out_dir, *, name: str, class_names: Seque
 
     with atomic_dir(out_dir) as pkg:
         if verbose:
-            print(f"[export_bioimageio] saving model.keras ({prob_model.count_params():,} parameters)", flush=True)
+            log.info("export_bioimageio: saving model.keras (%s parameters)", f"{prob_model.count_params():,}")
         with atomic_path(pkg / "model.keras") as tmp:
             prob_model.save(tmp)
         for stem, arr in (("test_input", x), ("test_output", y)):
@@ -359,10 +362,10 @@ def export_bioimageio(model_or_preset, out_dir, *, name: str, class_names: Seque
             spec_lib.save_bioimageio_yaml_only(rdf, tmp)
         if validate:
             if verbose:
-                print("[export_bioimageio] validating with bioimageio.spec ...", flush=True)
+                log.info("export_bioimageio: validating with bioimageio.spec ...")
             check_bioimageio(pkg / "rdf.yaml")
     if verbose:
-        print(f"[export_bioimageio] wrote {out_dir / 'rdf.yaml'}", flush=True)
+        log.info("export_bioimageio: wrote %s", out_dir / "rdf.yaml")
     return out_dir / "rdf.yaml"
 
 

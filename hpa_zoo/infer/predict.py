@@ -16,6 +16,7 @@
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,8 @@ from hpa_zoo.constants import CLASS_NAMES, NUM_CLASSES
 from hpa_zoo.errors import ConfigError, HpaDataError
 from hpa_zoo.recipe import TTAConfig, ThresholdConfig
 from hpa_zoo.runlock import holds_run_lock
+
+log = logging.getLogger(__name__)
 
 #: ``tta="none"``: one pass on the whole image resized to the input size.
 NO_TTA = TTAConfig(transforms="identity", n_random_crops=0, n_random_passes=0, aggregate="mean")
@@ -245,9 +248,8 @@ def predict(model_or_preset: Union[str, os.PathLike, Any, Sequence], data: str |
         member = _member(item, tta=tta, runtime=runtime)
         members.append(member)
         if verbose:
-            print(f"[{n}/{len(items)}] {member.name}: images {member.image_size}px -> {member.input_size}px, "
-                  f"TTA {member.tta.transforms} + {member.tta.n_random_crops} random crops ({member.tta.aggregate})",
-                  flush=True)
+            log.info(f"[{n}/{len(items)}] {member.name}: images {member.image_size}px -> {member.input_size}px, "
+                     f"TTA {member.tta.transforms} + {member.tta.n_random_crops} random crops ({member.tta.aggregate})")
         member_ids, probs = predict_probabilities(member, data, data_dir=data_dir, batch_size=batch_size,
                                                   seed=seed, verbose=verbose)
         if ids is not None and member_ids != ids:
@@ -297,7 +299,7 @@ def predict(model_or_preset: Union[str, os.PathLike, Any, Sequence], data: str |
     if verbose:
         empty = int((labels.sum(axis=1) == 0).sum())
         expect = "" if ratios is None else f" (the target ratios of {cfg.rule} expect {ratios.sum():.2f})"
-        print(f"{len(ids)} test images, {labels.sum(axis=1).mean():.2f} labels per image{expect}, {empty} empty "
-              f"rows\n"
-              f"  submission:    {submission}\n  probabilities: {probabilities}", flush=True)
+        log.info(f"{len(ids)} test images, {labels.sum(axis=1).mean():.2f} labels per image{expect}, {empty} empty "
+                 f"rows\n"
+                 f"  submission:    {submission}\n  probabilities: {probabilities}")
     return submission, probabilities

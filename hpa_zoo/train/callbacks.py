@@ -2,6 +2,7 @@
 resumable backup (`AtomicBackupAndRestore`) and the divergence stop (`StopOnNaN` -> `TrainingDivergedError`)."""
 from __future__ import annotations
 
+import logging
 import json
 import math
 from pathlib import Path
@@ -11,6 +12,8 @@ import keras
 
 from hpa_zoo.atomic import atomic_path, atomic_write_text, ensure_free_space, model_bytes, save_weights_atomic
 from hpa_zoo.errors import ConfigError, HpaZooError
+
+log = logging.getLogger(__name__)
 
 
 class TrainingDivergedError(HpaZooError, FloatingPointError):
@@ -53,7 +56,7 @@ class AtomicBestCheckpoint(keras.callbacks.Callback):
         self.best = {"epoch": epoch + 1, "monitor": self.monitor, "value": value, "path": str(self.path)}
         atomic_write_text(self.info_path, json.dumps(self.best, indent=2))
         if self.verbose:
-            print(f"\nepoch {epoch + 1}: {self.monitor} improved to {value:.5f}, saved {self.path}")
+            log.info("epoch %d: %s improved to %.5f, saved %s", epoch + 1, self.monitor, value, self.path)
 
 
 class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):

@@ -36,6 +36,7 @@ read. It also holds ``model.keras`` (the whole model) for tools that read Keras 
 """
 from __future__ import annotations
 
+import logging
 import json
 import os
 import signal
@@ -57,6 +58,8 @@ from zoo_models.surgery import adapt_channels  # the graph edit lives in the one
 # moved to the data layer; re-exported here for callers of hpa_zoo.train.finetune
 from hpa_zoo.data.user_images import (FILE_SEPARATOR, LABEL_SEPARATOR, STAIN_ALIASES, map_stains,  # noqa: F401
                                       read_image, read_table)
+
+log = logging.getLogger(__name__)
 
 PRESET_SUBDIR = "preset"
 #: Threshold of a class without positive validation images (its F1-optimal threshold is undefined).
@@ -203,7 +206,7 @@ def finetune(base, data_csv, images_dir, *, out_dir, classes: Sequence[str] | No
     if not 0 <= freeze_epochs <= epochs:
         raise ConfigError(f"epochs={epochs}, freeze_epochs={freeze_epochs}: need epochs >= 1 and "
                           f"0 <= freeze_epochs <= epochs")
-    log = (lambda msg: print(f"[finetune] {msg}", flush=True)) if verbose else (lambda msg: None)
+    say = (lambda msg: log.info("finetune: %s", msg)) if verbose else (lambda msg: None)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     channels = tuple(str(c) for c in channels)
@@ -212,7 +215,7 @@ def finetune(base, data_csv, images_dir, *, out_dir, classes: Sequence[str] | No
     table, classes = read_table(data_csv, classes=classes, multi_label=multi_label, n_channels=len(channels))
     model_pixel = _base_pixel_size(base) if pixel_size_um is not None else None
     if pixel_size_um is None:
-        log("note: no --pixel-size: images are resized whole to the input (give the µm per pixel to rescale them "
+        say("note: no --pixel-size: images are resized whole to the input (give the µm per pixel to rescale them "
             "to the model's scale)")
     elif model_pixel is None:
         raise ConfigError(f"{base}: its training pixel size is unknown (fine-tuned without a pixel size); drop "
@@ -225,10 +228,10 @@ def finetune(base, data_csv, images_dir, *, out_dir, classes: Sequence[str] | No
         images[n] = (fit_to_model(native, image_size, pixel_size_um=pixel_size_um, model_pixel_size_um=model_pixel)
                      if model_pixel else native)
         if verbose and ((n + 1) % 100 == 0 or n + 1 == len(table)):
-            log(f"read {n + 1}/{len(table)} images ({time.perf_counter() - start:.1f}s)")
+            say(f"read {n + 1}/{len(table)} images ({time.perf_counter() - start:.1f}s)")
     y = encode_labels(table["labels"], classes)
     train_idx, val_idx = split_indices(len(table), val_fraction, seed)
-    log(f"{len(train_idx)} train / {len(val_idx)} validation images, {len(classes)} classes, channels "
+    say(f"{len(train_idx)} train / {len(val_idx)} validation images, {len(classes)} classes, channels "
         f"{dict(zip(channels, stains))}")
 
     keras.utils.set_random_seed(seed)
@@ -239,7 +242,7 @@ def finetune(base, data_csv, images_dir, *, out_dir, classes: Sequence[str] | No
                  for i in range(len(channels))]
         model = adapt_channels(model, stains, source_stains=source_stains, first_conv=spec.first_conv,
                                unknown_stats=stats)
-        log(f"rebuilt {spec.name} for {len(channels)} channels (stem: known stains keep their filter, unknown take "
+        say(f"rebuilt {spec.name} for {len(channels)} channels (stem: known stains keep their filter, unknown take "
             f"the mean filter)")
     classifier = spec.classifier or "logits"
     model = replace_head(model, len(classes), classifier=classifier)
@@ -269,8 +272,8 @@ def finetune(base, data_csv, images_dir, *, out_dir, classes: Sequence[str] | No
         _compile(model, multi_label, lr)
         if "initial_val_loss" not in history:
             history["initial_val_loss"] = float(model.evaluate(val_ds, verbose=0))
-            log(f"initial val_loss {history['initial_val_loss']:.4f}")
-        log(f"epochs {first + 1}-{last}: {'all layers' if trainable else 'classifier only (backbone frozen)'}, "
+            say(f"initial val_loss {history['initial_val_loss']:.4f}")
+        say(f"epochs {first + 1}-{last}: {'all layers' if trainable else 'classifier only (backbone frozen)'}, "
             f"lr {lr:g}")
         try:
             with stop_at_step_boundary() as stopper:  # SIGINT/SIGTERM: stop after the current step
@@ -295,11 +298,11 @@ def finetune(base, data_csv, images_dir, *, out_dir, classes: Sequence[str] | No
         fitted, fallbacks = check_evidence(fitted, y[val_idx], default=DEFAULT_THRESHOLD, class_names=classes)
         thresholds = fitted.tolist()
         if fallbacks:
-            log(f"threshold {DEFAULT_THRESHOLD} (not fitted) for {len(fallbacks)} classes: "
+            say(f"threshold {DEFAULT_THRESHOLD} (not fitted) for {len(fallbacks)} classes: "
                 + "; ".join(f"{c}: {r}" for c, r in fallbacks.items()))
     else:
         thresholds = None
-    log(f"best epoch {history['best_epoch']}: val_loss {min(history['val_loss']):.4f} "
+    say(f"best epoch {history['best_epoch']}: val_loss {min(history['val_loss']):.4f} "
         f"(initial {history['initial_val_loss']:.4f})")
 
     metadata = {
@@ -321,5 +324,5 @@ def finetune(base, data_csv, images_dir, *, out_dir, classes: Sequence[str] | No
         ensure_free_space(preset / "model.keras", model_bytes(model), hint="pass another --out")
         with atomic_path(preset / "model.keras") as tmp:
             model.save(tmp)
-    log(f"preset written to {preset}")
+    say(f"preset written to {preset}")
     return preset

@@ -24,6 +24,7 @@ loaded at ``size`` and augmented there (pudae resized its 512 images to 256 afte
 """
 from __future__ import annotations
 
+import logging
 import functools
 import json
 import os
@@ -35,6 +36,8 @@ import numpy as np
 
 from hpa_zoo.constants import NUM_CLASSES
 from hpa_zoo.errors import ConfigError, HpaDataError
+
+log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------- constants
 # teams.md §3.5: each candidate = 5 sub-policies of 2 distinct ops; 50 candidates + a no-augmentation baseline.
@@ -281,23 +284,23 @@ def search(data_dir: str | os.PathLike, out: str | os.PathLike, *, candidates: i
     settings = {"epochs": int(epochs), "size": int(size), "proxy": proxy, "seed": int(seed)}
     table = _read_results(results, settings)
     done = set(table["candidate"].astype(int))
-    log = print if verbose else (lambda *_: None)
+    say = (lambda msg: log.info("%s", msg)) if verbose else (lambda *_: None)
     todo = ([BASELINE_ID] if baseline else []) + list(range(int(candidates)))
     pending = [c for c in todo if c not in done]
-    log(f"autoaugment search: {len(todo)} runs ({'baseline + ' if baseline else ''}{candidates} candidates), "
+    say(f"autoaugment search: {len(todo)} runs ({'baseline + ' if baseline else ''}{candidates} candidates), "
         f"{len(todo) - len(pending)} already in {results}; proxy {proxy} at {size}px, {epochs} epochs each")
 
     if pending:
         train_src, valid_src, n_train, n_valid = _split_halves(Path(data_dir), int(seed), int(size))
-        log(f"data: {n_train} training / {n_valid} validation images from {data_dir}")
+        say(f"data: {n_train} training / {n_valid} validation images from {data_dir}")
     for n, cand in enumerate(pending, start=1):
         policy = [] if cand == BASELINE_ID else candidate_policy(seed, cand)
         name = "baseline" if cand == BASELINE_ID else f"candidate_{cand:03d}"
-        log(f"[{n}/{len(pending)}] {name}: " + ("no augmentation (D4 base only)" if not policy else
+        say(f"[{n}/{len(pending)}] {name}: " + ("no augmentation (D4 base only)" if not policy else
             "; ".join(f"{s.first.name}(p{s.first.p:g})+{s.second.name}(p{s.second.p:g})" for s in policy)))
         start = time.time()
         f1 = train_candidate(policy, train_src, valid_src, epochs=epochs, batch_size=batch_size, size=size,
-                             proxy=proxy, seed=seed, log=log if verbose else None)
+                             proxy=proxy, seed=seed, log=say if verbose else None)
         policy_file = policy_dir / f"{name}.json"
         if policy:
             autoaugment.save_policy(policy, policy_file, description=f"autoaugment search {name} (seed {seed})")
@@ -307,9 +310,9 @@ def search(data_dir: str | os.PathLike, out: str | os.PathLike, *, candidates: i
                **settings, "seconds": round(time.time() - start, 1)}
         table = pd.concat([table.astype(object), pd.DataFrame([row])], ignore_index=True)
         atomic_to_csv(table, results)
-        log(f"  score {row['score']:.4f} (best {window}-epoch moving average) in {row['seconds']:.0f}s")
+        say(f"  score {row['score']:.4f} (best {window}-epoch moving average) in {row['seconds']:.0f}s")
 
-    return _write_policy(table, results, out, top_k=top_k, window=window, candidates=candidates, log=log)
+    return _write_policy(table, results, out, top_k=top_k, window=window, candidates=candidates, log=say)
 
 
 def _write_policy(table, results: Path, out: Path, *, top_k: int, window: int, candidates: int, log) -> Path:

@@ -18,6 +18,7 @@ run's checkpoint folder (``run_dir/checkpoints/epochs``, written by `EpochCheckp
 """
 from __future__ import annotations
 
+import logging
 import json
 import os
 import re
@@ -45,6 +46,8 @@ SWA_WEIGHTS_FILE = Path("checkpoints") / "swa.weights.h5"
 __all__ = ["EpochCheckpoints", "epoch_callbacks", "epoch_checkpoints", "average_checkpoints", "batchnorm_layers",
            "recalibrate_batchnorm", "apply_swa", "DEFAULT_SWA_LAST_N", "EPOCH_FILE_FORMAT", "EPOCH_CHECKPOINT_DIR",
            "SWA_WEIGHTS_FILE"]
+
+log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
@@ -74,7 +77,7 @@ class EpochCheckpoints(keras.callbacks.Callback):
             for old in epoch_checkpoints(self.directory)[:-self.keep_last]:
                 old.unlink(missing_ok=True)
         if self.verbose:
-            print(f"\nepoch {epoch + 1}: saved {path}")
+            log.info("epoch %d: saved %s", epoch + 1, path)
 
 
 def epoch_callbacks(run_dir: str | os.PathLike, last_n: int) -> list:
@@ -298,7 +301,7 @@ def apply_swa(run_dir: str | os.PathLike, model: keras.Model, train_ds: Iterable
                           f"when Recipe.swa_last_n > 0) so every epoch is saved")
     if verbose:
         short = f" (only {len(files)} of {last_n} wanted)" if len(files) < last_n else ""
-        print(f"SWA: averaging {len(files)} checkpoints{short}: {files[0].name} .. {files[-1].name}", flush=True)
+        log.info("SWA: averaging %d checkpoints%s: %s .. %s", len(files), short, files[0].name, files[-1].name)
     average_checkpoints(model, files)
     seen = recalibrate_batchnorm(model, train_ds, steps=steps, verbose=verbose)
     out = run_dir / SWA_WEIGHTS_FILE
@@ -306,5 +309,5 @@ def apply_swa(run_dir: str | os.PathLike, model: keras.Model, train_ds: Iterable
     atomic_write_text(out.with_name("swa.json"),
                       json.dumps({"averaged": [f.name for f in files], "bn_images": seen}, indent=2))
     if verbose:
-        print(f"SWA: BatchNorm recalibrated on {seen} images; saved {out}", flush=True)
+        log.info("SWA: BatchNorm recalibrated on %d images; saved %s", seen, out)
     return out

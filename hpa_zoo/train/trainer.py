@@ -35,6 +35,7 @@ Files under ``out_dir``::
 """
 from __future__ import annotations
 
+import logging
 import dataclasses
 import importlib
 import importlib.util
@@ -59,6 +60,8 @@ from hpa_zoo.train import distribute
 from hpa_zoo.train.callbacks import (AtomicBackupAndRestore, AtomicBestCheckpoint, StopOnNaN,  # noqa: F401
                                     TrainingDivergedError)
 from hpa_zoo.train.sampling import EpochSampler, callable_name, epoch_seed, sampled_source
+
+log = logging.getLogger(__name__)
 
 #: Values of ``precision``; None / "float32" = full precision.
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -681,4 +684,4 @@ def _jsonable(obj):
 
 def _log(verbose: int, msg: str) -> None:
     if verbose:
-        print(msg, flush=True)
+        log.info(msg)

@@ -355,26 +355,18 @@ def _download_verified(url: str, target: Path, expected: str, *, progress: bool,
 
 
 class _Progress:
-    """A throttled one-line download progress indicator on stderr."""
+    """A download progress bar on stderr (tqdm: throttled, one line; bytes with binary units)."""
 
     def __init__(self, url: str, total: int | None) -> None:
-        self.url, self.total, self.last = url, total, 0.0
-        print(f"hpa-zoo: downloading {url}", file=sys.stderr)
+        from tqdm.auto import tqdm
+
+        log.info("downloading %s", url)
+        self.bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="hpa-zoo download",
+                        file=sys.stderr, leave=True)
 
     def update(self, received: int) -> None:
-        now = time.monotonic()
-        if now - self.last < 1.0:
-            return
-        self.last = now
-        done = f"{received / 2**20:.1f} MiB"
-        if self.total:
-            done += f" / {self.total / 2**20:.1f} MiB ({100 * received / self.total:.0f}%)"
-        print(f"\r  {done}", end="", file=sys.stderr, flush=True)
+        self.bar.update(received - self.bar.n)
 
     def close(self, received: int) -> None:
-        print(f"\r  {received / 2**20:.1f} MiB done", file=sys.stderr)
-
-
-# ---------------------------------------------------------------------------------------------- verify
-
-
+        self.bar.update(received - self.bar.n)
+        self.bar.close()
