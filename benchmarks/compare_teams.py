@@ -8,7 +8,8 @@ TTA and thresholds (`hpa_zoo.infer.predict.predict`; Team 4's 1024crop512 model 
 them against the test labels, with a bootstrap 95 % interval of macro F1 over the test images (the seed-mean
 when there are several seeds, `hpa_zoo.nn.metrics.bootstrap_macro_f1`). A deliberately weak baseline — per-class
 logistic regression on pooled pixel statistics (per-channel mean, std and percentiles) — is scored the same way.
-The report (Markdown + CSV + PNG) has macro F1 and the ranking, per-class F1 ordered by class frequency (Fig. 2c), single- vs multi-label macro F1
+The figures of the paper (``<out>/figures/report.html``, `hpa_zoo.analysis.report`: Fig. 2a-d, Supp. Fig. 2 and the Fig. 3
+Grad-CAM panel of the trained members) come with it. The report (Markdown + CSV + PNG) has macro F1 and the ranking, per-class F1 ordered by class frequency (Fig. 2c), single- vs multi-label macro F1
 (Fig. 2d), macro precision / recall, training time and inference images/s, with the teams' own reported HPA
 leaderboard scores beside ours, labelled as theirs.
 
@@ -439,7 +440,7 @@ def compare(out: str | os.PathLike, *, budget: str = "small", models: Optional[S
     if unknown:
         get_spec(unknown[0])  # UnknownModelError with suggestions
     skipped = "not run (--models)" if models else f"not run ({budget} budget; add it with --models)"
-    rows = []
+    rows, done = [], []
     for name in all_names:
         spec = get_spec(name)
         if name not in chosen:
@@ -452,6 +453,7 @@ def compare(out: str | os.PathLike, *, budget: str = "small", models: Optional[S
             result = [run_member(name, folder, out, b, s, verbose,
                                  run=out / "runs" / (name if len(seeds) == 1 else f"{name}_seed{s}")) for s in seeds]
             rows.append(_row(name, spec.team, result, truth_ids, y_true, _reported(spec), "ok"))
+            done.append((name, out / "runs" / (name if len(seeds) == 1 else f"{name}_seed{seeds[0]}")))
         except Exception as exc:  # one recipe failing (e.g. too small for its backbone) must not stop the others
             if verbose:
                 traceback.print_exc()
@@ -468,7 +470,35 @@ def compare(out: str | os.PathLike, *, budget: str = "small", models: Optional[S
                 "batch_size": b.batch_size, "seeds": list(seeds), "preset": b.preset if synthetic else None,
                 "n_train": len(train_labels), "n_test": len(truth_ids),
                 "wall_s": round(time.time() - t_start, 1)}
-    return write_report(rows, out, synthetic=synthetic, settings=settings, class_order=class_order)
+    path = write_report(rows, out, synthetic=synthetic, settings=settings, class_order=class_order)
+    figures(done, folder, out / "figures", synthetic=synthetic, verbose=verbose)
+    return path
+
+
+def figures(done: Sequence[tuple[str, Path]], folder: Path, out: Path, *, synthetic: bool, verbose: int = 0):
+    """The paper's figures (`hpa_zoo.analysis.report.figure_report`: Fig. 2a-d, Supp. Fig. 2, Fig. 3 Grad-CAMs of each
+    trained member on the same test images) for the members' test predictions (the first seed's run), in ``out``.
+    Returns the report summary, or None when no member was trained. A CAM failure drops the CAM panel only."""
+    from hpa_zoo.zoo.models_api import load
+    from hpa_zoo.analysis.report import figure_report
+
+    done = [(name, run) for name, run in done if (run / "test" / "probabilities.csv").is_file()]
+    if not done:
+        return None
+    csvs = [run / "test" / "probabilities.csv" for _, run in done]
+    label = "synthetic data — not an HPA result" if synthetic else f"{folder} (your data)"
+    kwargs = dict(out_dir=out, data_label=label, train_csv=folder / "train.csv")
+    try:
+        models = [(name, load(run / "preset")) for name, run in done]
+        summary = figure_report(csvs, folder / "test_labels.csv", cam_models=models, images_dir=folder / "test",
+                                **kwargs)
+    except Exception as exc:  # e.g. a model without a 4-D layer: the Fig. 2 figures still come
+        if verbose:
+            print(f"figures: Grad-CAM panel left out ({type(exc).__name__}: {exc})", flush=True)
+        summary = figure_report(csvs, folder / "test_labels.csv", **kwargs)
+    if verbose:
+        print(f"figures: {summary['html']}", flush=True)
+    return summary
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -22,6 +22,8 @@ def _add_synth(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
     p.add_argument("--preset", choices=("hpa", "demo"), default="hpa",
                    help="difficulty: hpa (realistic, default) or demo (learnable on a CPU in minutes)")
+    p.add_argument("--masks", action="store_true",
+                   help="also write masks/{train,test}/ID.npz: each class's ground-truth pattern mask")
     p.set_defaults(func=_run_synth)
 
 
@@ -33,7 +35,7 @@ def _run_synth(args) -> int:
     start = time.perf_counter()
     out = write_synthetic_dataset(args.out_dir, n_train=args.n_train, n_test=args.n_test, size=args.size,
                                   seed=args.seed, workers=args.workers, overwrite=args.overwrite,
-                                  preset=args.preset)
+                                  preset=args.preset, masks=args.masks)
     took = time.perf_counter() - start
     n = args.n_train + args.n_test
     print(f"wrote {n} synthetic images ({args.size}px, preset {args.preset}) to {out} in {took:.1f}s "
@@ -231,8 +233,10 @@ def _run_leaks(args) -> int:
 
 
 def _add_report(sub) -> None:
-    p = sub.add_parser("report", help="the paper's Fig. 2 (a-d) and Supp. Fig. 2 from predictions CSVs, as HTML")
-    p.add_argument("predictions", nargs="+", help="probabilities CSVs (Id + class columns; sidecars name the models)")
+    p = sub.add_parser("report", help="the paper's Fig. 2 (a-d), Supp. Fig. 2 and Fig. 3 (Grad-CAMs, CAM "
+                                      "relevance) from runs or predictions CSVs, as HTML")
+    p.add_argument("predictions", nargs="+", help="probabilities CSVs (Id + class columns; sidecars name the models) "
+                                                  "or training run folders (their val_predictions.csv and preset/)")
     p.add_argument("--labels", default=None,
                    help="Id,Target CSV of the predicted images (default: the first file's Target column, as in "
                         "val_predictions.csv)")
@@ -241,14 +245,30 @@ def _add_report(sub) -> None:
     p.add_argument("--data-label", default="your data",
                    help="what the images are, printed on every figure (e.g. 'synthetic data - not an HPA result')")
     p.add_argument("--threshold", type=float, default=0.5, help="probability threshold (top class always on)")
+    p.add_argument("--images", default=None, help="folder of the images' channel files: adds the Fig. 3 Grad-CAMs")
+    p.add_argument("--models", nargs="+", default=None,
+                   help="one model per input for the Grad-CAMs (registry name, preset, .keras, '-' for none; "
+                        "default: a run folder's preset/)")
+    p.add_argument("--masks", default=None, help="ground-truth masks ({Id}.npz, hpa-zoo synth --masks): adds CAM "
+                                                 "relevance per class and model")
+    p.add_argument("--image-size", type=int, default=None, help="side the CAM images are loaded at (default: the "
+                                                                "model's input)")
     p.set_defaults(func=_run_report)
 
 
 def _run_report(args) -> int:
     from hpa_zoo.analysis.report import figure_report
+    from hpa_zoo.analysis.report_cams import resolve_report_inputs
 
-    summary = figure_report(args.predictions, args.labels, out_dir=args.out, data_label=args.data_label,
-                            train_csv=args.train_labels, threshold=args.threshold)
+    csvs, models = resolve_report_inputs(args.predictions, args.models, load_models=args.images is not None)
+    if args.images is not None and not models:
+        from hpa_zoo.errors import ConfigError
+
+        raise ConfigError("--images draws each model's Grad-CAMs, but no input names a model: give run folders "
+                          "(with preset/) or --models, one per input")
+    summary = figure_report(csvs, args.labels, out_dir=args.out, data_label=args.data_label,
+                            train_csv=args.train_labels, threshold=args.threshold, cam_models=models or None,
+                            images_dir=args.images, masks_dir=args.masks, image_size=args.image_size)
     for name, m in summary["models"].items():
         print(f"{name}: macro F1 {m['macro_f1']:.3f}, precision {m['micro_precision']:.3f}, recall "
               f"{m['micro_recall']:.3f} ({summary['data']})")
@@ -588,6 +608,9 @@ def _add_embed(sub) -> None:
     p.add_argument("--n-neighbors", type=int, default=15, help="UMAP n_neighbors (PCA below n_neighbors+1 images)")
     p.add_argument("--min-dist", type=float, default=0.1, help="UMAP min_dist")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--html", action="store_true",
+                   help="also write OUT/explorer.html: the interactive, offline embedding explorer")
+    p.add_argument("--data-label", default="your images", help="what the images are, shown on the page")
     p.set_defaults(func=_run_embed)
 
 
@@ -646,6 +669,16 @@ def _run_embed(args) -> int:
 
     plt.close(plot_embedding(xy, labels, out / "embedding.png", title=f"{model.name}: {method.upper()} of features"))
     print(f"wrote features {feats.shape}, projection.csv and embedding.png to {out}")
+    if args.html:
+        from hpa_zoo.analysis.explorer import build_explorer, predicted_probabilities
+
+        probs = predicted_probabilities(model, ds.map(lambda e: e["image"]).batch(args.batch_size))
+        views = folder_dataset(images_dir, csv, image_size=256, labelled=csv is not None).map(lambda e: e["image"])
+        page = build_explorer(xy, ids, labels, out / "explorer.html", images=views.as_numpy_iterator(),
+                              probabilities=probs, data_label=args.data_label, progress=True,
+                              title=f"{model.name}: {method.upper()} of features")
+        print(f"wrote {page['html']} ({page['bytes'] / 1e6:.1f} MB"
+              + (f", images in {page['sidecar']}" if page["sidecar"] else "") + ")")
     return 0
 
 

@@ -4,6 +4,7 @@ synthetic-data banner. One GAPNet member keeps it inside the CI budget."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -73,6 +74,11 @@ def test_micro_budget_report_has_every_team_row_and_the_baseline(tmp_path):
         ascending=False, kind="stable").index)
     assert "Ranking by macro F1 (ours): 1." in text and "The weak baseline is " in text
     # the member's test probabilities are in the ensembling toolkit's format, with model name, fold and TTA
+    page = (tmp_path / "figures" / "report.html").read_text()  # the paper's figures, via hpa_zoo.report
+    assert page.count("data:image/png;base64,") >= 5 and "synthetic data — not an HPA result" in page
+    summary = json.loads((tmp_path / "figures" / "summary.json").read_text())
+    assert list(summary["models"]) == [member]
+    assert (tmp_path / "figures" / "fig3_gradcam.png").is_file() == bool(summary.get("cam_panel"))
     saved = ensemble.load_predictions(tmp_path / "runs" / member / "test" / "probabilities.csv")
     assert (saved.model_name, saved.fold, saved.tta["aggregate"]) == (member, "test", "median")
     truth = list(pd.read_csv(tmp_path / "synthetic" / "test_labels.csv")["Id"])

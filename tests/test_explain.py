@@ -143,8 +143,14 @@ def test_cli_explain_and_embed_on_real_samples(real_samples_dir, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         rc = main(["embed", "team1_densenet121_512", "--data", str(real_samples_dir), "--image-size", str(SIZE),
-                   "--out", str(tmp_path / "emb")])
+                   "--out", str(tmp_path / "emb"), "--html", "--data-label", "three HPA samples"])
     assert rc == 0
+    from hpa_zoo.analysis.explorer import read_explorer_data
+
+    page = read_explorer_data(tmp_path / "emb" / "explorer.html")  # the explorer (tests/test_explorer.py)
+    assert page["ids"] == list(read_labels_csv(real_samples_dir / "labels.csv")["Id"])
+    assert all(t.startswith("data:image/jpeg") for t in page["thumbs"]) and all(len(t) == 3 for t in page["top"])
+    assert page["data_label"] == "three HPA samples"
     feats = np.load(tmp_path / "emb" / "features.npy")
     proj = pd.read_csv(tmp_path / "emb" / "projection.csv", dtype={"Target": str})
     assert feats.shape == (3, 1024) and len(proj) == 3

@@ -73,7 +73,9 @@ def confusion_single_label(y_true: np.ndarray, probs: np.ndarray) -> tuple[np.nd
 
 
 def figure_report(predictions: Sequence, labels_csv, *, out_dir, data_label: str, train_csv=None,
-                  threshold: float = 0.5, force_top: bool = True, class_names: Sequence[str] = CLASS_NAMES) -> dict:
+                  threshold: float = 0.5, force_top: bool = True, class_names: Sequence[str] = CLASS_NAMES,
+                  cam_models: Sequence | None = None, images_dir=None, masks_dir=None,
+                  image_size: int | None = None, cam_images_per_class: int = 24) -> dict:
     """Write the Fig. 2 report (module docstring) and return its summary.
 
     Args:
@@ -87,6 +89,11 @@ def figure_report(predictions: Sequence, labels_csv, *, out_dir, data_label: str
         threshold: probability threshold of each class (the operating point); ``force_top``: the top class is
             always on (Team 1's rule).
         class_names: the K class columns.
+        cam_models: (name, keras model) pairs for the Fig. 3 Grad-CAM panel (`hpa_zoo.analysis.report_cams`), drawn from
+            the labelled images found in ``images_dir``; None: no panel.
+        masks_dir: ground-truth masks (``{Id}.npz``, ``hpa-zoo synth --masks``): adds the CAM-relevance table
+            (pointing game, energy inside the mask) per class and model over up to ``cam_images_per_class``.
+        image_size: side the CAM images are loaded at (default each model's input size).
 
     Returns:
         dict with per model ``macro_f1``, ``micro_precision``, ``micro_recall``, ``single_label_macro_f1``,
@@ -110,6 +117,9 @@ def figure_report(predictions: Sequence, labels_csv, *, out_dir, data_label: str
         raise ConfigError("report: give at least one predictions CSV")
     if not 0.0 < threshold < 1.0:
         raise ConfigError(f"threshold={threshold}: use a probability in (0, 1)")
+    if masks_dir is not None and not cam_models:
+        raise ConfigError("masks_dir (CLI --masks) scores the models' Grad-CAMs: also pass cam_models and images_dir "
+                          "(CLI: --images with a run folder or --models)")
     out_dir = Path(out_dir)
     preds = [load_predictions(p, class_names=class_names) for p in predictions]
     names = [p.model_name or Path(p.path).stem for p in preds]
@@ -220,13 +230,27 @@ def figure_report(predictions: Sequence, labels_csv, *, out_dir, data_label: str
     fig.colorbar(im, ax=ax, fraction=0.04)
     save(fig, "supp_fig2_confusion")
     np.savetxt(out_dir / "confusion_single_label.csv", matrix, delimiter=",", fmt="%.6f")
+    cam_html = ""
+    if cam_models:
+        if images_dir is None:
+            raise ConfigError("the Fig. 3 Grad-CAM panel needs the images: pass images_dir (CLI: --images)")
+        from hpa_zoo.analysis.report_cams import cam_sections
+
+        cams = cam_sections(cam_models, ids, y, images_dir=images_dir, out_dir=out_dir, save=save,
+                            masks_dir=masks_dir, image_size=image_size, max_per_class=cam_images_per_class,
+                            class_names=class_names)
+        summary["cam_layers"], summary["cam_relevance"] = cams["layers"], cams["relevance"]
+        summary["cam_panel"] = [{"class": class_names[c], "kind": kind, "id": i} for c, kind, i in cams["picks"]]
+        cam_html = cams["html"]
 
     written = {"per_class_f1": str(atomic_to_csv(pd.DataFrame(rows), out_dir / "per_class_f1.csv",
                                                  float_format="%.6f"))}
+    if cam_models and summary.get("cam_relevance") is not None:
+        written["cam_relevance"] = str(out_dir / "cam_relevance.csv")
     written.update({name: str(path) for name, path in figures.items()})
     summary["files"] = written
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
-    html = _html(summary, figures, names)
+    html = _html(summary, figures, names).replace("</body>", cam_html + "</body>")
     summary["html"] = str(atomic_write_text(out_dir / "report.html", html))
     log.info("report: %d models on %d images (%s) -> %s", len(names), len(ids), data_label, summary["html"])
     return summary

@@ -698,8 +698,12 @@ def _per_cell(f: _Field, rng: np.random.Generator, low: float, high: float) -> n
     return levels[f.owner]
 
 
-def _green(f: _Field, labels: Sequence[int], rng: np.random.Generator, preset: SyntheticPreset) -> np.ndarray:
-    """The protein channel before image formation: non-specific stain + every label's pattern; float32."""
+def _green(f: _Field, labels: Sequence[int], rng: np.random.Generator, preset: SyntheticPreset,
+           signals: dict | None = None) -> np.ndarray:
+    """The protein channel before image formation: non-specific stain + every label's pattern; float32.
+
+    ``signals``: when a dict, each label's own (H, W) float32 signal is stored under its class id (same draws
+    from ``rng`` either way, so the image does not change)."""
     gain = np.float32(rng.uniform(90, 200))
     green = rng.uniform(*preset.nonspecific) * f.cell * (0.7 + 0.3 * np.clip(_smooth_noise(f.size, 12 * f.s, rng),
                                                                              -1, 1))
@@ -711,6 +715,8 @@ def _green(f: _Field, labels: Sequence[int], rng: np.random.Generator, preset: S
             expressing[rng.integers(f.cells.n)] = True
             levels = np.concatenate([[0.0], rng.uniform(0.5, 1.0, f.cells.n) * expressing]).astype(np.float32)
             signal = signal * levels[f.owner]
+        if signals is not None:
+            signals[c] = signal
         green += signal
     return green * gain
 
@@ -724,8 +730,12 @@ def _form_image(x: np.ndarray, f: _Field, rng: np.random.Generator) -> np.ndarra
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
+#: A pixel belongs to a class's ground-truth mask where that class's own signal reaches this fraction of its peak.
+MASK_FRACTION = 0.2
+
+
 def synthesize_field(labels: Sequence[int], *, size: int = REFERENCE_SIZE, rng: np.random.Generator,
-                     preset: "str | SyntheticPreset" = DEFAULT_PRESET) -> np.ndarray:
+                     preset: "str | SyntheticPreset" = DEFAULT_PRESET, return_masks: bool = False):
     """Render one synthetic field of view whose green channel shows the patterns of ``labels``.
 
     Args:
@@ -733,8 +743,12 @@ def synthesize_field(labels: Sequence[int], *, size: int = REFERENCE_SIZE, rng: 
         size: height = width in pixels (>= 32); geometry scales with ``size / 512`` (times the preset's zoom).
         rng: NumPy generator, the only source of randomness (same state -> identical array).
         preset: a `PRESETS` name or a `SyntheticPreset` (default ``"hpa"``).
+        return_masks: also return each label's ground-truth mask (the image is the same either way).
     Returns:
-        (size, size, 4) uint8 image, channels R, G, B, Y (``hpa_zoo.constants.CHANNELS``).
+        (size, size, 4) uint8 image, channels R, G, B, Y (``hpa_zoo.constants.CHANNELS``). With ``return_masks``
+        the pair (image, masks): masks maps each class id of ``labels`` to a (size, size) bool array, True where
+        that class's own pattern signal (before blur and noise) is >= `MASK_FRACTION` of its maximum (all False
+        when the pattern is empty, e.g. no expressing cell lies in the field).
     Raises:
         ConfigError: size below 32, a class id outside ``0..27`` or an unknown preset.
     """
@@ -757,8 +771,17 @@ def synthesize_field(labels: Sequence[int], *, size: int = REFERENCE_SIZE, rng: 
     red = rng.uniform(45, 120) * (_per_cell(f, rng, 0.6, 1.0) * (0.15 * f.cell + 0.85 * f.filaments)
                                   + 1.2 * f.spindle + 0.6 * bridge)
     yellow = rng.uniform(45, 130) * _per_cell(f, rng, 0.6, 1.0) * (0.1 * f.cell + 0.9 * f.er)
-    green = _green(f, labels, green_rng, preset)
-    return np.stack([_form_image(ch, f, camera_rng) for ch in (red, green, blue, yellow)], axis=-1)
+    signals: dict | None = {} if return_masks else None
+    green = _green(f, labels, green_rng, preset, signals)
+    image = np.stack([_form_image(ch, f, camera_rng) for ch in (red, green, blue, yellow)], axis=-1)
+    if not return_masks:
+        return image
+    masks = {}
+    for c, sig in signals.items():
+        sig = np.asarray(sig, np.float32)
+        peak = float(sig.max()) if sig.size else 0.0
+        masks[c] = sig >= MASK_FRACTION * peak if peak > 0 else np.zeros(sig.shape, bool)
+    return image, masks
 
 
 # ---------------------------------------------------------------------------------------------- dataset writer
@@ -769,9 +792,17 @@ def _image_rng(seed: int, split: str, index: int) -> np.random.Generator:
 
 def _render_and_write(task: tuple) -> None:
     """Worker: render one image and write its four PNGs (``task`` = folder, id, labels, size, seed, split, index,
-    preset)."""
-    folder, image_id, labels, size, seed, split, index, preset = task
-    image = synthesize_field(labels, size=size, rng=_image_rng(seed, split, index), preset=preset)
+    preset[, masks_folder]); with a masks folder also ``{masks_folder}/{id}.npz`` (see `write_synthetic_dataset`)."""
+    folder, image_id, labels, size, seed, split, index, preset, *rest = task
+    masks_folder = rest[0] if rest else None
+    image = synthesize_field(labels, size=size, rng=_image_rng(seed, split, index), preset=preset,
+                             return_masks=masks_folder is not None)
+    if masks_folder is not None:
+        image, masks = image
+        classes = sorted(masks)
+        np.savez_compressed(os.path.join(masks_folder, f"{image_id}.npz"), classes=np.asarray(classes, np.int64),
+                            masks=np.stack([masks[c] for c in classes]) if classes
+                            else np.zeros((0, size, size), bool))
     for k, color in enumerate(CHANNELS):
         path = os.path.join(folder, f"{image_id}_{color}.png")
         if not cv2.imwrite(path, image[..., k]):
@@ -785,7 +816,8 @@ def _ids(n: int, rng: np.random.Generator) -> list[str]:
 
 def write_synthetic_dataset(out_dir: str | os.PathLike, *, n_train: int, n_test: int, size: int = REFERENCE_SIZE,
                             seed: int = 0, workers: int | None = None, overwrite: bool = False,
-                            progress: bool = True, preset: "str | SyntheticPreset" = DEFAULT_PRESET) -> Path:
+                            progress: bool = True, preset: "str | SyntheticPreset" = DEFAULT_PRESET,
+                            masks: bool = False) -> Path:
     """Write a synthetic HPA-like dataset in the Kaggle layout and return its folder.
 
     Layout: ``train.csv`` (``Id,Target``), ``sample_submission.csv`` (``Id,Predicted``, every row ``0``),
@@ -806,6 +838,10 @@ def write_synthetic_dataset(out_dir: str | os.PathLike, *, n_train: int, n_test:
         overwrite: replace an existing non-empty ``out_dir`` (otherwise that is an error).
         progress: show a tqdm progress bar.
         preset: a `PRESETS` name: ``"hpa"`` (realistic, default) or ``"demo"`` (learnable on a CPU in minutes).
+        masks: also write ``masks/{train,test}/{Id}.npz`` per image (`np.savez_compressed`): ``classes`` (L,)
+            int64, the image's class ids in increasing order, and ``masks`` (L, size, size) bool, each class's
+            ground-truth pattern mask (`synthesize_field`); read them with `load_masks`. Off by default: the
+            images and CSVs are the same either way.
     Returns:
         ``Path(out_dir)``.
     Raises:
@@ -835,7 +871,11 @@ def write_synthetic_dataset(out_dir: str | os.PathLike, *, n_train: int, n_test:
         tasks = []
         for split in ("train", "test"):
             (tmp / split).mkdir(parents=True)
-            tasks += [(str(tmp / split), image_id, labels, int(size), int(seed), split, k, spec)
+            extra = ()
+            if masks:
+                (tmp / "masks" / split).mkdir(parents=True)
+                extra = (str(tmp / "masks" / split),)
+            tasks += [(str(tmp / split), image_id, labels, int(size), int(seed), split, k, spec, *extra)
                       for k, (image_id, labels) in enumerate(zip(split_ids[split], split_labels[split]))]
         _run_tasks(tasks, workers, progress)
         atomic_to_csv(pd.DataFrame({"Id": split_ids["train"], "Target": [format_target(t) for t in split_labels["train"]]}),
@@ -855,6 +895,27 @@ def write_synthetic_dataset(out_dir: str | os.PathLike, *, n_train: int, n_test:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def load_masks(path: str | os.PathLike) -> dict[int, np.ndarray]:
+    """Read one image's ground-truth masks (``masks/{split}/{Id}.npz`` of ``write_synthetic_dataset(masks=True)``).
+
+    Returns:
+        {class id: (H, W) bool mask}.
+
+    Raises:
+        HpaDataError: missing or unreadable file, or one without the ``classes`` / ``masks`` arrays.
+    """
+    from hpa_zoo.errors import HpaDataError
+
+    try:
+        with np.load(path) as z:
+            classes, masks = z["classes"], z["masks"]
+    except (OSError, KeyError, ValueError) as exc:
+        raise HpaDataError(f"{path}: not a synthetic mask file ({exc}); write them with hpa-zoo synth --masks") from exc
+    if masks.ndim != 3 or len(classes) != len(masks):
+        raise HpaDataError(f"{path}: {len(classes)} classes for masks of shape {masks.shape}; expected (L, H, W)")
+    return {int(c): m.astype(bool) for c, m in zip(classes, masks)}
 
 
 def _run_tasks(tasks: list[tuple], workers: int | None, progress: bool) -> None:

@@ -36,7 +36,31 @@ log = logging.getLogger(__name__)
 CAM_LAYERS: dict[str, str] = {
     "team1_densenet121_512": "conv4_block24_concat",
     "team1_densenet121_1024": "conv4_block24_concat",
+    "team2_densenet121_rgb_512": "conv4_block24_concat",
+    "team3_attention_inceptionv3_1024": "mixed10",  # torchvision Mixed_7c (paper Fig. 3)
+    "team3_resnet34_512": "layer3",  # ResNet "Layer3" (paper Fig. 3, the lower-scoring models)
+    "team4_gapnet_resnet18_512": "layer3",
+    "team4_gapnet_resnet18_1024crop512": "layer3",
 }
+
+#: 28 class colours, chosen greedily for the largest minimum CIEDE2000 distance to each other, to grey and to
+#: white (minimum pairwise distance ~17): no two classes share a colour, unlike a 20-colour map.
+CLASS_COLOURS: tuple[str, ...] = (
+    "#5d00ff", "#b90000", "#00e800", "#007400", "#ffb900", "#ff46ff", "#00e8e8", "#5d4600", "#741746", "#008bff",
+    "#007474", "#ff7446", "#ffb9d1", "#e84674", "#004674", "#8b8b00", "#b9b9ff", "#5da274", "#8b74a2", "#b97400",
+    "#d1d18b", "#46a2b9", "#b917a2", "#00462e", "#8b5d46", "#462e74", "#ffb98b", "#8b74ff")
+
+#: Colour of multi-location (and unlabelled) points.
+MULTI_GREY = "#a0a0a0"
+
+#: Marker shapes that, with `CLASS_COLOURS`, tell the classes apart in print too (class k: ``MARKERS[k % 7]``).
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+
+
+def class_colour(k: int) -> str:
+    """Hex colour of class ``k`` (0-based; beyond 28 the palette repeats)."""
+    return CLASS_COLOURS[int(k) % len(CLASS_COLOURS)]
+
 
 #: Colour of images with more than one location in `plot_embedding`.
 MULTI_LABEL_GREY = (0.6, 0.6, 0.6, 0.5)
@@ -108,12 +132,14 @@ def save_cam_png(path, image_rgby, cam, *, alpha: float = 0.5) -> Path:
 # ---------------------------------------------------------------------------------------------- Grad-CAM
 def default_cam_layer(model) -> str:
     """The Grad-CAM layer of ``model``: `CAM_LAYERS` for its registry name, else ``conv4_block24_concat`` if the
-    model has it (any DenseNet121), else the last layer with a 4-D (B, h, w, D) output."""
+    model has it (any DenseNet121), else ``layer3`` (a zoo ResNet), else the last layer with a 4-D (B, h, w, D)
+    output."""
     if model.name in CAM_LAYERS:
         return CAM_LAYERS[model.name]
     names = [layer.name for layer in model.layers]
-    if "conv4_block24_concat" in names:
-        return "conv4_block24_concat"
+    for name in ("conv4_block24_concat", "layer3"):  # DenseNet121 "Block3"; ResNet "Layer3"
+        if name in names:
+            return name
     for layer in reversed(model.layers):
         try:
             shape = layer.output.shape
@@ -315,11 +341,10 @@ def plot_embedding(xy, labels: Sequence[Sequence[int]], out_png, *, class_names:
             ax.scatter(xy[mask, 0], xy[mask, 1], s=12, color=MULTI_LABEL_GREY, label=name,
                        marker="o" if name == "multi-location" else "x")
     single = [lab[0] if len(lab) == 1 else -1 for lab in labels]
-    cmap = plt.get_cmap("tab20", max(len(class_names), 1))
     for c in sorted({s for s in single if s >= 0}):
         idx = np.array([s == c for s in single])
         name = class_names[c] if c < len(class_names) else str(c)
-        ax.scatter(xy[idx, 0], xy[idx, 1], s=14, color=cmap(c % cmap.N), label=name)
+        ax.scatter(xy[idx, 0], xy[idx, 1], s=14, color=class_colour(c), marker=MARKERS[c % len(MARKERS)], label=name)
     ax.set_xlabel("UMAP 1")
     ax.set_ylabel("UMAP 2")
     if title:
