@@ -22,6 +22,9 @@ def _add_synth(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
     p.add_argument("--preset", choices=("hpa", "demo"), default="hpa",
                    help="difficulty: hpa (realistic, default) or demo (learnable on a CPU in minutes)")
+    p.add_argument("--fields-per-sample", type=int, default=1, metavar="K",
+                   help="fields of view per sample, sharing labels, cell line and a hidden signature; adds a "
+                        "Sample column (default 1: independent images)")
     p.set_defaults(func=_run_synth)
 
 
@@ -33,7 +36,7 @@ def _run_synth(args) -> int:
     start = time.perf_counter()
     out = write_synthetic_dataset(args.out_dir, n_train=args.n_train, n_test=args.n_test, size=args.size,
                                   seed=args.seed, workers=args.workers, overwrite=args.overwrite,
-                                  preset=args.preset)
+                                  preset=args.preset, fields_per_sample=args.fields_per_sample)
     took = time.perf_counter() - start
     n = args.n_train + args.n_test
     print(f"wrote {n} synthetic images ({args.size}px, preset {args.preset}) to {out} in {took:.1f}s "
