@@ -112,6 +112,8 @@ def _add_folds(sub) -> None:
     p.add_argument("--max-distance", type=int, default=12,
                    help="pHash Hamming distance on R, G and B under which images are duplicates (default 12)")
     p.add_argument("--workers", type=int, default=4, help="threads reading images for hashing")
+    p.add_argument("--group-by-sample", action="store_true",
+                   help="keep all images of a sample (the CSV's Sample column) in one fold, as well as pHash duplicates")
     p.set_defaults(func=_run_folds)
 
 
@@ -119,7 +121,8 @@ def _run_folds(args) -> int:
     from hpa_zoo.folds import folds_for_folders, save_folds
 
     folds = folds_for_folders(args.kaggle_dir, args.hpav18_dir, n_splits=args.n_splits, seed=args.seed,
-                              max_distance=args.max_distance, progress=True, workers=args.workers)
+                              max_distance=args.max_distance, progress=True, workers=args.workers,
+                              group_by_sample=args.group_by_sample)
     save_folds(folds, args.out)
     n_groups, n_dup = folds["group"].nunique(), int(folds["group"].duplicated(keep=False).sum())
     print(f"{len(folds)} images, {n_groups} groups ({n_dup} images have a near-duplicate) -> {args.out}")
