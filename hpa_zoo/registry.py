@@ -272,7 +272,8 @@ ROWS.append(ModelSpec(
                  "with such a partner it found 647 (69.2 %, the paper's figure), and 261 of the 270 predictions "
                  "it changed had one. Use it with `hpa-zoo leaks` to audit splits; the label replacement "
                  "(hpa_zoo.ensemble.metric_learning_replace) is a leak exploit and off by default. No weights are "
-                 "published: train it on your own sample ids."),
+                 "published: train it on your own sample ids with hpa_zoo.metric_learning.train_metric_learning "
+                 "(Team 1's recipe; not `hpa-zoo train`, whose contract is 28-class multi-hot)."),
     citation=_TEAM1_CITATION,
 ))
 
