@@ -236,6 +236,31 @@ def _run_leaks(args) -> int:
     return 0
 
 
+def _add_train_embedding(sub) -> None:
+    p = sub.add_parser("train-embedding", help="train Team 1's ArcFace same-sample embedding on a folder's Sample ids")
+    p.add_argument("data", help="Kaggle-layout folder whose train.csv has a Sample column")
+    p.add_argument("--out", required=True, help="run folder (checkpoint, state.json, history.csv, preset/)")
+    p.add_argument("--image-size", type=int, default=None, help="input side (default 768, Team 1)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs (default 50, Team 1)")
+    p.add_argument("--batch-size", type=int, default=None, help="batch (default 32, Team 1)")
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-4, Team 1)")
+    p.add_argument("--weights", default=None, help="initial weights: imagenet or a .weights.h5")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_run_train_embedding)
+
+
+def _run_train_embedding(args) -> int:
+    from hpa_zoo.metric_learning import train_metric_learning
+
+    result = train_metric_learning(args.data, out_dir=args.out, image_size=args.image_size, epochs=args.epochs,
+                                   batch_size=args.batch_size, learning_rate=args.lr, weights=args.weights,
+                                   seed=args.seed)
+    loss = result["history"]["loss"]
+    print(f"trained on {result['num_samples']} samples: ArcFace loss {loss[0]:.4f} -> {loss[-1]:.4f}; "
+          f"use it with hpa-zoo leaks --embedding-model {result['preset']}")
+    return 0
+
+
 def _add_report(sub) -> None:
     p = sub.add_parser("report", help="the paper's Fig. 2 (a-d) and Supp. Fig. 2 from predictions CSVs, as HTML")
     p.add_argument("predictions", nargs="+", help="probabilities CSVs (Id + class columns; sidecars name the models)")
@@ -659,6 +684,7 @@ COMMANDS = [_add_synth, _add_prepare, _add_folds, _add_evaluate, _add_models, _a
 COMMANDS += [_add_train, _add_predict, _add_demo]
 COMMANDS += [_add_finetune, _add_export, _add_explain, _add_embed]
 COMMANDS += [_add_autoaugment_search]
+COMMANDS += [_add_train_embedding]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -173,7 +173,9 @@ def train_metric_learning(data_dir: str | os.PathLike, *, out_dir: str | os.Path
         from hpa_zoo.models_api import save_preset
 
         result["preset"] = str(save_preset(model, out / "preset", model_name=MODEL_NAME, metadata={
-            "training_data": str(data_dir), "recipe": "teams.md §1.7 ArcFace on sample ids",
-            "identities": names, "class_names": None}))
+            "training_data": str(data_dir), "identities": names, "class_names": None,
+            "recipe": {"name": "team1_arcface (teams.md §1.7: ArcFace on sample ids)", "image_size": image_size,
+                       "input_size": image_size, **{k: settings[k] for k in ("epochs", "batch_size",
+                                                                              "learning_rate")}}}))
     return result
 

@@ -93,3 +93,29 @@ def test_bad_sample_tables_are_named(tmp_path, sampled):
         M.load_sample_images(tmp_path / "d", image_size=32)
     with pytest.raises(ConfigError, match="batch_size"):
         M.train_metric_learning(sampled, out_dir=tmp_path / "o", image_size=32, batch_size=99, model=_tiny(6))
+
+
+def test_the_registry_model_trains_into_a_preset_that_embeds_like_it(sampled, tmp_path):
+    import hpa_zoo
+
+    result = M.train_metric_learning(sampled, out_dir=tmp_path / "run", image_size=32, epochs=1, batch_size=8,
+                                     verbose=0)
+    info = hpa_zoo.preset_info(result["preset"])
+    assert info["metadata"]["identities"] == sorted(pd.read_csv(sampled / "train.csv")["Sample"].unique())
+    model = hpa_zoo.load(result["preset"])
+    assert model.output_shape == (None, 6) and model.get_layer("conv1_conv").kernel.shape[2] == 4
+    _, images, _, _ = M.load_sample_images(sampled, image_size=32)
+    x = images[:4].astype(np.float32)
+    emb = np.asarray(hpa_zoo.feature_extractor(model)(x, training=False))
+    ref = np.asarray(hpa_zoo.feature_extractor(result["model"])(x, training=False))
+    assert emb.shape == (4, 512)
+    np.testing.assert_allclose(emb, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_cli_train_embedding_names_a_missing_sample_column(tmp_path, sampled, capsys):
+    from hpa_zoo.cli import main
+
+    (tmp_path / "d").mkdir()
+    pd.read_csv(sampled / "train.csv")[["Id", "Target"]].to_csv(tmp_path / "d" / "train.csv", index=False)
+    assert main(["train-embedding", str(tmp_path / "d"), "--out", str(tmp_path / "o"), "--image-size", "32"]) == 1
+    assert "'Sample'" in capsys.readouterr().err
