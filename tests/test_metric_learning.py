@@ -95,6 +95,7 @@ def test_bad_sample_tables_are_named(tmp_path, sampled):
         M.train_metric_learning(sampled, out_dir=tmp_path / "o", image_size=32, batch_size=99, model=_tiny(6))
 
 
+@pytest.mark.slow  # ResNet50's training graph: ~80 s on 2 shared cores
 def test_the_registry_model_trains_into_a_preset_that_embeds_like_it(sampled, tmp_path):
     import hpa_zoo
 
