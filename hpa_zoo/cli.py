@@ -24,6 +24,9 @@ def _add_synth(sub) -> None:
                    help="difficulty: hpa (realistic, default) or demo (learnable on a CPU in minutes)")
     p.add_argument("--masks", action="store_true",
                    help="also write masks/{train,test}/ID.npz: each class's ground-truth pattern mask")
+    p.add_argument("--fields-per-sample", type=int, default=1, metavar="K",
+                   help="fields of view per sample, sharing labels, cell line and a hidden signature; adds a "
+                        "Sample column (default 1: independent images)")
     p.set_defaults(func=_run_synth)
 
 
@@ -35,7 +38,8 @@ def _run_synth(args) -> int:
     start = time.perf_counter()
     out = write_synthetic_dataset(args.out_dir, n_train=args.n_train, n_test=args.n_test, size=args.size,
                                   seed=args.seed, workers=args.workers, overwrite=args.overwrite,
-                                  preset=args.preset, masks=args.masks)
+                                  preset=args.preset, masks=args.masks,
+                                  fields_per_sample=args.fields_per_sample)
     took = time.perf_counter() - start
     n = args.n_train + args.n_test
     print(f"wrote {n} synthetic images ({args.size}px, preset {args.preset}) to {out} in {took:.1f}s "
@@ -111,6 +115,8 @@ def _add_folds(sub) -> None:
     p.add_argument("--max-distance", type=int, default=12,
                    help="pHash Hamming distance on R, G and B under which images are duplicates (default 12)")
     p.add_argument("--workers", type=int, default=4, help="threads reading images for hashing")
+    p.add_argument("--group-by-sample", action="store_true",
+                   help="keep all images of a sample (the CSV's Sample column) in one fold, as well as pHash duplicates")
     p.set_defaults(func=_run_folds)
 
 
@@ -118,7 +124,8 @@ def _run_folds(args) -> int:
     from hpa_zoo.data.folds import folds_for_folders, save_folds
 
     folds = folds_for_folders(args.kaggle_dir, args.hpav18_dir, n_splits=args.n_splits, seed=args.seed,
-                              max_distance=args.max_distance, progress=True, workers=args.workers)
+                              max_distance=args.max_distance, progress=True, workers=args.workers,
+                              group_by_sample=args.group_by_sample)
     save_folds(folds, args.out)
     n_groups, n_dup = folds["group"].nunique(), int(folds["group"].duplicated(keep=False).sum())
     print(f"{len(folds)} images, {n_groups} groups ({n_dup} images have a near-duplicate) -> {args.out}")
@@ -229,6 +236,31 @@ def _run_leaks(args) -> int:
     for name, score in (summary.get("recall_precision") or {}).items():
         print(f"  {name}: {score}")
     _print_written(summary, ("pairs_csv", "pairs_png", "audit_json"))
+    return 0
+
+
+def _add_train_embedding(sub) -> None:
+    p = sub.add_parser("train-embedding", help="train Team 1's ArcFace same-sample embedding on a folder's Sample ids")
+    p.add_argument("data", help="Kaggle-layout folder whose train.csv has a Sample column")
+    p.add_argument("--out", required=True, help="run folder (checkpoint, state.json, history.csv, preset/)")
+    p.add_argument("--image-size", type=int, default=None, help="input side (default 768, Team 1)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs (default 50, Team 1)")
+    p.add_argument("--batch-size", type=int, default=None, help="batch (default 32, Team 1)")
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-4, Team 1)")
+    p.add_argument("--weights", default=None, help="initial weights: imagenet or a .weights.h5")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_run_train_embedding)
+
+
+def _run_train_embedding(args) -> int:
+    from hpa_zoo.train.metric_learning import train_metric_learning
+
+    result = train_metric_learning(args.data, out_dir=args.out, image_size=args.image_size, epochs=args.epochs,
+                                   batch_size=args.batch_size, learning_rate=args.lr, weights=args.weights,
+                                   seed=args.seed)
+    loss = result["history"]["loss"]
+    print(f"trained on {result['num_samples']} samples: ArcFace loss {loss[0]:.4f} -> {loss[-1]:.4f}; "
+          f"use it with hpa-zoo leaks --embedding-model {result['preset']}")
     return 0
 
 
@@ -686,6 +718,7 @@ COMMANDS = [_add_synth, _add_prepare, _add_folds, _add_evaluate, _add_models, _a
 COMMANDS += [_add_train, _add_predict, _add_demo]
 COMMANDS += [_add_finetune, _add_export, _add_explain, _add_embed]
 COMMANDS += [_add_autoaugment_search]
+COMMANDS += [_add_train_embedding]
 
 
 def build_parser() -> argparse.ArgumentParser:

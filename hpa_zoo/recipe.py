@@ -106,6 +106,9 @@ class Recipe:
             run seed and the epoch, so a resumed run replays the same epochs. None = every training image once per
             epoch, shuffled.
         blend: `BlendConfig`, how several trained models of the team are combined.
+        targets: what the labels are: ``"multi_hot"`` (the 28 classes; `hpa_zoo.train.trainer.train`) or
+            ``"sample_id"`` (one identity per sample, Team 1's metric learning;
+            `hpa_zoo.train.metric_learning.train_metric_learning`).
         input_is_resized_image: the maps resize the whole image to ``input_size`` (never crop), so
             ``input_size > image_size`` is allowed (Team 3's 1024 models upsample the 512 PNGs).
         notes: where the recipe deviates from or infers beyond the facts.
@@ -130,6 +133,7 @@ class Recipe:
     loss_weights: Optional[dict[str, float]] = None
     train_sampler: Optional[Callable[..., list]] = None
     blend: BlendConfig = BlendConfig()
+    targets: Literal["multi_hot", "sample_id"] = "multi_hot"
     input_is_resized_image: bool = False
     notes: str = ""
 

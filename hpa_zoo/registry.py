@@ -271,6 +271,7 @@ ROWS.append(ModelSpec(
     name="team1_arcface_resnet50_768",
     team="team1",
     builder="zoo_models.teams.team1_metric_learning:build_team1_arcface_resnet50_768",
+    recipe="zoo_models.teams.team1_metric_learning:make_recipe",  # targets="sample_id": `hpa-zoo train-embedding`
     input_size=768,  # teams.md §1.7: 768 px, no crop
     pixel_size_um=pixel_size_of(768),
     channels="RGBY",
@@ -285,7 +286,8 @@ ROWS.append(ModelSpec(
                  "with such a partner it found 647 (69.2 %, the paper's figure), and 261 of the 270 predictions "
                  "it changed had one. Use it with `hpa-zoo leaks` to audit splits; the label replacement "
                  "(hpa_zoo.infer.ensemble.metric_learning_replace) is a leak exploit and off by default. No weights are "
-                 "published: train it on your own sample ids."),
+                 "published: train it on your own sample ids with hpa_zoo.train.metric_learning.train_metric_learning "
+                 "(Team 1's recipe; not `hpa-zoo train`, whose contract is 28-class multi-hot)."),
     citation=_TEAM1_CITATION,
 ))
 

@@ -234,3 +234,41 @@ def test_load_folds_rejects_bad_csv_with_line_numbers(tmp_path, text, match):
 def test_load_folds_missing_file_says_how_to_make_it(tmp_path):
     with pytest.raises(HpaDataError, match="hpa-zoo folds"):
         F.load_folds(tmp_path / "nope.csv")
+
+
+# ------------------------------------------------------------------------------------------- samples
+def test_merge_groups_equals_connected_components_of_the_union_graph():
+    rng = np.random.default_rng(4)
+    a, b = rng.integers(0, 30, 60), rng.integers(0, 40, 60)
+    rows, cols = [], []
+    for g in (a, b):  # independent: edges between every pair sharing a group, scipy's components
+        same = g[:, None] == g[None, :]
+        r, c = np.nonzero(same)
+        rows += r.tolist()
+        cols += c.tolist()
+    _, ref = connected_components(csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(60, 60)), directed=False)
+    got = F.merge_groups(a, b)
+    assert (pd.crosstab(got, ref) > 0).sum(axis=1).eq(1).all() and (pd.crosstab(got, ref) > 0).sum(axis=0).eq(1).all()
+    assert got[0] == 0 and set(got) == set(range(got.max() + 1))
+    with pytest.raises(ConfigError, match="lengths"):
+        F.merge_groups(a, b[:5])
+
+
+def test_cli_folds_group_by_sample_keeps_every_sample_in_one_fold(tmp_path, capsys):
+    from hpa_zoo.data.synthetic import write_synthetic_dataset
+
+    data = write_synthetic_dataset(tmp_path / "d", n_train=36, n_test=0, size=32, seed=1, workers=0,
+                                   progress=False, fields_per_sample=4)
+    samples = pd.read_csv(data / "train.csv").set_index("Id")["Sample"]
+    for flag, out in (([], tmp_path / "plain.csv"), (["--group-by-sample"], tmp_path / "by_sample.csv")):
+        assert cli_main(["folds", "--kaggle-dir", str(data), "--out", str(out), "--n-splits", "3", *flag]) == 0
+    plain, grouped = F.load_folds(tmp_path / "plain.csv"), F.load_folds(tmp_path / "by_sample.csv")
+    folds_per_sample = grouped.set_index("Id")["fold"].groupby(samples).nunique()
+    assert len(folds_per_sample) == 9 and (folds_per_sample == 1).all()
+    assert grouped["group"].nunique() == 9 and sorted(grouped["fold"].unique()) == [0, 1, 2]
+    assert (plain.set_index("Id")["fold"].groupby(samples).nunique() > 1).any()  # image-level: samples split
+    (tmp_path / "nos").mkdir()
+    pd.read_csv(data / "train.csv")[["Id", "Target"]].to_csv(tmp_path / "nos" / "train.csv", index=False)
+    (tmp_path / "nos" / "train").symlink_to(data / "train")
+    with pytest.raises(HpaDataError, match="Sample"):
+        F.folds_for_folders(tmp_path / "nos", group_by_sample=True, n_splits=3)

@@ -255,3 +255,52 @@ def test_demo_preset_has_fewer_larger_cells_and_a_flatter_class_balance():
     assert spearmanr(freq, KAGGLE_TRAIN_COUNTS).correlation > 0.8  # still ordered like the Kaggle counts
     mean_labels = np.mean([len(t) for t in labels])
     assert abs(mean_labels - 1.634) < 0.06  # Kaggle's labels-per-image distribution is kept
+
+
+# ---------------------------------------------------------------------------------------------- samples
+def test_fields_of_a_sample_share_labels_and_a_hidden_signature(tmp_path):
+    out = synthetic.write_synthetic_dataset(tmp_path / "s", n_train=30, n_test=10, size=64, seed=2, workers=0,
+                                            progress=False, fields_per_sample=4)
+    train = pd.read_csv(out / "train.csv", dtype=str)
+    test = pd.read_csv(out / "test_labels.csv", dtype=str)
+    assert list(train.columns) == ["Id", "Target", "Sample"]
+    assert list(test.columns) == ["Id", "Target", "Sample", "SampleInTrain"]
+    both = pd.concat([train, test[["Id", "Target", "Sample"]]])
+    assert both["Sample"].nunique() == 10 and (both.groupby("Sample").size() == 4).all()
+    assert (both.groupby("Sample")["Target"].nunique() == 1).all()  # a sample's fields share its labels
+    expected = test["Sample"].isin(set(train["Sample"])).astype(int).astype(str)
+    assert list(test["SampleInTrain"]) == list(expected) and expected.eq("1").sum() >= 5
+    # the signature: per-channel background (10th percentile) and intensity (mean) of the written pixels put a
+    # field nearest to another field of its own sample far more often than chance (3 of 39 others)
+    from hpa_zoo.train.baselines import pixel_features
+
+    def load(split, image_id):
+        return np.stack([cv2.imread(str(out / split / f"{image_id}_{c}.png"), cv2.IMREAD_GRAYSCALE)
+                         for c in CHANNELS], axis=-1)
+
+    images = np.stack([load("train", i) for i in train["Id"]] + [load("test", i) for i in test["Id"]])
+    x = pixel_features(images)
+    x = (x - x.mean(0)) / (x.std(0) + 1e-9)
+    d = ((x[:, None] - x[None]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    samples = both["Sample"].to_numpy()
+    assert (samples[d.argmin(1)] == samples).mean() > 0.5
+
+
+def test_a_sample_style_is_the_samples_and_k1_keeps_the_original_columns(tmp_path):
+    rng = np.random.default_rng(0)
+    style = synthetic.make_sample_style(0, [0, 25], rng)
+    a = synthetic.synthesize_field([0, 25], size=64, rng=np.random.default_rng(1), style=style)
+    b = synthetic.synthesize_field([0, 25], size=64, rng=np.random.default_rng(2), style=style)
+    assert a.shape == (64, 64, 4) and not np.array_equal(a, b)  # other fields, other cells and noise
+    with pytest.raises(ConfigError, match="sample"):
+        synthetic.synthesize_field([3], size=64, rng=np.random.default_rng(1), style=style)
+    with pytest.raises(ConfigError, match="fields_per_sample"):
+        synthetic.write_synthetic_dataset(tmp_path / "x", n_train=2, n_test=0, size=32, fields_per_sample=0)
+    out = synthetic.write_synthetic_dataset(tmp_path / "k1", n_train=2, n_test=1, size=32, workers=0,
+                                            progress=False, fields_per_sample=1)
+    assert (out / "train.csv").read_text().splitlines()[0] == "Id,Target"
+    assert (out / "test_labels.csv").read_text().splitlines()[0] == "Id,Target"
+    assert main(["synth", str(tmp_path / "cli"), "--n-train", "4", "--n-test", "2", "--size", "32",
+                 "--workers", "0", "--fields-per-sample", "3"]) == 0
+    assert pd.read_csv(tmp_path / "cli" / "train.csv")["Sample"].notna().all()

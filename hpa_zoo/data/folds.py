@@ -348,6 +348,7 @@ def folds_for_folders(
     max_distance: int = MAX_HAMMING_DISTANCE,
     progress: bool = False,
     workers: int = 1,
+    group_by_sample: bool = False,
 ) -> pd.DataFrame:
     """Hash, group and split a Kaggle folder and/or an HPAv18 folder together (what ``hpa-zoo folds`` runs).
 
@@ -356,11 +357,15 @@ def folds_for_folders(
         hpav18_dir: folder with an HPAv18 CSV (e.g. ``HPAv18RBGY_wodpl.csv``) and its JPEGs, or None.
         n_splits, seed, max_distance: see `make_folds` and `duplicate_groups`.
         progress, workers: see `image_hashes`.
+        group_by_sample: also keep all images of one sample together: the CSVs' ``Sample`` column (e.g. from
+            ``hpa-zoo synth --fields-per-sample``) is merged with the pHash groups (`merge_groups`); an empty
+            Sample cell leaves the image to its pHash group.
     Returns:
         The `make_folds` table over all images (Kaggle rows first).
     Raises:
         ConfigError: no folder, n_splits < 2, a negative max_distance or workers < 1 (before any image is read).
-        HpaDataError: a missing folder or CSV, a bad CSV row.
+        HpaDataError: a missing folder or CSV, a bad CSV row, or ``group_by_sample`` with a CSV that has no
+            ``Sample`` column.
     """
     from hpa_zoo.data.labels import read_labels_csv
 
@@ -375,6 +380,8 @@ def folds_for_folders(
         csv, images_dir = find_labelled_folder(root, csv_names)
         df = read_labels_csv(csv)
         df["source"] = source
+        if group_by_sample:
+            df["Sample"] = _sample_column(csv, df["Id"])
         hashes.append(image_hashes(images_dir, df["Id"].tolist(), layout=source, progress=progress,
                                    workers=workers))
         parts.append(df)
@@ -382,4 +389,45 @@ def folds_for_folders(
         raise ConfigError("folds: give --kaggle-dir and/or --hpav18-dir")
     table = pd.concat(parts, ignore_index=True)
     groups = duplicate_groups(np.concatenate(hashes), max_distance=max_distance)
+    if group_by_sample:
+        samples = table["Sample"].to_numpy(dtype=object)
+        sample_groups = np.where(samples == "", -1 - np.arange(len(samples)),
+                                 pd.factorize(samples)[0])  # an empty cell: a group of its own
+        groups = merge_groups(groups, sample_groups)
     return make_folds(table, n_splits=n_splits, seed=seed, groups=groups)
+
+
+def _sample_column(csv: Path, ids: pd.Series) -> pd.Series:
+    """The ``Sample`` cell of every id of ``csv`` (str, "" when empty); HpaDataError naming the file when the
+    column is missing."""
+    raw = pd.read_csv(csv, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    raw.columns = [str(c).strip() for c in raw.columns]
+    if "Sample" not in raw.columns:
+        raise HpaDataError(f"{csv}: --group-by-sample needs a 'Sample' column (columns {list(raw.columns)}); add "
+                           f"one naming each image's sample (antibody + cell line), or drop --group-by-sample")
+    mapping = dict(zip(raw["Id"].str.strip(), raw["Sample"].str.strip()))
+    return ids.map(mapping).fillna("").astype(str)
+
+
+def merge_groups(*groupings: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Join several groupings of the same N images: two images share a group when any grouping puts them
+    together, closed transitively (union-find).
+
+    Args:
+        groupings: each (N,) integer group ids (e.g. `duplicate_groups` and the factorised Sample column).
+    Returns:
+        (N,) int64 group ids, 0..G-1 numbered by first appearance.
+    Raises:
+        ConfigError: groupings of different lengths.
+    """
+    arrays = [np.asarray(g).reshape(-1) for g in groupings]
+    n = len(arrays[0]) if arrays else 0
+    if any(len(a) != n for a in arrays):
+        raise ConfigError(f"merge_groups: groupings of lengths {[len(a) for a in arrays]}; give one id per image")
+    uf = _UnionFind(n)
+    for a in arrays:
+        first: dict = {}
+        for i, g in enumerate(a.tolist()):
+            uf.union(first.setdefault(g, i), i)
+    roots = [uf.find(i) for i in range(n)]
+    return pd.factorize(np.asarray(roots))[0].astype(np.int64)

@@ -28,12 +28,17 @@ stain and a flatter class balance (Kaggle counts to the power 0.25), so that a f
 CPU in minutes at a small input size. Both have four stains, the 28 class patterns, Kaggle's labels-per-image
 distribution and the same noise model; both are synthetic.
 
-Not modelled: cell-line specific morphology, 16-bit dynamic range, out-of-focus planes, debris,
-antibody-specific background, label co-occurrence structure (classes are drawn independently apart from
-the number of labels per image), and the Kaggle/HPAv18 duplicates.
+Samples (``fields_per_sample=K`` / ``hpa-zoo synth --fields-per-sample K``): K fields of view of one sample
+(`SampleStyle`) share its labels, pattern strengths, cell-line morphology (cell size and elongation) and a hidden
+signature (background, noise gains, blur, per-stain intensity, a faint fixed-pattern artefact), as the fields of
+one HPA sample do; ``train.csv`` then has a ``Sample`` column, so the same-sample leak can be measured.
+
+Not modelled: 16-bit dynamic range, out-of-focus planes, debris, label co-occurrence structure (classes are
+drawn independently apart from the number of labels per image), and the Kaggle/HPAv18 duplicates.
 """
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 import shutil
@@ -143,6 +148,14 @@ on it (F1 scores, losses, speeds on it) are **never** HPA results and must not b
 """
 
 
+SAMPLES_README_TEXT = """- Samples: {k} fields of view per sample ({n_samples} samples). The fields of a sample share its labels, its
+  pattern strengths, its cell-line morphology and a hidden signature (background, noise, stain intensity, a faint
+  fixed-pattern artefact): the `Sample` column of `train.csv` and `test_labels.csv`. {n_leaky} of the {n_test}
+  test images have a same-sample image in train (`SampleInTrain` = 1): a split that separates the fields of a
+  sample leaks it (`hpa-zoo folds --group-by-sample` keeps them together).
+"""
+
+
 # ---------------------------------------------------------------------------------------------- labels
 def sample_labels(n: int, rng: np.random.Generator, class_weights: np.ndarray = CLASS_WEIGHTS
                   ) -> list[tuple[int, ...]]:
@@ -224,10 +237,11 @@ def _smooth_noise(size: int, feature_px: float, rng: np.random.Generator) -> np.
     return (up - sub.mean()) * np.float32(1 / (sub.std() + 1e-6))
 
 
-def _layout(labels: Sequence[int], size: int, rng: np.random.Generator, zoom: float = 1.0
-            ) -> tuple[_Cells, list[tuple[int, int]]]:
+def _layout(labels: Sequence[int], size: int, rng: np.random.Generator, zoom: float = 1.0,
+            style: "SampleStyle | None" = None) -> tuple[_Cells, list[tuple[int, int]]]:
     """Place cells: an optional dividing pair, optional mitotic cells, then interphase cells by rejection
-    (``zoom``: geometry scaled by it, the interphase cell count by ``1 / zoom**2``)."""
+    (``zoom``: geometry scaled by it, the interphase cell count by ``1 / zoom**2``; ``style``: the sample's
+    cell-line size and elongation of the interphase cells)."""
     s = size / REFERENCE_SIZE * zoom
     rows: list[tuple] = []  # (cx, cy, a, b, ang, kind)
     pairs: list[tuple[int, int]] = []
@@ -257,10 +271,15 @@ def _layout(labels: Sequence[int], size: int, rng: np.random.Generator, zoom: fl
     while len(rows) < target and attempts < 40 * target:
         attempts += 1
         r = rng.uniform(34, 64) * s
+        if style is not None:  # the cell line's size
+            r = r * style.cell_scale
         cx, cy = rng.uniform(-0.05, 1.05, 2) * size
         ok = all(np.hypot(cx - q[0], cy - q[1]) > overlap * (r + q[2]) * (1.5 if q[5] else 1.0) for q in rows)
         if ok:
-            rows.append((cx, cy, r * rng.uniform(1.0, 1.35), r * rng.uniform(0.7, 1.0), rng.uniform(0, np.pi), 0))
+            a_, b_ = r * rng.uniform(1.0, 1.35), r * rng.uniform(0.7, 1.0)
+            if style is not None:  # the cell line's elongation
+                a_, b_ = a_ * style.cell_aspect, b_ / style.cell_aspect
+            rows.append((cx, cy, a_, b_, rng.uniform(0, np.pi), 0))
     cx, cy, a, b, ang, kind = (np.array(col, dtype=np.float64) for col in zip(*rows))
     kind = kind.astype(np.int32)
     n = len(cx)
@@ -699,19 +718,27 @@ def _per_cell(f: _Field, rng: np.random.Generator, low: float, high: float) -> n
 
 
 def _green(f: _Field, labels: Sequence[int], rng: np.random.Generator, preset: SyntheticPreset,
-           signals: dict | None = None) -> np.ndarray:
+           style: "SampleStyle | None" = None, signals: dict | None = None) -> np.ndarray:
     """The protein channel before image formation: non-specific stain + every label's pattern; float32.
-
-    ``signals``: when a dict, each label's own (H, W) float32 signal is stored under its class id (same draws
-    from ``rng`` either way, so the image does not change)."""
+    With a ``style`` the pattern strengths and the expressing fraction are the sample's (the draws still happen,
+    so the other streams do not move). ``signals``: when a dict, each label's own (H, W) float32 signal is stored
+    under its class id (same draws from ``rng`` either way, so the image does not change)."""
     gain = np.float32(rng.uniform(90, 200))
     green = rng.uniform(*preset.nonspecific) * f.cell * (0.7 + 0.3 * np.clip(_smooth_noise(f.size, 12 * f.s, rng),
                                                                              -1, 1))
     for c in labels:
         pattern, gated = PATTERNS[c]
-        signal = pattern(f, rng) * np.float32(rng.uniform(*preset.strength))
+        signal = pattern(f, rng)  # (the draws keep their original order: pattern, strength, cells, fraction)
+        strength = rng.uniform(*preset.strength)
+        if style is not None:  # the sample's strength of this pattern
+            strength = style.strengths[style.labels.index(c)]
+        signal = signal * np.float32(strength)
         if gated:  # a random 60-100 % (hpa) of the cells express the protein, each at its own level
-            expressing = rng.random(f.cells.n) < rng.uniform(*preset.expressing)
+            draws = rng.random(f.cells.n)
+            fraction = rng.uniform(*preset.expressing)
+            if style is not None:
+                fraction = style.expressing
+            expressing = draws < fraction
             expressing[rng.integers(f.cells.n)] = True
             levels = np.concatenate([[0.0], rng.uniform(0.5, 1.0, f.cells.n) * expressing]).astype(np.float32)
             signal = signal * levels[f.owner]
@@ -721,12 +748,24 @@ def _green(f: _Field, labels: Sequence[int], rng: np.random.Generator, preset: S
     return green * gain
 
 
-def _form_image(x: np.ndarray, f: _Field, rng: np.random.Generator) -> np.ndarray:
-    """Optics and camera: background offset, Gaussian blur, Poisson-Gaussian noise, 8-bit; (H, W) uint8."""
-    x = x.astype(np.float32) + np.float32(rng.uniform(0.3, 2.5))
-    x = cv2.GaussianBlur(x, (0, 0), max(rng.uniform(0.6, 1.1) * f.s, 0.4))
-    noise = _GAUSS_TABLE[np.frombuffer(rng.bytes(x.size), np.uint8)].reshape(x.shape)
-    x += noise * np.sqrt(np.maximum(x, 0) * np.float32(rng.uniform(0.4, 1.2)) + np.float32(rng.uniform(0.5, 2.0)))
+def _form_image(x: np.ndarray, f: _Field, rng: np.random.Generator, style: "SampleStyle | None" = None,
+                channel: int = 0) -> np.ndarray:
+    """Optics and camera: background offset, Gaussian blur, Poisson-Gaussian noise, 8-bit; (H, W) uint8.
+
+    With a ``style`` (a sample's hidden signature) the stain intensity is scaled by the sample's gain of
+    ``channel``, the background, blur and noise gains are the sample's, and its fixed-pattern artefact is added.
+    """
+    if style is None:  # the draws in their original order (same seed -> the same bytes as before samples)
+        x = x.astype(np.float32) + np.float32(rng.uniform(0.3, 2.5))
+        x = cv2.GaussianBlur(x, (0, 0), max(rng.uniform(0.6, 1.1) * f.s, 0.4))
+        noise = _GAUSS_TABLE[np.frombuffer(rng.bytes(x.size), np.uint8)].reshape(x.shape)
+        x += noise * np.sqrt(np.maximum(x, 0) * np.float32(rng.uniform(0.4, 1.2)) + np.float32(rng.uniform(0.5, 2.0)))
+    else:
+        x = x.astype(np.float32) * np.float32(style.stain_gain[channel]) + np.float32(style.background[channel])
+        x += style.artefact(f.size) * np.float32(style.artefact_amplitude)
+        x = cv2.GaussianBlur(x, (0, 0), max(style.blur * f.s, 0.4))
+        noise = _GAUSS_TABLE[np.frombuffer(rng.bytes(x.size), np.uint8)].reshape(x.shape)
+        x += noise * np.sqrt(np.maximum(x, 0) * np.float32(style.shot_gain) + np.float32(style.read_noise))
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
@@ -735,7 +774,8 @@ MASK_FRACTION = 0.2
 
 
 def synthesize_field(labels: Sequence[int], *, size: int = REFERENCE_SIZE, rng: np.random.Generator,
-                     preset: "str | SyntheticPreset" = DEFAULT_PRESET, return_masks: bool = False):
+                     preset: "str | SyntheticPreset" = DEFAULT_PRESET, return_masks: bool = False,
+                     style: "SampleStyle | None" = None):
     """Render one synthetic field of view whose green channel shows the patterns of ``labels``.
 
     Args:
@@ -744,13 +784,17 @@ def synthesize_field(labels: Sequence[int], *, size: int = REFERENCE_SIZE, rng: 
         rng: NumPy generator, the only source of randomness (same state -> identical array).
         preset: a `PRESETS` name or a `SyntheticPreset` (default ``"hpa"``).
         return_masks: also return each label's ground-truth mask (the image is the same either way).
+        style: the `SampleStyle` of the sample this field belongs to (`make_sample_style`): its pattern strengths,
+            cell-line morphology and hidden signature; None (default) = an independent field, exactly as before
+            samples existed. ``labels`` must then be ``style.labels``.
     Returns:
         (size, size, 4) uint8 image, channels R, G, B, Y (``hpa_zoo.constants.CHANNELS``). With ``return_masks``
         the pair (image, masks): masks maps each class id of ``labels`` to a (size, size) bool array, True where
         that class's own pattern signal (before blur and noise) is >= `MASK_FRACTION` of its maximum (all False
         when the pattern is empty, e.g. no expressing cell lies in the field).
     Raises:
-        ConfigError: size below 32, a class id outside ``0..27`` or an unknown preset.
+        ConfigError: size below 32, a class id outside ``0..27``, an unknown preset, or labels that are not the
+            style's.
     """
     preset = get_preset(preset)
     if int(size) < 32:
@@ -760,9 +804,12 @@ def synthesize_field(labels: Sequence[int], *, size: int = REFERENCE_SIZE, rng: 
     if bad:
         raise ConfigError(f"class id(s) {bad} outside 0..{NUM_CLASSES - 1}; see hpa_zoo.constants.CLASS_NAMES")
     size = int(size)
+    if style is not None and tuple(labels) != tuple(style.labels):
+        raise ConfigError(f"labels {labels} are not the sample's {list(style.labels)}: the fields of a sample share "
+                          f"its labels (pass style.labels)")
     # Independent streams: the labels change the green channel only, never the cells, stains or camera noise.
     geometry_rng, stain_rng, green_rng, camera_rng = rng.spawn(4)
-    cells, pairs = _layout(labels, size, geometry_rng, preset.zoom)
+    cells, pairs = _layout(labels, size, geometry_rng, preset.zoom, style)
     f = _rasterise(cells, pairs, size, geometry_rng, preset.zoom)
     rng = stain_rng
     bridge = _polylines(f, [np.stack([[cells.cx[i], cells.cy[i]], [cells.cx[j], cells.cy[j]]]) for i, j in pairs], 1.5)
@@ -772,8 +819,9 @@ def synthesize_field(labels: Sequence[int], *, size: int = REFERENCE_SIZE, rng: 
                                   + 1.2 * f.spindle + 0.6 * bridge)
     yellow = rng.uniform(45, 130) * _per_cell(f, rng, 0.6, 1.0) * (0.1 * f.cell + 0.9 * f.er)
     signals: dict | None = {} if return_masks else None
-    green = _green(f, labels, green_rng, preset, signals)
-    image = np.stack([_form_image(ch, f, camera_rng) for ch in (red, green, blue, yellow)], axis=-1)
+    green = _green(f, labels, green_rng, preset, style, signals)
+    image = np.stack([_form_image(ch, f, camera_rng, style, k) for k, ch in enumerate((red, green, blue, yellow))],
+                     axis=-1)
     if not return_masks:
         return image
     masks = {}
@@ -784,6 +832,90 @@ def synthesize_field(labels: Sequence[int], *, size: int = REFERENCE_SIZE, rng: 
     return image, masks
 
 
+# ---------------------------------------------------------------------------------------------- samples
+@dataclass(frozen=True)
+class SampleStyle:
+    """What the fields of view of one sample (one antibody in one cell line) share (`make_sample_style`).
+
+    The labels and the pattern strengths (the protein), the cell line's morphology, and a hidden signature of
+    the preparation and the microscope session: the background level, the noise texture (shot and read noise
+    gains, the optics' blur), the stain intensity of every channel and a faint fixed-pattern artefact. Each field
+    still has its own cells, expressing cells and noise. The signature is what leaks a sample across a split.
+
+    Attributes:
+        sample: the sample's index.
+        labels: sorted class ids of the sample.
+        strengths: pattern strength of each label (same order), in the preset's ``strength`` range.
+        expressing: fraction of the cells that express the protein.
+        cell_scale, cell_aspect: interphase cell size and elongation factors (the cell line).
+        background: (4,) background offset per channel R, G, B, Y (grey levels).
+        stain_gain: (4,) stain intensity factor per channel.
+        blur: the optics' Gaussian sigma at 512 px.
+        shot_gain, read_noise: the camera's noise model (variance = shot_gain * signal + read_noise).
+        artefact_seed, artefact_amplitude: the fixed-pattern artefact (`sample_artefact`) and its peak size in
+            grey levels.
+    """
+
+    sample: int
+    labels: tuple[int, ...]
+    strengths: tuple[float, ...]
+    expressing: float
+    cell_scale: float
+    cell_aspect: float
+    background: tuple[float, float, float, float]
+    stain_gain: tuple[float, float, float, float]
+    blur: float
+    shot_gain: float
+    read_noise: float
+    artefact_seed: int
+    artefact_amplitude: float
+
+    def artefact(self, size: int) -> np.ndarray:
+        """The sample's fixed-pattern artefact at ``size``: (size, size) float32 in [-1, 1] (`sample_artefact`)."""
+        return sample_artefact(self.artefact_seed, int(size))
+
+
+@functools.lru_cache(maxsize=64)
+def sample_artefact(seed: int, size: int) -> np.ndarray:
+    """A fixed-pattern artefact (uneven illumination plus faint camera stripes) of one sample, the same in every
+    field of it: (size, size) float32 in [-1, 1], read-only; a function of ``seed`` and ``size`` only."""
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 4]))
+    shading = _smooth_noise(size, size / 3, rng)
+    period, phase, angle = rng.uniform(6, 14) * size / REFERENCE_SIZE * 4, rng.uniform(0, 2 * np.pi), rng.uniform(0, np.pi)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    stripes = np.cos((xx * np.cos(angle) + yy * np.sin(angle)) * np.float32(2 * np.pi / max(period, 2.0)) + phase)
+    pattern = 0.6 * shading / max(float(np.abs(shading).max()), 1e-6) + 0.4 * stripes
+    pattern = (pattern / max(float(np.abs(pattern).max()), 1e-6)).astype(np.float32)
+    pattern.setflags(write=False)
+    return pattern
+
+
+def make_sample_style(sample: int, labels: Sequence[int], rng: np.random.Generator,
+                      preset: "str | SyntheticPreset" = DEFAULT_PRESET) -> SampleStyle:
+    """Draw the shared traits of one sample (`SampleStyle`) with ``rng``.
+
+    Args:
+        sample: the sample's index (recorded in the style).
+        labels: its class ids (sorted, distinct, in ``0..27``).
+        rng: NumPy generator, the only source of randomness.
+        preset: the generator preset (its ``strength`` and ``expressing`` ranges).
+    Returns:
+        A frozen `SampleStyle`.
+    """
+    spec = get_preset(preset)
+    labels = tuple(sorted(set(int(c) for c in labels)))
+    return SampleStyle(
+        sample=int(sample), labels=labels,
+        strengths=tuple(float(v) for v in rng.uniform(*spec.strength, len(labels))),
+        expressing=float(rng.uniform(*spec.expressing)),
+        cell_scale=float(rng.uniform(0.8, 1.2)), cell_aspect=float(rng.uniform(0.9, 1.25)),
+        background=tuple(float(v) for v in rng.uniform(0.3, 2.5, 4)),
+        stain_gain=tuple(float(v) for v in rng.uniform(0.75, 1.3, 4)),
+        blur=float(rng.uniform(0.6, 1.1)), shot_gain=float(rng.uniform(0.4, 1.2)),
+        read_noise=float(rng.uniform(0.5, 2.0)),
+        artefact_seed=int(rng.integers(2 ** 31)), artefact_amplitude=float(rng.uniform(0.6, 1.6)))
+
+
 # ---------------------------------------------------------------------------------------------- dataset writer
 def _image_rng(seed: int, split: str, index: int) -> np.random.Generator:
     """The generator of one image, independent of the order (and process) in which images are made."""
@@ -792,11 +924,11 @@ def _image_rng(seed: int, split: str, index: int) -> np.random.Generator:
 
 def _render_and_write(task: tuple) -> None:
     """Worker: render one image and write its four PNGs (``task`` = folder, id, labels, size, seed, split, index,
-    preset[, masks_folder]); with a masks folder also ``{masks_folder}/{id}.npz`` (see `write_synthetic_dataset`)."""
-    folder, image_id, labels, size, seed, split, index, preset, *rest = task
-    masks_folder = rest[0] if rest else None
+    preset, masks folder or None[, sample style]); with a masks folder also ``{masks_folder}/{id}.npz`` (see
+    `write_synthetic_dataset`)."""
+    folder, image_id, labels, size, seed, split, index, preset, masks_folder, *style = task
     image = synthesize_field(labels, size=size, rng=_image_rng(seed, split, index), preset=preset,
-                             return_masks=masks_folder is not None)
+                             return_masks=masks_folder is not None, style=style[0] if style else None)
     if masks_folder is not None:
         image, masks = image
         classes = sorted(masks)
@@ -817,7 +949,7 @@ def _ids(n: int, rng: np.random.Generator) -> list[str]:
 def write_synthetic_dataset(out_dir: str | os.PathLike, *, n_train: int, n_test: int, size: int = REFERENCE_SIZE,
                             seed: int = 0, workers: int | None = None, overwrite: bool = False,
                             progress: bool = True, preset: "str | SyntheticPreset" = DEFAULT_PRESET,
-                            masks: bool = False) -> Path:
+                            masks: bool = False, fields_per_sample: int = 1) -> Path:
     """Write a synthetic HPA-like dataset in the Kaggle layout and return its folder.
 
     Layout: ``train.csv`` (``Id,Target``), ``sample_submission.csv`` (``Id,Predicted``, every row ``0``),
@@ -842,6 +974,12 @@ def write_synthetic_dataset(out_dir: str | os.PathLike, *, n_train: int, n_test:
             int64, the image's class ids in increasing order, and ``masks`` (L, size, size) bool, each class's
             ground-truth pattern mask (`synthesize_field`); read them with `load_masks`. Off by default: the
             images and CSVs are the same either way.
+        fields_per_sample: K fields of view per sample (`SampleStyle`: shared labels, pattern strengths, cell-line
+            morphology and hidden signature). 1 (default) = every image its own sample, byte-identical to the
+            files written before samples existed (no ``Sample`` column). K > 1: ``ceil((n_train + n_test) / K)``
+            samples; their fields are shuffled over train and test, so some test images have a same-sample
+            image in train; ``train.csv`` gets a ``Sample`` column and ``test_labels.csv`` the columns
+            ``Sample`` and ``SampleInTrain`` (1 when the test image's sample also occurs in train).
     Returns:
         ``Path(out_dir)``.
     Raises:
@@ -857,13 +995,21 @@ def write_synthetic_dataset(out_dir: str | os.PathLike, *, n_train: int, n_test:
         raise ConfigError(f"workers={workers}: use None (all CPUs), 0 or 1 (this process) or a positive count")
     if int(size) < 32:
         raise ConfigError(f"size={size} is too small; use size >= 32 (Kaggle PNGs are 512)")
+    if int(fields_per_sample) < 1:
+        raise ConfigError(f"fields_per_sample={fields_per_sample}: use 1 (independent images) or more fields of "
+                          f"view per sample (CLI: --fields-per-sample)")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise ConfigError(f"{out}: exists and is not empty; choose a new folder or pass overwrite=True "
                           f"(CLI: --overwrite)")
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0]))
-    split_labels = {"train": sample_labels(n_train, rng, spec.class_weights),
-                    "test": sample_labels(n_test, rng, spec.class_weights)}
-    split_ids = {"train": _ids(n_train, rng), "test": _ids(n_test, rng)}
+    if int(fields_per_sample) == 1:  # the original draws, unchanged
+        rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0]))
+        split_labels = {"train": sample_labels(n_train, rng, spec.class_weights),
+                        "test": sample_labels(n_test, rng, spec.class_weights)}
+        split_ids = {"train": _ids(n_train, rng), "test": _ids(n_test, rng)}
+        split_styles = None
+    else:
+        split_labels, split_ids, split_styles = _sampled_splits(int(n_train), int(n_test), int(fields_per_sample),
+                                                                int(seed), spec)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -871,21 +1017,30 @@ def write_synthetic_dataset(out_dir: str | os.PathLike, *, n_train: int, n_test:
         tasks = []
         for split in ("train", "test"):
             (tmp / split).mkdir(parents=True)
-            extra = ()
+            masks_folder = None
             if masks:
                 (tmp / "masks" / split).mkdir(parents=True)
-                extra = (str(tmp / "masks" / split),)
-            tasks += [(str(tmp / split), image_id, labels, int(size), int(seed), split, k, spec, *extra)
+                masks_folder = str(tmp / "masks" / split)
+            tasks += [(str(tmp / split), image_id, labels, int(size), int(seed), split, k, spec, masks_folder)
+                      + (() if split_styles is None else (split_styles[split][k],))
                       for k, (image_id, labels) in enumerate(zip(split_ids[split], split_labels[split]))]
         _run_tasks(tasks, workers, progress)
-        atomic_to_csv(pd.DataFrame({"Id": split_ids["train"], "Target": [format_target(t) for t in split_labels["train"]]}),
-                      tmp / "train.csv")
+        train_table = pd.DataFrame({"Id": split_ids["train"],
+                                    "Target": [format_target(t) for t in split_labels["train"]]})
+        test_table = pd.DataFrame({"Id": split_ids["test"], "Target": [format_target(t) for t in split_labels["test"]]})
+        readme = README_TEXT.format(size=size, n_train=n_train, n_test=n_test, seed=seed, floor=CLASS_FLOOR_FRACTION,
+                                    preset=spec.name, description=spec.description)
+        if split_styles is not None:
+            train_table["Sample"] = [_sample_name(st.sample) for st in split_styles["train"]]
+            test_table["Sample"] = [_sample_name(st.sample) for st in split_styles["test"]]
+            test_table["SampleInTrain"] = test_table["Sample"].isin(set(train_table["Sample"])).astype(int)
+            readme += SAMPLES_README_TEXT.format(k=fields_per_sample, n_samples=len(set(train_table["Sample"])
+                                                                                     | set(test_table["Sample"])),
+                                                 n_leaky=int(test_table["SampleInTrain"].sum()), n_test=n_test)
+        atomic_to_csv(train_table, tmp / "train.csv")
         atomic_to_csv(pd.DataFrame({"Id": split_ids["test"], "Predicted": ["0"] * n_test}), tmp / "sample_submission.csv")
-        atomic_to_csv(pd.DataFrame({"Id": split_ids["test"], "Target": [format_target(t) for t in split_labels["test"]]}),
-                      tmp / "test_labels.csv")
-        atomic_write_text(tmp / "README.md", README_TEXT.format(size=size, n_train=n_train, n_test=n_test, seed=seed,
-                                                                floor=CLASS_FLOOR_FRACTION, preset=spec.name,
-                                                                description=spec.description))
+        atomic_to_csv(test_table, tmp / "test_labels.csv")
+        atomic_write_text(tmp / "README.md", readme)
         if out.exists():
             trash = out.parent / f".{out.name}.old-{os.getpid()}"
             os.replace(out, trash)
@@ -916,6 +1071,31 @@ def load_masks(path: str | os.PathLike) -> dict[int, np.ndarray]:
     if masks.ndim != 3 or len(classes) != len(masks):
         raise HpaDataError(f"{path}: {len(classes)} classes for masks of shape {masks.shape}; expected (L, H, W)")
     return {int(c): m.astype(bool) for c, m in zip(classes, masks)}
+
+
+def _sample_name(sample: int) -> str:
+    """The ``Sample`` column value of sample ``sample``: ``S00042``."""
+    return f"S{int(sample):05d}"
+
+
+def _sampled_splits(n_train: int, n_test: int, k: int, seed: int, spec: SyntheticPreset):
+    """Labels, ids and `SampleStyle` per image of both splits when images come in samples of ``k`` fields.
+
+    ``ceil(n / k)`` samples (n = n_train + n_test) get labels and a style; their fields (the last sample may have
+    fewer) are shuffled and the first n_train go to train. Returns ({split: labels}, {split: ids},
+    {split: styles}), each list in image order."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0, k]))
+    n = n_train + n_test
+    n_samples = -(-n // k)
+    labels = sample_labels(n_samples, rng, spec.class_weights)
+    ids = _ids(n, rng)
+    of_image = np.repeat(np.arange(n_samples), k)[:n][rng.permutation(n)]
+    styles = [make_sample_style(j, labels[j], np.random.default_rng(np.random.SeedSequence([seed, 3, j])), spec)
+              for j in range(n_samples)]
+    parts = {"train": of_image[:n_train], "test": of_image[n_train:]}
+    id_parts = {"train": ids[:n_train], "test": ids[n_train:]}
+    return ({sp: [styles[j].labels for j in part] for sp, part in parts.items()}, id_parts,
+            {sp: [styles[j] for j in part] for sp, part in parts.items()})
 
 
 def _run_tasks(tasks: list[tuple], workers: int | None, progress: bool) -> None:

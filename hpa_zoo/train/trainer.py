@@ -260,6 +260,9 @@ def train(model_name: str, data: str | os.PathLike, *, fold: int = 0, folds_csv:
     spec = get_spec(model_name)
     recipe = load_recipe(model_name, epochs=epochs, image_size=image_size, input_size=input_size,
                          batch_size=batch_size)
+    if recipe.targets != "multi_hot":
+        raise ConfigError(f"{model_name!r} is trained on {recipe.targets} targets, not the 28 classes; use "
+                          f"`hpa-zoo train-embedding` (hpa_zoo.train.metric_learning.train_metric_learning)")
     if recipe_overrides:
         unknown = set(recipe_overrides) - {f.name for f in dataclasses.fields(Recipe)}
         if unknown:

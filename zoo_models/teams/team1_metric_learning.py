@@ -18,10 +18,10 @@ import math
 import warnings
 
 import keras
-import numpy as np
 from keras import ops
 
 from hpa_zoo.errors import ConfigError
+from hpa_zoo.recipe import Recipe
 # teams.md §1.7: matching by per-set standardised cosine above 0.65; the label replacement keeps five tags
 from hpa_zoo.nn.matching import KEEP_CLASSES, MATCH_THRESHOLD, match, standardise  # noqa: F401
 
@@ -160,4 +160,39 @@ class ArcFaceLoss(keras.losses.Loss):
 
 def make_optimizer() -> keras.optimizers.Optimizer:
     """teams.md §1.7: Adam 1e-4 constant, gradient-norm clipping at 1."""
-    return keras.optimizers.Adam(LEARNING_RATE, clipnorm=CLIPNORM)
+    return make_optimizer_for(LEARNING_RATE)
+
+
+def make_optimizer_for(learning_rate: float = LEARNING_RATE) -> keras.optimizers.Optimizer:
+    """teams.md §1.7: Adam at ``learning_rate`` (Team 1: 1e-4, constant), gradient-norm clipping at 1."""
+    return keras.optimizers.Adam(float(learning_rate), clipnorm=CLIPNORM)
+
+
+def make_recipe(model_name: str = "team1_arcface_resnet50_768", **overrides) -> Recipe:
+    """Team 1's metric-learning recipe (teams.md §1.7): 768 px whole images, one random D4 transform, ArcFace on
+    sample ids, Adam 1e-4 constant with clip 1, batch 32, 50 epochs. ``targets="sample_id"``: the multi-label
+    trainer refuses it; `hpa_zoo.train.metric_learning.train_metric_learning` carries it out.
+
+    Args:
+        model_name: ``"team1_arcface_resnet50_768"``.
+        overrides: `Recipe` fields; ``image_size`` / ``input_size`` (kept equal: no crop).
+    Returns:
+        `hpa_zoo.recipe.Recipe`.
+    """
+    import functools
+
+    from hpa_zoo.data import image_ops
+
+    size = int(overrides.pop("input_size", overrides.pop("image_size", INPUT_SIZE)))
+    fields = dict(
+        name="team1_arcface", image_size=size, input_size=size, batch_size=BATCH, epochs=EPOCHS,
+        make_loss=ArcFaceLoss,
+        make_optimizer=lambda steps_per_epoch, epochs: make_optimizer_for(LEARNING_RATE),
+        train_map=lambda example, seed: (image_ops.random_d4(image_ops.resize(example["image"], size), seed),
+                                         example["multi_hot"]),
+        eval_map=functools.partial(image_ops.resized_pair, size=size),
+        monitor="loss", targets="sample_id", input_is_resized_image=True,
+        notes="ArcFace over sample ids (teams.md §1.7); the identities come from the data, not the 28 classes.",
+    )
+    fields.update(overrides)
+    return Recipe(**fields)
