@@ -474,7 +474,9 @@ def run_beam(models, inputs, *, out_dir, mode: str = "predict", beam_options: Se
     from apache_beam.metrics.metric import MetricsFilter
     from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
-    from hpa_zoo.ensemble import _tta_dict
+    import dataclasses
+
+    from hpa_zoo.ensemble import FORMAT_VERSION, sidecar_path
     from hpa_zoo.predict_images import _check_members, load_member
     from tfds_hpa import _pipeline_options
 
@@ -501,7 +503,7 @@ def run_beam(models, inputs, *, out_dir, mode: str = "predict", beam_options: Se
         raise ConfigError(f"{first.name}: no feature layer in its registry row; embed another model")
     class_names, size, n_channels = list(first.class_names), first.image_size, len(first.stains)
     thresholds = np.mean([m.thresholds for m in members], axis=0)
-    activation, tta_meta = first.activation, _tta_dict(first.tta)
+    activation, tta_meta = first.activation, dataclasses.asdict(first.tta)
     model_name = "+".join(dict.fromkeys(m.model_name for m in members))
     feature_dim = None
     if mode == "embed":
@@ -595,12 +597,9 @@ def run_beam(models, inputs, *, out_dir, mode: str = "predict", beam_options: Se
     counters["images_skipped"] += len(pre_skipped)
     rss = [m.committed for m in metrics["distributions"] if m.key.metric.name == "worker_peak_rss_mb"]
     peak = {"max": rss[0].max, "min": rss[0].min} if rss and rss[0] and rss[0].count else None
-    sidecar = {"format_version": 1, "model_name": model_name, "fold": "test", "tta": tta_meta,
+    sidecar = {"format_version": FORMAT_VERSION, "model_name": model_name, "fold": "test", "tta": tta_meta,
                "class_names": class_names if mode == "predict" else None, "n_rows": counters["images_predicted"],
                "shards": written[table], "columns": ["Id", *columns], "source": str(inputs)}
-    from hpa_zoo.ensemble import FORMAT_VERSION, sidecar_path
-
-    sidecar["format_version"] = FORMAT_VERSION
     written["sidecar"] = write_text(join(out, sidecar_path(f"{table}.csv").name), json.dumps(sidecar, indent=2))
     log.info("Beam %s counters: %s%s", mode, ", ".join(f"{k}={v}" for k, v in counters.items()),
              f"; worker peak RSS {peak['min']}-{peak['max']} MB" if peak else "")
@@ -644,8 +643,14 @@ def _read_tfds(source, size: int, counter):
     import apache_beam as beam
     import tensorflow_datasets as tfds
 
+    import tfds_hpa  # noqa: F401  (registers hpa_kaggle / hpa_v18)
+
     name, data_dir = source
-    builder = tfds.builder(name, data_dir=data_dir)
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except Exception as exc:  # tfds: DatasetNotFoundError, or a name it cannot parse
+        raise HpaDataError(f"{name}: not a folder, CSV, file or a TFDS dataset in {data_dir or 'the default data dir'} "
+                           f"({type(exc).__name__}: {str(exc)[:200]}); pass an existing path, or --data-dir") from exc
 
     def convert(example):
         from hpa_zoo import pipeline
@@ -654,7 +659,8 @@ def _read_tfds(source, size: int, counter):
         if image.shape[0] != size:
             import tensorflow as tf
 
-            image = tf.cast(tf.clip_by_value(tf.round(pipeline.resize(image, size)), 0, 255), tf.uint8).numpy()
+            resized = pipeline.resize(tf.convert_to_tensor(image), size)
+            image = tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8).numpy()
         counter.inc()
         return example["id"].decode() if isinstance(example["id"], bytes) else str(example["id"]), image
 

@@ -362,6 +362,8 @@ def _add_predict(sub) -> None:
 def _add_beam_outputs(group) -> None:
     group.add_argument("--parquet", action="store_true", help="with --beam: also write Parquet shards (pyarrow)")
     group.add_argument("--num-shards", type=int, default=0, help="with --beam: output shards (0: the runner's choice)")
+    group.add_argument("--large-model", action="store_true",
+                       help="with --beam: one model copy per machine shared by its worker processes (big models)")
 
 
 def _run_beam_verb(args, mode: str, models, inputs) -> int:
@@ -372,7 +374,7 @@ def _run_beam_verb(args, mode: str, models, inputs) -> int:
                    weights=args.weights, tta=getattr(args, "tta", "default"), batch_size=args.batch_size,
                    skip_bad=getattr(args, "skip_bad", False), images_dir=getattr(args, "images_dir", None),
                    data_dir=getattr(args, "data_dir", None), pixel_size_um=args.pixel_size, parquet=args.parquet,
-                   num_shards=args.num_shards)
+                   num_shards=args.num_shards, large_model=args.large_model)
     print("Beam counters: " + ", ".join(f"{k}={v}" for k, v in got.pop("counters").items()))
     peak = got.pop("peak_rss_mb")
     if peak:

@@ -161,3 +161,20 @@ def test_cli_predict_and_embed_beam(data, presets, tmp_path, capsys):
     assert main(["embed", presets[0], "--data", str(data / "test"), "--out", str(tmp_path / "e"), "--beam",
                  "--runner", "FnApiRunner"]) == 0
     assert beam_infer.read_shards(tmp_path / "e", "features").shape == (N_TEST, 33)
+
+
+def test_predict_beam_on_a_tfds_dataset_equals_predict(data, presets, tmp_path):
+    """A TFDS name: its ``test`` split read with ``tfds.beam.ReadFromTFDS``, resized to the model as
+    `hpa_zoo.predict` resizes it, equal to the single-process `predict` on the same dataset."""
+    import tfds_hpa
+    from hpa_zoo.predict import predict
+
+    tfds_hpa.build("hpa_kaggle", manual_dir=data, config="128", data_dir=tmp_path / "tfds")
+    _, single = predict(presets[0], "hpa_kaggle/128", out_dir=tmp_path / "single", data_dir=tmp_path / "tfds",
+                        verbose=0)
+    got = beam_infer.run_beam(presets[0], "hpa_kaggle/128", data_dir=tmp_path / "tfds", out_dir=tmp_path / "beam",
+                              beam_options=RUNNER)
+    want = _by_id(pd.read_csv(single, dtype={"Id": str}))
+    probs = _by_id(beam_infer.read_shards(tmp_path / "beam"))
+    assert list(probs.index) == list(want.index) and got["counters"]["images_read"] == N_TEST
+    np.testing.assert_allclose(probs.to_numpy(), want.to_numpy(), rtol=0, atol=1e-6 + 1e-12)
