@@ -482,6 +482,10 @@ def run_beam(models, inputs, *, out_dir, mode: str = "predict", beam_options: Se
 
     if mode not in ("predict", "embed"):
         raise ConfigError(f"mode={mode!r}: use 'predict' or 'embed'")
+    if num_shards < 0 or batch_size < 1 or max_batch_size < 1:
+        raise ConfigError(f"num_shards={num_shards}, batch_size={batch_size}, max_batch_size={max_batch_size}: "
+                          f"need num_shards >= 0 (0: the runner decides; CLI --num-shards) and batch sizes >= 1 "
+                          f"(--batch-size)")
     names = [str(os.fspath(m)) for m in (models if isinstance(models, (list, tuple)) else [models])]
     if not names:
         raise ConfigError("run_beam: no model given")

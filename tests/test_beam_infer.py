@@ -178,3 +178,46 @@ def test_predict_beam_on_a_tfds_dataset_equals_predict(data, presets, tmp_path):
     probs = _by_id(beam_infer.read_shards(tmp_path / "beam"))
     assert list(probs.index) == list(want.index) and got["counters"]["images_read"] == N_TEST
     np.testing.assert_allclose(probs.to_numpy(), want.to_numpy(), rtol=0, atol=1e-6 + 1e-12)
+
+
+def test_remote_file_list_reads_like_the_local_reader(tmp_path):
+    """A list of multi-channel image files on fsspec's ``memory://``: listed on the launcher, decoded by the
+    single-process reader (`hpa_zoo.predict_images.read_item`) exactly as the same local files are."""
+    fsspec = pytest.importorskip("fsspec")
+    import cv2
+
+    from hpa_zoo.predict_images import discover, read_item
+
+    rng = np.random.default_rng(2)
+    fs = fsspec.filesystem("memory")
+    local, remote = [], []
+    for k in range(2):
+        path = tmp_path / f"cell{k}.tif"
+        cv2.imwrite(str(path), rng.integers(0, 65535, (40, 30, 2), dtype=np.uint16)[..., [0, 1, 0]])
+        with fs.open(f"memory://hpa_list_test/cell{k}.tif", "wb") as f:
+            f.write(path.read_bytes())
+        local.append(str(path))
+        remote.append(f"memory://hpa_list_test/cell{k}.tif")
+    items, skipped = beam_infer.discover_items(remote, stains=["red", "green", "blue"])
+    assert [i[0] for i in items] == ["cell0", "cell1"] and skipped == []
+    want_items, _ = discover(local, stains=["red", "green", "blue"])
+    for item, want in zip(items, want_items):
+        got = beam_infer.read_element(item, n_channels=3, size=32)
+        np.testing.assert_array_equal(got, read_item(want, 3, 32))
+        assert got.shape == (32, 32, 3) and got.dtype == np.uint8
+    with pytest.raises(HpaDataError, match=r"memory://hpa_list_test/nope\.tif: file not found"):
+        beam_infer.discover_items([*remote, "memory://hpa_list_test/nope.tif"], stains=["red", "green", "blue"])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"mode": "classify"}, r"mode='classify': use 'predict' or 'embed'"),
+    ({"num_shards": -1}, r"num_shards=-1.*--num-shards"),
+    ({"batch_size": 0}, r"batch_size=0.*--batch-size"),
+    ({"beam_options": ["--runner=NoSuchRunner"]}, r"NoSuchRunner"),
+    ({"beam_options": ["direct_num_workers=2"]}, r"not Beam flags"),
+])
+def test_bad_arguments_are_config_errors(tmp_path, kwargs, message):
+    from hpa_zoo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        beam_infer.run_beam("team4_gapnet_resnet18_512", tmp_path, out_dir=tmp_path / "o", **kwargs)
