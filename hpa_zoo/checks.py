@@ -6,6 +6,7 @@ or ``synth``: ``"<name>=<value>: must be a positive integer"`` plus the entry po
 from __future__ import annotations
 
 import numbers
+from typing import Sequence
 
 from hpa_zoo.errors import ConfigError
 
@@ -125,3 +126,34 @@ def reports_out_of_memory(what: str, batch_arg: str = "batch_size"):
         return guarded
 
     return wrap
+
+
+def beam_pipeline_options(flags: "Sequence[str] | None"):
+    """Beam ``PipelineOptions`` from ``--name=value`` flags (DirectRunner unless ``--runner`` is given); None for
+    a plain (non-Beam) run. Used by `prepare --beam` (tfds_hpa) and `predict/embed --beam` (hpa_zoo.infer.beam).
+
+    Raises:
+        ConfigError: apache-beam missing, a flag without ``--``, a string instead of a list, an unknown runner.
+    """
+    if flags is None:
+        return None
+    if isinstance(flags, str):
+        raise ConfigError(f"beam_options={flags!r}: pass a list of flags, e.g. ['--runner=DirectRunner']")
+    try:
+        from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+    except ImportError as exc:
+        raise ConfigError(f"building with Apache Beam needs apache-beam ({exc}); install it with "
+                          f"`pip install 'hpa-zoo[beam]'` (apache-beam==2.77.0)") from exc
+    flags = [str(f) for f in flags]
+    bad = [f for f in flags if not f.startswith("--")]
+    if bad:
+        raise ConfigError(f"beam_options: {bad} are not Beam flags; write them as --name=value, "
+                          f"e.g. --runner=DataflowRunner")
+    if not any(f.startswith("--runner") for f in flags):
+        flags = ["--runner=DirectRunner", *flags]
+    options = PipelineOptions(flags)
+    runner = options.view_as(StandardOptions).runner
+    if isinstance(runner, str) and "." not in runner and runner not in StandardOptions.KNOWN_RUNNER_NAMES:
+        raise ConfigError(f"Beam runner {runner!r} is unknown; use one of {StandardOptions.KNOWN_RUNNER_NAMES} "
+                          f"(or a runner's full Python path)")
+    return options

@@ -58,16 +58,22 @@ def _add_prepare(sub) -> None:
                    help="leave out bad samples (missing/unreadable channels, bad CSV rows) and list them, "
                         "instead of stopping at the first one")
     p.add_argument("--csv-name", default=None, help="hpa_v18 only: the label CSV in --manual-dir")
-    beam = p.add_argument_group("Apache Beam (full-resolution data; needs `pip install 'hpa-zoo[beam]'`, docs/BEAM.md)")
-    beam.add_argument("--beam", action="store_true",
-                      help="generate the splits with an Apache Beam pipeline (same examples as without it)")
+    _add_beam_arguments(p, "Apache Beam (full-resolution data; needs `pip install 'hpa-zoo[beam]'`, docs/BEAM.md)",
+                        "generate the splits with an Apache Beam pipeline (same examples as without it)")
+    p.set_defaults(func=_run_prepare)
+
+
+def _add_beam_arguments(p, title: str, what: str):
+    """``--beam``, ``--runner``, ``--beam-option`` (read back by `_beam_flags`); returns the argument group."""
+    beam = p.add_argument_group(title)
+    beam.add_argument("--beam", action="store_true", help=what)
     beam.add_argument("--runner", default=None,
                       help="Beam runner: DirectRunner (default, this machine), FnApiRunner (in-process, offline), "
                            "DataflowRunner, SparkRunner, FlinkRunner, PortableRunner; implies --beam")
     beam.add_argument("--beam-option", action="append", default=[], metavar="NAME=VALUE",
                       help="a Beam pipeline option, repeatable, e.g. --beam-option direct_num_workers=2 "
                            "--beam-option project=my-project; implies --beam")
-    p.set_defaults(func=_run_prepare)
+    return beam
 
 
 def _beam_flags(args) -> list[str] | None:
@@ -400,7 +406,34 @@ def _add_predict(sub) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--tie-fallback", action="store_true",
                    help="degenerate LB-ratio labels (a class on for >= 90%% of the images): use the tie-aware variant")
+    _add_beam_outputs(_add_beam_arguments(p, "Apache Beam RunInference (docs/BEAM.md)",
+                                          "predict with an Apache Beam pipeline: sharded CSVs in --out"))
     p.set_defaults(func=_run_predict)
+
+
+def _add_beam_outputs(group) -> None:
+    group.add_argument("--parquet", action="store_true", help="with --beam: also write Parquet shards (pyarrow)")
+    group.add_argument("--num-shards", type=int, default=0, help="with --beam: output shards (0: the runner's choice)")
+    group.add_argument("--large-model", action="store_true",
+                       help="with --beam: one model copy per machine shared by its worker processes (big models)")
+
+
+def _run_beam_verb(args, mode: str, models, inputs) -> int:
+    """``predict --beam`` / ``embed --beam``: one `hpa_zoo.infer.beam.run_beam` call, then what it wrote."""
+    from hpa_zoo.infer.beam import run_beam
+
+    got = run_beam(models, inputs, out_dir=args.out, mode=mode, beam_options=_beam_flags(args),
+                   weights=args.weights, tta=getattr(args, "tta", "default"), batch_size=args.batch_size,
+                   skip_bad=getattr(args, "skip_bad", False), images_dir=getattr(args, "images_dir", None),
+                   data_dir=getattr(args, "data_dir", None), pixel_size_um=args.pixel_size, parquet=args.parquet,
+                   num_shards=args.num_shards, large_model=args.large_model)
+    print("Beam counters: " + ", ".join(f"{k}={v}" for k, v in got.pop("counters").items()))
+    peak = got.pop("peak_rss_mb")
+    if peak:
+        print(f"peak memory per worker process: {peak['min']}-{peak['max']} MB")
+    for kind, path in got.items():
+        print(f"  {kind + ':':22s} {path}")
+    return 0
 
 
 def _run_predict(args) -> int:
@@ -410,6 +443,8 @@ def _run_predict(args) -> int:
         from hpa_zoo.errors import ConfigError
 
         raise ConfigError("give --data (a folder, CSV or TFDS name) or --images FILE ...")
+    if _beam_flags(args) is not None:
+        return _run_beam_verb(args, "predict", args.presets, args.images if args.images is not None else args.data)
     if args.images is None and is_kaggle_source(args.presets, args.data):
         from hpa_zoo.infer.predict import predict
 
@@ -643,6 +678,10 @@ def _add_embed(sub) -> None:
     p.add_argument("--html", action="store_true",
                    help="also write OUT/explorer.html: the interactive, offline embedding explorer")
     p.add_argument("--data-label", default="your images", help="what the images are, shown on the page")
+    _add_beam_outputs(_add_beam_arguments(p, "Apache Beam RunInference (docs/BEAM.md)",
+                                          "embed with an Apache Beam pipeline: sharded features CSVs in --out "
+                                          "(no projection; --data: a folder, CSV, image files or TFDS name)"))
+    p.add_argument("--skip-bad", action="store_true", help="with --beam: skip unreadable images (skipped-*.csv)")
     p.set_defaults(func=_run_embed)
 
 
@@ -659,6 +698,8 @@ def _run_embed(args) -> int:
     from hpa_zoo.data.labels import format_target, read_labels_csv
     from hpa_zoo.data.sources import folder_dataset
 
+    if _beam_flags(args) is not None:
+        return _run_beam_verb(args, "embed", [args.model], args.data)
     data, out = Path(args.data), Path(args.out)
     images_dir, csv = data, args.csv
     if (data / "train.csv").is_file() and (data / "train").is_dir():

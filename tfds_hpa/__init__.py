@@ -10,6 +10,7 @@ from typing import Sequence
 
 import tensorflow_datasets as tfds
 
+from hpa_zoo.checks import beam_pipeline_options as _pipeline_options
 from hpa_zoo.errors import ConfigError, HpaDataError
 from tfds_hpa.hpa_kaggle import hpa_kaggle_dataset_builder
 from tfds_hpa.hpa_v18 import hpa_v18_dataset_builder
@@ -63,29 +64,3 @@ def build(name: str, *, manual_dir: str | os.PathLike, data_dir: str | os.PathLi
                            f"({builder.skip_report.summary(5)}); fix or add the image files, or remove the rows "
                            f"from the CSV") from exc
     return builder
-
-
-def _pipeline_options(flags: Sequence[str] | None):
-    """Beam ``PipelineOptions`` from flags (DirectRunner unless ``--runner`` is given); None for a plain build."""
-    if flags is None:
-        return None
-    if isinstance(flags, str):
-        raise ConfigError(f"beam_options={flags!r}: pass a list of flags, e.g. ['--runner=DirectRunner']")
-    try:
-        from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
-    except ImportError as exc:
-        raise ConfigError(f"building with Apache Beam needs apache-beam ({exc}); install it with "
-                          f"`pip install 'hpa-zoo[beam]'` (apache-beam==2.77.0)") from exc
-    flags = [str(f) for f in flags]
-    bad = [f for f in flags if not f.startswith("--")]
-    if bad:
-        raise ConfigError(f"beam_options: {bad} are not Beam flags; write them as --name=value, "
-                          f"e.g. --runner=DataflowRunner")
-    if not any(f.startswith("--runner") for f in flags):
-        flags = ["--runner=DirectRunner", *flags]
-    options = PipelineOptions(flags)
-    runner = options.view_as(StandardOptions).runner
-    if isinstance(runner, str) and "." not in runner and runner not in StandardOptions.KNOWN_RUNNER_NAMES:
-        raise ConfigError(f"Beam runner {runner!r} is unknown; use one of {StandardOptions.KNOWN_RUNNER_NAMES} "
-                          f"(or a runner's full Python path)")
-    return options

@@ -247,7 +247,7 @@ def folder_dataset(
 TFDS_BUILDER_MODULES = {"hpa_kaggle": "tfds_hpa.hpa_kaggle", "hpa_v18": "tfds_hpa.hpa_v18"}
 
 
-def _register_tfds_builders(name: str) -> None:
+def register_tfds_builders(name: str) -> None:
     """Import the hpa-zoo TFDS builder for `name` (if it is one) so that ``tfds.load`` finds it."""
     import importlib
 
@@ -284,7 +284,7 @@ def tfds_dataset(name: str, split: str, *, data_dir: str | os.PathLike | None = 
     """
     import tensorflow_datasets as tfds
 
-    _register_tfds_builders(name)
+    register_tfds_builders(name)
     try:
         ds = tfds.load(name, split=split, data_dir=None if data_dir is None else str(data_dir),
                        shuffle_files=False, download=False)

@@ -247,14 +247,24 @@ def _discover_folder(folder: Path, stains: Sequence, skip_bad: bool) -> tuple[li
             continue
         items.append(Item(image_id, folder, tuple(files[s] for s in stains),
                           tuple(HPAV18_PLANE[s] for s in stains)))
+    check_complete(folder, len(items), skipped, stains, skip_bad)
+    return items, skipped
+
+
+def check_complete(folder, n_complete: int, skipped: list, stains: Sequence, skip_bad: bool) -> None:
+    """Refuse a folder with incomplete channel sets (``skipped``: (id, reason) pairs) unless ``skip_bad``, and one
+    where no image is complete.
+
+    Raises:
+        HpaDataError: naming the folder and the first ten incomplete ids.
+    """
     if skipped and not skip_bad:
         listed = "; ".join(f"{i}: {why}" for i, why in skipped[:10])
         raise HpaDataError(f"{folder}: {len(skipped)} image(s) have an incomplete channel set ({listed}"
                            f"{' ...' if len(skipped) > 10 else ''}). Add the files, or pass --skip-bad "
-                           f"(skip_bad=True) to predict the {len(items)} complete ones")
-    if not items:
+                           f"(skip_bad=True) to predict the {n_complete} complete ones")
+    if not n_complete:
         raise HpaDataError(f"{folder}: no image has all of the stains {list(stains)}")
-    return items, skipped
 
 
 def _discover_csv(csv: Path, n_channels: int, images_dir) -> list[Item]:

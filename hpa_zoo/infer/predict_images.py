@@ -217,7 +217,7 @@ def predict_images(models, inputs, *, out_dir, images_dir=None, weights=None, tt
     out_dir = Path(out_dir)
     members = [load_member(m, weights=weights, tta=tta, runtime=runtime) for m in names]
     first = members[0]
-    _check_members(members, pixel_size_um)
+    check_members(members, pixel_size_um)
     items, skipped = discover(inputs, stains=first.stains, images_dir=images_dir, skip_bad=skip_bad)
     total, feats, kept = None, [], None
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -247,7 +247,7 @@ def predict_images(models, inputs, *, out_dir, images_dir=None, weights=None, tt
     return written
 
 
-def _check_members(members: list[Member], pixel_size_um) -> None:
+def check_members(members: list[Member], pixel_size_um) -> None:
     """Models averaged must share classes and stains; a pixel size needs the model's own."""
     first = members[0]
     for m in members[1:]:
