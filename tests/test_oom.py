@@ -30,7 +30,7 @@ def huge_model():
 
     registry.get_spec("team1_densenet121_512")
     registry.register(registry.ModelSpec(name=HUGE, team="test", builder="tests.test_oom:build_huge", input_size=SIZE,
-                                         recipe="tests.test_training", classifier="logits"))
+                                         recipe="tests.test_training:make_recipe", classifier="logits"))
     yield HUGE
     registry.unregister(HUGE)
 

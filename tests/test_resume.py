@@ -46,7 +46,7 @@ def _driver(argv: list[str]) -> int:
 
     registry.get_spec("team1_densenet121_512")  # fill the table first
     registry.register(registry.ModelSpec(name=TINY, team="test", builder="tests.test_training:build_tiny",
-                                         input_size=test_training.SIZE, recipe="tests.test_training",
+                                         input_size=test_training.SIZE, recipe="tests.test_training:make_recipe",
                                          classifier="logits"))
     slow = float(os.environ.get("HPA_TEST_SLOW", "0"))
 

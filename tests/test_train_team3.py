@@ -104,7 +104,7 @@ def rows():
     registry.get_spec("team3_resnet34_512")  # fill the table first
     for name in (STANDIN, SAMPLED):
         registry.register(registry.ModelSpec(name=name, team="test", builder="tests.test_train_team3:build_standin",
-                                             input_size=INPUT, recipe="tests.test_train_team3", classifier="logits"))
+                                             input_size=INPUT, recipe="tests.test_train_team3:make_recipe", classifier="logits"))
     yield
     for name in (STANDIN, SAMPLED):
         registry.unregister(name)

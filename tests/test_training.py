@@ -50,7 +50,7 @@ def tiny_model():
     from hpa_zoo import registry
 
     spec = registry.ModelSpec(name=TINY, team="test", builder="tests.test_training:build_tiny", input_size=SIZE,
-                              recipe="tests.test_training", classifier="logits")
+                              recipe="tests.test_training:make_recipe", classifier="logits")
     registry.get_spec("team1_densenet121_512")  # fill the table first
     registry.register(spec)
     RECIPE_PATCH.clear()

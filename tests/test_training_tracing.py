@@ -30,7 +30,7 @@ def traced_run(synthetic_data, tmp_path_factory):  # noqa: F811
 
     registry.get_spec("team1_densenet121_512")  # fill the table first
     registry.register(registry.ModelSpec(name=TINY, team="test", builder="tests.test_training:build_tiny",
-                                         input_size=SIZE, recipe="tests.test_training", classifier="logits"))
+                                         input_size=SIZE, recipe="tests.test_training:make_recipe", classifier="logits"))
     traces = {"train": [], "test": [], "train_map": 0, "eval_map": 0}
     mp = pytest.MonkeyPatch()
     with_targets = trainer._with_output_targets

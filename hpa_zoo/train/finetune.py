@@ -148,8 +148,6 @@ def _compile(model, multi_label: bool, lr: float) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- finetune
-@holds_run_lock("finetune")
-@reports_out_of_memory("finetune")
 def _read_images(table, data_csv, images_dir, n_channels: int, image_size: int, pixel_size_um, model_pixel,
                  say) -> np.ndarray:
     """Every CSV row's image at the network size: uint8 (N, image_size, image_size, n_channels); rescaled to the
@@ -241,6 +239,8 @@ def _validation_thresholds(model, val_ds, y_val: np.ndarray, classes, multi_labe
     return thresholds, fallbacks
 
 
+@holds_run_lock("finetune")
+@reports_out_of_memory("finetune")
 def finetune(base, data_csv, images_dir, *, out_dir, classes: Sequence[str] | None = None, multi_label: bool = True,
              channels: Sequence[str] = CHANNELS, channel_map: Mapping[str, str | None] | None = None,
              weights=None, epochs: int = 10, freeze_epochs: int = 2, image_size: int = 512, batch_size: int = 8,
