@@ -38,7 +38,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # run as a script
+if sys.path[:1] != [str(REPO_ROOT)]:  # run as a script: this repository first (its tests/ over any installed "tests")
     sys.path.insert(0, str(REPO_ROOT))
 
 from hpa_zoo.atomic import atomic_path, atomic_to_csv, atomic_write_text  # noqa: E402

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
+if sys.path[:1] != [str(REPO)]:  # first, so this repository's tests/ wins over any installed "tests" package
     sys.path.insert(0, str(REPO))
 
 

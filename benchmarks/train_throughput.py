@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # run as a script: make hpa_zoo / zoo_models / tests importable
+if sys.path[:1] != [str(REPO_ROOT)]:  # run as a script: this repository first (its tests/ over any installed "tests")
     sys.path.insert(0, str(REPO_ROOT))
 
 #: teams.md §1.1: the final model loads 1536 px and crops 1024 px, i.e. image_size = 1.5 x the input size.
