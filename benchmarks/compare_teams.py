@@ -66,6 +66,11 @@ class Budget:
             "not run" row. ``--models`` overrides it.
         seeds: training seeds of every member (the data seed is the first).
         preset: the synthetic difficulty (`hpa_zoo.data.synthetic.PRESETS`).
+        warmup_epochs, peak_lr: every member's optimizer gets a linear warm-up to ``peak_lr`` then a cosine decay
+            (`hpa_zoo.demo.warmup_optimizer`, the demo's lever for from-scratch training); 0 / None: the teams' own
+            schedules.
+        train_ratio_targets: the label-free ratio rules (Team 1's LB-ratio match, Team 4's frequency match) target
+            the training labels' fractions instead of the Kaggle ones (`hpa_zoo.demo.from_scratch_overrides`).
     """
 
     n_train: int
@@ -78,17 +83,22 @@ class Budget:
     models: Optional[tuple[str, ...]] = None
     seeds: tuple[int, ...] = (0,)
     preset: str = "hpa"
+    warmup_epochs: float = 0.0
+    peak_lr: Optional[float] = None
+    train_ratio_targets: bool = False
 
 
 #: micro: CI (one member in ~1 min). small: one member of each team on the learnable ``demo`` synthetic preset,
-#: 2 seeds; only partly measured, and at the teams' own schedules for 6 epochs the recipes stay BELOW the baseline
-#: (benchmarks/README.md); add members with --models. full: the teams' own sizes and epochs, every recipe (a GPU).
+#: 2 seeds, with the demo's levers for from-scratch training (warm-up + cosine to 1e-3, ratio rules aimed at the
+#: training labels' fractions; measured in benchmarks/README.md); add members with --models. full: the teams' own
+#: sizes, epochs and schedules, every recipe (a GPU).
 SMALL_MODELS = ("team1_densenet121_512", "team2_densenet121_rgb_512", "team3_resnet34_512",
                 "team4_gapnet_resnet18_512")
 BUDGETS = {
     "micro": Budget(n_train=40, n_test=16, size=32, epochs=1, batch_size=8, synthetic_size=64, stacker_epochs=5),
-    "small": Budget(n_train=1000, n_test=300, size=64, epochs=6, batch_size=32, synthetic_size=96, stacker_epochs=40,
-                    models=SMALL_MODELS, seeds=(0, 1), preset="demo"),
+    "small": Budget(n_train=2000, n_test=300, size=64, epochs=10, batch_size=32, synthetic_size=96, stacker_epochs=40,
+                    models=SMALL_MODELS, seeds=(0, 1), preset="demo", warmup_epochs=1.0, peak_lr=1e-3,
+                    train_ratio_targets=True),
     "full": Budget(n_train=3000, n_test=600, size=512, epochs=None, batch_size=None, synthetic_size=512,
                    stacker_epochs=60),
 }
@@ -152,7 +162,7 @@ def run_member(name: str, folder: Path, out: Path, budget: Budget, seed: int, ve
     t0 = time.time()
     preset = train(name, folder, fold=0, out_dir=run, epochs=budget.epochs, image_size=image_size,
                    input_size=input_size, batch_size=budget.batch_size, seed=seed, tie_fallback=True,
-                   verbose=verbose)
+                   recipe_overrides=_overrides(name, folder, budget, image_size, input_size), verbose=verbose)
     train_s = time.time() - t0
     meta = json.loads((preset / "metadata.json").read_text()) if (preset / "metadata.json").is_file() else {}
     rule = (meta.get("recipe") or {}).get("thresholds", {}).get("rule", "")
@@ -180,6 +190,22 @@ def run_member(name: str, folder: Path, out: Path, budget: Budget, seed: int, ve
         tta = json.dumps((meta.get("recipe") or {}).get("tta", {}))
     return {"ids": ids, "probs": probs, "labels": labels, "train_s": train_s, "infer_s": infer_s,
             "tta": tta, "threshold_rule": rule, "image_size": image_size, "input_size": input_size}
+
+
+def _overrides(name: str, folder: Path, budget: Budget, image_size: int, input_size: int) -> dict:
+    """The budget's recipe overrides for ``name`` (warm-up + cosine, training-label ratio targets), or {}."""
+    from hpa_zoo.demo import from_scratch_overrides
+    from hpa_zoo.recipe import load_recipe
+
+    if not (budget.warmup_epochs > 0 or budget.peak_lr is not None or budget.train_ratio_targets):
+        return {}
+    recipe = load_recipe(name, epochs=budget.epochs, image_size=image_size, input_size=input_size,
+                         batch_size=budget.batch_size)
+    overrides = from_scratch_overrides(recipe, folder / "train.csv", warmup_epochs=budget.warmup_epochs,
+                                       peak_lr=budget.peak_lr)
+    if not budget.train_ratio_targets:
+        overrides.pop("thresholds", None)
+    return overrides
 
 
 def _five_crop_stacker(name, preset, folder, run, image_size, input_size, budget, seed):
@@ -468,6 +494,7 @@ def compare(out: str | os.PathLike, *, budget: str = "small", models: Optional[S
     class_order = np.argsort(-freq, kind="stable")
     settings = {"budget": budget, "data": str(folder), "synthetic": synthetic, "size": b.size, "epochs": b.epochs,
                 "batch_size": b.batch_size, "seeds": list(seeds), "preset": b.preset if synthetic else None,
+                "warmup_epochs": b.warmup_epochs, "peak_lr": b.peak_lr, "train_ratio_targets": b.train_ratio_targets,
                 "n_train": len(train_labels), "n_test": len(truth_ids),
                 "wall_s": round(time.time() - t_start, 1)}
     path = write_report(rows, out, synthetic=synthetic, settings=settings, class_order=class_order)

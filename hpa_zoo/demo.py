@@ -69,7 +69,6 @@ def run_demo(out_dir: str | os.PathLike = "hpa_zoo_demo", *, n_train: int = DEMO
         ``out_dir / "report.md"``.
     """
     from hpa_zoo.infer.predict import predict
-    from hpa_zoo.recipe import ThresholdConfig
     from hpa_zoo.data.synthetic import write_synthetic_dataset
     from hpa_zoo.recipe import load_recipe
     from hpa_zoo.train.trainer import train
@@ -98,15 +97,8 @@ def run_demo(out_dir: str | os.PathLike = "hpa_zoo_demo", *, n_train: int = DEMO
     ratios = train_label_ratios(synthetic / "train.csv")
     recipe = load_recipe(model_name, epochs=epochs, image_size=image_size, input_size=input_size,
                          batch_size=batch_size)
-    # Team 1 matched the label ratios of the images it labelled (the public-LB ratios of the Kaggle test set,
-    # teams.md §1.6); the synthetic test set has its preset's ratios, which the training labels estimate.
-    overrides = {"thresholds": ThresholdConfig(recipe.thresholds.rule, force_top=recipe.thresholds.force_top,
-                                               kwargs={**recipe.thresholds.kwargs, "ratios": tuple(ratios)})}
-    if recipe.thresholds.rule != "lb_ratio_match":
-        overrides = {}
-    if peak_lr is not None or warmup_epochs > 0:
-        overrides["make_optimizer"] = functools.partial(warmup_optimizer, recipe.make_optimizer,
-                                                        warmup_epochs=warmup_epochs, peak_lr=peak_lr)
+    overrides = from_scratch_overrides(recipe, synthetic / "train.csv", warmup_epochs=warmup_epochs,
+                                       peak_lr=peak_lr)
     say(f"[2/5] training {model_name}: {image_size}px -> {input_size}px, {epochs} epochs, batch {batch_size}"
         + (f", warm-up {warmup_epochs:g} epoch(s) to lr {peak_lr or 'of the recipe'} then cosine"
            if "make_optimizer" in overrides
@@ -221,6 +213,36 @@ def warmup_optimizer(make_optimizer, steps_per_epoch: int, epochs: int, *, warmu
     config["learning_rate"] = _warmup_cosine_class()(first if peak_lr is None else float(peak_lr), final,
                                                     int(round(warmup_epochs * steps_per_epoch)), total)
     return type(optimizer).from_config(config)
+
+
+def from_scratch_overrides(recipe, train_csv: str | os.PathLike, *, warmup_epochs: float = 1.0,
+                           peak_lr: Optional[float] = 1e-3) -> dict:
+    """The two budget levers of a short from-scratch run on synthetic data, as ``train(recipe_overrides=...)``.
+
+    - **Ratio targets.** A label-free ratio rule (Team 1's ``lb_ratio_match``, Team 4's ``freq_match``) matches
+      the label fractions the team expected on the Kaggle test set (teams.md §1.6, §4.1). A synthetic test set has
+      its preset's fractions, which the training labels estimate: the rule keeps its form and gets those as
+      ``ratios``. Other rules (fitted on validation labels) are left alone.
+    - **Warm-up + cosine** (`warmup_optimizer`), unless ``peak_lr is None and warmup_epochs == 0``.
+
+    Args:
+        recipe: the `hpa_zoo.recipe.Recipe` being trained.
+        train_csv: the training ``Id,Target`` CSV whose label fractions become the targets.
+        warmup_epochs, peak_lr: as `warmup_optimizer`.
+    Returns:
+        dict of `Recipe` field overrides (``thresholds`` and/or ``make_optimizer``; maybe empty).
+    """
+    from hpa_zoo.recipe import ThresholdConfig
+
+    overrides: dict = {}
+    if recipe.thresholds.rule in ("lb_ratio_match", "freq_match"):
+        ratios = tuple(float(r) for r in train_label_ratios(train_csv))
+        overrides["thresholds"] = ThresholdConfig(recipe.thresholds.rule, force_top=recipe.thresholds.force_top,
+                                                  kwargs={**recipe.thresholds.kwargs, "ratios": ratios})
+    if peak_lr is not None or warmup_epochs > 0:
+        overrides["make_optimizer"] = functools.partial(warmup_optimizer, recipe.make_optimizer,
+                                                        warmup_epochs=warmup_epochs, peak_lr=peak_lr)
+    return overrides
 
 
 def train_label_ratios(train_csv: str | os.PathLike) -> np.ndarray:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import pandas as pd
 
 import keras  # noqa: F401
@@ -85,3 +86,43 @@ def test_micro_budget_report_has_every_team_row_and_the_baseline(tmp_path):
     assert sorted(saved.ids) == sorted(truth) and len(truth) == 16
     for png in ("macro_f1.png", "per_class_f1.png", "single_vs_multi_label.png"):
         assert (tmp_path / png).stat().st_size > 1000
+
+
+def test_small_budget_overrides_warm_up_and_target_the_training_label_fractions(tmp_path):
+    """The small budget's levers, per recipe: Team 1's LB-ratio and Team 4's frequency match keep their rule and
+    target the training labels' fractions (counted here with NumPy); Team 3's label-fitted rule is untouched; every
+    member's learning rate ramps linearly to 1e-3 over the first epoch, then decays by a cosine to the recipe
+    schedule's last rate. The micro budget changes nothing."""
+    from hpa_zoo.recipe import load_recipe
+
+    ct = _module()
+    targets = ["0", "0 25", "25", "2 5", "0 2", "7"]
+    pd.DataFrame({"Id": [f"s{i}" for i in range(len(targets))], "Target": targets}).to_csv(
+        tmp_path / "train.csv", index=False)
+    expected = np.zeros(28)
+    for t in targets:
+        expected[[int(c) for c in t.split()]] += 1
+    expected /= len(targets)
+    small = ct.BUDGETS["small"]
+    assert ct._overrides("team1_densenet121_512", tmp_path, ct.BUDGETS["micro"], 48, 32) == {}
+    steps, epochs = 10, small.epochs
+    for name, rule in (("team1_densenet121_512", "lb_ratio_match"), ("team4_gapnet_resnet18_512", "freq_match"),
+                       ("team3_resnet34_512", None)):
+        overrides = ct._overrides(name, tmp_path, small, 96, 64)
+        if rule is None:
+            assert "thresholds" not in overrides
+        else:
+            assert overrides["thresholds"].rule == rule
+            np.testing.assert_allclose(overrides["thresholds"].kwargs["ratios"], expected)
+        lr = [_rate_at(overrides["make_optimizer"](steps, epochs), s) for s in (0, steps - 1, steps * epochs - 1)]
+        assert lr[0] == pytest.approx(1e-3 / steps) and lr[1] == pytest.approx(1e-3, rel=1e-6)
+        last = _rate_at(load_recipe(name).make_optimizer(steps, epochs), steps * epochs - 1)
+        assert lr[2] == pytest.approx(last, rel=1e-2, abs=1e-5)
+
+
+def _rate_at(optimizer, step: int) -> float:
+    """The optimizer's learning rate at iteration ``step`` (its schedule, read through the public property)."""
+    import keras
+
+    optimizer.iterations.assign(step)
+    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
