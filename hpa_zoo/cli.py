@@ -291,6 +291,8 @@ def _add_report(sub) -> None:
                                                  "relevance per class and model")
     p.add_argument("--image-size", type=int, default=None, help="side the CAM images are loaded at (default: the "
                                                                 "model's input)")
+    p.add_argument("--cam-layer", action="append", default=None, metavar="MODEL=LAYER",
+                   help="Grad-CAM layer of one model (default: its registry row's cam_layer); repeat per model")
     p.set_defaults(func=_run_report)
 
 
@@ -304,12 +306,21 @@ def _run_report(args) -> int:
 
         raise ConfigError("--images draws each model's Grad-CAMs, but no input names a model: give run folders "
                           "(with preset/) or --models, one per input")
+    layers = dict(item.split("=", 1) for item in args.cam_layer or () if "=" in item)
+    if len(layers) != len(args.cam_layer or ()):
+        from hpa_zoo.errors import ConfigError
+
+        raise ConfigError(f"--cam-layer {args.cam_layer}: give MODEL=LAYER, e.g. "
+                          f"team1_densenet121_512=conv4_block24_concat")
     summary = figure_report(csvs, args.labels, out_dir=args.out, data_label=args.data_label,
                             train_csv=args.train_labels, threshold=args.threshold, cam_models=models or None,
-                            images_dir=args.images, masks_dir=args.masks, image_size=args.image_size)
+                            images_dir=args.images, masks_dir=args.masks, image_size=args.image_size,
+                            cam_layers=layers or None)
     for name, m in summary["models"].items():
         print(f"{name}: macro F1 {m['macro_f1']:.3f}, precision {m['micro_precision']:.3f}, recall "
               f"{m['micro_recall']:.3f} ({summary['data']})")
+    for name, layer in (summary.get("cam_layers") or {}).items():
+        print(f"{name}: Grad-CAM at {layer}")
     print(f"report: {summary['html']}")
     return 0
 

@@ -206,3 +206,23 @@ def test_fig3_panel_uses_the_registry_cam_layer_and_names_it(folder):
         assert override["cam_layers"] == {"reg": "late"}
     finally:
         registry.unregister("fig3_row_test")
+
+
+def test_cli_report_names_each_models_layer_and_takes_an_override(folder, tiny_registry_model, capsys):
+    from hpa_zoo.cli import main
+
+    path, ids, y, _, _ = folder
+    csv = save_predictions(path / "t.csv", ids, np.clip(y * 0.8 + 0.1, 0, 1), model_name="tiny", fold=0)
+    pd.DataFrame({"Id": ids, "Target": [format_target(np.flatnonzero(r)) for r in y]}).to_csv(path / "l.csv",
+                                                                                              index=False)
+    args = ["report", str(csv), "--labels", str(path / "l.csv"), "--images", str(path), "--models",
+            tiny_registry_model, "--data-label", "synthetic"]
+    assert main(args + ["--out", str(path / "a")]) == 0
+    assert "tiny: Grad-CAM at pool2" in capsys.readouterr().out  # a row without cam_layer: its last 4-D layer
+    assert main(args + ["--out", str(path / "b"), "--cam-layer", "tiny=conv1_conv"]) == 0
+    assert "tiny: Grad-CAM at conv1_conv" in capsys.readouterr().out
+    assert "tiny at <code>conv1_conv</code>" in (path / "b" / "report.html").read_text()
+    assert main(args + ["--out", str(path / "c"), "--cam-layer", "other=conv1_conv"]) == 1
+    assert "not one of the models ['tiny']" in capsys.readouterr().err
+    assert main(args + ["--out", str(path / "c"), "--cam-layer", "conv1_conv"]) == 1
+    assert "MODEL=LAYER" in capsys.readouterr().err

@@ -62,10 +62,18 @@ def _model_size(model, image_size: int | None) -> int:
 
 def cam_layers_of(models: Sequence[tuple[str, object]], overrides: dict | None = None) -> dict[str, str]:
     """{model name: Grad-CAM layer}: ``overrides[name]`` where given, else the registry row's ``cam_layer``
-    (`hpa_zoo.infer.explain.default_cam_layer`)."""
+    (`hpa_zoo.infer.explain.default_cam_layer`).
+
+    Raises:
+        ConfigError: an override for a model that is not among ``models``.
+    """
     from hpa_zoo.infer.explain import default_cam_layer
 
     overrides = overrides or {}
+    unknown = sorted(set(overrides) - {name for name, _ in models})
+    if unknown:
+        raise ConfigError(f"CAM layer given for {unknown}, which is not one of the models {[n for n, _ in models]}; "
+                          f"name a model as the report does (its predictions' model name)")
     return {name: overrides.get(name) or default_cam_layer(model) for name, model in models}
 
 
@@ -204,9 +212,9 @@ def cam_sections(models: Sequence[tuple[str, object]], ids: Sequence[str], y: np
     picks = pick_panel_images(ids, y, class_names, available=available)
     layers = cam_layers_of(models, layers)
     out: dict = {"layers": layers, "picks": picks, "cams": {}, "relevance": None, "files": {}, "html": ""}
-    parts = ["<p>Grad-CAM layer of each model (its registry row's <code>cam_layer</code> unless overridden): "
-             + ", ".join(f"{html_lib.escape(n)} at <code>{html_lib.escape(layer)}</code>" for n, layer in layers.items())
-             + ".</p>"]
+    named = ", ".join(f"{html_lib.escape(n)} at <code>{html_lib.escape(layer)}</code>" for n, layer in layers.items())
+    parts = [f"<p>Grad-CAM layer of each model (its registry row's <code>cam_layer</code> unless overridden): "
+             f"{named}.</p>"]
     if picks:
         panel = cam_panel(models, images_dir, picks, Path(out_dir) / "fig3_gradcam.png", image_size=image_size,
                           class_names=class_names, save=save, layers=layers)
