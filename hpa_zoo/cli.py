@@ -291,6 +291,8 @@ def _add_report(sub) -> None:
                                                  "relevance per class and model")
     p.add_argument("--image-size", type=int, default=None, help="side the CAM images are loaded at (default: the "
                                                                 "model's input)")
+    p.add_argument("--cam-layer", action="append", default=None, metavar="MODEL=LAYER",
+                   help="Grad-CAM layer of one model (default: its registry row's cam_layer); repeat per model")
     p.set_defaults(func=_run_report)
 
 
@@ -304,12 +306,21 @@ def _run_report(args) -> int:
 
         raise ConfigError("--images draws each model's Grad-CAMs, but no input names a model: give run folders "
                           "(with preset/) or --models, one per input")
+    layers = dict(item.split("=", 1) for item in args.cam_layer or () if "=" in item)
+    if len(layers) != len(args.cam_layer or ()):
+        from hpa_zoo.errors import ConfigError
+
+        raise ConfigError(f"--cam-layer {args.cam_layer}: give MODEL=LAYER, e.g. "
+                          f"team1_densenet121_512=conv4_block24_concat")
     summary = figure_report(csvs, args.labels, out_dir=args.out, data_label=args.data_label,
                             train_csv=args.train_labels, threshold=args.threshold, cam_models=models or None,
-                            images_dir=args.images, masks_dir=args.masks, image_size=args.image_size)
+                            images_dir=args.images, masks_dir=args.masks, image_size=args.image_size,
+                            cam_layers=layers or None)
     for name, m in summary["models"].items():
         print(f"{name}: macro F1 {m['macro_f1']:.3f}, precision {m['micro_precision']:.3f}, recall "
               f"{m['micro_recall']:.3f} ({summary['data']})")
+    for name, layer in (summary.get("cam_layers") or {}).items():
+        print(f"{name}: Grad-CAM at {layer}")
     print(f"report: {summary['html']}")
     return 0
 
@@ -630,7 +641,8 @@ def _add_explain(sub) -> None:
     p.add_argument("image_id", metavar="IMAGE_ID", help="the image id ({ID}_{red,green,blue,yellow}.png)")
     p.add_argument("--images-dir", required=True, help="folder holding the image's channel files")
     p.add_argument("--class", dest="class_", default="0", help="class index or name (default 0)")
-    p.add_argument("--layer", default=None, help="layer (default: the model's CAM layer, e.g. DenseNet Block3)")
+    p.add_argument("--cam-layer", "--layer", dest="layer", default=None,
+                   help="layer (default: the registry row's cam_layer, e.g. DenseNet Block3 conv4_block24_concat)")
     p.add_argument("--out", required=True, help="PNG to write (image | overlay)")
     p.add_argument("--weights", default=None, help="for a registry name: imagenet, hpa or a weights file")
     p.add_argument("--image-size", type=int, default=None, help="input side (default: the model's)")
@@ -686,70 +698,22 @@ def _add_embed(sub) -> None:
 
 
 def _run_embed(args) -> int:
-    import functools
-    import warnings
-    from pathlib import Path
-
-    import numpy as np
-    import pandas as pd
-
-    from hpa_zoo.atomic import atomic_path, atomic_to_csv
-    from hpa_zoo.infer.explain import embed, plot_embedding, umap_projection
-    from hpa_zoo.data.labels import format_target, read_labels_csv
-    from hpa_zoo.data.sources import folder_dataset
+    from hpa_zoo.analysis.embedding import embed_folder
 
     if _beam_flags(args) is not None:
         return _run_beam_verb(args, "embed", [args.model], args.data)
-    data, out = Path(args.data), Path(args.out)
-    images_dir, csv = data, args.csv
-    if (data / "train.csv").is_file() and (data / "train").is_dir():
-        images_dir, csv = data / "train", csv or data / "train.csv"
-    elif csv is None and (data / "labels.csv").is_file():
-        csv = data / "labels.csv"
-    model = _cli_model(args.model, args.weights, args.image_size)
-    size = int(model.input_shape[1] or 512)
-    if args.pixel_size is None:
-        print("note: no --pixel-size: each image is resized whole to the model input", flush=True)
-        ds = folder_dataset(images_dir, csv, image_size=size, labelled=csv is not None)
-    else:
-        from hpa_zoo.errors import ConfigError
-        from hpa_zoo.data.image_ops import rescale_to_model
-        from hpa_zoo.infer.predict_images import model_pixel_size
-
-        target = model_pixel_size(args.model, size)
-        if target is None:
-            raise ConfigError(f"{args.model} has no known training pixel size; drop --pixel-size")
-        rescale = functools.partial(rescale_to_model, size=size, scale=args.pixel_size / target)
-        ds = folder_dataset(images_dir, csv, labelled=csv is not None).map(
-            lambda e: {**e, "image": rescale(e["image"])})
-    ids = [i.decode() for i in ds.map(lambda e: e["id"]).as_numpy_iterator()]
-    labels = list(read_labels_csv(csv)["labels"]) if csv is not None else [()] * len(ids)
-    print(f"embedding {len(ids)} images from {images_dir} at {size}px ...", flush=True)
-    feats = embed(model, ds.map(lambda e: e["image"]).batch(args.batch_size), layer=args.layer, verbose=True)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", UserWarning)
-        xy = umap_projection(feats, n_neighbors=args.n_neighbors, min_dist=args.min_dist, seed=args.seed)
-    method = "pca" if any("PCA" in str(w.message) for w in caught) else "umap"
-    if method == "pca":
-        print(f"only {len(ids)} images (<= n_neighbors={args.n_neighbors}): projected with PCA instead of UMAP")
-    with atomic_path(out / "features.npy") as tmp:
-        np.save(tmp, feats)
-    cols = pd.DataFrame(feats, columns=[f"f{i}" for i in range(feats.shape[1])])
-    atomic_to_csv(pd.concat([pd.DataFrame({"Id": ids}), cols], axis=1), out / "features.csv")
-    atomic_to_csv(pd.DataFrame({"Id": ids, "x": xy[:, 0], "y": xy[:, 1], "Target": [format_target(t) for t in labels],
-                                "method": method}), out / "projection.csv")
-    import matplotlib.pyplot as plt
-
-    plt.close(plot_embedding(xy, labels, out / "embedding.png", title=f"{model.name}: {method.upper()} of features"))
-    print(f"wrote features {feats.shape}, projection.csv and embedding.png to {out}")
-    if args.html:
-        from hpa_zoo.analysis.explorer import build_explorer, predicted_probabilities
-
-        probs = predicted_probabilities(model, ds.map(lambda e: e["image"]).batch(args.batch_size))
-        views = folder_dataset(images_dir, csv, image_size=256, labelled=csv is not None).map(lambda e: e["image"])
-        page = build_explorer(xy, ids, labels, out / "explorer.html", images=views.as_numpy_iterator(),
-                              probabilities=probs, data_label=args.data_label, progress=True,
-                              title=f"{model.name}: {method.upper()} of features")
+    result = embed_folder(args.model, args.data, out_dir=args.out, csv=args.csv, weights=args.weights,
+                          image_size=args.image_size, layer=args.layer, batch_size=args.batch_size,
+                          pixel_size_um=args.pixel_size, n_neighbors=args.n_neighbors, min_dist=args.min_dist,
+                          seed=args.seed, html=args.html, data_label=args.data_label)
+    print(f"embedded {len(result['ids'])} images from {result['images_dir']} at {result['size']}px with "
+          f"{result['model_name']}" + (" (one forward pass: features and predictions)" if args.html else ""))
+    if result["method"] == "pca":
+        print(f"only {len(result['ids'])} images (<= n_neighbors={args.n_neighbors}): projected with PCA instead "
+              f"of UMAP")
+    print(f"wrote features {result['features'].shape}, projection.csv and embedding.png to {args.out}")
+    page = result["explorer"]
+    if page is not None:
         print(f"wrote {page['html']} ({page['bytes'] / 1e6:.1f} MB"
               + (f", images in {page['sidecar']}" if page["sidecar"] else "") + ")")
     return 0

@@ -9,6 +9,9 @@ A model name is a stable string and the public API (``hpa_zoo.load("team1_densen
   SWA, blend), called as ``make_recipe(model_name, **overrides)`` by `hpa_zoo.recipe.load_recipe`;
 * ``first_conv`` / ``classifier`` / ``feature_layer``: layer names used by backbone surgery, head replacement
   and embeddings (timm's pretrained-config idea);
+* ``cam_layer``: the layer whose (B, h, w, D) output Grad-CAM weighs (`hpa_zoo.infer.explain.grad_cam`, the
+  report's Fig. 3 panel, ``hpa-zoo explain``): the paper's choice per architecture (Ouyang et al. 2019, Fig. 3:
+  DenseNet "Block3", Inception-v3 "Mixed_7c", ResNet "Layer3"), named as in the built Keras model;
 * ``weights``: the available weights (`WeightsSpec`, URL + sha256);
 * ``reported``: the team's own reported HPA scores, with their source. These are *theirs*, never ours;
 * ``pixel_size_um``: µm per pixel of the images the recipe loads (its ``image_size``, before its own crop or
@@ -80,6 +83,7 @@ class ModelSpec:
     first_conv: str | None = None
     classifier: str | None = None
     feature_layer: str | None = None
+    cam_layer: str | None = None
     weights: tuple[WeightsSpec, ...] = ()
     reported: tuple[ReportedScore, ...] = ()
     description: str = ""
@@ -181,14 +185,17 @@ def _ensure_rows() -> None:
 
 # ---------------------------------------------------------------------------------------- Team 1: bestfitting
 # teams.md §1.1-1.2, §1.6, §1.8. The Keras stem layer is `conv1_conv` (torch `features.conv0`); the feature is the
-# 1024-d output of the second head dropout (bioimage.io output `features`).
+# 1024-d output of the second head dropout (bioimage.io output `features`). The Grad-CAM layer is DenseNet "Block3"
+# (the paper's Fig. 3 layer for Team 1): torchvision `features.denseblock3` = Keras `conv4_block24_concat` (Keras
+# numbers the dense blocks from conv2), 1024 channels at stride 16 (32 for the 1024 model, with its extra pool).
 _TEAM1_CITATION = ("Ouyang W, Winsnes CF, Hjelmare M, et al. Analysis of the Human Protein Atlas Image Classification "
                    "competition. Nature Methods 16, 1254-1261 (2019), doi:10.1038/s41592-019-0658-6; "
                    "Shubin Dai (bestfitting), 1st-place solution, github.com/CellProfiling/HPA-competition-solutions "
                    "(bestfitting/).")
 _TEAM1_SCORES_SOURCE = "bestfitting/src/bestfitting-densenet-diagram.png; bestfitting/README.md (teams.md §1.6)"
 _TEAM1_COMMON = dict(team="team1", channels="RGBY", recipe="zoo_models.teams.team1_bestfitting:make_recipe", first_conv="conv1_conv",
-                     classifier="logits", feature_layer="head_dropout2", citation=_TEAM1_CITATION)
+                     classifier="logits", feature_layer="head_dropout2", cam_layer="conv4_block24_concat",
+                     citation=_TEAM1_CITATION)
 
 
 def _team1_scores(private: float, public: float, private_ml: float, public_ml: float) -> tuple[ReportedScore, ...]:
@@ -278,6 +285,7 @@ ROWS.append(ModelSpec(
     first_conv="conv1_conv",
     classifier="logits",  # ArcMarginProduct cosines to the training identities (samples / antibodies)
     feature_layer="embedding",  # the 512-d matching vector
+    cam_layer="conv4_block6_out",  # ResNet50 "Layer3" (torchvision layer3 = Keras conv4, 1024 channels, stride 16)
     description=("Team 1 (bestfitting) metric-learning model, recast as a same-sample / batch-effect detector: "
                  "ResNet50 with an RGBY stem, input /255, concat(avg, max) -> BN -> Dropout .25 -> 2048 -> ReLU -> "
                  "BN -> Dropout .5 -> 512 -> BN embedding, ArcFace (s 30, m 0.5) over sample or antibody ids, Adam "
@@ -311,6 +319,7 @@ ROWS.append(ModelSpec(
     first_conv="conv2d",
     classifier="logits",  # the attention pooling (not a Dense): heads are attention_class_conv/attention_att_conv
     feature_layer="mixed10",  # (B, h, w, 2048) map the attention head reads
+    cam_layer="mixed10",  # torchvision Mixed_7c (teams.md §3.2: Keras mixed10), the paper's Fig. 3 layer for Team 3
     reported=(ReportedScore("private LB macro F1", 0.549, _TEAM3_SCORES_SOURCE),
               ReportedScore("public LB macro F1", 0.583, _TEAM3_SCORES_SOURCE)),
     description=("Team 3 (pudae, 3rd place) AttentionInceptionV3: per-image z-score, Keras InceptionV3 with an RGBY "
@@ -332,6 +341,7 @@ ROWS.append(ModelSpec(
     first_conv="layer0_conv1",
     classifier="logits",  # the attention pooling (not a Dense)
     feature_layer="layer4",  # (B, h, w, 2048) map the attention head reads
+    cam_layer="layer3",  # ResNet "Layer3" (the paper's Fig. 3 layer for the ResNet-based models), 1024 channels
     reported=(ReportedScore("private LB macro F1", 0.531, _TEAM3_SCORES_SOURCE),
               ReportedScore("public LB macro F1", 0.601, _TEAM3_SCORES_SOURCE)),
     description=("Team 3 (pudae) Attention(se_resnext50_32x4d): per-image z-score, SE-ResNeXt50 32x4d (Cadene "
@@ -351,6 +361,7 @@ ROWS.append(ModelSpec(
     first_conv="conv1",
     classifier="logits",
     feature_layer="avgpool",  # 512-d
+    cam_layer="layer3",  # ResNet "Layer3" (paper Fig. 3), 256 channels at stride 16
     reported=(ReportedScore("private LB macro F1 (5 folds, as transcribed: 0.500 sic)", 0.500,
                             _TEAM3_SCORES_SOURCE),
               ReportedScore("public LB macro F1 (5 folds)", 0.574, _TEAM3_SCORES_SOURCE)),
@@ -362,7 +373,9 @@ ROWS.append(ModelSpec(
 
 # ---------------------------------------------------------------------------------------- Team 2: WAIR
 # teams.md §2.1-2.2, §2.6. RGBY input, yellow dropped inside the model (layer `rgb`); Keras DenseNet trunk names;
-# the feature is the global average pool `head_gap`. The only reported number is the 7-model ensemble's.
+# the feature is the global average pool `head_gap`. The only reported number is the 7-model ensemble's. Grad-CAM at
+# DenseNet "Block3" (paper Fig. 3), the end of the third dense block: `conv4_block24_concat` in DenseNet121,
+# `conv4_block32_concat` in DenseNet169 (blocks of 6, 12, 32, 32 layers).
 _TEAM2_CITATION = ("Ouyang W, Winsnes CF, Hjelmare M, et al. Analysis of the Human Protein Atlas Image Classification "
                    "competition. Nature Methods 16, 1254-1261 (2019), doi:10.1038/s41592-019-0658-6; Jun Lan (WAIR), "
                    "2nd-place solution, github.com/CellProfiling/HPA-competition-solutions (wair/).")
@@ -375,6 +388,7 @@ _TEAM2_COMMON = dict(pixel_size_um=pixel_size_of(512),  # teams.md §2: the 512 
 ROWS.append(ModelSpec(
     name="team2_densenet121_rgb_512",
     builder="zoo_models.teams.team2_wair:build_team2_densenet121_rgb_512",
+    cam_layer="conv4_block24_concat",
     description=("Team 2 (WAIR, 2nd place) DenseNet121_change_avg: RGB (yellow dropped inside), ImageNet "
                  "normalisation, DenseNet121 -> ReLU -> GAP -> Dense 28; class-weighted BCE, rare-class "
                  "oversampling, Adamax cosine restarts -> Adam-amsgrad; 5 random flip/SSR TTA passes (mean), "
@@ -385,6 +399,7 @@ ROWS.append(ModelSpec(
 ROWS.append(ModelSpec(
     name="team2_densenet169_rgb_512",
     builder="zoo_models.teams.team2_wair:build_team2_densenet169_rgb_512",
+    cam_layer="conv4_block32_concat",
     description=("Team 2 (WAIR) DenseNet169_change_avg (_v5): as the DenseNet121 member with a DenseNet169 trunk "
                  "(1664-d GAP feature)."),
     **_TEAM2_COMMON,
@@ -393,14 +408,16 @@ ROWS.append(ModelSpec(
 # ---------------------------------------------------------------------------------------- Team 4: WSG
 # teams.md §4.1-4.2. No final LB score is stated in the team's repo (§4, §6 table: "not in repo"), so `reported` is
 # empty. Christof's GAPNet is RGB (yellow dropped inside, layer `rgb`); Dmytro's GWAP member is RGBY with a fresh
-# stem. The stem is torchvision's `conv1`; the feature is the 256-d `head_fc`.
+# stem. The stem is torchvision's `conv1`; the feature is the 256-d `head_fc`. Grad-CAM at ResNet "Layer3" (the
+# paper's Fig. 3 layer for the ResNet-based models): `layer3`, 256 channels at stride 16.
 _TEAM4_CITATION = ("Ouyang W, Winsnes CF, Hjelmare M, et al. Analysis of the Human Protein Atlas Image Classification "
                    "competition. Nature Methods 16, 1254-1261 (2019), doi:10.1038/s41592-019-0658-6; "
                    "Wienerschnitzelgemeinschaft (S. Galib, C. Henkel, K. Hwang, D. Poplavskiy, B. Tunguz, "
                    "R. Wolfinger), 4th-place solution, github.com/CellProfiling/HPA-competition-solutions "
                    "(wienerschnitzelgemeinschaft/).")
 _TEAM4_COMMON = dict(team="team4", channels="RGBY", recipe="zoo_models.teams.team4_wsg:make_recipe", first_conv="conv1",
-                     classifier="logits", feature_layer="head_fc", citation=_TEAM4_CITATION)
+                     classifier="logits", feature_layer="head_fc", cam_layer="layer3",
+                     citation=_TEAM4_CITATION)
 
 ROWS.append(ModelSpec(
     name="team4_gapnet_resnet18_512",

@@ -82,3 +82,44 @@ def test_row_layer_names_exist_in_the_built_model():
     features = hpa_zoo.feature_extractor(model)
     x = np.random.default_rng(0).uniform(0, 255, (2, size, size, 4)).astype(np.float32)
     assert tuple(features(x).shape) == (2, 1024)
+
+
+@pytest.mark.parametrize("spec", ROWS, ids=lambda s: s.name)
+def test_every_row_names_a_cam_layer_of_its_built_model(spec):
+    """The registry's Grad-CAM layer (paper Fig. 3: DenseNet Block3, Inception Mixed_7c, ResNet Layer3) is a layer
+    of the model the row builds, with a (B, h, w, D) map, and the one `grad_cam` uses by default."""
+    from hpa_zoo.infer.explain import default_cam_layer
+
+    size = 96 if "inception" in spec.name else 64  # Keras' Inception-v3 needs >= 75 px
+    model = hpa_zoo.load(spec.name, input_shape=(size, size, spec.num_channels), num_classes=5)
+    assert spec.cam_layer, f"{spec.name}: registry row without cam_layer"
+    shape = model.get_layer(spec.cam_layer).output.shape
+    assert len(shape) == 4 and shape[-1] >= 256, (spec.cam_layer, shape)
+    assert default_cam_layer(model) == spec.cam_layer
+    expected = {"conv4_block24_concat": 1024, "conv4_block32_concat": 1280, "conv4_block6_out": 1024,
+                "mixed10": 2048}  # DenseNet121/169 Block3, ResNet50 conv4 (= torch layer3), Inception Mixed_7c
+    if spec.cam_layer in expected:
+        assert shape[-1] == expected[spec.cam_layer]
+    else:  # torchvision-named ResNets: layer3 is the third stage, at 1/16 of the input
+        assert spec.cam_layer == "layer3" and shape[1] == size // 16
+
+
+def test_a_cam_layer_the_model_lacks_is_refused_naming_the_row():
+    import keras
+
+    from hpa_zoo import registry
+    from hpa_zoo.errors import ConfigError
+    from hpa_zoo.infer.explain import default_cam_layer
+
+    inp = keras.Input((16, 16, 4))
+    x = keras.layers.Conv2D(2, 3, name="conv")(inp)
+    model = keras.Model(inp, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(x)), name="bad_cam_row")
+    registry.list_models()
+    registry.register(registry.ModelSpec(name="bad_cam_row", team="test", builder="x:y", input_size=16,
+                                         cam_layer="layer3"))
+    try:
+        with pytest.raises(ConfigError, match="bad_cam_row.*cam_layer='layer3'.*--cam-layer"):
+            default_cam_layer(model)
+    finally:
+        registry.unregister("bad_cam_row")
+    assert default_cam_layer(model) == "conv"  # unregistered: the last 4-D layer

@@ -154,3 +154,75 @@ def test_cam_options_without_models_are_refused(tmp_path, capsys):
     assert main(["report", str(csv), "--labels", str(tmp_path / "l.csv"), "--out", str(tmp_path / "r"),
                  "--images", str(tmp_path)]) == 1
     assert "no input names a model" in capsys.readouterr().err
+
+
+def _green_then_blur_model(name):
+    """``feat`` copies green; ``late`` is a 3x3 box blur of it. Grad-CAM at ``feat`` is green / max (the gradient
+    reaching it is positive everywhere: every position feeds the pooled logit), at ``late`` the blurred green /
+    max; the last 4-D layer (the fallback without a registry row) is ``late``."""
+    inp = keras.Input((SIZE, SIZE, 4))
+    feat = keras.layers.Conv2D(1, 1, use_bias=False, name="feat")(inp)
+    late = keras.layers.Conv2D(1, 3, padding="same", use_bias=False, name="late")(feat)
+    logits = keras.layers.Dense(28, use_bias=False, name="logits")(keras.layers.GlobalAveragePooling2D()(late))
+    model = keras.Model(inp, logits, name=name)
+    model.get_layer("feat").set_weights([np.array([0, 1, 0, 0], np.float32).reshape(1, 1, 4, 1)])
+    model.get_layer("late").set_weights([np.full((3, 3, 1, 1), 1 / 9, np.float32)])
+    model.get_layer("logits").set_weights([np.full((1, 28), 1.0, np.float32)])
+    return model
+
+
+def test_fig3_panel_uses_the_registry_cam_layer_and_names_it(folder):
+    from hpa_zoo import registry
+    from hpa_zoo.infer.explain import default_cam_layer
+
+    path, ids, y, greens, _ = folder
+    registry.list_models()
+    registry.register(registry.ModelSpec(name="fig3_row_test", team="test", builder="x:y", input_size=SIZE,
+                                         cam_layer="feat"))
+    try:
+        model = _green_then_blur_model("fig3_row_test")
+        unregistered = _green_then_blur_model("fig3_no_row")
+        assert default_cam_layer(unregistered) == "late"  # so "feat" below can only come from the registry row
+        cams = report_cams.cam_sections([("m", model)], ids, y, images_dir=path, out_dir=path / "c",
+                                        save=lambda fig, stem: None)
+        assert cams["layers"] == {"m": "feat"} and "m at <code>feat</code>" in cams["html"]
+        assert len(cams["cams"]) == 5
+        for (name, image_id), cam in cams["cams"].items():
+            green = greens[ids.index(image_id)]
+            np.testing.assert_allclose(cam, green / green.max(), atol=1e-5)  # by hand, at feat
+            blurred = cv2.blur(green, (3, 3), borderType=cv2.BORDER_CONSTANT)
+            assert np.abs(cam - blurred / blurred.max()).max() > 0.05  # not the late layer's map
+
+        probs = np.clip(y * 0.8 + 0.1, 0, 1)
+        csv = save_predictions(path / "reg.csv", ids, probs, model_name="reg", fold=0)
+        pd.DataFrame({"Id": ids, "Target": [format_target(np.flatnonzero(r)) for r in y]}).to_csv(path / "l.csv",
+                                                                                                  index=False)
+        summary = figure_report([csv], path / "l.csv", out_dir=path / "rep", data_label="synthetic",
+                                cam_models=[("reg", model)], images_dir=path)
+        assert summary["cam_layers"] == {"reg": "feat"}
+        assert "reg at <code>feat</code>" in (path / "rep" / "report.html").read_text()
+        override = figure_report([csv], path / "l.csv", out_dir=path / "rep2", data_label="synthetic",
+                                 cam_models=[("reg", model)], images_dir=path, cam_layers={"reg": "late"})
+        assert override["cam_layers"] == {"reg": "late"}
+    finally:
+        registry.unregister("fig3_row_test")
+
+
+def test_cli_report_names_each_models_layer_and_takes_an_override(folder, tiny_registry_model, capsys):
+    from hpa_zoo.cli import main
+
+    path, ids, y, _, _ = folder
+    csv = save_predictions(path / "t.csv", ids, np.clip(y * 0.8 + 0.1, 0, 1), model_name="tiny", fold=0)
+    pd.DataFrame({"Id": ids, "Target": [format_target(np.flatnonzero(r)) for r in y]}).to_csv(path / "l.csv",
+                                                                                              index=False)
+    args = ["report", str(csv), "--labels", str(path / "l.csv"), "--images", str(path), "--models",
+            tiny_registry_model, "--data-label", "synthetic"]
+    assert main(args + ["--out", str(path / "a")]) == 0
+    assert "tiny: Grad-CAM at pool2" in capsys.readouterr().out  # a row without cam_layer: its last 4-D layer
+    assert main(args + ["--out", str(path / "b"), "--cam-layer", "tiny=conv1_conv"]) == 0
+    assert "tiny: Grad-CAM at conv1_conv" in capsys.readouterr().out
+    assert "tiny at <code>conv1_conv</code>" in (path / "b" / "report.html").read_text()
+    assert main(args + ["--out", str(path / "c"), "--cam-layer", "other=conv1_conv"]) == 1
+    assert "not one of the models ['tiny']" in capsys.readouterr().err
+    assert main(args + ["--out", str(path / "c"), "--cam-layer", "conv1_conv"]) == 1
+    assert "MODEL=LAYER" in capsys.readouterr().err

@@ -175,17 +175,6 @@ def read_explorer_data(path) -> dict:
     return json.loads(text[start:text.index("</script>", start)])
 
 
-def predicted_probabilities(model, batches) -> np.ndarray:
-    """Sigmoid of a zoo model's logits over a dataset / iterable of (b, H, W, C) image batches -> (N, K) float32."""
-    import keras
-
-    out = [np.asarray(keras.ops.sigmoid(model(np.asarray(b, np.float32), training=False)), np.float32)
-           for b in (batches.as_numpy_iterator() if hasattr(batches, "as_numpy_iterator") else batches)]
-    if not out:
-        raise ConfigError("no images to predict")
-    return np.concatenate(out)
-
-
 _PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>{title}</title>
 <style>

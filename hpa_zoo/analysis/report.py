@@ -75,7 +75,8 @@ def confusion_single_label(y_true: np.ndarray, probs: np.ndarray) -> tuple[np.nd
 def figure_report(predictions: Sequence, labels_csv, *, out_dir, data_label: str, train_csv=None,
                   threshold: float = 0.5, force_top: bool = True, class_names: Sequence[str] = CLASS_NAMES,
                   cam_models: Sequence | None = None, images_dir=None, masks_dir=None,
-                  image_size: int | None = None, cam_images_per_class: int = 24) -> dict:
+                  image_size: int | None = None, cam_images_per_class: int = 24,
+                  cam_layers: dict | None = None) -> dict:
     """Write the Fig. 2 report (module docstring) and return its summary.
 
     Args:
@@ -94,6 +95,8 @@ def figure_report(predictions: Sequence, labels_csv, *, out_dir, data_label: str
         masks_dir: ground-truth masks (``{Id}.npz``, ``hpa-zoo synth --masks``): adds the CAM-relevance table
             (pointing game, energy inside the mask) per class and model over up to ``cam_images_per_class``.
         image_size: side the CAM images are loaded at (default each model's input size).
+        cam_layers: {model name: layer} for the Grad-CAMs; default each model's registry ``cam_layer`` (DenseNet
+            "Block3", Inception "Mixed_7c", ResNet "Layer3"). The report names the layer of each model.
 
     Returns:
         dict with per model ``macro_f1``, ``micro_precision``, ``micro_recall``, ``single_label_macro_f1``,
@@ -238,7 +241,7 @@ def figure_report(predictions: Sequence, labels_csv, *, out_dir, data_label: str
 
         cams = cam_sections(cam_models, ids, y, images_dir=images_dir, out_dir=out_dir, save=save,
                             masks_dir=masks_dir, image_size=image_size, max_per_class=cam_images_per_class,
-                            class_names=class_names)
+                            class_names=class_names, layers=cam_layers)
         summary["cam_layers"], summary["cam_relevance"] = cams["layers"], cams["relevance"]
         summary["cam_panel"] = [{"class": class_names[c], "kind": kind, "id": i} for c, kind, i in cams["picks"]]
         cam_html = cams["html"]

@@ -3,14 +3,16 @@ against ground-truth masks (`hpa_zoo.analysis.report.figure_report` calls `cam_s
 
 * **Fig. 3 panel** (Ouyang et al. 2019): one image per class for the "easy" patterns (cytosol, nucleoli) and the
   "hard" ones (mitochondria, plasma membrane, Golgi apparatus) that occur in the labels (a single-label image
-  when there is one), shown plain and under each model's Grad-CAM of that class, at the model's CAM layer
-  (`hpa_zoo.infer.explain.default_cam_layer`: DenseNet "Block3", Inception "Mixed_7c", ResNet "Layer3").
+  when there is one), shown plain and under each model's Grad-CAM of that class, at the model's CAM layer: its
+  registry row's ``cam_layer`` (`hpa_zoo.infer.explain.default_cam_layer`: DenseNet "Block3", Inception
+  "Mixed_7c", ResNet "Layer3"), named under each panel and in the report's text.
 * **CAM relevance**: with a folder of ground-truth masks (``hpa-zoo synth --masks``), per model and class the
   pointing game and the energy inside the mask (`hpa_zoo.infer.explain.score_cams`) over up to ``max_per_class`` images
   of that class, beside the chance level (the mean mask area: what a CAM spread evenly would score).
 """
 from __future__ import annotations
 
+import html as html_lib
 import logging
 from pathlib import Path
 from typing import Callable, Sequence
@@ -58,8 +60,25 @@ def _model_size(model, image_size: int | None) -> int:
     return int(size)
 
 
+def cam_layers_of(models: Sequence[tuple[str, object]], overrides: dict | None = None) -> dict[str, str]:
+    """{model name: Grad-CAM layer}: ``overrides[name]`` where given, else the registry row's ``cam_layer``
+    (`hpa_zoo.infer.explain.default_cam_layer`).
+
+    Raises:
+        ConfigError: an override for a model that is not among ``models``.
+    """
+    from hpa_zoo.infer.explain import default_cam_layer
+
+    overrides = overrides or {}
+    unknown = sorted(set(overrides) - {name for name, _ in models})
+    if unknown:
+        raise ConfigError(f"CAM layer given for {unknown}, which is not one of the models {[n for n, _ in models]}; "
+                          f"name a model as the report does (its predictions' model name)")
+    return {name: overrides.get(name) or default_cam_layer(model) for name, model in models}
+
+
 def cam_panel(models: Sequence[tuple[str, object]], images_dir, picks, out_png, *, image_size: int | None = None,
-              class_names: Sequence[str] = CLASS_NAMES, save: Callable | None = None):
+              class_names: Sequence[str] = CLASS_NAMES, save: Callable | None = None, layers: dict | None = None):
     """Draw the Fig. 3 panel: a row per pick, the image then each model's Grad-CAM overlay of the row's class.
 
     Args:
@@ -67,26 +86,29 @@ def cam_panel(models: Sequence[tuple[str, object]], images_dir, picks, out_png, 
         picks: `pick_panel_images` output; out_png: the PNG (used when ``save`` is None).
         image_size: side the images are loaded at (default each model's input size).
         save: ``save(fig, stem)`` of the report (adds the data caption, writes atomically); None: saved here.
+        layers: {model name: layer} overriding the registry's ``cam_layer`` (`cam_layers_of`).
 
     Returns:
-        dict ``{"layers": {model name: CAM layer}, "picks": picks}``.
+        dict ``{"layers": {model name: CAM layer}, "picks": picks, "cams": {(model name, image id): (H, W)
+        float32 map in [0, 1]}}``.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from hpa_zoo.infer.explain import default_cam_layer, grad_cam, overlay_cam, rgby_to_rgb
+    from hpa_zoo.infer.explain import grad_cam, overlay_cam, rgby_to_rgb
     from hpa_zoo.data.images import load_rgby
 
-    layers = {name: default_cam_layer(model) for name, model in models}
+    layers = cam_layers_of(models, layers)
+    cams = {}
     fig, axes = plt.subplots(len(picks), 1 + len(models), figsize=(2.1 * (1 + len(models)), 2.2 * len(picks)),
                              squeeze=False)
     for row, (c, kind, image_id) in enumerate(picks):
         shown = None
         for col, (name, model) in enumerate(models, start=1):
             image = load_rgby(images_dir, image_id, size=_model_size(model, image_size))
-            cam = grad_cam(model, image, class_index=c, layer_name=layers[name])[0]
+            cam = cams[name, image_id] = grad_cam(model, image, class_index=c, layer_name=layers[name])[0]
             axes[row, col].imshow(overlay_cam(image, cam))
             axes[row, col].set_title(f"{name}\n@ {layers[name]}", fontsize=6)
             shown = image if shown is None else shown
@@ -104,12 +126,13 @@ def cam_panel(models: Sequence[tuple[str, object]], images_dir, picks, out_png, 
         plt.close(fig)
     else:
         save(fig, Path(out_png).stem)
-    return {"layers": layers, "picks": picks}
+    return {"layers": layers, "picks": picks, "cams": cams}
 
 
 def cam_relevance_rows(models: Sequence[tuple[str, object]], images_dir, masks_dir, ids: Sequence[str],
                        y: np.ndarray, *, classes: Sequence[int] | None = None, max_per_class: int = 24,
-                       image_size: int | None = None, class_names: Sequence[str] = CLASS_NAMES) -> list[dict]:
+                       image_size: int | None = None, class_names: Sequence[str] = CLASS_NAMES,
+                       layers: dict | None = None) -> list[dict]:
     """Pointing game and energy inside the mask per model and class (module docstring).
 
     Args:
@@ -119,6 +142,7 @@ def cam_relevance_rows(models: Sequence[tuple[str, object]], images_dir, masks_d
         max_per_class: images scored per class (the first ones carrying it, in ``ids`` order).
         image_size: side the images are loaded at (default each model's input); the CAM is resized (bilinear)
             to the mask's size before scoring.
+        layers: {model name: layer} overriding the registry's ``cam_layer`` (`cam_layers_of`).
 
     Returns:
         rows ``{"model", "layer", "class", "n", "pointing", "energy", "chance"}`` (chance: mean mask area fraction).
@@ -128,7 +152,7 @@ def cam_relevance_rows(models: Sequence[tuple[str, object]], images_dir, masks_d
     """
     import cv2
 
-    from hpa_zoo.infer.explain import default_cam_layer, grad_cam, score_cams
+    from hpa_zoo.infer.explain import grad_cam, score_cams
     from hpa_zoo.data.images import load_rgby
     from hpa_zoo.data.synthetic import load_masks
 
@@ -138,9 +162,9 @@ def cam_relevance_rows(models: Sequence[tuple[str, object]], images_dir, masks_d
         raise HpaDataError(f"{masks_dir}: no mask file {{Id}}.npz for any of the {len(ids)} images (e.g. "
                            f"{ids[0]}.npz); write them with hpa-zoo synth --masks (same arguments as the images)")
     classes = sorted(set(np.flatnonzero(y[have].any(0))) if classes is None else classes)
-    rows = []
+    rows, layers = [], cam_layers_of(models, layers)
     for name, model in models:
-        layer = default_cam_layer(model)
+        layer = layers[name]
         size = _model_size(model, image_size)
         for c in classes:
             chosen = [i for i in have if y[i, c]][:max_per_class]
@@ -167,11 +191,17 @@ def cam_relevance_rows(models: Sequence[tuple[str, object]], images_dir, masks_d
 
 def cam_sections(models: Sequence[tuple[str, object]], ids: Sequence[str], y: np.ndarray, *, images_dir,
                  out_dir, save: Callable, masks_dir=None, image_size: int | None = None,
-                 max_per_class: int = 24, class_names: Sequence[str] = CLASS_NAMES) -> dict:
+                 max_per_class: int = 24, class_names: Sequence[str] = CLASS_NAMES, layers: dict | None = None
+                 ) -> dict:
     """The report's Fig. 3 panel and (with ``masks_dir``) the CAM-relevance table and CSV.
 
+    Args:
+        layers: {model name: layer} overriding the registry's ``cam_layer`` (`cam_layers_of`); the rest as
+            `cam_panel` and `cam_relevance_rows`.
+
     Returns:
-        dict ``{"layers", "picks", "relevance" (rows or None), "html" (fragment), "files" {name: path}}``.
+        dict ``{"layers" {model name: layer}, "picks", "cams" (`cam_panel`'s maps), "relevance" (rows or None),
+        "html" (fragment: the layer of each model, the relevance table), "files" {name: path}}``.
     """
     from hpa_zoo.atomic import atomic_to_csv
 
@@ -180,19 +210,22 @@ def cam_sections(models: Sequence[tuple[str, object]], ids: Sequence[str], y: np
     images_dir = Path(images_dir)
     available = {i for i in ids if any(images_dir.glob(f"{i}_green.*"))}
     picks = pick_panel_images(ids, y, class_names, available=available)
-    out: dict = {"layers": {n: None for n, _ in models}, "picks": picks, "relevance": None, "files": {}, "html": ""}
-    parts = []
+    layers = cam_layers_of(models, layers)
+    out: dict = {"layers": layers, "picks": picks, "cams": {}, "relevance": None, "files": {}, "html": ""}
+    named = ", ".join(f"{html_lib.escape(n)} at <code>{html_lib.escape(layer)}</code>" for n, layer in layers.items())
+    parts = [f"<p>Grad-CAM layer of each model (its registry row's <code>cam_layer</code> unless overridden): "
+             f"{named}.</p>"]
     if picks:
         panel = cam_panel(models, images_dir, picks, Path(out_dir) / "fig3_gradcam.png", image_size=image_size,
-                          class_names=class_names, save=save)
-        out["layers"] = panel["layers"]
+                          class_names=class_names, save=save, layers=layers)
+        out["cams"] = panel["cams"]
         out["files"]["fig3_gradcam"] = str(Path(out_dir) / "fig3_gradcam.png")
     else:
         parts.append("<p>Fig. 3: none of the panel classes (cytosol, nucleoli, mitochondria, plasma membrane, "
                      "Golgi apparatus) occurs among the images found.</p>")
     if masks_dir is not None:
         rows = cam_relevance_rows(models, images_dir, masks_dir, ids, y, max_per_class=max_per_class,
-                                  image_size=image_size, class_names=class_names)
+                                  image_size=image_size, class_names=class_names, layers=layers)
         out["relevance"] = rows
         out["files"]["cam_relevance"] = str(atomic_to_csv(pd.DataFrame(rows), Path(out_dir) / "cam_relevance.csv",
                                                           index=False, float_format="%.4f"))

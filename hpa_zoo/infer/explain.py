@@ -3,8 +3,8 @@
 * `grad_cam` (Selvaraju et al. 2017): for class k and a convolutional layer with activations A (B, h, w, D),
   weights ``alpha_d = mean_{y,x} d logit_k / d A[y, x, d]``, map ``relu(sum_d alpha_d A[..., d])``, bilinearly
   upsampled to the image size and divided by its maximum (per image), so values lie in [0, 1]. The paper showed
-  class activation maps at DenseNet "Block3", Inception "Mixed_7c" and ResNet "Layer3"; `CAM_LAYERS` holds our
-  defaults per registry name.
+  class activation maps at DenseNet "Block3", Inception "Mixed_7c" and ResNet "Layer3"; each registry row names
+  its model's layer (``ModelSpec.cam_layer``), which `default_cam_layer` returns.
 * `embed` / `umap_projection` / `plot_embedding`: the registry row's ``feature_layer`` (Team 1: the 1024-d output
   of ``head_dropout2``) for a set of images, its 2-D UMAP projection and a scatter coloured by single-location
   class (multi-location images grey), as the paper's Fig. 4.
@@ -26,22 +26,10 @@ import numpy as np
 
 from hpa_zoo.atomic import atomic_path
 from hpa_zoo.constants import CLASS_NAMES
-from hpa_zoo.errors import ConfigError
+from hpa_zoo.errors import ConfigError, UnknownModelError
+from hpa_zoo.registry import get_spec
 
 log = logging.getLogger(__name__)
-
-#: Default Grad-CAM layer per registry name. DenseNet121 "Block3" (paper Fig. 3) is the output of the third dense
-#: block: torchvision ``features.denseblock3`` = Keras ``conv4_block24_concat`` (Keras numbers the blocks from
-#: conv2), 1024 channels at stride 16 (stride 32 for the ``large`` model, which has the extra 2x2 pool).
-CAM_LAYERS: dict[str, str] = {
-    "team1_densenet121_512": "conv4_block24_concat",
-    "team1_densenet121_1024": "conv4_block24_concat",
-    "team2_densenet121_rgb_512": "conv4_block24_concat",
-    "team3_attention_inceptionv3_1024": "mixed10",  # torchvision Mixed_7c (paper Fig. 3)
-    "team3_resnet34_512": "layer3",  # ResNet "Layer3" (paper Fig. 3, the lower-scoring models)
-    "team4_gapnet_resnet18_512": "layer3",
-    "team4_gapnet_resnet18_1024crop512": "layer3",
-}
 
 #: 28 class colours, chosen greedily for the largest minimum CIEDE2000 distance to each other, to grey and to
 #: white (minimum pairwise distance ~17): no two classes share a colour, unlike a 20-colour map.
@@ -131,12 +119,24 @@ def save_cam_png(path, image_rgby, cam, *, alpha: float = 0.5) -> Path:
 
 # ---------------------------------------------------------------------------------------------- Grad-CAM
 def default_cam_layer(model) -> str:
-    """The Grad-CAM layer of ``model``: `CAM_LAYERS` for its registry name, else ``conv4_block24_concat`` if the
-    model has it (any DenseNet121), else ``layer3`` (a zoo ResNet), else the last layer with a 4-D (B, h, w, D)
-    output."""
-    if model.name in CAM_LAYERS:
-        return CAM_LAYERS[model.name]
+    """The Grad-CAM layer of ``model``: its registry row's ``cam_layer`` (`hpa_zoo.registry.ModelSpec`; models from
+    `hpa_zoo.load` and presets are named after their row), else ``conv4_block24_concat`` if the model has it (any
+    DenseNet121), else ``layer3`` (a zoo ResNet), else the last layer with a 4-D (B, h, w, D) output.
+
+    Raises:
+        ConfigError: the row's ``cam_layer`` is not a layer of ``model`` (a registry row out of step with its
+            builder), or no layer has a 4-D output.
+    """
     names = [layer.name for layer in model.layers]
+    try:
+        row_layer = get_spec(model.name).cam_layer
+    except UnknownModelError:
+        row_layer = None
+    if row_layer:
+        if row_layer not in names:
+            raise ConfigError(f"registry row {model.name!r} names cam_layer={row_layer!r}, which the model has not; "
+                              f"fix the row in hpa_zoo/registry.py or pass layer_name= (CLI --cam-layer)")
+        return row_layer
     for name in ("conv4_block24_concat", "layer3"):  # DenseNet121 "Block3"; ResNet "Layer3"
         if name in names:
             return name
@@ -157,7 +157,7 @@ def grad_cam(model, images, *, class_index: int, layer_name: str | None = None, 
         model: keras.Model (B, H, W, C) [0, 255] -> logits (B, K) (a zoo model).
         images: (N, H, W, C) or (H, W, C) uint8/float in [0, 255].
         class_index: the class k in [0, K).
-        layer_name: convolutional layer; default `default_cam_layer`.
+        layer_name: convolutional layer; default `default_cam_layer` (the registry row's ``cam_layer``).
         batch_size: images per forward/backward pass.
 
     Returns:
@@ -212,7 +212,8 @@ def grad_cam(model, images, *, class_index: int, layer_name: str | None = None, 
 
 # ---------------------------------------------------------------------------------------------- embeddings
 def _image_batches(data, batch_size: int):
-    """Yield (b, H, W, C) float32 arrays from an array or a tf.data.Dataset (see `embed`)."""
+    """Yield (b, H, W, C) float32 arrays from an array, a tf.data.Dataset or any iterable of images / batches
+    (see `embed`)."""
     if isinstance(data, np.ndarray) or isinstance(data, (list, tuple)):
         x = np.asarray(data, dtype=np.float32)
         if x.ndim == 3:
@@ -222,7 +223,7 @@ def _image_batches(data, batch_size: int):
         for start in range(0, len(x), batch_size):
             yield x[start:start + batch_size]
         return
-    for item in data.as_numpy_iterator():
+    for item in (data.as_numpy_iterator() if hasattr(data, "as_numpy_iterator") else data):
         if isinstance(item, dict):
             item = item["image"]
         elif isinstance(item, tuple):
@@ -237,26 +238,71 @@ def embed(model, dataset_or_images, *, layer: str | None = None, batch_size: int
 
     Args:
         model: a zoo model (its name is its registry name) or any functional model with ``layer`` given.
-        dataset_or_images: (N, H, W, C) array in [0, 255], or a tf.data.Dataset yielding images, batches of
-            images, ``(images, labels)`` tuples or example dicts with an ``"image"`` key (unbatched or batched).
+        dataset_or_images: (N, H, W, C) array in [0, 255], or a tf.data.Dataset (or any iterable) yielding
+            images, batches of images, ``(images, labels)`` tuples or example dicts with an ``"image"`` key
+            (unbatched or batched).
         layer: layer name; default the registry row's ``feature_layer`` (Team 1: ``head_dropout2``, D = 1024).
         batch_size: images per forward pass for array input.
-        verbose: print progress every 10 batches.
+        verbose: log progress every 10 batches.
 
     Returns:
         (N, D) float32, in input order (dropout is inactive).
     """
     from hpa_zoo.zoo.models_api import feature_extractor
 
-    extractor = feature_extractor(model, layer=layer)
-    out = []
+    return _run_batches(feature_extractor(model, layer=layer), dataset_or_images, batch_size, verbose)[0]
+
+
+def features_and_probabilities(model, dataset_or_images, *, layer: str | None = None, batch_size: int = 8,
+                               activation: str = "sigmoid", verbose: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """`embed`'s features and the model's class probabilities from **one** forward pass per batch.
+
+    The model is split once into a two-output model (the feature layer and the main logits share every layer),
+    so the trunk runs once per batch. The whole image is seen at the input size, without TTA: the probabilities
+    equal ``hpa-zoo predict --tta none`` (`hpa_zoo.infer.predict_images.predict_images` with ``tta="none"``).
+
+    Args:
+        model: a zoo model (a dict-output model is reduced to its ``"logits"``); dataset_or_images, layer,
+            batch_size, verbose: as `embed`.
+        activation: ``"sigmoid"`` (multi-label, the zoo's models) or ``"softmax"`` (a single-label preset).
+
+    Returns:
+        (features (N, D) float32, probabilities (N, K) float32), in input order.
+    """
+    import keras
+
+    from hpa_zoo.zoo.models_api import feature_extractor
+
+    if activation not in ("sigmoid", "softmax"):
+        raise ConfigError(f"activation={activation!r}: use 'sigmoid' or 'softmax'")
+    if isinstance(model.output, dict):
+        from zoo_models.common import main_output_model
+
+        model = main_output_model(model)
+    features = feature_extractor(model, layer=layer)
+    both = keras.Model(features.inputs, [features.output, model.outputs[0]], name=f"{model.name}_features_logits")
+    feats, logits = _run_batches(both, dataset_or_images, batch_size, verbose)
+    act = keras.ops.sigmoid if activation == "sigmoid" else keras.ops.softmax
+    return feats, np.asarray(keras.ops.convert_to_numpy(act(logits.astype(np.float32))), np.float32)
+
+
+def _run_batches(net, dataset_or_images, batch_size: int, verbose: bool) -> list[np.ndarray]:
+    """``net`` (one or more outputs) over the batches of `_image_batches`, each output flattened per image and
+    concatenated: a list of (N, ...) float32 arrays, one per output."""
+    outs: list[list[np.ndarray]] = []
+    n = 0
     for i, batch in enumerate(_image_batches(dataset_or_images, batch_size)):
-        out.append(np.asarray(extractor(batch, training=False), dtype=np.float32).reshape(len(batch), -1))
+        result = net(batch, training=False)
+        result = list(result) if isinstance(result, (list, tuple)) else [result]
+        outs = outs or [[] for _ in result]
+        for held, r in zip(outs, result):
+            held.append(np.asarray(r, dtype=np.float32).reshape(len(batch), -1))
+        n += len(batch)
         if verbose and (i + 1) % 10 == 0:
-            log.info("embed: %d images", sum(len(o) for o in out))
-    if not out:
+            log.info("embed: %d images", n)
+    if not outs:
         raise ConfigError("embed: no images in the input")
-    return np.concatenate(out, axis=0)
+    return [np.concatenate(held, axis=0) for held in outs]
 
 
 def umap_projection(features, n_neighbors: int = 15, min_dist: float = 0.1, metric: str = "euclidean",
