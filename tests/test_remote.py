@@ -197,15 +197,40 @@ def test_predict_and_finetune_read_a_remote_csv(kaggle, tmp_path, tiny_registry_
     pd.DataFrame(rows).to_csv(kaggle.parent / "ft.csv", index=False)
     url = _to_memory(kaggle.parent, "memory://csv_test/root")
     preset = hpa_zoo.save_preset(tiny_rgby_model, tmp_path / "preset", model_name=tiny_registry_model)
-    local = predict_images(str(preset), kaggle.parent / "ft.csv", out_dir=tmp_path / "l", verbose=0)
-    got = predict_images(str(preset), url + "/ft.csv", out_dir=tmp_path / "r", verbose=0)
-    np.testing.assert_array_equal(pd.read_csv(got["probabilities"]).to_numpy(),
-                                  pd.read_csv(local["probabilities"]).to_numpy())
+    from hpa_zoo.cli import main
+
+    base = _to_memory(preset, "memory://csv_test/base")  # the preset is remote too
+    local = pd.read_csv(predict_images(str(preset), kaggle.parent / "ft.csv", out_dir=tmp_path / "l", verbose=0)
+                        ["probabilities"])
+    assert main(["predict", base, "--data", url + "/ft.csv", "--out", str(tmp_path / "r"), "--runtime", "keras"]) == 0
+    np.testing.assert_array_equal(pd.read_csv(tmp_path / "r" / "probabilities.csv").to_numpy(), local.to_numpy())
     staged = next((tmp_path / "cache" / "remote").glob("*/root"))
     assert sorted(p.name for p in (staged / "kaggle" / "train").iterdir()) == sorted(
         f"{i}_{c}.png" for i in ids for c in CHANNELS) and not (staged / "kaggle" / "test").exists()
-    base = _to_memory(preset, "memory://csv_test/base")  # the base preset is remote too
     out = finetune(base, url + "/ft.csv", None, out_dir=tmp_path / "ft", epochs=1, freeze_epochs=0, image_size=64,
                    batch_size=2, val_fraction=0.34, verbose=0)
     meta = hpa_zoo.preset_info(out)["metadata"]
     assert meta["training_data"]["csv"] == url + "/ft.csv" and meta["training_data"]["n_images"] == 3
+
+
+def test_predict_beam_reads_a_remote_csv_with_remote_images(kaggle, tmp_path, tiny_registry_model, tiny_rgby_model):
+    """`predict --beam` on a memory:// fine-tuning CSV: the CSV is read from a staged copy, the images stay remote
+    (read by the workers); the probabilities equal the single-process run on the local CSV."""
+    pytest.importorskip("apache_beam")
+    import hpa_zoo
+    from hpa_zoo.infer import beam as beam_infer
+    from hpa_zoo.infer.predict_images import predict_images
+
+    ids = pd.read_csv(kaggle / "sample_submission.csv", dtype=str)["Id"].tolist()
+    pd.DataFrame({"Id": ids, "filenames": [";".join(f"test/{i}_{c}.png" for c in CHANNELS) for i in ids]}).to_csv(
+        kaggle / "pred.csv", index=False)
+    url = _to_memory(kaggle, "memory://beam_csv_test/kaggle")
+    preset = hpa_zoo.save_preset(tiny_rgby_model, tmp_path / "preset", model_name=tiny_registry_model)
+    want = pd.read_csv(predict_images(str(preset), kaggle / "pred.csv", out_dir=tmp_path / "l", verbose=0)
+                       ["probabilities"], dtype={"Id": str}).set_index("Id").sort_index()
+    got = beam_infer.run_beam(str(preset), url + "/pred.csv", out_dir=tmp_path / "b", beam_options=RUNNER)
+    assert got["counters"]["images_predicted"] == len(ids)
+    shards = beam_infer.read_shards(tmp_path / "b").set_index("Id").sort_index()
+    np.testing.assert_allclose(shards.to_numpy(), want.to_numpy(), rtol=0, atol=1e-6)
+    staged = list((tmp_path / "cache" / "remote").glob("*/*"))
+    assert [p.name for p in staged if p.name != remote.MANIFEST] == ["pred.csv"]  # the CSV only, no image copied
