@@ -456,6 +456,10 @@ def _run_predict(args) -> int:
         raise ConfigError("give --data (a folder, CSV or TFDS name) or --images FILE ...")
     if _beam_flags(args) is not None:
         return _run_beam_verb(args, "predict", args.presets, args.images if args.images is not None else args.data)
+    from hpa_zoo.remote import is_remote
+    from hpa_zoo.zoo.weights import stage_remote
+
+    args.presets = [str(stage_remote(p)) if is_remote(p) else p for p in args.presets]  # URL presets: local copies
     if args.images is None and is_kaggle_source(args.presets, args.data):
         from hpa_zoo.infer.predict import predict
 

@@ -17,7 +17,7 @@ PACKAGES = ("hpa_zoo", "zoo_models", "tfds_hpa")
 
 #: The core: what every layer may use (no TensorFlow-heavy code, no knowledge of models or runs).
 CORE = {"hpa_zoo.constants", "hpa_zoo.errors", "hpa_zoo.atomic", "hpa_zoo.recipe", "hpa_zoo.registry", "hpa_zoo.safepaths",
-        "hpa_zoo.checks", "hpa_zoo.runlock", "hpa_zoo.interrupt"}
+        "hpa_zoo.checks", "hpa_zoo.runlock", "hpa_zoo.interrupt", "hpa_zoo.remote"}
 #: The application: the CLI, the demo and the package's public facade (``import hpa_zoo``).
 APP = {"hpa_zoo", "hpa_zoo.cli", "hpa_zoo.demo"}
 #: Old import paths kept for one release (each only re-exports its new home, with a DeprecationWarning).

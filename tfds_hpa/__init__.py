@@ -12,6 +12,7 @@ import tensorflow_datasets as tfds
 
 from hpa_zoo.checks import beam_pipeline_options as _pipeline_options
 from hpa_zoo.errors import ConfigError, HpaDataError
+from hpa_zoo.remote import is_dir, is_remote, local_form
 from tfds_hpa.hpa_kaggle import hpa_kaggle_dataset_builder
 from tfds_hpa.hpa_v18 import hpa_v18_dataset_builder
 
@@ -25,8 +26,11 @@ def build(name: str, *, manual_dir: str | os.PathLike, data_dir: str | os.PathLi
 
     Args:
         name: ``"hpa_kaggle"`` or ``"hpa_v18"``.
-        manual_dir: the folder laid out as the builder's ``MANUAL_DOWNLOAD_INSTRUCTIONS`` show.
-        data_dir: where TFDS writes the dataset (default ``~/tensorflow_datasets``).
+        manual_dir: the folder laid out as the builder's ``MANUAL_DOWNLOAD_INSTRUCTIONS`` show: a local path or
+            a URL (``gs://``, ``s3://``, ``memory://``, any fsspec or Beam file system: `hpa_zoo.remote`; the
+            builders read the CSVs and images through it, on the Beam workers with ``beam_options``).
+        data_dir: where TFDS writes the dataset (default ``~/tensorflow_datasets``): a local path or a URL that
+            TFDS itself writes (``gs://`` through ``tf.io.gfile``; not fsspec's ``memory://``).
         config: image-size config name: ``"512"``, ``"1024"``, ``"1536"`` or ``"128"``.
         on_error: ``"raise"`` (stop at the first bad sample) or ``"skip"`` (leave bad samples out; see
             ``builder.skip_report``).
@@ -49,12 +53,24 @@ def build(name: str, *, manual_dir: str | os.PathLike, data_dir: str | os.PathLi
     names = [c.name for c in cls.BUILDER_CONFIGS]
     if str(config) not in names:
         raise ConfigError(f"{name}: unknown config {config!r}; choose one of {names}")
-    if not os.path.isdir(manual_dir):
+    if data_dir is not None and is_remote(data_dir):
+        from etils import epath
+
+        try:
+            epath.Path(os.fspath(data_dir))
+        except KeyError as exc:  # epath's table of URI prefixes: gs://, s3://, ... (TFDS writes through it)
+            raise ConfigError(f"data_dir={os.fspath(data_dir)!r}: TFDS writes datasets through etils.epath, which "
+                              f"knows local paths, gs:// and s3:// but not this scheme; write to a local "
+                              f"--data-dir (or gs://) and copy the result") from exc
+    manual_dir = local_form(manual_dir)
+    if not is_dir(manual_dir):
         raise HpaDataError(f"{manual_dir}: manual-download folder not found.\n{cls.MANUAL_DOWNLOAD_INSTRUCTIONS}")
-    download_config = tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir),
+    remote = is_remote(manual_dir)  # TFDS's download manager takes only paths epath knows: the builder reads it
+    download_config = tfds.download.DownloadConfig(manual_dir=None if remote else manual_dir,
                                                    beam_options=_pipeline_options(beam_options))
     builder = cls(config=str(config), data_dir=None if data_dir is None else os.fspath(data_dir),
-                  on_error=on_error, beam=beam_options is not None, **builder_kwargs)
+                  on_error=on_error, beam=beam_options is not None,
+                  remote_manual_dir=manual_dir if remote else None, **builder_kwargs)
     try:
         builder.download_and_prepare(download_config=download_config)
     except AssertionError as exc:  # TFDS: 'Failed to finalize writing of split "x": No examples were yielded.'

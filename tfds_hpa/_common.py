@@ -36,6 +36,7 @@ from hpa_zoo.constants import CLASS_NAMES, NUM_CLASSES
 from hpa_zoo.errors import ConfigError, HpaDataError
 from hpa_zoo.data.images import load_rgby
 from hpa_zoo.data.labels import OnError, SkipReport, to_multi_hot
+from hpa_zoo.remote import is_dir, is_file, is_remote, join, open_file
 
 log = logging.getLogger("tfds_hpa")
 
@@ -86,14 +87,14 @@ def features(image_size: int) -> tfds.features.FeaturesDict:
     })
 
 
-def rgby_example(image_id: str, labels: Sequence[int], *, folder: Path, size: int,
+def rgby_example(image_id: str, labels: Sequence[int], *, folder: Path | str, size: int,
                  layout: str = "kaggle", allow_16bit: bool = False) -> dict:
     """Read one field of view and make its example dict (a pure function of its arguments; Beam-friendly).
 
     Args:
         image_id: the sample id.
         labels: sorted class ids (empty for unlabelled test images).
-        folder: the folder holding ``{image_id}_{red,green,blue,yellow}.*``.
+        folder: the folder holding ``{image_id}_{red,green,blue,yellow}.*`` (local, or a URL: `hpa_zoo.remote`).
         size: output side S; channels are resized with `INTERPOLATION` unless already S x S.
         layout: ``"kaggle"`` (grayscale files) or ``"hpav18"`` (false-coloured RGB JPEGs, stain plane taken).
         allow_16bit: accept 16-bit files (full-resolution TIFFs), scaled to 8 bits.
@@ -188,14 +189,15 @@ def check_on_error(on_error: str) -> OnError:
     return on_error  # type: ignore[return-value]
 
 
-def require_tree(root: Path, files: Iterable[str], folders: Iterable[str], instructions: str) -> None:
-    """Fail at once, with the expected tree, if a required file or folder is missing under ``root``.
+def require_tree(root: Path | str, files: Iterable[str], folders: Iterable[str], instructions: str) -> None:
+    """Fail at once, with the expected tree, if a required file or folder is missing under ``root`` (a local
+    folder or a URL).
 
     Raises:
         HpaDataError: naming every missing entry, followed by ``instructions``.
     """
-    missing = [f for f in files if not (root / f).is_file()]
-    missing += [f"{d}/" for d in folders if not (root / d).is_dir()]
+    missing = [f for f in files if not is_file(join(root, f))]
+    missing += [f"{d}/" for d in folders if not is_dir(join(root, d))]
     if missing:
         raise HpaDataError(f"{root}: missing {', '.join(missing)} in the manual-download folder.\n{instructions}")
 
@@ -210,9 +212,17 @@ class HpaBuilderBase(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}
 
-    def __init__(self, *, on_error: str = "raise", beam: bool = False, **kwargs):
+    def __init__(self, *, on_error: str = "raise", beam: bool = False, remote_manual_dir: str | None = None,
+                 **kwargs):
         """Args: on_error: ``"raise"`` or ``"skip"``; beam: generate the splits with Apache Beam (see the module
-        docstring; pass the runner with ``DownloadConfig(beam_options=...)``); kwargs: tfds builder kwargs."""
+        docstring; pass the runner with ``DownloadConfig(beam_options=...)``); remote_manual_dir: the
+        manual-download folder as a URL that TFDS's own download manager cannot take (``memory://``; any fsspec
+        or Beam URL, `hpa_zoo.remote`), used instead of ``DownloadConfig.manual_dir``; kwargs: tfds builder
+        kwargs."""
+        if remote_manual_dir is not None and not is_remote(remote_manual_dir):
+            raise ConfigError(f"remote_manual_dir={remote_manual_dir!r} is a local path; pass it as "
+                              f"DownloadConfig(manual_dir=...)")
+        self.remote_manual_dir = remote_manual_dir
         self.on_error = check_on_error(on_error)
         if not isinstance(beam, bool):
             raise ConfigError(f"beam={beam!r}: use True (generate with Apache Beam) or False")
@@ -231,21 +241,29 @@ class HpaBuilderBase(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             metadata=tfds.core.MetadataDict(),
         )
 
-    def manual_root(self, dl_manager) -> Path:
-        """The manual-download folder as a local path; a missing or empty one is an `HpaDataError`."""
+    def manual_root(self, dl_manager) -> Path | str:
+        """The manual-download folder: a local ``Path``, or a URL string (``remote_manual_dir``, or a ``gs://``
+        ``--manual_dir`` given to ``tfds build``) read through `hpa_zoo.remote`; a missing or empty one is an
+        `HpaDataError`."""
+        if self.remote_manual_dir is not None:
+            if not is_dir(self.remote_manual_dir):
+                raise HpaDataError(f"{self.remote_manual_dir}: manual-download folder not found or empty.\n"
+                                   f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+            return self.remote_manual_dir.rstrip("/")
         try:
-            return Path(os.fspath(dl_manager.manual_dir))
+            root = os.fspath(dl_manager.manual_dir)
         except AssertionError as exc:  # tfds: "Manual directory ... does not exist or is empty"
             raise HpaDataError(str(exc)) from exc
+        return root if is_remote(root) else Path(root)
 
     @staticmethod
-    def has_rows(csv: Path, *, labelled: bool) -> bool:
+    def has_rows(csv: Path | str, *, labelled: bool) -> bool:
         """Whether `csv` has at least one data row (a header-only ``sample_submission.csv`` has none).
 
         Raises:
             HpaDataError: a labelled CSV (``train.csv``, an HPAv18 list) without rows: nothing to build.
         """
-        with open(csv, encoding="utf-8-sig") as f:
+        with open_file(csv, "r", encoding="utf-8-sig") as f:
             rows = sum(1 for line in itertools.islice(f, 1, 3) if line.strip())
         if not rows and labelled:
             raise HpaDataError(f"{csv}: has a header but no rows; a TFDS build needs at least one labelled image "

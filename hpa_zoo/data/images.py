@@ -14,6 +14,7 @@ import numpy as np
 
 from hpa_zoo.constants import CHANNELS
 from hpa_zoo.errors import HpaDataError
+from hpa_zoo.remote import is_file, is_remote, join, read_bytes
 from hpa_zoo.safepaths import check_image_id
 
 #: For HPAv18 website JPEGs (false-coloured RGB), the plane that carries each stain (teams.md §0.3,
@@ -25,18 +26,20 @@ CHANNEL_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 
 def find_channel_file(folder: str | os.PathLike, image_id: str, color: str,
-                      extensions: Sequence[str] = CHANNEL_EXTENSIONS) -> Path:
+                      extensions: Sequence[str] = CHANNEL_EXTENSIONS) -> Path | str:
     """Return the path of ``{folder}/{image_id}_{color}{ext}`` for the first extension that exists.
+
+    ``folder`` may be a URL (`hpa_zoo.remote`: ``gs://``, ``memory://``...); the result is then a URL string.
 
     Raises:
         HpaDataError: no such file, naming every name that was tried; an id that is a path.
     """
     check_image_id(str(image_id), str(folder))
-    folder = Path(folder)
+    folder = folder if is_remote(folder) else Path(folder)
     for ext in extensions:
-        candidate = folder / f"{image_id}_{color}{ext}"
-        if candidate.is_file():
-            return candidate
+        candidate = join(folder, f"{image_id}_{color}{ext}")
+        if is_file(candidate):
+            return candidate if is_remote(folder) else Path(candidate)
     tried = ", ".join(f"{image_id}_{color}{e}" for e in extensions)
     raise HpaDataError(f"{folder}: missing {color} channel of image {image_id!r} (looked for {tried}); "
                        f"every image needs four files {image_id}_{{red,green,blue,yellow}}.png")
@@ -47,7 +50,7 @@ def read_channel(path: str | os.PathLike, *, plane: int | None = None,
     """Read one stain image as a 2-D array.
 
     Args:
-        path: PNG, JPEG or TIFF file.
+        path: PNG, JPEG or TIFF file (a local path or a URL, `hpa_zoo.remote`).
         plane: for colour files (H, W, 3), which RGB plane to take (0=R, 1=G, 2=B). If None, a colour file
             is an error (a Kaggle channel file must be grayscale).
         expect_dtype: ``"uint8"`` raises on 16-bit input (Kaggle PNGs are 8-bit); ``"uint16"`` raises on 8-bit;
@@ -57,13 +60,13 @@ def read_channel(path: str | os.PathLike, *, plane: int | None = None,
     Raises:
         HpaDataError: empty, unreadable or truncated file, wrong channel count or bit depth.
     """
-    path = Path(path)
-    if not path.is_file():
+    path = path if is_remote(path) else Path(path)
+    if not is_remote(path) and not path.is_file():  # a URL is not asked twice: a missing one fails its read
         raise HpaDataError(f"{path}: file not found")
-    if path.stat().st_size == 0:
+    data = read_bytes(path)
+    if not data:
         raise HpaDataError(f"{path}: the file is empty (0 bytes); re-download or re-export it")
-    data = np.fromfile(str(path), dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if img is None:
         raise HpaDataError(f"{path}: cannot be decoded as an image (corrupt or truncated); re-download it")
     if img.ndim == 3:
@@ -120,7 +123,7 @@ def load_rgby(folder: str | os.PathLike, image_id: str, *,
     """Load the four stains of one field of view as one (H, W, 4) uint8 RGBY array.
 
     Args:
-        folder: folder holding ``{image_id}_{red,green,blue,yellow}.{png,jpg,tif}``.
+        folder: folder holding ``{image_id}_{red,green,blue,yellow}.{png,jpg,tif}`` (a local path or a URL).
         image_id: the sample id.
         layout: ``"kaggle"`` (grayscale file per stain) or ``"hpav18"`` (false-coloured RGB JPEGs: the stain's
             plane is taken, `HPAV18_PLANE`).
@@ -144,7 +147,7 @@ def load_rgby(folder: str | os.PathLike, image_id: str, *,
         planes.append(img)
     if len(set(shapes.values())) != 1:
         desc = ", ".join(f"{c} {s[1]}x{s[0]}" for c, s in shapes.items())
-        raise HpaDataError(f"{Path(folder)}: the channels of image {image_id!r} have different sizes ({desc}); "
+        raise HpaDataError(f"{folder if is_remote(folder) else Path(folder)}: the channels of image {image_id!r} have different sizes ({desc}); "
                            f"all four stains must be the same field of view at the same resolution")
     if size is not None:
         planes = [p if p.shape == (size, size) else cv2.resize(p, (size, size), interpolation=interpolation)

@@ -17,6 +17,7 @@ import pandas as pd
 
 from hpa_zoo.constants import NUM_CLASSES
 from hpa_zoo.errors import HpaDataError
+from hpa_zoo.remote import base_name, is_file, is_remote, open_file
 from hpa_zoo.safepaths import check_image_id
 
 OnError = Literal["raise", "skip"]
@@ -163,7 +164,7 @@ def read_labels_csv(
     Handles a UTF-8 byte-order mark and Windows line endings. Ids are stripped of white space.
 
     Args:
-        path: the CSV file.
+        path: the CSV file (a local path or a URL, `hpa_zoo.remote`).
         require_target: parse and validate the ``target_column``; if False only ids are read
             (sample_submission.csv).
         target_column: name of the label column (``Target``, or ``Predicted`` for submissions).
@@ -179,11 +180,12 @@ def read_labels_csv(
         HpaDataError: missing file, missing column, empty/malformed/out-of-range Target, duplicate or empty Id,
             an Id that is a path (separator, ``..``, drive prefix, NUL: `hpa_zoo.safepaths.check_image_id`).
     """
-    path = Path(path)
-    if not path.is_file():
+    path = path if is_remote(path) else Path(path)
+    if not is_file(path):
         raise HpaDataError(f"{path}: label CSV not found; expected a file with header 'Id,{target_column}'")
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+        with open_file(path) as f:
+            df = pd.read_csv(f, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except Exception as exc:  # pandas raises many types for unreadable files
         raise HpaDataError(f"{path}: cannot be read as CSV ({exc}); expected a header 'Id,{target_column}'") from exc
     df.columns = [str(c).strip() for c in df.columns]
@@ -203,7 +205,7 @@ def read_labels_csv(
         line = i + 2  # 1-based, after the header
         rec = row._asdict() if hasattr(row, "_asdict") else dict(zip(df.columns, row))
         image_id = str(rec.get("Id", "")).strip()
-        where = f"{path.name} line {line}" + (f" (Id {image_id})" if image_id else "")
+        where = f"{base_name(path)} line {line}" + (f" (Id {image_id})" if image_id else "")
         try:
             if not image_id:
                 raise HpaDataError(f"{where}: empty Id; every row needs an image id")

@@ -119,6 +119,31 @@ def read_table(data_csv, *, classes: Sequence[str] | None = None, multi_label: b
     return pd.DataFrame(rows, columns=["files", "labels"]), classes
 
 
+def listed_files(data_csv) -> list[str]:
+    """Every image file name a fine-tuning / prediction CSV lists (``filename``, or ``filenames`` split at
+    ``;``), in order, each once, each checked to be relative (`hpa_zoo.safepaths.check_relative_name`).
+
+    Raises:
+        HpaDataError: missing CSV, no file column, an absolute or ``..`` file name (names the line).
+    """
+    data_csv = Path(data_csv)
+    if not data_csv.is_file():
+        raise HpaDataError(f"{data_csv}: CSV not found; pass a CSV with columns filename(s),labels")
+    df = pd.read_csv(data_csv, dtype=str, keep_default_na=False)
+    columns = [c for c in ("filenames", "filename") if c in df.columns]
+    if not columns:
+        raise HpaDataError(f"{data_csv}: columns {list(df.columns)}; need 'filename' (one multi-channel file) or "
+                           f"'filenames' ('{FILE_SEPARATOR}'-separated, one per channel)")
+    names: dict[str, None] = {}
+    for k, row in enumerate(df[columns].itertuples(index=False), start=2):
+        for cell in row:
+            for name in (s.strip() for s in str(cell).split(FILE_SEPARATOR)):
+                if name:
+                    check_relative_name(name, f"{data_csv}, line {k}")
+                    names.setdefault(name)
+    return list(names)
+
+
 def read_image(images_dir, files: Sequence[str], n_channels: int, size: int | None, *,
                where: str = "") -> np.ndarray:
     """One image as (size, size, n_channels) uint8 (native (H, W, n_channels) for ``size=None``) from one

@@ -12,9 +12,11 @@ Flink; hpa-zoo brings only:
   one, a fine-tuning CSV or a list of image files), every image read and decoded by
   `hpa_zoo.infer.predict_images.read_item` (the single-process reader, `hpa_zoo.data.images`), i.e. brought to the model's
   image size before batching (every element of a batch has one shape); or a TFDS dataset's ``test`` split.
-* paths: a local path, anything Beam's ``FileSystems`` knows (``gs://``, ``s3://``, ``hdfs://``, ...), or, for
-  inputs, any fsspec protocol (``memory://``...) when fsspec is installed. Remote image files are copied to a
-  temporary local folder one element at a time and decoded there (error messages name the remote path).
+* paths: a local path or a URL. Inputs are read through `hpa_zoo.remote` (any fsspec protocol: ``memory://``,
+  ``gs://`` with gcsfs, ``s3://`` with s3fs; else Beam's ``FileSystems``: ``gs://``, ``s3://``, ``hdfs://``); a
+  remote fine-tuning CSV is copied to the hpa-zoo cache (`hpa_zoo.zoo.weights.stage_remote`) while its images stay
+  remote. Remote image files are copied to a temporary local folder one element at a time and decoded there (error
+  messages name the remote path). Outputs go through Beam's ``FileSystems``.
 * outputs (`run_beam`): sharded ``probabilities-SSSSS-of-NNNNN.csv`` (``Id`` + one column per class, ``%.6f``
   as ``probabilities.csv``) and ``predictions-*.csv`` (``Id,Labels``), or for ``embed`` ``features-*.csv``
   (``Id,f0..`` float32 exactly, ``%.9g``); the same tables as Parquet with ``parquet=True`` (pyarrow);
@@ -29,26 +31,23 @@ gives the same numbers as the single-process path.
 """
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from hpa_zoo.errors import ConfigError, HpaDataError
+from hpa_zoo.remote import exists, is_remote, join, list_folder, local_copy, local_form, parent, read_bytes
 
 log = logging.getLogger(__name__)
 
 #: Beam metrics namespace of the counters.
 NAMESPACE = "hpa_zoo"
-_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def _require_beam():
@@ -61,105 +60,7 @@ def _require_beam():
 
 
 # ---------------------------------------------------------------------------------------------- file systems
-def local_form(path) -> str:
-    """``path`` as a string, a ``file://`` URL as the local path it names (Beam's ``FileSystems`` has no
-    ``file`` scheme; its LocalFileSystem takes plain paths)."""
-    text = str(os.fspath(path))
-    return text[len("file://"):] if text.startswith("file://") else text
-
-
-def is_remote(path) -> bool:
-    """Whether ``path`` is a URL (``scheme://...``, not ``file://``) rather than a local path."""
-    return bool(_SCHEME.match(local_form(path)))
-
-
-def join(root: str, name: str) -> str:
-    """``root/name`` for local paths and URLs alike."""
-    return f"{str(root).rstrip('/')}/{name}" if is_remote(root) else os.path.join(str(root), name)
-
-
-def _beam_fs(path: str):
-    """Beam's file system of ``path``, or None when Beam has none for its scheme."""
-    from apache_beam.io.filesystems import FileSystems
-
-    try:
-        return FileSystems.get_filesystem(path)
-    except ValueError:
-        return None
-
-
-def _fsspec(path: str):
-    try:
-        import fsspec
-    except ImportError:
-        return None
-    try:
-        return fsspec.core.url_to_fs(path)[0]
-    except (ValueError, ImportError):
-        return None
-
-
-def read_bytes(path: str) -> bytes:
-    """The bytes of a local file or a URL (Beam ``FileSystems`` first, then fsspec).
-
-    Raises:
-        HpaDataError: the file does not exist or cannot be read (naming it); ConfigError: a scheme neither Beam
-        nor fsspec knows.
-    """
-    path = str(path)
-    if not is_remote(path):
-        return Path(path).read_bytes()
-    if _beam_fs(path) is not None:
-        from apache_beam.io.filesystems import FileSystems
-
-        try:
-            with FileSystems.open(path, compression_type="uncompressed") as f:
-                return f.read()
-        except Exception as exc:  # Beam raises BeamIOError / IOError, per file system
-            raise HpaDataError(f"{path}: cannot be read ({type(exc).__name__}: {exc})") from exc
-    fs = _fsspec(path)
-    if fs is None:
-        raise ConfigError(f"{path}: no Beam file system or fsspec protocol for this scheme; install the one that "
-                          f"reads it (apache-beam[gcp] for gs://, apache-beam[aws] for s3://, or an fsspec package)")
-    try:
-        with fs.open(path, "rb") as f:
-            return f.read()
-    except (OSError, FileNotFoundError) as exc:
-        raise HpaDataError(f"{path}: cannot be read ({type(exc).__name__}: {exc})") from exc
-
-
-def list_folder(folder: str) -> list[str]:
-    """File names (not paths) directly in a local folder or a URL folder, sorted."""
-    folder = str(folder)
-    if not is_remote(folder):
-        return sorted(p.name for p in Path(folder).iterdir() if p.is_file())
-    prefix = folder.rstrip("/") + "/"
-    if _beam_fs(folder) is not None:
-        from apache_beam.io.filesystems import FileSystems
-
-        found = FileSystems.match([prefix + "*"])[0].metadata_list
-        names = [m.path[len(prefix):] for m in found]
-    else:
-        fs = _fsspec(folder)
-        if fs is None:
-            raise ConfigError(f"{folder}: no Beam file system or fsspec protocol for this scheme")
-        names = [str(p).rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(folder, detail=False)]
-    return sorted(n for n in names if n and "/" not in n)
-
-
-def exists(path: str) -> bool:
-    """Whether a local file / URL exists (a folder: has at least one file)."""
-    path = str(path)
-    if not is_remote(path):
-        return Path(path).exists()
-    if _beam_fs(path) is not None:
-        from apache_beam.io.filesystems import FileSystems
-
-        return FileSystems.exists(path) or bool(FileSystems.match([path.rstrip("/") + "/*"])[0].metadata_list)
-    fs = _fsspec(path)
-    return bool(fs is not None and fs.exists(path))
-
-
+# Reading local paths and URLs (fsspec, then Beam FileSystems) is `hpa_zoo.remote`, shared with the TFDS builders.
 def write_text(path: str, text: str) -> str:
     """Write a small text file (the sidecar) locally (atomically) or through Beam's ``FileSystems``."""
     if not is_remote(path):
@@ -171,27 +72,6 @@ def write_text(path: str, text: str) -> str:
     with FileSystems.create(path) as f:
         f.write(text.encode("utf-8"))
     return path
-
-
-@contextlib.contextmanager
-def _local_copy(root: str, names: Sequence[str]):
-    """A local folder holding ``names`` of ``root``: ``root`` itself when local, else a temporary copy (removed
-    after). An `HpaDataError` raised inside names the remote paths, not the temporary ones."""
-    if not is_remote(root):
-        yield Path(root)
-        return
-    tmp = Path(tempfile.mkdtemp(prefix="hpa_zoo_beam_"))
-    try:
-        for name in names:
-            target = tmp / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(read_bytes(join(root, name)))
-        try:
-            yield tmp
-        except HpaDataError as exc:
-            raise HpaDataError(str(exc).replace(str(tmp), str(root).rstrip("/"))) from exc
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -240,11 +120,17 @@ def discover_items(inputs, *, stains: Sequence, images_dir=None, skip_bad: bool 
             if exists(csv) and exists(join(path, sub)):
                 csv_ids, folder = _csv_ids(csv), join(path, sub)
                 break
-    elif not is_remote(path):
+    elif is_remote(path) or (images_dir is not None and is_remote(images_dir)):
+        # the CSV is read on the launcher from a local copy (the hpa-zoo cache); its images stay where they are
+        from hpa_zoo.zoo.weights import stage_remote
+
+        local = stage_remote(path)
+        root = local_form(images_dir) if images_dir is not None else parent(path)
+        items, skipped = discover(local, stains=stains, images_dir=local.parent, skip_bad=skip_bad)
+        return [(i.id, root, i.files, i.planes) for i in items], skipped
+    else:
         items, skipped = discover(path, stains=stains, images_dir=images_dir, skip_bad=skip_bad)
         return [(i.id, str(i.root), i.files, i.planes) for i in items], skipped
-    else:
-        raise ConfigError(f"{path}: a remote fine-tuning CSV is not supported; pass the folder, or a list of files")
     if not is_remote(folder) and csv_ids is None:
         items, skipped = discover(folder, stains=stains, skip_bad=skip_bad)
         return [(i.id, str(i.root), i.files, i.planes) for i in items], skipped
@@ -257,7 +143,7 @@ def _csv_ids(csv: str) -> list[str]:
 
     name = str(csv).rsplit("/", 1)[-1]
     root = str(csv)[: -len(name)].rstrip("/") or "."
-    with _local_copy(root, [name]) as local:
+    with local_copy(root, [name]) as local:
         return [str(i) for i in read_labels_csv(local / name, require_target=False)["Id"]]
 
 
@@ -311,7 +197,7 @@ def read_element(item: tuple, *, n_channels: int, size: int, pixel_size_um=None,
     from hpa_zoo.data.user_images import Item, read_item
 
     image_id, root, files, planes = item
-    with _local_copy(root, files) as local:
+    with local_copy(root, files) as local:
         return read_item(Item(image_id, Path(local), tuple(files), planes), n_channels, size,
                          pixel_size_um=pixel_size_um, model_pixel_size_um=model_pixel_size_um)
 

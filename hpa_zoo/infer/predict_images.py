@@ -41,6 +41,7 @@ from hpa_zoo.atomic import atomic_path, atomic_to_csv, atomic_write_text
 from hpa_zoo.checks import reports_out_of_memory
 from hpa_zoo.errors import ConfigError, HpaDataError
 from hpa_zoo.recipe import TTAConfig
+from hpa_zoo.remote import is_remote
 from hpa_zoo.runlock import holds_run_lock
 # moved to the data layer; re-exported here for callers of hpa_zoo.infer.predict_images
 from hpa_zoo.data.user_images import IMAGE_EXTENSIONS, Item, discover, read_item  # noqa: F401
@@ -80,7 +81,8 @@ def load_member(item, *, weights=None, tta: str | TTAConfig = "default", runtime
     """A preset folder or registry name with its inference settings.
 
     Args:
-        item: preset folder (written by `hpa-zoo train` / `finetune`) or registry name.
+        item: preset folder (written by `hpa-zoo train` / `finetune`; a URL is copied into the hpa-zoo cache first,
+            `hpa_zoo.zoo.weights.stage_remote`) or registry name.
         weights: for a registry name (``"hpa"``, a file...); must be None for a preset.
         tta: ``"default"`` (a training preset's recipe TTA; none for a fine-tuned preset or a bare registry
             model), ``"none"``, ``"d4"`` (8 dihedral views, mean) or a `TTAConfig`.
@@ -96,7 +98,7 @@ def load_member(item, *, weights=None, tta: str | TTAConfig = "default", runtime
     from hpa_zoo.constants import CLASS_NAMES
     from hpa_zoo.registry import get_spec
 
-    path = Path(os.fspath(item))
+    path = _local_preset(item)
     if path.is_dir():
         if weights is not None:
             raise ConfigError(f"{path}: a preset brings its own weights; drop --weights")
@@ -148,7 +150,7 @@ def model_pixel_size(name_or_preset, size: int) -> float | None:
     from hpa_zoo.zoo.models_api import preset_info
     from hpa_zoo.registry import get_spec
 
-    path = Path(os.fspath(name_or_preset))
+    path = _local_preset(name_or_preset)
     if path.is_dir():
         info = preset_info(path)
         image_size = int((info["metadata"].get("recipe") or {}).get("image_size") or info["input_shape"][0])
@@ -157,6 +159,35 @@ def model_pixel_size(name_or_preset, size: int) -> float | None:
         spec = get_spec(str(name_or_preset))
         image_size, pixel = _recipe_sizes(spec)[0], spec.pixel_size_um
     return None if pixel is None else pixel * image_size / float(size)
+
+
+def _local_preset(item) -> Path:
+    """``item`` as a local path: a URL (a remote preset folder) is staged into the hpa-zoo cache first."""
+    if is_remote(item):
+        from hpa_zoo.zoo.weights import stage_remote
+
+        return stage_remote(item)
+    return Path(os.fspath(item))
+
+
+def stage_inputs(inputs, images_dir=None):
+    """Remote inputs made local (`hpa_zoo.zoo.weights`): a CSV URL with the images it lists (`stage_table`), a
+    folder or file URL (`stage_remote`), each URL of a file list; local inputs are returned as they are.
+
+    Returns:
+        (inputs, images_dir), both local (or ``images_dir`` None).
+    """
+    from hpa_zoo.zoo.weights import stage_remote, stage_table
+
+    if isinstance(inputs, (list, tuple)):
+        if len(inputs) != 1:
+            return [stage_remote(f) if is_remote(f) else f for f in inputs], images_dir
+        inputs = inputs[0]
+    if str(os.fspath(inputs)).lower().endswith(".csv"):
+        if is_remote(inputs) or (images_dir is not None and is_remote(images_dir)):
+            return stage_table(inputs, images_dir)
+        return inputs, images_dir
+    return (stage_remote(inputs) if is_remote(inputs) else inputs), images_dir
 
 
 def _recipe_sizes(spec) -> tuple[int, int]:
@@ -183,9 +214,10 @@ def predict_images(models, inputs, *, out_dir, images_dir=None, weights=None, tt
 
     Args:
         models: a preset folder or registry name, or a list of them (averaged).
-        inputs: a folder, a CSV, or a list of image files (`discover`).
+        inputs: a folder, a CSV, or a list of image files (`discover`); local paths or URLs (copied into the
+            hpa-zoo cache first, `stage_inputs`).
         out_dir: output folder.
-        images_dir: the folder a CSV's file names are relative to.
+        images_dir: the folder a CSV's file names are relative to (a path or a URL).
         weights: for registry names (``"hpa"``, ``"imagenet"``, a file).
         tta: ``"default"``, ``"none"``, ``"d4"`` or a `TTAConfig` (`load_member`).
         batch_size: network batch size (>= 1).
@@ -218,6 +250,7 @@ def predict_images(models, inputs, *, out_dir, images_dir=None, weights=None, tt
     members = [load_member(m, weights=weights, tta=tta, runtime=runtime) for m in names]
     first = members[0]
     check_members(members, pixel_size_um)
+    inputs, images_dir = stage_inputs(inputs, images_dir)
     items, skipped = discover(inputs, stains=first.stains, images_dir=images_dir, skip_bad=skip_bad)
     total, feats, kept = None, [], None
     with ThreadPoolExecutor(max_workers=workers) as pool:

@@ -53,6 +53,7 @@ from hpa_zoo.constants import CHANNELS
 from hpa_zoo.errors import ConfigError, HpaDataError
 from hpa_zoo.data.images import fit_to_model
 from hpa_zoo.interrupt import Interrupted, stop_at_step_boundary
+from hpa_zoo.remote import is_remote
 from hpa_zoo.runlock import holds_run_lock
 from zoo_models.surgery import adapt_channels  # the graph edit lives in the one surgery module
 # moved to the data layer; re-exported here for callers of hpa_zoo.train.finetune
@@ -249,9 +250,12 @@ def finetune(base, data_csv, images_dir, *, out_dir, classes: Sequence[str] | No
     """Fine-tune a zoo model on a folder of images + CSV (module docstring); return the preset folder.
 
     Args:
-        base: registry name (``"team1_densenet121_512"``) or a preset folder.
-        data_csv: CSV with ``labels`` and ``filename`` or ``filenames`` (module docstring, item 4).
-        images_dir: folder the CSV's paths are relative to.
+        base: registry name (``"team1_densenet121_512"``) or a preset folder (a path or a URL).
+        data_csv: CSV with ``labels`` and ``filename`` or ``filenames`` (module docstring, item 4); a path or a
+            URL (``gs://``, ``s3://``, ``memory://``...).
+        images_dir: folder the CSV's paths are relative to (a path or a URL). Remote parts (the base preset, the
+            CSV, the listed images) are copied into the hpa-zoo cache first (`hpa_zoo.zoo.weights.stage_table`,
+            `stage_remote`: locked, atomic, reused while unchanged).
         out_dir: output folder; the preset is written to ``out_dir/preset`` (best weights by ``val_loss``).
         classes: class names in output order; default the sorted names in the CSV.
         multi_label: sigmoid + BCE and fitted thresholds (True) or softmax + CE, argmax (False).
@@ -299,6 +303,12 @@ def finetune(base, data_csv, images_dir, *, out_dir, classes: Sequence[str] | No
     out_dir.mkdir(parents=True, exist_ok=True)
     channels = tuple(str(c) for c in channels)
     stains = map_stains(channels, channel_map)
+    given_data = {"csv": str(data_csv), "images_dir": str(images_dir)}  # recorded as given (URLs included)
+    if is_remote(base) or is_remote(data_csv) or (images_dir is not None and is_remote(images_dir)):
+        from hpa_zoo.zoo.weights import stage_remote, stage_table
+
+        base = stage_remote(base) if is_remote(base) else base
+        data_csv, images_dir = stage_table(data_csv, images_dir)
 
     table, classes = read_table(data_csv, classes=classes, multi_label=multi_label, n_channels=len(channels))
     model_pixel = _base_pixel_size(base) if pixel_size_um is not None else None
@@ -347,7 +357,7 @@ def finetune(base, data_csv, images_dir, *, out_dir, classes: Sequence[str] | No
         "channels": list(channels), "stains": stains, "base": str(base),
         "base_weights": None if weights is None else str(weights),
         "history": history, "val_indices": [int(i) for i in val_idx],
-        "training_data": {"csv": str(data_csv), "images_dir": str(images_dir), "n_images": int(len(table))},
+        "training_data": {**given_data, "n_images": int(len(table))},
         "recipe": {"epochs": epochs, "freeze_epochs": freeze_epochs, "image_size": image_size,
                    "batch_size": batch_size, "learning_rate": learning_rate, "val_fraction": val_fraction,
                    "seed": seed, "loss": "binary_crossentropy" if multi_label else "categorical_crossentropy"},

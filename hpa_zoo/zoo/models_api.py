@@ -33,6 +33,7 @@ from hpa_zoo.atomic import atomic_dir, ensure_free_space, model_bytes
 from hpa_zoo.constants import CLASS_NAMES, NUM_CLASSES
 from hpa_zoo.errors import ConfigError, WeightsError
 from hpa_zoo.registry import get_spec, pixel_size_of
+from hpa_zoo.remote import is_remote
 
 PRESET_FORMAT = "hpa_zoo.preset"
 PRESET_FORMAT_VERSION = 1
@@ -46,7 +47,9 @@ def load(name_or_path, weights=None, num_classes: int | None = None, input_shape
     """A Keras model from a registry name, a preset directory or a ``.keras`` file.
 
     Args:
-        name_or_path: registry name, preset directory, or ``.keras`` file.
+        name_or_path: registry name, preset directory, or ``.keras`` file; a preset folder or ``.keras`` file may
+            be a URL (``gs://``, ``s3://``, ``memory://``...), copied first into the hpa-zoo cache
+            (`hpa_zoo.zoo.weights.stage_remote`: locked, atomic, reused while the remote is unchanged).
         weights: for a registry name: None, ``"imagenet"``, a published set of the row (``"hpa"``), or a path to a
             ``.weights.h5`` / ``.onnx`` file. For a preset: None (its own weights). Not used for ``.keras``.
         num_classes: logits per image; default the preset's own count (28 for a registry name). With published or
@@ -65,6 +68,10 @@ def load(name_or_path, weights=None, num_classes: int | None = None, input_shape
         UnknownModelError: not a registry name, preset directory or ``.keras`` file (suggests close names).
         WeightsError: unknown or unusable weights (says which are available).
     """
+    if is_remote(name_or_path):
+        from hpa_zoo.zoo.weights import stage_remote
+
+        name_or_path = stage_remote(name_or_path)
     path = Path(os.fspath(name_or_path))
     if path.is_dir():
         if weights is not None:
@@ -326,7 +333,8 @@ def preset_info(preset_dir) -> dict:
     """What a preset says about itself, without building the model.
 
     Args:
-        preset_dir: a folder written by `save_preset` (``hpa-zoo train`` / ``finetune``).
+        preset_dir: a folder written by `save_preset` (``hpa-zoo train`` / ``finetune``); a URL is staged first,
+            as in `load`.
 
     Returns:
         dict with ``model_name``, ``num_classes``, ``input_shape`` ([H, W, C]), ``class_names`` (list of str, or
@@ -339,6 +347,10 @@ def preset_info(preset_dir) -> dict:
     Raises:
         ConfigError: not a preset folder, or an unreadable config/metadata file (names it).
     """
+    if is_remote(preset_dir):
+        from hpa_zoo.zoo.weights import stage_remote
+
+        preset_dir = stage_remote(preset_dir)
     directory = Path(preset_dir)
     cfg_path = directory / CONFIG_FILE
     if not cfg_path.is_file():

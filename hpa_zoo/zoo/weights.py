@@ -1,4 +1,5 @@
-"""Weights files: download with sha256 verification into a local cache, offline use, local copies.
+"""Weights files: download with sha256 verification into a local cache, offline use, local copies; local copies of
+remote presets and CSVs (`stage_remote`, ``<cache>/remote``).
 
 The cache lives in ``~/.cache/hpa_zoo`` (``HPA_ZOO_CACHE`` overrides it); weights files go to
 ``<cache>/weights/<spec.filename>``. Guarantees (ecosystem.md §6 item 1: weights must stay usable when a host
@@ -47,6 +48,7 @@ CACHE_ENV = "HPA_ZOO_CACHE"
 OFFLINE_ENV = "HPA_ZOO_OFFLINE"
 DEFAULT_CACHE = Path("~/.cache/hpa_zoo")
 WEIGHTS_SUBDIR = "weights"
+REMOTE_SUBDIR = "remote"  # staged copies of remote presets and CSVs (`stage_remote`)
 TIMEOUT_ENV = "HPA_ZOO_DOWNLOAD_TIMEOUT"
 ATTEMPTS_ENV = "HPA_ZOO_DOWNLOAD_ATTEMPTS"
 #: seconds per socket operation (connect, each read), not for the whole file; ``$HPA_ZOO_DOWNLOAD_TIMEOUT``
@@ -123,6 +125,53 @@ def _positive_setting(value, env: str, default, kind, what: str):
     if number is None or not number > 0 or isinstance(value, bool):
         raise ConfigError(f"{source}: must be a positive {'number of seconds' if kind is float else 'integer'}")
     return number
+
+
+def stage_remote(url, *, names=None) -> Path:
+    """A local copy of a remote preset folder, CSV or image folder (``gs://``, ``s3://``, ``memory://``...: any
+    `hpa_zoo.remote` URL) in ``cache_dir()/remote``; a local path is returned as it is.
+
+    The copy is made under a file lock into a temporary folder renamed into place (`hpa_zoo.remote.stage`), and
+    reused while the remote files are unchanged (one listing per call). With ``$HPA_ZOO_OFFLINE`` the remote is
+    not read: an existing copy is used, a missing one is an error.
+
+    Args:
+        url: a file or folder URL (or a local path).
+        names: only these relative file names of the folder ``url`` (e.g. the images a CSV lists).
+    Returns:
+        The local file or folder.
+    Raises:
+        HpaDataError: missing remote file / listed name, or offline without a copy; ConfigError: unknown scheme;
+        WeightsError: the cache folder cannot be created.
+    """
+    from hpa_zoo.remote import is_remote, stage
+
+    if not is_remote(url):
+        return Path(os.fspath(url))
+    return stage(url, cache_dir() / REMOTE_SUBDIR, names=names, check=not is_offline())
+
+
+def stage_table(data_csv, images_dir=None) -> tuple[Path, Path | None]:
+    """A fine-tuning / prediction CSV and the image files it lists, local: each remote part staged by
+    `stage_remote` (the images: only the listed files of their folder).
+
+    Args:
+        data_csv: the CSV (``filename`` or ``filenames`` column, `hpa_zoo.data.user_images.read_table`), a path or
+            a URL.
+        images_dir: the folder the CSV's file names are relative to (default the CSV's folder), a path or a URL.
+    Returns:
+        (local CSV, local images folder, or ``images_dir`` unchanged (None included) when nothing was staged).
+    Raises:
+        HpaDataError: a missing CSV or listed image, a file name that is absolute or has a ``..`` part.
+    """
+    from hpa_zoo.data.user_images import listed_files
+    from hpa_zoo.remote import is_remote, parent
+
+    root = images_dir if images_dir is not None else parent(data_csv) if is_remote(data_csv) else None
+    csv = stage_remote(data_csv)
+    if root is None or not is_remote(root):
+        return csv, None if root is None else Path(os.fspath(root))
+    return csv, stage_remote(root, names=listed_files(csv))
 
 
 def download_settings(timeout: float | None = None, attempts: int | None = None) -> tuple[float, int]:

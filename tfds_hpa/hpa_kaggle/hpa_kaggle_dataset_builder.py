@@ -13,6 +13,7 @@ from pathlib import Path
 import tensorflow_datasets as tfds
 
 from hpa_zoo.data.labels import read_labels_csv
+from hpa_zoo.remote import is_dir, join
 from tfds_hpa._common import HpaBuilderBase, log, make_configs, require_tree, rgby_example
 
 MANUAL_DOWNLOAD_INSTRUCTIONS = """\
@@ -60,20 +61,20 @@ class Builder(HpaBuilderBase):
         require_tree(root, ["train.csv", "sample_submission.csv"], ["train", "test"],
                      MANUAL_DOWNLOAD_INSTRUCTIONS)
         splits = {"train": self._generate_examples(root, "train")}
-        self.has_rows(root / "train.csv", labelled=True)
-        if self.has_rows(root / "sample_submission.csv", labelled=False):
+        self.has_rows(join(root, "train.csv"), labelled=True)
+        if self.has_rows(join(root, "sample_submission.csv"), labelled=False):
             splits["test"] = self._generate_examples(root, "test")
         else:
             log.warning("hpa_kaggle: %s has no rows: building the train split only (a labelled-only dataset; "
-                        "predict needs a test split: list the test ids there)", root / "sample_submission.csv")
+                        "predict needs a test split: list the test ids there)", join(root, "sample_submission.csv"))
         return splits
 
-    def _generate_examples(self, root: Path, split: str):
+    def _generate_examples(self, root: Path | str, split: str):
         """One split's ``(id, example)`` generator, or a ``beam.PTransform`` with ``beam=True`` (`generate`);
         see `tfds_hpa._common.rgby_example` for the example."""
         folder, allow_16bit = self._image_folder(root, split)
         labelled = split == "train"
-        csv = root / ("train.csv" if labelled else "sample_submission.csv")
+        csv = join(root, "train.csv" if labelled else "sample_submission.csv")
 
         def read_rows():
             df = read_labels_csv(csv, require_target=labelled, on_error=self.on_error, report=self.skip_report)
@@ -83,15 +84,15 @@ class Builder(HpaBuilderBase):
                                  layout="kaggle", allow_16bit=allow_16bit)
         return self.generate(split, read_rows, make)
 
-    def _image_folder(self, root: Path, split: str) -> tuple[Path, bool]:
+    def _image_folder(self, root: Path | str, split: str) -> tuple[str, bool]:
         """The folder to read ``split`` from and whether it holds (possibly 16-bit) full-resolution TIFFs."""
-        full = root / f"{split}_full_size"
+        full = join(root, f"{split}_full_size")
         if self.builder_config.full_size:
-            if full.is_dir():
+            if is_dir(full):
                 log.info("hpa_kaggle/%s %s: reading full-resolution images from %s",
                          self.builder_config.name, split, full)
                 return full, True
             log.warning("hpa_kaggle/%s %s: %s not found, upsampling the 512x512 PNGs in %s instead",
-                        self.builder_config.name, split, full, root / split)
-        return root / split, False
+                        self.builder_config.name, split, full, join(root, split))
+        return join(root, split), False
 

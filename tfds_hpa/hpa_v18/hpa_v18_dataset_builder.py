@@ -15,6 +15,7 @@ import tensorflow_datasets as tfds
 
 from hpa_zoo.errors import HpaDataError
 from hpa_zoo.data.labels import read_labels_csv
+from hpa_zoo.remote import is_dir, is_file, is_remote, join, list_folder
 from tfds_hpa._common import HpaBuilderBase, make_configs, require_tree, rgby_example
 
 #: The CSV looked for first when no ``csv_name`` is given (teams.md §0.3).
@@ -71,13 +72,13 @@ class Builder(HpaBuilderBase):
         csv = find_csv(root, self.csv_name)
         if self.images_subdir is not None:
             require_tree(root, [], [self.images_subdir], MANUAL_DOWNLOAD_INSTRUCTIONS)
-            images = root / self.images_subdir
+            images = join(root, self.images_subdir)
         else:
-            images = root / "images" if (root / "images").is_dir() else root
+            images = join(root, "images") if is_dir(join(root, "images")) else root
         self.has_rows(csv, labelled=True)
         return {"train": self._generate_examples(csv, images)}
 
-    def _generate_examples(self, csv: Path, images: Path):
+    def _generate_examples(self, csv: Path | str, images: Path | str):
         """The ``(id, example)`` generator, or a ``beam.PTransform`` with ``beam=True`` (`generate`);
         see `tfds_hpa._common.rgby_example` for the example."""
         def read_rows():
@@ -88,20 +89,24 @@ class Builder(HpaBuilderBase):
         return self.generate("train", read_rows, make)
 
 
-def find_csv(root: Path, csv_name: str | None = None) -> Path:
-    """The label CSV: ``csv_name`` if given, else `DEFAULT_CSV` if present, else the only ``*.csv`` in ``root``.
+def find_csv(root: Path | str, csv_name: str | None = None) -> Path | str:
+    """The label CSV: ``csv_name`` if given, else `DEFAULT_CSV` if present, else the only ``*.csv`` in ``root``
+    (a local folder or a URL, `hpa_zoo.remote`).
 
     Raises:
         HpaDataError: the named file is missing, or no / several CSVs and none is `DEFAULT_CSV`.
     """
+    def at(name: str) -> Path | str:  # a Path for a local folder, a URL string for a remote one
+        return join(root, name) if is_remote(root) else Path(root) / name
+
     if csv_name is not None:
         require_tree(root, [csv_name], [], MANUAL_DOWNLOAD_INSTRUCTIONS)
-        return root / csv_name
-    if (root / DEFAULT_CSV).is_file():
-        return root / DEFAULT_CSV
-    found = sorted(p.name for p in root.glob("*.csv"))
+        return at(csv_name)
+    if is_file(at(DEFAULT_CSV)):
+        return at(DEFAULT_CSV)
+    found = [name for name in list_folder(root) if name.endswith(".csv")]
     if len(found) == 1:
-        return root / found[0]
+        return at(found[0])
     what = f"several CSV files ({', '.join(found)})" if found else "no CSV file"
     raise HpaDataError(f"{root}: {what} and no {DEFAULT_CSV}; keep exactly one label CSV there or name it "
                        f"with csv_name=<file> (hpa-zoo prepare --csv-name).\n{MANUAL_DOWNLOAD_INSTRUCTIONS}")
