@@ -12,6 +12,7 @@ import tensorflow_datasets as tfds
 
 from hpa_zoo.checks import beam_pipeline_options as _pipeline_options
 from hpa_zoo.errors import ConfigError, HpaDataError
+from tfds_hpa._common import config_name
 from tfds_hpa.hpa_kaggle import hpa_kaggle_dataset_builder
 from tfds_hpa.hpa_v18 import hpa_v18_dataset_builder
 
@@ -19,15 +20,18 @@ BUILDERS = {"hpa_kaggle": hpa_kaggle_dataset_builder.Builder, "hpa_v18": hpa_v18
 
 
 def build(name: str, *, manual_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None,
-          config: str = "512", on_error: str = "raise", beam_options: Sequence[str] | None = None,
-          **builder_kwargs) -> tfds.core.DatasetBuilder:
+          config: str = "512", storage: str = "jpeg", on_error: str = "raise",
+          beam_options: Sequence[str] | None = None, **builder_kwargs) -> tfds.core.DatasetBuilder:
     """Build (download_and_prepare) one HPA dataset from its manual-download folder and return the builder.
 
     Args:
         name: ``"hpa_kaggle"`` or ``"hpa_v18"``.
         manual_dir: the folder laid out as the builder's ``MANUAL_DOWNLOAD_INSTRUCTIONS`` show.
         data_dir: where TFDS writes the dataset (default ``~/tensorflow_datasets``).
-        config: image-size config name: ``"512"``, ``"1024"``, ``"1536"`` or ``"128"``.
+        config: image-size config name: ``"512"``, ``"1024"``, ``"1536"`` or ``"128"`` (or a full config name such
+            as ``"512_png"``).
+        storage: ``"jpeg"`` (default): the image as RGB+Y JPEG (`hpa_zoo.data.rgby_jpeg`; mean error ~1 grey
+            level, smaller, faster for Team 1's training path); ``"png"``: the lossless ``<size>_png`` config.
         on_error: ``"raise"`` (stop at the first bad sample) or ``"skip"`` (leave bad samples out; see
             ``builder.skip_report``).
         beam_options: None: the plain (single-process) build. A list of Apache Beam pipeline flags: build with
@@ -47,13 +51,14 @@ def build(name: str, *, manual_dir: str | os.PathLike, data_dir: str | os.PathLi
         raise ConfigError(f"unknown dataset {name!r}; choose one of {sorted(BUILDERS)}")
     cls = BUILDERS[name]
     names = [c.name for c in cls.BUILDER_CONFIGS]
-    if str(config) not in names:
+    config = config_name(config, storage)  # "512" + storage "png" -> "512_png"
+    if config not in names:
         raise ConfigError(f"{name}: unknown config {config!r}; choose one of {names}")
     if not os.path.isdir(manual_dir):
         raise HpaDataError(f"{manual_dir}: manual-download folder not found.\n{cls.MANUAL_DOWNLOAD_INSTRUCTIONS}")
     download_config = tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir),
                                                    beam_options=_pipeline_options(beam_options))
-    builder = cls(config=str(config), data_dir=None if data_dir is None else os.fspath(data_dir),
+    builder = cls(config=config, data_dir=None if data_dir is None else os.fspath(data_dir),
                   on_error=on_error, beam=beam_options is not None, **builder_kwargs)
     try:
         builder.download_and_prepare(download_config=download_config)
