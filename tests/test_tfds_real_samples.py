@@ -188,3 +188,17 @@ def test_hpa_v18_512_png_pixels_equal_cv2_jpeg_planes_resized_inter_linear(real_
             ref = np.asarray(Image.open(real_samples_dir / f"{image_id}_{c}.png"), np.float64)
             assert np.corrcoef(ours.ravel(), ref.ravel())[0, 1] > 0.99, (image_id, c)
             assert ours.mean() == pytest.approx(ref.mean(), rel=0.02), (image_id, c)
+
+
+def test_prepare_cli_storage_png_builds_the_lossless_config(kaggle_manual, real_samples_dir, tmp_path, capsys):
+    from hpa_zoo.cli import main
+
+    argv = ["prepare", "--dataset", "hpa_kaggle", "--manual-dir", str(kaggle_manual), "--data-dir", str(tmp_path),
+            "--config", "128", "--storage", "png"]
+    assert main(argv) == 0
+    assert f"hpa_kaggle/128_png written to {tmp_path / 'hpa_kaggle' / '128_png' / '2.0.0'}" in capsys.readouterr().out
+    got = {e["id"].decode(): e for e in sources.tfds_dataset("hpa_kaggle/128_png", "train", data_dir=tmp_path,
+                                                              decode_image=False).as_numpy_iterator()}
+    assert set(got) == set(TRAIN)
+    for image_id, ex in got.items():
+        np.testing.assert_array_equal(ex["image"], _pngs(real_samples_dir, image_id, 128), err_msg=image_id)
