@@ -283,8 +283,9 @@ def tfds_dataset(name: str, split: str, *, data_dir: str | os.PathLike | None = 
             ``tfds_hpa`` default) gives the stored pair under `rgby_jpeg.ENCODED_KEY` ((2,) tf.string) instead
             of ``image``, for a map that decodes only what it needs; other storages are decoded as usual.
     Returns:
-        Dataset of ``{"id": tf.string (), "image": tf.uint8 (H, W, 4), "multi_hot": tf.uint8 (28,)}`` in the
-        stored order (files are not shuffled).
+        Dataset of ``{"id": tf.string (), "image": tf.uint8 (H, W, 4), "multi_hot": tf.uint8 (28,)}`` (with
+        ``decode_image=False`` on a JPEG-stored dataset: ``ENCODED_KEY`` tf.string (2,) in place of ``image``) in
+        the stored order (files are not shuffled).
     Raises:
         HpaDataError: the dataset is not prepared in `data_dir` (the message says how to build it), has no
             such split, or is of a version this code cannot read (the message names it and the rebuild command).
