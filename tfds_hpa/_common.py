@@ -115,7 +115,8 @@ class RgbyJpeg(tfds.features.FeatureConnector):
     Encodes a NumPy (S, S, 4) uint8 image (`hpa_zoo.data.rgby_jpeg.encode_rgby_jpeg`); decodes to the same
     (S, S, 4) uint8 tensor as ``tfds.features.Image`` does, so readers see ``image`` either way. Read with
     ``decoders={"image": tfds.decode.SkipDecoding()}`` it yields the stored (2,) tf.string pair, which
-    `hpa_zoo.data.rgby_jpeg.decode_rgby_jpeg` decodes (whole or a crop window).
+    `hpa_zoo.data.rgby_jpeg.decode_rgby_jpeg` decodes (whole or a crop window). The dataset's features.json names
+    this class, so reading it (also with ``tfds.builder_from_directory``) needs hpa-zoo installed.
     """
 
     storage = rgby_jpeg.STORAGE
