@@ -22,7 +22,9 @@ Storage formats (what a TFDS example would hold):
 * ``png4``: one 4-channel PNG (today's `tfds_hpa` ``Image(encoding_format="png")``);
 * ``raw_zlib`` / ``raw_bytes``: ``tfds.features.Tensor`` uint8 with zlib or plain bytes encoding;
 * ``jpeg_rgb_y``: an RGB JPEG (4:2:0 chroma subsampling, OpenCV's default) + a grayscale Y JPEG, quality 95;
-  ``jpeg_rgb_y444``: the same without chroma subsampling; ``jpeg4``: four grayscale JPEGs (quality 95).
+  ``jpeg_rgb_y444``: the same without chroma subsampling, decoded with the accurate integer IDCT: the `tfds_hpa`
+  default since 2.0.0, encoded and decoded by the library (`hpa_zoo.data.rgby_jpeg`), and on the Team 1 path fed
+  undecoded to Team 1's own ``train_map``, as the trainer does; ``jpeg4``: four grayscale JPEGs (quality 95).
   JPEG paths decode only the crop window (``tf.image.decode_and_crop_jpeg``) on the Team 1 path. The pixel error
   against the original is printed.
 """
@@ -74,10 +76,12 @@ def encode(image, fmt: str) -> list[bytes]:
         return [zlib.compress(image.tobytes())]
     if fmt == "raw_bytes":
         return [image.tobytes()]
-    params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
     if fmt == "jpeg_rgb_y444":
-        params += [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
-    if fmt in ("jpeg_rgb_y", "jpeg_rgb_y444"):
+        from hpa_zoo.data.rgby_jpeg import encode_rgby_jpeg
+
+        return encode_rgby_jpeg(image, JPEG_QUALITY)
+    params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
+    if fmt == "jpeg_rgb_y":
         return [cv2.imencode(".jpg", image[..., [2, 1, 0]], params)[1].tobytes(),
                 cv2.imencode(".jpg", image[..., 3], params)[1].tobytes()]
     if fmt == "jpeg4":
@@ -97,6 +101,10 @@ def decode_fn(fmt: str, size: int, window=None):
         return tf.image.decode_and_crop_jpeg(data, tf.stack([top, left, side, side]), channels=channels)
 
     def decode(parts):
+        if fmt == "jpeg_rgb_y444":
+            from hpa_zoo.data.rgby_jpeg import decode_rgby_jpeg
+
+            return decode_rgby_jpeg(parts, window)
         if fmt == "png4":
             return tf.io.decode_png(parts[0], channels=4)
         if fmt == "raw_zlib":
@@ -104,7 +112,7 @@ def decode_fn(fmt: str, size: int, window=None):
             return tf.reshape(tf.io.decode_raw(raw, tf.uint8), [size, size, 4])
         if fmt == "raw_bytes":
             return tf.reshape(tf.io.decode_raw(parts[0], tf.uint8), [size, size, 4])
-        if fmt in ("jpeg_rgb_y", "jpeg_rgb_y444"):
+        if fmt == "jpeg_rgb_y":
             return tf.concat([jpeg(parts[0], 3), jpeg(parts[1], 1)], axis=-1)
         return tf.concat([jpeg(parts[c], 1) for c in range(4)], axis=-1)
 
@@ -124,7 +132,12 @@ def dataset(encoded: list[list[bytes]], fmt: str, path: str, n: int):
     seeds = tf.data.Dataset.random(seed=0).batch(2, drop_remainder=True)
     ds = tf.data.Dataset.zip((parts, seeds))
     labels = tf.zeros([28], tf.uint8)
-    if path == "team1" and fmt.startswith("jpeg"):
+    if path == "team1" and fmt == "jpeg_rgb_y444":  # the library path: what the trainer feeds Team 1's train_map
+        from hpa_zoo.data.rgby_jpeg import ENCODED_KEY
+
+        def fn(p, seed):
+            return t1.train_map({ENCODED_KEY: p, "multi_hot": labels}, seed, image_size=stored, input_size=1024)
+    elif path == "team1" and fmt.startswith("jpeg"):
         def fn(p, seed):
             crop_seed, d4_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
             window = image_ops.random_scale_crop_box(tf.constant([stored, stored]), 1024, crop_seed)

@@ -111,6 +111,10 @@ class Recipe:
             `hpa_zoo.train.metric_learning.train_metric_learning`).
         input_is_resized_image: the maps resize the whole image to ``input_size`` (never crop), so
             ``input_size > image_size`` is allowed (Team 3's 1024 models upsample the 512 PNGs).
+        train_map_reads_jpeg: ``train_map`` also takes an example whose image is still the stored RGB+Y JPEG pair
+            (key ``hpa_zoo.data.rgby_jpeg.ENCODED_KEY``, (2,) tf.string, at ``image_size``) instead of ``image``,
+            and decodes only what it needs (Team 1: its crop window). The trainer then reads a TFDS train split
+            stored that way (the ``tfds_hpa`` default) undecoded when it is stored at ``image_size``.
         notes: where the recipe deviates from or infers beyond the facts.
     """
 
@@ -135,6 +139,7 @@ class Recipe:
     blend: BlendConfig = BlendConfig()
     targets: Literal["multi_hot", "sample_id"] = "multi_hot"
     input_is_resized_image: bool = False
+    train_map_reads_jpeg: bool = False
     notes: str = ""
 
 

@@ -98,7 +98,7 @@ def test_missing_manual_file_or_folder_fails_at_once_with_the_tree(tmp_path, mis
     with pytest.raises(HpaDataError, match=rf"missing {missing}/?(?:,|\s)") as info:
         _prepare(_kaggle_builder(tmp_path), manual)
     assert "train_full_size/" in str(info.value) and "--manual_dir" in str(info.value)  # the expected tree
-    assert not (tmp_path / "tfds" / "hpa_kaggle" / "16" / "1.0.0").exists()
+    assert not (tmp_path / "tfds" / "hpa_kaggle" / "16" / "2.0.0").exists()
 
 
 def test_missing_manual_dir_fails_with_the_tree(tmp_path):
@@ -132,8 +132,8 @@ def test_skip_option_leaves_out_every_bad_sample_and_reports_them(tmp_path, capl
             src = manual / "train" / f"bad_{c}.png"
             if src.exists():
                 src.rename(manual / "train" / f"{case}_{c}.png")
-    # The way `tfds build hpa_kaggle/128:1.0.0/on_error=skip` passes the option: in the dataset name.
-    builder = tfds.builder("hpa_kaggle/128:1.0.0/on_error=skip", data_dir=str(tmp_path / "tfds"))
+    # The way `tfds build hpa_kaggle/128:2.0.0/on_error=skip` passes the option: in the dataset name.
+    builder = tfds.builder("hpa_kaggle/128:2.0.0/on_error=skip", data_dir=str(tmp_path / "tfds"))
     with caplog.at_level(logging.WARNING, logger="tfds_hpa"):
         _prepare(builder, manual)
     assert builder.on_error == "skip"
@@ -162,5 +162,5 @@ def test_prepare_cli_skip_bad_prints_split_counts_and_skipped_samples(tmp_path, 
         assert main(argv + ["--skip-bad"]) == 0
         out = capsys.readouterr().out
         assert "train: 2 examples" in out and "test: 1 examples" in out
-        assert str(tmp_path / "tfds" / "hpa_kaggle" / "128" / "1.0.0") in out
+        assert str(tmp_path / "tfds" / "hpa_kaggle" / "128" / "2.0.0") in out
         assert "skipped 1 sample(s):\n  train bad: " in out

@@ -11,19 +11,21 @@ import re
 import cv2
 import numpy as np
 import pytest
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
 pytest.importorskip("apache_beam")
 
 import tfds_hpa  # noqa: E402
 from hpa_zoo.constants import CHANNELS  # noqa: E402
+from hpa_zoo.data import rgby_jpeg  # noqa: E402
 from hpa_zoo.errors import ConfigError, HpaDataError  # noqa: E402
 from tfds_hpa._common import HpaConfig  # noqa: E402
 from tfds_hpa.hpa_kaggle import hpa_kaggle_dataset_builder  # noqa: E402
 
 RUNNER = ["--runner=FnApiRunner"]
 TRAIN = {"a": (0,), "b": (3, 5), "c": (27,), "bad_tif": (1,)}
-FULL = HpaConfig(name="32", image_size=32, full_size=True)  # the 1024/1536 full-resolution logic at 32 px
+FULL = HpaConfig(name="32", image_size=32, full_size=True, storage="png")  # 1024/1536 full-resolution logic, 32 px, lossless
 
 
 def _kaggle_tree(root):
@@ -92,7 +94,7 @@ def test_beam_build_raise_mode_stops_at_the_bad_file(tmp_path):
     (tmp_path / "manual" / "train.csv").write_text("Id,Target\na,0\nbad_tif,1\n")
     with pytest.raises(HpaDataError, match=r"bad_tif_red\.tif: cannot be decoded .*re-download"):
         _build(tmp_path, tmp_path / "manual", "beam", beam=True)
-    assert not (tmp_path / "beam" / "hpa_kaggle" / "32" / "1.0.0").exists()  # nothing half-written is trusted
+    assert not (tmp_path / "beam" / "hpa_kaggle" / "32" / "2.0.0").exists()  # nothing half-written is trusted
 
 
 def test_prepare_cli_beam_hpa_v18_skips_and_reports(tmp_path, capsys):
@@ -120,11 +122,13 @@ def test_prepare_cli_beam_hpa_v18_skips_and_reports(tmp_path, capsys):
     got = {ex["id"].decode(): ex for ex in tfds.as_numpy(
         tfds.builder("hpa_v18/128", data_dir=str(tmp_path / "tfds")).as_dataset(split="train"))}
     assert sorted(got) == ["1_A1_1", "1_A1_2"]
-    # reference: each stain's plane of the decoded JPEG (R, G, B, R; cv2 reads BGR), cv2 INTER_LINEAR to 128
+    # reference: each stain's plane of the decoded JPEG (R, G, B, R; cv2 reads BGR), cv2 INTER_LINEAR to 128,
+    # through the default RGB+Y JPEG storage (the library's codec: the workers must store exactly its output)
     bgr = {"red": 2, "green": 1, "blue": 0, "yellow": 2}
     want = np.stack([cv2.resize(cv2.imread(str(manual / "images" / f"1_A1_2_{c}.jpg"))[..., bgr[c]], (128, 128),
                                 interpolation=cv2.INTER_LINEAR) for c in CHANNELS], axis=-1)
-    np.testing.assert_array_equal(got["1_A1_2"]["image"], want)
+    stored = rgby_jpeg.decode_rgby_jpeg(tf.constant(rgby_jpeg.encode_rgby_jpeg(want))).numpy()
+    np.testing.assert_array_equal(got["1_A1_2"]["image"], stored)
     assert np.flatnonzero(got["1_A1_2"]["multi_hot"]).tolist() == [0, 16]
 
 

@@ -69,6 +69,6 @@ def test_sigterm_during_prepare_leaves_no_prepared_dataset(children, tmp_path):
     text = finish(proc, timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, text[-3000:]
     assert _one_line(text, "prepare").startswith("hpa-zoo prepare: stopped by SIGTERM")
-    assert not (data_dir / "hpa_kaggle" / "128" / "1.0.0").exists()
+    assert not (data_dir / "hpa_kaggle" / "128" / "2.0.0").exists()
     with pytest.raises(HpaDataError, match="is not prepared"):
         tfds_dataset("hpa_kaggle/128", "train", data_dir=data_dir)

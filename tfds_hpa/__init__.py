@@ -13,6 +13,7 @@ import tensorflow_datasets as tfds
 from hpa_zoo.checks import beam_pipeline_options as _pipeline_options
 from hpa_zoo.errors import ConfigError, HpaDataError
 from hpa_zoo.remote import is_dir, is_remote, local_form
+from tfds_hpa._common import config_name
 from tfds_hpa.hpa_kaggle import hpa_kaggle_dataset_builder
 from tfds_hpa.hpa_v18 import hpa_v18_dataset_builder
 
@@ -20,8 +21,8 @@ BUILDERS = {"hpa_kaggle": hpa_kaggle_dataset_builder.Builder, "hpa_v18": hpa_v18
 
 
 def build(name: str, *, manual_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None,
-          config: str = "512", on_error: str = "raise", beam_options: Sequence[str] | None = None,
-          **builder_kwargs) -> tfds.core.DatasetBuilder:
+          config: str = "512", storage: str = "jpeg", on_error: str = "raise",
+          beam_options: Sequence[str] | None = None, **builder_kwargs) -> tfds.core.DatasetBuilder:
     """Build (download_and_prepare) one HPA dataset from its manual-download folder and return the builder.
 
     Args:
@@ -31,7 +32,10 @@ def build(name: str, *, manual_dir: str | os.PathLike, data_dir: str | os.PathLi
             builders read the CSVs and images through it, on the Beam workers with ``beam_options``).
         data_dir: where TFDS writes the dataset (default ``~/tensorflow_datasets``): a local path or a URL that
             TFDS itself writes (``gs://`` through ``tf.io.gfile``; not fsspec's ``memory://``).
-        config: image-size config name: ``"512"``, ``"1024"``, ``"1536"`` or ``"128"``.
+        config: image-size config name: ``"512"``, ``"1024"``, ``"1536"`` or ``"128"`` (or a full config name such
+            as ``"512_png"``).
+        storage: ``"jpeg"`` (default): the image as RGB+Y JPEG (`hpa_zoo.data.rgby_jpeg`; mean error ~1 grey
+            level, smaller, faster for Team 1's training path); ``"png"``: the lossless ``<size>_png`` config.
         on_error: ``"raise"`` (stop at the first bad sample) or ``"skip"`` (leave bad samples out; see
             ``builder.skip_report``).
         beam_options: None: the plain (single-process) build. A list of Apache Beam pipeline flags: build with
@@ -51,7 +55,8 @@ def build(name: str, *, manual_dir: str | os.PathLike, data_dir: str | os.PathLi
         raise ConfigError(f"unknown dataset {name!r}; choose one of {sorted(BUILDERS)}")
     cls = BUILDERS[name]
     names = [c.name for c in cls.BUILDER_CONFIGS]
-    if str(config) not in names:
+    config = config_name(config, storage)  # "512" + storage "png" -> "512_png"
+    if config not in names:
         raise ConfigError(f"{name}: unknown config {config!r}; choose one of {names}")
     if data_dir is not None and is_remote(data_dir):
         from etils import epath
@@ -68,7 +73,7 @@ def build(name: str, *, manual_dir: str | os.PathLike, data_dir: str | os.PathLi
     remote = is_remote(manual_dir)  # TFDS's download manager takes only paths epath knows: the builder reads it
     download_config = tfds.download.DownloadConfig(manual_dir=None if remote else manual_dir,
                                                    beam_options=_pipeline_options(beam_options))
-    builder = cls(config=str(config), data_dir=None if data_dir is None else os.fspath(data_dir),
+    builder = cls(config=config, data_dir=None if data_dir is None else os.fspath(data_dir),
                   on_error=on_error, beam=beam_options is not None,
                   remote_manual_dir=manual_dir if remote else None, **builder_kwargs)
     try:

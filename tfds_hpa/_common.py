@@ -1,14 +1,20 @@
 """What the `hpa_kaggle` and `hpa_v18` TFDS builders share: configs, features, manual-dir checks, skipping.
 
-Each builder module only says where its files are; the example format, the image sizes, the bad-input policy
-and the skip report live here once.
+Each builder module only says where its files are; the example format, the image sizes, the storage, the
+bad-input policy and the skip report live here once.
+
+Storage (version 2.0.0): config ``"512"`` stores the image as an RGB JPEG + a Y JPEG (`RgbyJpeg`,
+`hpa_zoo.data.rgby_jpeg`: smaller, and Team 1's training path decodes only its crop window; mean error ~1 grey
+level), config ``"512_png"`` as one lossless 4-channel PNG (likewise for every size). Datasets of version 1.0.0
+(PNG in every config) stay readable: ``tfds.builder("hpa_kaggle/512:1.0.0")``, and
+`hpa_zoo.data.sources.tfds_dataset` falls back to them by itself.
 
 Bad-input policy (``on_error``, a builder keyword argument):
     ``"raise"`` (default): the first bad sample stops the build with an `HpaDataError` naming the file or CSV
     line and the fix. ``"skip"``: bad samples are left out, and the count and names are logged at the end of
     each split (`SkipReport.summary`), kept on ``builder.skip_report`` and written to the dataset's metadata
     (``builder.info.metadata["skipped"]``). Through ``tfds build`` pass it in the dataset name:
-    ``tfds build hpa_kaggle/512:1.0.0/on_error=skip --imports tfds_hpa --manual_dir DIR``.
+    ``tfds build hpa_kaggle/512:2.0.0/on_error=skip --imports tfds_hpa --manual_dir DIR``.
 
 Apache Beam (``beam=True``, a builder keyword argument; docs/BEAM.md): each split becomes a ``beam.PTransform``
 (TFDS runs it with the ``DownloadConfig(beam_options=...)`` runner: DirectRunner, Dataflow, Spark, Flink). The
@@ -30,10 +36,12 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from hpa_zoo.constants import CLASS_NAMES, NUM_CLASSES
 from hpa_zoo.errors import ConfigError, HpaDataError
+from hpa_zoo.data import rgby_jpeg
 from hpa_zoo.data.images import load_rgby
 from hpa_zoo.data.labels import OnError, SkipReport, to_multi_hot
 from hpa_zoo.remote import is_dir, is_file, is_remote, join, open_file
@@ -58,30 +66,109 @@ class HpaConfig(tfds.core.BuilderConfig):
         image_size: side S of the stored (S, S, 4) uint8 RGBY images.
         full_size: read the full-resolution TIFF folders (``train_full_size/``, ``test_full_size/``) when they
             exist (Kaggle only; the 1024 and 1536 configs).
+        storage: ``"jpeg"`` (`RgbyJpeg`, the default) or ``"png"`` (lossless; the ``<size>_png`` configs). Builder
+            version 1.0.0 stored PNG whatever this says.
     """
 
     image_size: int = 512
     full_size: bool = False
+    storage: str = "jpeg"
+
+
+#: How a config stores the image: ``"jpeg"`` (default since 2.0.0; `RgbyJpeg`) or ``"png"`` (lossless 4-channel PNG).
+STORAGES = ("jpeg", "png")
+#: Suffix of the lossless configs' names: ``"512" + PNG_SUFFIX`` is ``"512_png"``.
+PNG_SUFFIX = "_png"
+
+
+def config_name(size: int | str, storage: str = "jpeg") -> str:
+    """The config name of a size and storage: ``config_name(512)`` is ``"512"``, with ``"png"`` ``"512_png"``; a
+    name that already ends in ``_png`` is returned as it is.
+
+    Raises:
+        ConfigError: an unknown storage.
+    """
+    if storage not in STORAGES:
+        raise ConfigError(f"storage={storage!r}: use 'jpeg' (RGB+Y JPEG, the default: smaller, faster to decode, "
+                          f"mean error ~1 grey level) or 'png' (lossless)")
+    size = str(size)
+    return size if size.endswith(PNG_SUFFIX) or storage == "jpeg" else size + PNG_SUFFIX
 
 
 def make_configs(descriptions: dict[int, str], *, full_size_from: int | None = None) -> list[HpaConfig]:
-    """One `HpaConfig` per size, named by the size (``"512"``), in the order given (the first is the default).
+    """Two `HpaConfig` per size: ``"512"`` (RGB+Y JPEG storage) and ``"512_png"`` (4-channel PNG), the JPEG
+    configs first, sizes in the order given (the first is the default).
 
     Args:
         descriptions: size -> one-line description.
         full_size_from: sizes >= this read full-resolution TIFFs when present (None: never).
     """
-    return [HpaConfig(name=str(size), description=text, image_size=size,
-                      full_size=full_size_from is not None and size >= full_size_from)
-            for size, text in descriptions.items()]
+    how = {"jpeg": " Stored as an RGB JPEG + a Y JPEG (quality 95, 4:4:4; mean error ~1 grey level).",
+           "png": " Stored as one lossless 4-channel PNG."}
+    return [HpaConfig(name=config_name(size, storage), description=text + how[storage], image_size=size,
+                      full_size=full_size_from is not None and size >= full_size_from, storage=storage)
+            for storage in STORAGES for size, text in descriptions.items()]
 
 
-def features(image_size: int) -> tfds.features.FeaturesDict:
-    """The example features: id, (S, S, 4) uint8 RGBY PNG image, class-id sequence, (28,) uint8 multi-hot."""
+class RgbyJpeg(tfds.features.FeatureConnector):
+    """An (S, S, 4) uint8 RGBY image stored as ``[RGB JPEG, Y JPEG]`` (`hpa_zoo.data.rgby_jpeg`).
+
+    Encodes a NumPy (S, S, 4) uint8 image (`hpa_zoo.data.rgby_jpeg.encode_rgby_jpeg`); decodes to the same
+    (S, S, 4) uint8 tensor as ``tfds.features.Image`` does, so readers see ``image`` either way. Read with
+    ``decoders={"image": tfds.decode.SkipDecoding()}`` it yields the stored (2,) tf.string pair, which
+    `hpa_zoo.data.rgby_jpeg.decode_rgby_jpeg` decodes (whole or a crop window). The dataset's features.json names
+    this class, so reading it (also with ``tfds.builder_from_directory``) needs hpa-zoo installed.
+    """
+
+    storage = rgby_jpeg.STORAGE
+
+    def __init__(self, shape: Sequence[int], quality: int = rgby_jpeg.JPEG_QUALITY, *, doc=None):
+        """Args: shape: (S, S, 4); quality: JPEG quality of both files; doc: TFDS feature documentation."""
+        super().__init__(doc=doc)
+        self._shape = tuple(int(d) for d in shape)
+        if len(self._shape) != 3 or self._shape[-1] != 4:
+            raise ConfigError(f"RgbyJpeg: shape {self._shape}; it must be (S, S, 4)")
+        self._quality = int(quality)
+
+    def get_tensor_info(self) -> tfds.features.TensorInfo:
+        return tfds.features.TensorInfo(shape=self._shape, dtype=np.uint8)
+
+    def get_serialized_info(self) -> tfds.features.TensorInfo:
+        return tfds.features.TensorInfo(shape=(2,), dtype=np.object_)
+
+    def encode_example(self, example_data) -> list[bytes]:
+        image = np.asarray(example_data)
+        if image.shape != self._shape:
+            raise HpaDataError(f"RgbyJpeg: an image of shape {image.shape} for a feature of shape {self._shape}")
+        return rgby_jpeg.encode_rgby_jpeg(image, self._quality)
+
+    def decode_example(self, tfexample_data):
+        return tf.ensure_shape(rgby_jpeg.decode_rgby_jpeg(tfexample_data), self._shape)
+
+    @classmethod
+    def from_json_content(cls, value, doc=None) -> "RgbyJpeg":
+        return cls(shape=value["shape"], quality=value["quality"], doc=doc)
+
+    def to_json_content(self) -> dict:
+        return {"shape": list(self._shape), "quality": self._quality}
+
+
+def features(image_size: int, storage: str = "jpeg") -> tfds.features.FeaturesDict:
+    """The example features: id, (S, S, 4) uint8 RGBY image, class-id sequence, (28,) uint8 multi-hot.
+
+    Args:
+        image_size: S.
+        storage: ``"jpeg"``: the image as `RgbyJpeg` (builder version 2.0.0 on); ``"png"``: one 4-channel PNG
+            (the ``*_png`` configs, and every config of version 1.0.0).
+    """
+    if storage == "png":
+        # ecosystem.md §1.4: a 4-channel image must be PNG (JPEG allows 1 or 3 channels).
+        image = tfds.features.Image(shape=(image_size, image_size, 4), dtype=np.uint8, encoding_format="png")
+    else:
+        image = RgbyJpeg(shape=(image_size, image_size, 4))
     return tfds.features.FeaturesDict({
         "id": tfds.features.Text(),
-        # ecosystem.md §1.4: a 4-channel image must be PNG (JPEG allows 1 or 3 channels).
-        "image": tfds.features.Image(shape=(image_size, image_size, 4), dtype=np.uint8, encoding_format="png"),
+        "image": image,
         "labels": tfds.features.Sequence(tfds.features.ClassLabel(names=list(CLASS_NAMES))),
         "multi_hot": tfds.features.Tensor(shape=(NUM_CLASSES,), dtype=np.uint8),
     })
@@ -209,8 +296,17 @@ class HpaBuilderBase(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     they turn their rows into examples with `generate`.
     """
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("2.0.0")
+    #: 1.0.0 datasets on disk stay readable (`features` gives them their PNG features back).
+    SUPPORTED_VERSIONS = [tfds.core.Version("1.0.0")]
+    RELEASE_NOTES = {
+        "1.0.0": "Initial release: the image as one 4-channel PNG.",
+        "2.0.0": "The image is stored as an RGB JPEG + a Y JPEG (quality 95, no chroma subsampling; "
+                 "hpa_zoo.data.rgby_jpeg): 1.6x (512) to 2.6x (1536) smaller than the PNG, and Team 1's 1536 -> 1024 "
+                 "training path decodes only its crop window; mean pixel error ~1 grey level (max 29 on the real "
+                 "fields). The lossless PNG stays available as the '<size>_png' configs (e.g. hpa_kaggle/512_png); "
+                 "1.0.0 datasets remain readable.",
+    }
 
     def __init__(self, *, on_error: str = "raise", beam: bool = False, remote_manual_dir: str | None = None,
                  **kwargs):
@@ -234,8 +330,9 @@ class HpaBuilderBase(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
+        storage = "png" if self.version < "2.0.0" else self.builder_config.storage  # 1.0.0: PNG only
         return self.dataset_info_from_configs(
-            features=features(self.builder_config.image_size),
+            features=features(self.builder_config.image_size, storage),
             supervised_keys=("image", "multi_hot"),
             homepage=HOMEPAGE,
             metadata=tfds.core.MetadataDict(),

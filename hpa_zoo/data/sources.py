@@ -17,6 +17,7 @@ from hpa_zoo.data.images import CHANNEL_EXTENSIONS, HPAV18_PLANE, find_channel_f
 from hpa_zoo.data.labels import OnError, SkipReport, read_labels_csv
 from hpa_zoo.safepaths import check_image_id
 from hpa_zoo.data.image_ops import resize
+from hpa_zoo.data import rgby_jpeg
 
 log = logging.getLogger(__name__)
 
@@ -265,42 +266,53 @@ def tfds_multi_hot(labels: tf.Tensor, num_classes: int = NUM_CLASSES) -> tf.Tens
     return tf.ensure_shape(hot, [num_classes])
 
 
-def tfds_dataset(name: str, split: str, *, data_dir: str | os.PathLike | None = None) -> tf.data.Dataset:
+def tfds_dataset(name: str, split: str, *, data_dir: str | os.PathLike | None = None,
+                 decode_image: bool = True) -> tf.data.Dataset:
     """A prepared TFDS dataset (e.g. ``"hpa_kaggle/512"``, ``"hpa_v18/512"``) as example dicts.
 
     The ``tfds_hpa`` builders are imported lazily to register them. The builder's ``labels`` sequence is
-    replaced by ``multi_hot``; other features (e.g. extra metadata) are dropped.
+    replaced by ``multi_hot``; other features (e.g. extra metadata) are dropped. A name without a version whose
+    current builder version is not prepared in `data_dir` reads the newest older version found there (a
+    ``tfds_hpa`` 1.0.0 PNG dataset, with a warning saying how to rebuild it), see `tfds_builder`.
 
     Args:
         name: TFDS name with config, as for ``tfds.load``.
         split: e.g. ``"train"``, ``"train[:10%]"``.
         data_dir: the TFDS data dir (default: TFDS's, ``~/tensorflow_datasets``).
+        decode_image: False: a dataset that stores its images as RGB+Y JPEG (`hpa_zoo.data.rgby_jpeg`, the
+            ``tfds_hpa`` default) gives the stored pair under `rgby_jpeg.ENCODED_KEY` ((2,) tf.string) instead
+            of ``image``, for a map that decodes only what it needs; other storages are decoded as usual.
     Returns:
-        Dataset of ``{"id": tf.string (), "image": tf.uint8 (H, W, 4), "multi_hot": tf.uint8 (28,)}`` in the
-        stored order (files are not shuffled).
+        Dataset of ``{"id": tf.string (), "image": tf.uint8 (H, W, 4), "multi_hot": tf.uint8 (28,)}`` (with
+        ``decode_image=False`` on a JPEG-stored dataset: ``ENCODED_KEY`` tf.string (2,) in place of ``image``) in
+        the stored order (files are not shuffled).
     Raises:
-        HpaDataError: the dataset is not prepared in `data_dir` (the message says how to build it), or has no
-            such split.
+        HpaDataError: the dataset is not prepared in `data_dir` (the message says how to build it), has no
+            such split, or is of a version this code cannot read (the message names it and the rebuild command).
     """
     import tensorflow_datasets as tfds
 
     register_tfds_builders(name)
+    where = data_dir or "~/tensorflow_datasets"
     try:
-        ds = tfds.load(name, split=split, data_dir=None if data_dir is None else str(data_dir),
-                       shuffle_files=False, download=False)
+        builder = tfds_builder(name, data_dir=data_dir)
+        image = builder.info.features["image"] if "image" in builder.info.features else None
+        undecoded = not decode_image and getattr(image, "storage", None) == rgby_jpeg.STORAGE
+        ds = builder.as_dataset(split=split, shuffle_files=False,
+                                decoders={"image": tfds.decode.SkipDecoding()} if undecoded else None)
     except (AssertionError, FileNotFoundError, tfds.core.registered.DatasetNotFoundError) as exc:
-        raise HpaDataError(f"TFDS dataset {name!r} split {split!r} is not prepared in "
-                           f"{data_dir or '~/tensorflow_datasets'} ({exc}); build it first with "
-                           f"`hpa-zoo prepare` (or `tfds build`)") from exc
+        raise HpaDataError(f"TFDS dataset {name!r} split {split!r} is not prepared in {where} ({exc}); build it "
+                           f"first with `hpa-zoo prepare` (or `tfds build`)") from exc
     except ValueError as exc:
         if "Unknown split" not in str(exc):
             raise
-        raise HpaDataError(f"TFDS dataset {name!r} in {data_dir or '~/tensorflow_datasets'}: {exc} A dataset "
+        raise HpaDataError(f"TFDS dataset {name!r} in {where}: {exc} A dataset "
                            f"prepared from a header-only sample_submission.csv has no test split; list the test "
                            f"ids there and run `hpa-zoo prepare` again, or use another split") from exc
+    image_key = rgby_jpeg.ENCODED_KEY if undecoded else "image"
 
     def to_example(features):
-        out = {"id": features["id"], "image": features["image"]}
+        out = {"id": features["id"], image_key: features["image"]}
         if "multi_hot" in features:
             out["multi_hot"] = tf.cast(features["multi_hot"], tf.uint8)
         elif "labels" in features:
@@ -308,3 +320,53 @@ def tfds_dataset(name: str, split: str, *, data_dir: str | os.PathLike | None = 
         return out
 
     return ds.map(to_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def tfds_builder(name: str, *, data_dir: str | os.PathLike | None = None):
+    """The TFDS builder of `name` in `data_dir`, falling back to an older prepared version.
+
+    When `name` gives no version (``"hpa_kaggle/512"``) and the builder's current version (``tfds_hpa``: 2.0.0,
+    RGB+Y JPEG) is not prepared there but an older one is (1.0.0, PNG), the newest older one is returned, with a
+    warning naming its folder and the command that rebuilds it at the current version.
+
+    Returns:
+        A ``tfds.core.DatasetBuilder`` (not necessarily prepared: ``as_dataset`` then says so).
+    Raises:
+        HpaDataError: only versions this code cannot read are prepared; the message names the folder, the
+            version and the ``hpa-zoo prepare`` command that rebuilds it.
+        tfds.core.registered.DatasetNotFoundError: no builder of that name.
+    """
+    import tensorflow_datasets as tfds
+
+    data_dir = None if data_dir is None else os.fspath(data_dir)
+    builder = tfds.builder(name, data_dir=data_dir)
+    if ":" in name or builder.is_prepared():
+        return builder
+    variant = os.path.dirname(os.fspath(builder.data_dir))  # <data_dir>/<dataset>/<config>
+    found = sorted((tfds.core.Version(v) for v in (tf.io.gfile.listdir(variant) if tf.io.gfile.isdir(variant)
+                                                     else []) if _is_version(v.rstrip("/"))
+                    and tf.io.gfile.exists(os.path.join(variant, v.rstrip("/"), "dataset_info.json"))), reverse=True)
+    older = [v for v in found if v < builder.version]
+    if not older:
+        return builder
+    old_dir = os.path.join(variant, str(older[0]))
+    config = builder.builder_config.name if builder.builder_config else None
+    rebuild = (f"hpa-zoo prepare --dataset {builder.name}" + (f" --config {config}" if config else "")
+               + " --manual-dir <the downloaded data>" + (f" --data-dir {data_dir}" if data_dir else ""))
+    try:
+        old = tfds.builder(f"{name}:{older[0]}", data_dir=data_dir)
+        old.info.features  # noqa: B018 (a version the code does not define is read from its features.json)
+    except (AssertionError, ValueError) as exc:  # tfds: "Unrecognized FeatureConnector type", "cannot be loaded"
+        raise HpaDataError(f"{old_dir}: {builder.name} version {older[0]} cannot be read by this hpa-zoo "
+                           f"({str(exc).splitlines()[0]}); "
+                           f"rebuild it at version {builder.version}: {rebuild}") from exc
+    log.warning("%s: reading %s version %s, the newest prepared there (the current version %s is not; see the "
+                "builder's release notes); to rebuild it at %s: %s", old_dir, builder.name, older[0], builder.version,
+                builder.version, rebuild)
+    return old
+
+
+def _is_version(text: str) -> bool:
+    """Whether a folder name is a TFDS version (``"1.0.0"``)."""
+    parts = text.split(".")
+    return len(parts) == 3 and all(p.isdigit() for p in parts)

@@ -538,7 +538,9 @@ def _read_tfds(source, size: int, counter):
     name, data_dir = source
     sources.register_tfds_builders(name)  # hpa_kaggle / hpa_v18
     try:
-        builder = tfds.builder(name, data_dir=data_dir)
+        builder = sources.tfds_builder(name, data_dir=data_dir)  # an older prepared version (1.0.0 PNG) too
+    except HpaDataError:
+        raise
     except Exception as exc:  # tfds: DatasetNotFoundError, or a name it cannot parse
         raise HpaDataError(f"{name}: not a folder, CSV, file or a TFDS dataset in {data_dir or 'the default data dir'} "
                            f"({type(exc).__name__}: {str(exc)[:200]}); pass an existing path, or --data-dir") from exc

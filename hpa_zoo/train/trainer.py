@@ -147,12 +147,14 @@ def _all_labels(data, *, data_dir, verbose) -> tuple[list[str], np.ndarray]:
     return ids, np.stack(labels).astype(np.uint8)
 
 
-def _split_sources(data, table, fold: int, *, data_dir, image_size: int):
-    """(train_ds, valid_ds, n_train, n_valid): example-dict datasets of the fold's train and valid parts."""
+def _split_sources(data, table, fold: int, *, data_dir, image_size: int, train_undecoded: bool = False):
+    """(train_ds, valid_ds, n_train, n_valid): example-dict datasets of the fold's train and valid parts.
+
+    ``train_undecoded`` (``Recipe.train_map_reads_jpeg``): a TFDS train split stored as RGB+Y JPEG at
+    ``image_size`` keeps its images undecoded (`hpa_zoo.data.rgby_jpeg.ENCODED_KEY`) for the recipe's train map."""
     import tensorflow as tf
 
-    from hpa_zoo.data import sources
-    from hpa_zoo.data import image_ops
+    from hpa_zoo.data import image_ops, rgby_jpeg, sources
 
     if fold not in set(table["fold"]):
         raise ConfigError(f"fold {fold} is not in the folds table (folds: {sorted(set(table['fold']))})")
@@ -172,7 +174,12 @@ def _split_sources(data, table, fold: int, *, data_dir, image_size: int):
     if stored is not None and stored != image_size:  # a TFDS config of another size: resize once, here
         ds = ds.map(lambda e: {**e, "image": tf.cast(tf.clip_by_value(tf.round(
             image_ops.resize(e["image"], image_size)), 0, 255), tf.uint8)}, num_parallel_calls=tf.data.AUTOTUNE)
-    train = ds.filter(lambda e: tf.logical_and(lookup.lookup(e["id"]) != fold, lookup.lookup(e["id"]) >= 0))
+        train_ds = ds
+    else:
+        train_ds = sources.tfds_dataset(data, "train", data_dir=data_dir, decode_image=False) if train_undecoded else ds
+        if rgby_jpeg.ENCODED_KEY in train_ds.element_spec:
+            log.info("%s train split: stored as RGB+Y JPEG; the recipe's train map decodes only its crop windows", data)
+    train = train_ds.filter(lambda e: tf.logical_and(lookup.lookup(e["id"]) != fold, lookup.lookup(e["id"]) >= 0))
     valid = ds.filter(lambda e: tf.equal(lookup.lookup(e["id"]), fold))
     # A filter hides the size; stating it lets Keras show progress and end the validation pass without a
     # "ran out of data" warning (a folds table that does not match the dataset fails here, naming both counts).
@@ -294,7 +301,8 @@ def train(model_name: str, data: str | os.PathLike, *, fold: int = 0, folds_csv:
         tf.config.experimental.enable_op_determinism()
     table = _fold_table(data, data_dir=data_dir, folds_csv=folds_csv, out_dir=out_dir, verbose=verbose)
     train_src, valid_src, n_train, n_valid = _split_sources(data, table, fold, data_dir=data_dir,
-                                                            image_size=recipe.image_size)
+                                                            image_size=recipe.image_size,
+                                                            train_undecoded=recipe.train_map_reads_jpeg)
     epoch_source, n_epoch = None, n_train
     if recipe.train_sampler is not None:  # Recipe.train_sampler: the epoch's ids, in training order
         train_ids = list(table.loc[table["fold"] != fold, "Id"])

@@ -2,7 +2,9 @@
 
 Configs by image size: ``512`` (Kaggle's PNGs as they are), ``1024`` and ``1536`` (from the full-resolution
 TIFFs when ``train_full_size/`` / ``test_full_size/`` exist, else upsampled from the PNGs, with a log line),
-and ``128`` (for demos and tests). Resizing is cv2 INTER_LINEAR (teams.md §1.4).
+and ``128`` (for demos and tests). Resizing is cv2 INTER_LINEAR (teams.md §1.4). Each size stores the image as
+RGB+Y JPEG (the default since 2.0.0) or, in the ``<size>_png`` config (``512_png``), as a lossless PNG
+(`tfds_hpa._common`).
 Splits: ``train`` (train.csv, labelled) and ``test`` (sample_submission.csv ids, no labels).
 """
 from __future__ import annotations
@@ -31,19 +33,19 @@ and lay it out like this (the manual-download folder):
 
 Then pass the folder in one of two ways:
 
-    tfds build hpa_kaggle --imports tfds_hpa --manual_dir <manual_dir> [--config 512|1024|1536|128]
+    tfds build hpa_kaggle --imports tfds_hpa --manual_dir <manual_dir> [--config 512|1024|1536|128|512_png|...]
     builder = tfds.builder("hpa_kaggle/512")   # after `import tfds_hpa`
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir="<manual_dir>"))
 
 (or `hpa-zoo prepare --dataset hpa_kaggle --manual-dir <manual_dir>`). To leave out bad samples instead of
-stopping at the first one, add `/on_error=skip` after the version: `tfds build hpa_kaggle/512:1.0.0/on_error=skip`.
+stopping at the first one, add `/on_error=skip` after the version: `tfds build hpa_kaggle/512:2.0.0/on_error=skip`.
 For the full-resolution TIFFs (configs 1024/1536) build with Apache Beam, locally or on a cluster:
 `hpa-zoo prepare ... --beam [--runner DataflowRunner|SparkRunner|FlinkRunner] [--beam-option NAME=VALUE]`
 (docs/BEAM.md).
 """
 
 CONFIGS = make_configs({
-    512: "Kaggle's 512x512 PNGs as they are.",
+    512: "Kaggle's 512x512 PNGs at their size.",
     1024: "1024x1024, resized with cv2 INTER_LINEAR from the full-resolution TIFFs (else from the PNGs).",
     1536: "1536x1536, resized with cv2 INTER_LINEAR from the full-resolution TIFFs (else from the PNGs).",
     128: "128x128, resized with cv2 INTER_LINEAR from the PNGs (demos and tests).",

@@ -42,7 +42,7 @@ def _write_kaggle_tree(root, *, full_size_tifs: bool):
 
 
 def _build_full_size(tmp_path, manual):
-    config = HpaConfig(name="32", image_size=32, full_size=True)  # the 1024/1536 logic at a tiny size
+    config = HpaConfig(name="32", image_size=32, full_size=True, storage="png")  # 1024/1536 logic, tiny, lossless
     builder = hpa_kaggle_dataset_builder.Builder(config=config, data_dir=str(tmp_path / "tfds"))
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
     return next(iter(tfds.as_numpy(builder.as_dataset(split="train"))))

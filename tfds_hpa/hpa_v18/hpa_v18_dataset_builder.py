@@ -4,7 +4,8 @@ An ``Id,Target`` CSV (e.g. ``HPAv18RBGY_wodpl.csv``, teams.md §0.3) plus ``{Id}
 website JPEGs are false-coloured RGB; each stain is read from its plane (red: R, green: G, blue: B,
 yellow: R, `hpa_zoo.data.images.HPAV18_PLANE`, Team 1's COLOR_INDEXS) and resized with cv2 INTER_LINEAR to the
 config size. Grayscale ``{Id}_{color}.png`` files (already extracted planes) are read as they are.
-Split: ``train``.
+Split: ``train``. Each size stores the image as RGB+Y JPEG (the default since 2.0.0) or, in the ``<size>_png``
+config (``512_png``), as a lossless PNG (`tfds_hpa._common`).
 """
 from __future__ import annotations
 
@@ -35,12 +36,12 @@ like this (the manual-download folder):
 
 Then pass the folder in one of two ways:
 
-    tfds build hpa_v18 --imports tfds_hpa --manual_dir <manual_dir> [--config 512|1024|1536|128]
+    tfds build hpa_v18 --imports tfds_hpa --manual_dir <manual_dir> [--config 512|1024|1536|128|512_png|...]
     builder = tfds.builder("hpa_v18/512", csv_name=None)   # after `import tfds_hpa`
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir="<manual_dir>"))
 
 (or `hpa-zoo prepare --dataset hpa_v18 --manual-dir <manual_dir>`). Options go after the version with
-`tfds build`: `tfds build hpa_v18/512:1.0.0/on_error=skip,csv_name=my_labels.csv`. For all 74,606 fields of
+`tfds build`: `tfds build hpa_v18/512:2.0.0/on_error=skip,csv_name=my_labels.csv`. For all 74,606 fields of
 view build with Apache Beam, locally or on a cluster: `hpa-zoo prepare ... --beam [--runner DataflowRunner]
 [--beam-option NAME=VALUE]` (docs/BEAM.md).
 """

@@ -216,8 +216,13 @@ def train_map(example: dict, seed, *, image_size: int, input_size: int):
     """teams.md §1.4 training path: resize to ``image_size``, random-scale square crop (side ~ U(input, image))
     resized to ``input_size``, one of the 8 dihedral transforms. Nothing else.
 
+    An example holding the stored RGB+Y JPEG pair instead of ``image`` (`hpa_zoo.data.rgby_jpeg.ENCODED_KEY`,
+    stored at ``image_size``; ``Recipe.train_map_reads_jpeg``) gets the same crop window from the same seed, and
+    only that window is decoded (``tf.image.decode_and_crop_jpeg``): the same output as decoding it first.
+
     Args:
-        example: ``{"image": uint8 (H, W, 4), "multi_hot": uint8 (28,), ...}``.
+        example: ``{"image": uint8 (H, W, 4), "multi_hot": uint8 (28,), ...}``, or ``{ENCODED_KEY: string (2,),
+            "multi_hot": ...}`` with the image stored at ``image_size``.
         seed: int tensor (2,), the stateless per-example seed.
 
     Returns:
@@ -225,11 +230,21 @@ def train_map(example: dict, seed, *, image_size: int, input_size: int):
     """
     import tensorflow as tf
 
-    from hpa_zoo.data import image_ops
+    from hpa_zoo.data import image_ops, rgby_jpeg
 
     crop_seed, d4_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
-    image = image_ops.resize(example["image"], image_size)
-    image = image_ops.random_scale_crop(image, input_size, crop_seed)
+    if rgby_jpeg.ENCODED_KEY in example:
+        parts = example[rgby_jpeg.ENCODED_KEY]
+        hw = rgby_jpeg.stored_shape(parts)
+        check = tf.debugging.assert_equal(hw, image_size, message=f"team1 train_map: the stored JPEG must be "
+                                          f"{image_size} px square (the recipe's image_size) to be read undecoded")
+        with tf.control_dependencies([check]):
+            window = image_ops.random_scale_crop_box(hw, input_size, crop_seed)
+        image = image_ops.resize(rgby_jpeg.decode_rgby_jpeg(parts, window), input_size)
+        image = tf.ensure_shape(image, [input_size, input_size, 4])
+    else:
+        image = image_ops.resize(example["image"], image_size)
+        image = image_ops.random_scale_crop(image, input_size, crop_seed)
     image = image_ops.random_d4(image, d4_seed)
     return tf.cast(image, tf.float32), tf.cast(example["multi_hot"], tf.float32)
 
@@ -296,6 +311,7 @@ def make_recipe(model_name: str | None = None, *, large: bool = True, **override
         tta=TTAConfig("d4", n_random_crops=len(TTA_SEEDS) - 1, aggregate="max"),
         thresholds=ThresholdConfig("lb_ratio_match", force_top=True, kwargs={"ratios": tuple(LB_RATIOS)}),
         make_metrics=make_metrics,
+        train_map_reads_jpeg=True,  # train_map decodes only the crop window of a stored RGB+Y JPEG
         notes=NOTES,
     )
     fields.update(overrides)
