@@ -82,7 +82,8 @@ def test_file_functions_agree_on_local_and_memory_paths(tmp_path):
 # ---------------------------------------------------------------------------------------------- prepare
 def test_prepare_beam_from_memory_equals_the_local_build(kaggle, tmp_path, capsys):
     """`hpa-zoo prepare --beam` on a memory:// Kaggle folder: the examples equal the plain local build's (ids,
-    labels, pixels exactly), and one equals cv2 reading the local PNGs (independent reference)."""
+    labels, pixels exactly), and one is within the JPEG storage's error of cv2 reading the local PNGs (independent
+    reference)."""
     pytest.importorskip("apache_beam")
     import tfds_hpa
     from hpa_zoo.cli import main
@@ -106,7 +107,11 @@ def test_prepare_beam_from_memory_equals_the_local_build(kaggle, tmp_path, capsy
     first = pd.read_csv(kaggle / "train.csv", dtype=str)["Id"][0]
     ref = np.stack([cv2.resize(cv2.imread(str(kaggle / "train" / f"{first}_{c}.png"), cv2.IMREAD_UNCHANGED),
                                (128, 128), interpolation=cv2.INTER_LINEAR) for c in CHANNELS], axis=-1)
-    np.testing.assert_array_equal(_examples(built, "train")[first]["image"], ref)
+    # the default storage is RGB+Y JPEG (hpa_zoo.data.rgby_jpeg): within its documented error of the PNGs
+    from hpa_zoo.data import rgby_jpeg
+
+    err = np.abs(_examples(built, "train")[first]["image"].astype(int) - ref.astype(int))
+    assert err.mean() <= rgby_jpeg.MEAN_ABS_ERROR_BOUND and err.max() <= rgby_jpeg.MAX_ABS_ERROR_BOUND
 
 
 def test_prepare_from_memory_skips_and_names_the_remote_file(kaggle, tmp_path):
