@@ -12,8 +12,10 @@ Paths:
 
 * ``team1``: Team 1's training path at 1024 (`zoo_models.teams.team1_bestfitting.train_map`): a 1536 px image, random-scale
   crop (side ~ U(1024, 1536)) resized to 1024, one of the 8 dihedral transforms, float32.
-* ``team1_device``: the host part when the crop, resize and D4 run on the accelerator (as
-  ``benchmarks/train_throughput.py --mode full`` does): decode to uint8 only.
+* ``team1_device``: the host part of ``hpa-zoo train --augment-on device``, where the crop, resize and D4 run on
+  the accelerator (`hpa_zoo.augment.device.RandomScaleCropD4`, as ``benchmarks/train_throughput.py`` times them):
+  the library's host map (Team 1's ``Recipe.device_augment.host_map``, `hpa_zoo.augment.device.device_host_map`):
+  decode the whole 1536 px image to uint8 and draw the per-example random numbers, nothing else.
 * ``team3``: Team 3's path (`zoo_models.teams.team3_pudae.train_map`): a 512 px image, D4 + one AutoAugment sub-policy
   of the team's 25, resized to 1024, float32.
 
@@ -147,9 +149,16 @@ def dataset(encoded: list[list[bytes]], fmt: str, path: str, n: int):
         def fn(p, seed):
             return t1.train_map({"image": decode_fn(fmt, stored)(p), "multi_hot": labels}, seed,
                                 image_size=stored, input_size=1024)
-    elif path == "team1_device":
-        def fn(p, seed):
-            return tf.ensure_shape(decode_fn(fmt, stored)(p), [stored, stored, 4]), labels
+    elif path == "team1_device":  # the library's host map of `hpa-zoo train --augment-on device`
+        host_map = t1.make_recipe("team1_densenet121_1024").device_augment.host_map
+        if fmt == "jpeg_rgb_y444":
+            from hpa_zoo.data.rgby_jpeg import ENCODED_KEY
+
+            def fn(p, seed):
+                return host_map({ENCODED_KEY: p, "multi_hot": labels}, seed)
+        else:
+            def fn(p, seed):
+                return host_map({"image": decode_fn(fmt, stored)(p), "multi_hot": labels}, seed)
     else:
         policy = t3.make_recipe("team3_attention_inceptionv3_1024").train_map.keywords["policy"]
 

@@ -3,9 +3,10 @@
 The timed training step is the whole Team 1 recipe (teams.md §1): uint8 RGBY images at ``image_size`` ->
 random-scale square crop (side ~ U(size, image_size), resized to ``size``) -> one of the 8 dihedral transforms
 (per example) -> DenseNet121(-large) + dropout head -> BestfittingLoss (focal + symmetric Lovász + hard-negative
-BCE) -> Adam (clipnorm 1, step schedule). The augmentation is keras.ops (`hpa_zoo.infer.tta.d4_apply`,
-``keras.ops.image.affine_transform``), so the benchmark runs with ``KERAS_BACKEND=jax`` or ``torch`` and no
-TensorFlow installed: nothing imported here imports TensorFlow.
+BCE) -> Adam (clipnorm 1, step schedule). The augmentation is the library's keras.ops layer
+(`hpa_zoo.augment.device.RandomScaleCropD4`: ``keras.ops.image.affine_transform`` + ``d4_apply``, what
+``hpa-zoo train --augment-on device`` trains with), so the benchmark runs with ``KERAS_BACKEND=jax`` or ``torch``
+and no TensorFlow installed: nothing imported here imports TensorFlow.
 
 ``--reference torch`` runs the same recipe written plainly in PyTorch (eager; AMP on CUDA) with the reference
 network `tests/torch_refs/bestfitting_densenet.py` on the same device, and prints keras/torch.
@@ -41,83 +42,19 @@ NUM_CLASSES = 28
 
 
 # ------------------------------------------------------------------------------------------------ keras
-def random_scale_crop(images, size: int, seed_generator):
-    """Random-scale square crops in keras.ops (teams.md §1.4 ``read_crop_img``).
-
-    Args:
-        images: (B, S, S, C) float32 in [0, 255].
-        size: output side; each crop side is ~ U(size, S) at a uniform position, resized (bilinear) to ``size``.
-        seed_generator: a ``keras.random.SeedGenerator``.
-    Returns:
-        (B, size, size, C) float32.
-    """
-    import keras
-    from keras import ops
-
-    batch, side_in = ops.shape(images)[0], images.shape[1]
-    u = keras.random.uniform((batch, 3), seed=seed_generator)
-    side = size + u[:, 0] * (side_in - size)
-    ox, oy = u[:, 1] * (side_in - side), u[:, 2] * (side_in - side)
-    scale = side / size
-    zero = ops.zeros_like(scale)
-    # output pixel (x, y) samples input (scale*x + ox, scale*y + oy): crop + bilinear resize in one op
-    transform = ops.stack([scale, zero, ox, zero, scale, oy, zero, zero], axis=1)
-    out = ops.image.affine_transform(images, transform, interpolation="bilinear", fill_mode="nearest")
-    return out[:, :size, :size, :]
-
-
-def random_d4(images, seed_generator):
-    """One of the 8 dihedral transforms per example, uniformly (teams.md §1.4), from `hpa_zoo.infer.tta.d4_apply`.
-
-    flipud, fliplr and transpose, each applied with p = 1/2, compose to each D4 element with p = 1/8.
-
-    Args:
-        images: (B, S, S, C). seed_generator: ``keras.random.SeedGenerator``.
-    Returns:
-        (B, S, S, C), same dtype.
-    """
-    import keras
-    from keras import ops
-
-    from hpa_zoo.infer.tta import D4_ORDER, d4_apply
-
-    coins = keras.random.uniform((ops.shape(images)[0], 3), seed=seed_generator) < 0.5
-    for j, name in enumerate(("flipud", "fliplr", "transpose")):
-        pick = ops.reshape(coins[:, j], (-1, 1, 1, 1))
-        images = ops.where(pick, d4_apply(images, D4_ORDER.index(name)), images)
-    return images
-
-
 def build_keras_trainer(size: int, image_size: int, large: bool, seed: int = 0):
-    """Team 1's network wrapped with the training augmentation (active only when ``training=True``).
+    """Team 1's network wrapped with the library's training augmentation (`hpa_zoo.augment.device`, what
+    ``hpa-zoo train --augment-on device`` compiles): `RandomScaleCropD4` drawing its random numbers on the device
+    (``seed``), active only when ``training=True``.
 
     Returns:
         (trainer keras.Model: uint8 (B, image_size, image_size, 4) -> logits (B, 28) float32, the bare network).
     """
-    import keras
-    from keras import ops
-
+    from hpa_zoo.augment.device import DeviceAugmented, RandomScaleCropD4
     from zoo_models.teams.team1_bestfitting import build_densenet121
 
     net = build_densenet121(NUM_CLASSES, (size, size, 4), weights=None, large=large)
-
-    class Team1Augmented(keras.Model):
-        def __init__(self):
-            super().__init__(name="team1_augmented")
-            self.net = net
-            self.seeds = keras.random.SeedGenerator(seed)
-
-        def call(self, images, training=False):
-            x = ops.cast(images, "float32")
-            if training:
-                x = random_d4(random_scale_crop(x, size, self.seeds), self.seeds)
-            else:
-                x = ops.image.resize(x, (size, size))
-            return self.net(x, training=training)
-
-    trainer = Team1Augmented()
-    trainer.build((None, image_size, image_size, 4))
-    return trainer, net
+    return DeviceAugmented(RandomScaleCropD4(size, seed=seed), net, name="team1_augmented"), net
 
 
 def keras_device() -> str:

@@ -378,6 +378,9 @@ def _add_train(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--deterministic", action="store_true",
                    help="deterministic TF ops: bit-identical reruns and resumes (slower on GPU)")
+    p.add_argument("--augment-on", choices=["host", "device"], default="host",
+                   help="where the training augmentation runs: host (tf.data, default) or device (Team 1: the "
+                        "host only decodes uint8, crop/resize/D4 run in the training step; for a GPU/TPU)")
     p.set_defaults(func=_run_train)
 
 
@@ -388,7 +391,7 @@ def _run_train(args) -> int:
           data_dir=args.data_dir, epochs=args.epochs, image_size=args.image_size, input_size=args.input_size,
           batch_size=args.batch_size, steps_per_epoch=args.steps_per_epoch, precision=args.precision,
           jit_compile=args.xla, strategy=args.strategy, seed=args.seed, weights=args.weights,
-          deterministic=args.deterministic)
+          deterministic=args.deterministic, augment_on=args.augment_on)
     return 0
 
 

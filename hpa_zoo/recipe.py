@@ -72,6 +72,27 @@ class BlendConfig:
 
 
 @dataclass(frozen=True)
+class DeviceAugment:
+    """A recipe's training augmentation moved to the accelerator (``hpa-zoo train --augment-on device``).
+
+    The host map only decodes (uint8 batches at ``image_size``) and draws the per-example random numbers from the
+    stateless seed; the layer does the crop / resize / flips inside the training step (Team 1:
+    `hpa_zoo.augment.device`). Validation and everything saved are the bare network, as with host augmentation.
+
+    Attributes:
+        make_layer: ``() -> keras.layers.Layer`` called as ``layer(inputs, training=...)`` on the host map's
+            batched inputs; returns float32 (B, input_size, input_size, C) with ``training=True`` and its image
+            input unchanged (float32) with ``training=False``.
+        host_map: tf.data map ``(example: dict, seed: tf.Tensor[2] int) -> (inputs, multi_hot float32 (28,))``,
+            ``inputs`` a dict with ``image`` uint8 (image_size, image_size, C) and the draws; it reads the same
+            examples as the recipe's ``train_map`` (also the stored JPEG pair when ``train_map_reads_jpeg``).
+    """
+
+    make_layer: Callable[[], Any]
+    host_map: Callable[..., Any]
+
+
+@dataclass(frozen=True)
 class Recipe:
     """A team's training and inference recipe.
 
@@ -115,6 +136,8 @@ class Recipe:
             (key ``hpa_zoo.data.rgby_jpeg.ENCODED_KEY``, (2,) tf.string, at ``image_size``) instead of ``image``,
             and decodes only what it needs (Team 1: its crop window). The trainer then reads a TFDS train split
             stored that way (the ``tfds_hpa`` default) undecoded when it is stored at ``image_size``.
+        device_augment: `DeviceAugment`: the training augmentation as a layer on the accelerator, used by
+            ``train(..., augment_on="device")`` (Team 1); None = the recipe augments on the host only.
         notes: where the recipe deviates from or infers beyond the facts.
     """
 
@@ -140,6 +163,7 @@ class Recipe:
     targets: Literal["multi_hot", "sample_id"] = "multi_hot"
     input_is_resized_image: bool = False
     train_map_reads_jpeg: bool = False
+    device_augment: Optional[DeviceAugment] = None
     notes: str = ""
 
 

@@ -78,34 +78,18 @@ def test_benchmark_runs_without_tensorflow_on_the_torch_backend(runs):
     assert result["train_images_per_s"] > 0 and np.isfinite(result["final_loss"])
 
 
-def test_augmentation_is_a_scaled_crop_and_a_dihedral_transform():
-    import keras
+def test_the_benchmarked_augmentation_is_the_librarys_device_layer():
     sys.path.insert(0, str(REPO / "benchmarks"))
     try:
         import train_throughput as bench
     finally:
         sys.path.remove(str(REPO / "benchmarks"))
+    from hpa_zoo.augment.device import DeviceAugmented, RandomScaleCropD4
 
-    gen = keras.random.SeedGenerator(0)
-    # a horizontal ramp I(y, x) = x: crop + bilinear resize gives o(x) = scale * x + offset with 1 <= scale <= 96/64
-    ramp = np.broadcast_to(np.arange(96, dtype="float32")[None, None, :, None], (4, 96, 96, 1))
-    crops = keras.ops.convert_to_numpy(bench.random_scale_crop(ramp, 64, gen))
-    assert crops.shape == (4, 64, 64, 1)
-    slopes = np.diff(crops[:, 10, 5:60, 0], axis=1)
-    assert np.allclose(slopes, slopes[:, :1], atol=1e-3)  # linear: one scale per image
-    assert np.all(slopes[:, 0] >= 1 - 1e-4) and np.all(slopes[:, 0] <= 1.5 + 1e-4)
-    assert np.all(crops[:, :, :, 0].min(axis=(1, 2)) >= 0) and np.all(crops.max(axis=(1, 2, 3)) <= 95 + 1e-3)
-    assert len(np.unique(np.round(slopes[:, 0], 4))) > 1  # the scale is drawn per image
-
-    images = np.random.default_rng(0).random((64, 8, 8, 3)).astype("float32")
-    out = keras.ops.convert_to_numpy(bench.random_d4(images, gen))
-    seen = set()
-    for x, y in zip(images, out):
-        candidates = [np.rot90(x, r) for r in range(4)] + [np.rot90(x[::-1], r) for r in range(4)]
-        matches = [k for k, c in enumerate(candidates) if np.array_equal(c, y)]
-        assert matches, "output is not a dihedral transform of the input"
-        seen.add(matches[0])
-    assert len(seen) >= 6  # all 8 are drawn; 64 draws miss >= 3 of them with probability < 1e-5
+    trainer, net = bench.build_keras_trainer(64, 96, large=False, seed=0)
+    assert isinstance(trainer, DeviceAugmented) and trainer.net is net
+    assert isinstance(trainer.augment, RandomScaleCropD4) and trainer.augment.size == 64
+    assert not hasattr(bench, "random_scale_crop") and not hasattr(bench, "random_d4")  # no copy of its own
 
 
 def test_input_pipeline_benchmark_measures_every_format(real_samples_dir, capsys):

@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 from keras import ops
 
+from hpa_zoo.augment.device import d4_apply  # noqa: F401  (re-exported: the D4 transforms of training and TTA)
 from hpa_zoo.constants import D4_ORDER
 from hpa_zoo.errors import ConfigError
 from hpa_zoo.recipe import TTAConfig
@@ -31,31 +32,6 @@ SSR_FLIP_PROB = 0.75
 SSR_SHIFT_LIMIT = 0.1
 SSR_SCALE_LIMIT = 0.1
 SSR_ROTATE_LIMIT_DEG = 90.0
-
-
-def d4_apply(images, k: int):
-    """Apply the k-th dihedral transform of `D4_ORDER` to a batch.
-
-    Args:
-        images: (B, H, W, C) tensor or array, any dtype (H == W for the transposing transforms to keep the shape).
-        k: index 0..7 into `D4_ORDER`.
-
-    Returns:
-        A tensor of the same dtype; shape (B, H, W, C), or (B, W, H, C) for the transposing transforms.
-    """
-    if not 0 <= int(k) < len(D4_ORDER):
-        raise ConfigError(f"d4_apply: k={k} is out of range; use 0..7 (D4_ORDER = {D4_ORDER}).")
-    x = ops.convert_to_tensor(images)
-    if len(x.shape) != 4:
-        raise ConfigError(f"d4_apply expects a (B, H, W, C) batch; got shape {tuple(x.shape)}.")
-    for step in D4_ORDER[int(k)].split("_"):
-        if step == "flipud":
-            x = ops.flip(x, axis=1)
-        elif step == "fliplr":
-            x = ops.flip(x, axis=2)
-        elif step == "transpose":
-            x = ops.transpose(x, (0, 2, 1, 3))
-    return x
 
 
 def random_crop_boxes(n_images: int, n_crops: int, height: int, width: int, min_side: int, seed: int = 0) -> np.ndarray:

@@ -6,7 +6,9 @@
 2. opens the data (a Kaggle-layout folder or a TFDS name), makes or reads the folds and splits by fold id;
 3. builds the tf.data pipelines with the recipe's ``train_map`` (random crop + augmentation) / ``eval_map``;
    each epoch is re-seeded from (seed, epoch); a recipe ``train_sampler`` picks each epoch's ids and order
-   (see `sampled_source`: kept exactly for folders, multiplicities only for TFDS);
+   (see `sampled_source`: kept exactly for folders, multiplicities only for TFDS); with ``augment_on="device"``
+   the host map of the recipe's ``device_augment`` only decodes to uint8 and the augmentation runs in the step
+   (`hpa_zoo.augment.device.DeviceAugmented`; everything saved is still the bare network);
 4. builds and compiles the model (optional mixed precision, XLA, ``tf.distribute`` strategy) with the recipe
    loss and optimizer, the ``val_focal`` metric and the streaming macro F1. A recipe with ``loss_weights``
    trains the builder's multi-output graph (``with_aux=True``) with those weights; metrics, the checkpoint
@@ -50,6 +52,7 @@ import keras
 import numpy as np
 
 from hpa_zoo.atomic import atomic_to_csv, atomic_write_text
+from hpa_zoo.augment.device import DeviceAugmented
 from hpa_zoo.checks import positive_int, reports_out_of_memory
 from hpa_zoo.constants import CLASS_NAMES, MAIN_OUTPUT, NUM_CLASSES
 from hpa_zoo.errors import ConfigError, HpaDataError
@@ -68,7 +71,12 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 #: Settings that must match for a re-run to resume from ``out_dir/backup`` (``epochs`` may change).
 _RESUME_KEYS = ("model_name", "data", "fold", "image_size", "input_size", "batch_size", "steps_per_epoch",
-                "precision", "seed", "weights", "sampler")
+                "precision", "seed", "weights", "sampler", "augment_on")
+#: What a ``run.json`` written before a setting existed means by it.
+_RESUME_DEFAULTS = {"augment_on": "host"}
+
+#: Values of ``augment_on``: the recipe's ``train_map`` on the host, or its `Recipe.device_augment` in the step.
+AUGMENT_ON = ("host", "device")
 
 #: The ``tta`` entry of the ``val_predictions.csv.json`` sidecar (`hpa_zoo.infer.ensemble.write_sidecar`): validation
 #: probabilities are one pass of the recipe's ``eval_map``, without test-time augmentation.
@@ -210,7 +218,8 @@ def train(model_name: str, data: str | os.PathLike, *, fold: int = 0, folds_csv:
           image_size: Optional[int] = None, input_size: Optional[int] = None, batch_size: Optional[int] = None,
           steps_per_epoch: Optional[int] = None, precision: Optional[str] = None, jit_compile: bool = False,
           strategy: Any = None, seed: int = 0, weights: Optional[str] = None, deterministic: bool = False,
-          recipe_overrides: Optional[dict] = None, tie_fallback: bool = False, verbose: int = 1) -> Path:
+          recipe_overrides: Optional[dict] = None, tie_fallback: bool = False, augment_on: str = "host",
+          verbose: int = 1) -> Path:
     """Train one fold of a registered model with its team recipe; return the preset directory.
 
     Args:
@@ -243,6 +252,11 @@ def train(model_name: str, data: str | os.PathLike, *, fold: int = 0, folds_csv:
         tie_fallback: when Team 1's LB-ratio rule is degenerate on the validation probabilities
             (`hpa_zoo.infer.thresholds.warn_degenerate`), label with the tie-aware rank variant instead; the preset's
             metadata then holds ``tie_aware_ratios`` and `hpa_zoo.infer.predict.predict` uses that variant too.
+        augment_on: ``"host"`` (the recipe's ``train_map`` in tf.data) or ``"device"`` (recipes with a
+            `hpa_zoo.recipe.DeviceAugment`, Team 1): the host map only decodes to uint8 at ``image_size``, batches
+            stay uint8 and the compiled model is [the augmentation layer -> the network], so the crop, resize and
+            flips run in the training step (for a GPU/TPU; on a CPU it only moves the same work). Validation and
+            everything saved (checkpoints, resume state, SWA, preset) are the bare network, as with ``"host"``.
         verbose: 0 silent, 1 progress bars and messages.
     Returns:
         ``out_dir / "preset"``, loadable with ``hpa_zoo.load``: the single-output (``logits``) model; its
@@ -276,6 +290,7 @@ def train(model_name: str, data: str | os.PathLike, *, fold: int = 0, folds_csv:
             raise ConfigError(f"recipe_overrides {sorted(unknown)}: not fields of hpa_zoo.recipe.Recipe; valid: "
                               f"{', '.join(f.name for f in dataclasses.fields(Recipe))}")
         recipe = dataclasses.replace(recipe, **recipe_overrides)
+    _check_augment_on(augment_on, model_name, recipe)
     data_str = str(data)
     if not _is_folder(data) and data_str.startswith(("/", ".", "~")):  # a path, not a TFDS 'name/config'
         raise HpaDataError(f"data {data_str!r}: no such folder; pass a Kaggle-layout folder (train.csv + train/) "
@@ -286,7 +301,7 @@ def train(model_name: str, data: str | os.PathLike, *, fold: int = 0, folds_csv:
     settings = {"model_name": model_name, "data": data_str, "fold": int(fold), "image_size": recipe.image_size,
                 "input_size": recipe.input_size, "batch_size": recipe.batch_size, "epochs": recipe.epochs,
                 "steps_per_epoch": steps_per_epoch, "precision": precision or "float32", "seed": int(seed),
-                "weights": weights, "jit_compile": bool(jit_compile),
+                "weights": weights, "jit_compile": bool(jit_compile), "augment_on": augment_on,
                 "sampler": callable_name(recipe.train_sampler) if recipe.train_sampler is not None else None}
     _check_resume(out_dir, settings)
     atomic_write_text(out_dir / "run.json", json.dumps(settings, indent=2))
@@ -318,7 +333,8 @@ def train(model_name: str, data: str | os.PathLike, *, fold: int = 0, folds_csv:
                           f"{recipe.batch_size}: no complete training batch or empty validation split; use a smaller "
                           f"--batch-size or more data")
     targets = tuple(recipe.loss_weights) if recipe.loss_weights else None
-    train_ds = _epoch_stream(train_src, _with_output_targets(recipe.train_map, targets), batch_size=recipe.batch_size,
+    train_map = recipe.device_augment.host_map if augment_on == "device" else recipe.train_map
+    train_ds = _epoch_stream(train_src, _with_output_targets(train_map, targets), batch_size=recipe.batch_size,
                              seed=seed, steps=steps, start_epoch=_backup_epoch(out_dir / "backup"),
                              epochs=recipe.epochs, epoch_source=epoch_source)
     valid_ds = pipeline.batch_pipeline(valid_src, _with_output_targets(recipe.eval_map, targets),
@@ -339,11 +355,19 @@ def train(model_name: str, data: str | os.PathLike, *, fold: int = 0, folds_csv:
             keras.mixed_precision.set_dtype_policy(precision)
         scope = strategy.scope() if strategy is not None else _null_scope()
         with scope:
-            model = _build_model(model_name, spec, recipe, weights)
-            metrics = _metrics(recipe)  # on the main output only: aux heads only add training losses
-            model.compile(optimizer=recipe.make_optimizer(steps, recipe.epochs), loss=_loss(recipe),
-                          loss_weights=recipe.loss_weights, metrics={MAIN_OUTPUT: metrics} if targets else metrics,
-                          jit_compile=bool(jit_compile), auto_scale_loss=precision == "mixed_float16")
+            net = _build_model(model_name, spec, recipe, weights)
+            compile_args = lambda: dict(  # noqa: E731  (fresh loss and metric objects per model)
+                loss=_loss(recipe), loss_weights=recipe.loss_weights, jit_compile=bool(jit_compile),
+                # metrics on the main output only: aux heads only add training losses
+                metrics={MAIN_OUTPUT: _metrics(recipe)} if targets else _metrics(recipe),
+                auto_scale_loss=precision == "mixed_float16")
+            net.compile(optimizer=recipe.make_optimizer(steps, recipe.epochs), **compile_args())
+            model = net
+            if augment_on == "device":  # the same optimizer object: its state is saved with the bare network
+                model = DeviceAugmented(recipe.device_augment.make_layer(), net)  # hpa_zoo.augment.device
+                model.compile(optimizer=net.optimizer, **compile_args())
+                _log(verbose, f"augmentation on the device: uint8 batches at {recipe.image_size}px -> "
+                              f"{model.augment.name} -> {net.name}")
             _build_optimizer(model)
         best_cb, callbacks = _callbacks(out_dir, recipe, verbose)
         # keras.distribution (JAX) is consulted by fit itself: keep its scope; tf.distribute is captured by compile
@@ -358,12 +382,22 @@ def train(model_name: str, data: str | os.PathLike, *, fold: int = 0, folds_csv:
             raise Interrupted(f"{'interrupted' if not isinstance(exc, Interrupted) else exc}: the resume state in "
                               f"{out_dir / 'backup'} is from the end of the last finished epoch ({done}); re-run "
                               f"the same command to continue", getattr(exc, "signum", signal.SIGINT)) from None
-        preset = _finish(model, best_cb, recipe, settings, train_src, valid_src, table, fold, out_dir, verbose,
+        preset = _finish(net, best_cb, recipe, settings, train_src, valid_src, table, fold, out_dir, verbose,
                          tie_fallback=tie_fallback)
     finally:
         keras.mixed_precision.set_dtype_policy(previous_policy)
     _log(verbose, f"done in {time.time() - t_start:.0f}s")
     return preset
+
+
+def _check_augment_on(augment_on: str, model_name: str, recipe: Recipe) -> None:
+    """``augment_on`` is one of `AUGMENT_ON`, and ``"device"`` only for a recipe with ``device_augment``."""
+    if augment_on not in AUGMENT_ON:
+        raise ConfigError(f"augment_on={augment_on!r}: use one of {AUGMENT_ON} (CLI: --augment-on)")
+    if augment_on == "device" and recipe.device_augment is None:
+        raise ConfigError(f"{model_name!r} (recipe {recipe.name!r}) declares no device augmentation "
+                          f"(Recipe.device_augment is None): train it with --augment-on host (the default); only "
+                          f"recipes with a hpa_zoo.recipe.DeviceAugment (Team 1's) can augment on the accelerator")
 
 
 def _build_optimizer(model) -> None:
@@ -657,7 +691,8 @@ def _check_resume(out_dir: Path, settings: dict) -> None:
     if not run_file.is_file() or not (out_dir / "backup").exists():
         return
     old = json.loads(run_file.read_text())
-    changed = {k: (old.get(k), settings[k]) for k in _RESUME_KEYS if old.get(k) != settings[k]}
+    changed = {k: (old.get(k, _RESUME_DEFAULTS.get(k)), settings[k]) for k in _RESUME_KEYS
+               if old.get(k, _RESUME_DEFAULTS.get(k)) != settings[k]}
     if changed:
         what = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
         raise ConfigError(f"{out_dir} holds a run with other settings ({what}); a re-run resumes it only with the "

@@ -18,7 +18,7 @@ from keras import ops
 
 from hpa_zoo.constants import KAGGLE_TRAIN_COUNTS, KAGGLE_TRAIN_SIZE, NUM_CLASSES, PUBLIC_LB_RATIOS
 from hpa_zoo.errors import ConfigError
-from hpa_zoo.recipe import Recipe, ThresholdConfig, TTAConfig
+from hpa_zoo.recipe import DeviceAugment, Recipe, ThresholdConfig, TTAConfig
 from zoo_models import surgery
 from zoo_models.common import check_input_shape, check_weights_file, input_normalization, load_weights_file
 
@@ -259,6 +259,16 @@ def eval_map(example: dict, *, input_size: int):
     return image_ops.resized_pair(example, input_size)
 
 
+def device_augment(image_size: int, input_size: int) -> DeviceAugment:
+    """teams.md §1.4's training path split for ``--augment-on device``: the host decodes to uint8 at
+    ``image_size`` (`hpa_zoo.augment.device.device_host_map`), the accelerator crops, resizes to ``input_size``
+    and applies the D4 transform (`hpa_zoo.augment.device.RandomScaleCropD4`, the same crop distribution)."""
+    from hpa_zoo.augment import device
+
+    return DeviceAugment(make_layer=functools.partial(device.RandomScaleCropD4, input_size),
+                         host_map=functools.partial(device.device_host_map, image_size=image_size))
+
+
 # ---------------------------------------------------------------------------------------------- recipe
 def make_loss():
     """teams.md §1.3: 0.5·focal + 0.5·symmetric Lovász + 0.5·hard-negative log loss (`hpa_zoo.nn.losses`)."""
@@ -312,6 +322,7 @@ def make_recipe(model_name: str | None = None, *, large: bool = True, **override
         thresholds=ThresholdConfig("lb_ratio_match", force_top=True, kwargs={"ratios": tuple(LB_RATIOS)}),
         make_metrics=make_metrics,
         train_map_reads_jpeg=True,  # train_map decodes only the crop window of a stored RGB+Y JPEG
+        device_augment=device_augment(image_size, input_size),
         notes=NOTES,
     )
     fields.update(overrides)
