@@ -104,15 +104,23 @@ def test_d4_coins_give_each_of_the_eight_transforms():
 
 
 def test_training_false_is_the_identity_and_training_true_needs_draws_or_a_seed():
+    """training=False: images at the layer's size pass unchanged (validation); a batch of another side is the whole
+    image resized to the size (what a backend's build call sees), equal to tf.image.resize."""
+    import tensorflow as tf
+
     from hpa_zoo.augment.device import N_DRAWS, RandomScaleCropD4
     from hpa_zoo.errors import ConfigError
 
     images = np.random.default_rng(0).integers(0, 256, (3, 12, 12, 4), dtype=np.uint8)
+    at_size = images[:, :8, :8]
     layer = RandomScaleCropD4(8)
-    for inputs in (images, {"image": images, "u": np.zeros((3, N_DRAWS), np.float32)}):
+    for inputs in (at_size, {"image": at_size, "u": np.zeros((3, N_DRAWS), np.float32)}):
         out = layer(inputs, training=False)
         assert keras.backend.standardize_dtype(out.dtype) == "float32"
-        np.testing.assert_array_equal(_np(out), images.astype(np.float32))
+        np.testing.assert_array_equal(_np(out), at_size.astype(np.float32))
+    resized = _np(layer(images, training=False))
+    want = tf.image.resize(images.astype(np.float32), (8, 8), method="bilinear").numpy()
+    np.testing.assert_allclose(resized, want, atol=1e-3)
     with pytest.raises(ConfigError, match="seed"):
         layer(images, training=True)
     seeded = _np(RandomScaleCropD4(8, seed=3)(images, training=True))

@@ -101,7 +101,9 @@ class RandomScaleCropD4(keras.layers.Layer):
     """Team 1's training augmentation on the accelerator: random-scale crop -> resize to ``size`` -> random D4.
 
     Active only with ``training=True``; otherwise the identity (cast to float32), the path validation takes: the
-    trainer feeds validation images already at the network's input size (the recipe's ``eval_map``).
+    trainer feeds validation images already at the network's input size (the recipe's ``eval_map``). A batch of
+    another side at ``training=False`` (e.g. a backend's build or evaluation call on the training inputs) is the
+    whole image resized (bilinear) to ``size``, Team 1's evaluation view.
 
     Call:
         inputs: ``{"image": (B, S, S, C) uint8 (or float) in [0, 255], "u": (B, N_DRAWS) float32 in [0, 1)}``
@@ -109,7 +111,7 @@ class RandomScaleCropD4(keras.layers.Layer):
             layer's ``keras.random.SeedGenerator`` (needs ``seed``).
         training: apply the augmentation.
     Returns:
-        float32 (B, size, size, C) with ``training=True``; else the image, float32, unchanged in shape.
+        float32 (B, size, size, C) with ``training=True``; else the image, float32 (resized to ``size`` if needed).
 
     Args:
         size: the output side (the recipe's ``input_size``).
@@ -126,7 +128,9 @@ class RandomScaleCropD4(keras.layers.Layer):
     def call(self, inputs, training=False):
         images, u = (inputs["image"], inputs.get("u")) if isinstance(inputs, dict) else (inputs, None)
         x = ops.cast(images, "float32")
-        if not training:
+        if not training:  # validation: already at the input size; a whole image of another side is resized
+            if x.shape[1] is not None and (x.shape[1], x.shape[2]) != (self.size, self.size):
+                x = ops.image.resize(x, (self.size, self.size), interpolation="bilinear")
             return x
         if u is None:
             if self.seed_generator is None:
