@@ -96,7 +96,7 @@ SMALL_MODELS = ("team1_densenet121_512", "team2_densenet121_rgb_512", "team3_res
                 "team4_gapnet_resnet18_512")
 BUDGETS = {
     "micro": Budget(n_train=40, n_test=16, size=32, epochs=1, batch_size=8, synthetic_size=64, stacker_epochs=5),
-    "small": Budget(n_train=2000, n_test=300, size=64, epochs=10, batch_size=32, synthetic_size=96, stacker_epochs=40,
+    "small": Budget(n_train=2000, n_test=300, size=64, epochs=12, batch_size=32, synthetic_size=96, stacker_epochs=40,
                     models=SMALL_MODELS, seeds=(0, 1), preset="demo", warmup_epochs=1.0, peak_lr=1e-3,
                     train_ratio_targets=True),
     "full": Budget(n_train=3000, n_test=600, size=512, epochs=None, batch_size=None, synthetic_size=512,
