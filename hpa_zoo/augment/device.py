@@ -202,9 +202,8 @@ def device_host_map(example: dict, seed, *, image_size: int):
 
     if rgby_jpeg.ENCODED_KEY in example:
         parts = example[rgby_jpeg.ENCODED_KEY]
-        check = tf.debugging.assert_equal(rgby_jpeg.stored_shape(parts), image_size, message=(
-            f"device_host_map: the stored JPEG must be {image_size} px square (the recipe's image_size)"))
-        with tf.control_dependencies([check]):
+        hw = rgby_jpeg.checked_stored_shape(parts, image_size, "device_host_map")
+        with tf.control_dependencies([hw]):
             image = rgby_jpeg.decode_rgby_jpeg(parts)
     else:
         image = tf.convert_to_tensor(example["image"])

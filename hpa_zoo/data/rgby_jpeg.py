@@ -90,6 +90,16 @@ def stored_shape(parts: tf.Tensor) -> tf.Tensor:
     return tf.image.extract_jpeg_shape(tf.convert_to_tensor(parts, tf.string)[0])[:2]
 
 
+def checked_stored_shape(parts: tf.Tensor, side: int, caller: str) -> tf.Tensor:
+    """`stored_shape`, asserted to be ``side`` square (a recipe map reading the pair undecoded needs the image
+    stored at its ``image_size``): (2,) int32 (H, W); the assertion fails naming ``caller`` and ``side``."""
+    hw = stored_shape(parts)
+    check = tf.debugging.assert_equal(hw, side, message=f"{caller}: the stored JPEG must be {side} px square (the "
+                                                        f"recipe's image_size) to be read undecoded")
+    with tf.control_dependencies([check]):
+        return tf.identity(hw)
+
+
 def decoded(example: dict) -> dict:
     """``example`` with its image decoded: an `ENCODED_KEY` entry becomes ``image`` (H, W, 4) uint8; an example
     that already holds ``image`` is returned as it is."""

@@ -235,11 +235,8 @@ def train_map(example: dict, seed, *, image_size: int, input_size: int):
     crop_seed, d4_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
     if rgby_jpeg.ENCODED_KEY in example:
         parts = example[rgby_jpeg.ENCODED_KEY]
-        hw = rgby_jpeg.stored_shape(parts)
-        check = tf.debugging.assert_equal(hw, image_size, message=f"team1 train_map: the stored JPEG must be "
-                                          f"{image_size} px square (the recipe's image_size) to be read undecoded")
-        with tf.control_dependencies([check]):
-            window = image_ops.random_scale_crop_box(hw, input_size, crop_seed)
+        hw = rgby_jpeg.checked_stored_shape(parts, image_size, "team1 train_map")
+        window = image_ops.random_scale_crop_box(hw, input_size, crop_seed)
         image = image_ops.resize(rgby_jpeg.decode_rgby_jpeg(parts, window), input_size)
         image = tf.ensure_shape(image, [input_size, input_size, 4])
     else:
