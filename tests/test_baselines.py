@@ -36,6 +36,9 @@ def test_pixel_features_and_the_logistic_baseline_learn_a_brightness_class():
     assert f.shape == (200, 4 * (2 + len(BASELINE_PERCENTILES)))
     np.testing.assert_allclose(f[:, 1], images[..., 1].reshape(200, -1).mean(1))
     np.testing.assert_allclose(f[:, 4 + 1], images[..., 1].reshape(200, -1).std(1))
+    for j, q in enumerate(BASELINE_PERCENTILES):  # then 4 columns per percentile, channel-minor
+        for c in range(4):
+            np.testing.assert_array_equal(f[:, 8 + 4 * j + c], [np.percentile(im[..., c], q) for im in images])
     base = PixelStatsBaseline().fit(images[:150], y[:150])
     pred = base.predict(images[150:])
     assert f1_score(y[150:, 5], pred[:, 5]) > 0.95
