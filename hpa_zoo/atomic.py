@@ -126,16 +126,74 @@ def ensure_free_space(path: str | os.PathLike, nbytes: int, *, hint: str = "") -
                              f"earlier files are intact")
 
 
-def save_weights_atomic(model, path: str | os.PathLike, *, hint: str = "") -> Path:
+def save_weights_atomic(model, path: str | os.PathLike, *, hint: str = "", optimizer: bool = True) -> Path:
     """``model.save_weights`` into `path` atomically, after `ensure_free_space` for it.
 
+    Args:
+        optimizer: True: the layers and the optimizer's state (what a resume needs); False: the layers only
+            (`save_network_weights`: a third of the file for Adam, for checkpoints and presets that are only
+            ever loaded for inference or fine-tuning).
     Raises:
         DiskWriteError: the disk is full (checked first) or read-only / not writable.
     """
     ensure_free_space(path, model_bytes(model), hint=hint)
     with atomic_path(path) as tmp:
-        model.save_weights(tmp)
+        if optimizer:
+            model.save_weights(tmp)
+        else:
+            save_network_weights(model, tmp)
     return Path(path)
+
+
+def _network_and_optimizer(model):
+    """The model whose layers are saved (a training wrapper names its bare network ``saved_network``) and the
+    optimizer to leave out (None if it has none)."""
+    net = getattr(model, "saved_network", None) or model
+    return net, getattr(net, "optimizer", None) or getattr(model, "optimizer", None)
+
+
+def save_network_weights(model, path: str | os.PathLike) -> None:
+    """Write the layers' weights of a built keras `model` to the ``.weights.h5`` `path`, without the optimizer.
+
+    The file is what ``model.save_weights`` writes for a model that was never compiled, so `hpa_zoo.load`, a
+    preset and ``keras.Model.load_weights`` read it as usual. (``Model.save_weights`` has no switch for this in
+    Keras 3.15; its own writer, ``saving_lib.save_weights_only``, takes the objects to skip.) Not atomic by itself:
+    `save_weights_atomic` (``optimizer=False``) is.
+    """
+    from keras.src.saving import saving_lib
+
+    net, opt = _network_and_optimizer(model)
+    saving_lib.save_weights_only(net, str(path), objects_to_skip=[opt] if opt is not None else None)
+
+
+def load_network_weights(model, path: str | os.PathLike) -> None:
+    """Load a ``.weights.h5`` into the layers of `model`, leaving its optimizer's state as it is.
+
+    For files written by `save_network_weights` (or any weights file) into a compiled model, without Keras'
+    "Skipping variable loading for optimizer" warning that a plain ``load_weights`` prints for them.
+    """
+    from keras.src.saving import saving_lib
+
+    net, opt = _network_and_optimizer(model)
+    saving_lib.load_weights_only(net, str(path), objects_to_skip=[opt] if opt is not None else None)
+
+
+def atomic_snapshot(source: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Make `path` an atomic copy of the file `source` as it is now: a hard link renamed into place (no bytes
+    copied; a later atomic write of `source` makes a new file and leaves this one as it was), or, where the file
+    system has no hard links, a copy through `atomic_write_bytes`."""
+    source, path = Path(source), Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.link")
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        os.link(source, tmp)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        return atomic_write_bytes(path, source.read_bytes())
+    return path
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from hpa_zoo import atomic
 
 
 class Boom(RuntimeError):
@@ -91,13 +92,13 @@ def test_save_preset_failure_keeps_the_previous_preset(tiny, tmp_path, monkeypat
     models_api.save_preset(tiny, preset, metadata={"version": 1})
     before = {p.name: p.read_bytes() for p in preset.iterdir()}
 
-    real = type(tiny).save_weights
+    real = models_api.save_network_weights  # a preset holds the layers only
 
-    def half_then_die(self, path, *a, **k):
-        real(self, path, *a, **k)
+    def half_then_die(model, path):
+        real(model, path)
         raise Boom("killed after the weights")
 
-    monkeypatch.setattr(type(tiny), "save_weights", half_then_die)
+    monkeypatch.setattr(models_api, "save_network_weights", half_then_die)
     with pytest.raises(Boom):
         models_api.save_preset(tiny, preset, metadata={"version": 2})
     assert {p.name: p.read_bytes() for p in preset.iterdir()} == before
@@ -203,13 +204,77 @@ def test_best_checkpoint_failure_keeps_the_previous_best(tiny, tmp_path, monkeyp
     cb.on_epoch_end(0, {"val_loss": 0.5})
     before, info = path.read_bytes(), (path.parent / "best.json").read_text()
 
-    def die(self, p, *a, **k):
+    def die(model, p):
         with open(p, "wb") as f:
             f.write(b"partial")
         raise Boom("killed")
 
-    monkeypatch.setattr(type(tiny), "save_weights", die)
+    monkeypatch.setattr(atomic, "save_network_weights", die)  # the best checkpoint holds the layers only
     with pytest.raises(Boom):
         cb.on_epoch_end(1, {"val_loss": 0.1})
     assert path.read_bytes() == before and (path.parent / "best.json").read_text() == info
     assert _listing(path.parent) == ["best.json", "best.weights.h5"]
+
+
+def test_network_weights_leave_the_optimizer_out_and_load_back_without_a_warning(tiny, tmp_path):
+    import warnings
+
+    import h5py
+    import keras
+
+    import hpa_zoo
+    from hpa_zoo.zoo import models_api
+    from tests.test_training import build_tiny
+
+    model = build_tiny(num_classes=3, input_shape=(16, 16, 4))  # `tiny` registers the row; this one has Adam
+    model.compile(optimizer=keras.optimizers.Adam(), loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    for v in model.optimizer.variables:  # a non-trivial optimizer state, to see that loading keeps it
+        v.assign(np.full(v.shape, 3, dtype=v.dtype))
+    full, net = tmp_path / "full.weights.h5", tmp_path / "net.weights.h5"
+    model.save_weights(full)
+    atomic.save_weights_atomic(model, net, optimizer=False)
+    with h5py.File(full) as f_full, h5py.File(net) as f_net:
+        assert "optimizer" in f_full and "optimizer" not in f_net
+        assert sorted(f_net["layers"]) == sorted(f_full["layers"])
+    assert net.stat().st_size < full.stat().st_size
+
+    clone = build_tiny(num_classes=3, input_shape=(16, 16, 4))
+    clone.compile(optimizer=keras.optimizers.Adam(), loss="mse")
+    clone.optimizer.build(clone.trainable_variables)
+    state = [np.asarray(v).copy() for v in clone.optimizer.variables]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Keras' "Skipping variable loading for optimizer" would fail here
+        atomic.load_network_weights(clone, net)
+    for a, b in zip(clone.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    for v, before in zip(clone.optimizer.variables, state):
+        np.testing.assert_array_equal(np.asarray(v), before)
+
+    preset = models_api.save_preset(model, tmp_path / "preset")  # a preset: layers only, loads as before
+    with h5py.File(preset / models_api.WEIGHTS_FILE) as f:
+        assert "optimizer" not in f and "layers" in f
+    for a, b in zip(hpa_zoo.load(preset).get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_atomic_snapshot_keeps_the_old_bytes_when_the_source_is_rewritten(tmp_path, monkeypatch):
+    import os
+
+    src, snap = tmp_path / "latest.bin", tmp_path / "previous.bin"
+    atomic.atomic_write_bytes(src, b"epoch 1")
+    atomic.atomic_snapshot(src, snap)
+    assert os.path.samefile(src, snap)  # a hard link: no bytes copied
+    atomic.atomic_write_bytes(src, b"epoch 2")  # atomic writes make a new file
+    assert snap.read_bytes() == b"epoch 1" and src.read_bytes() == b"epoch 2"
+    atomic.atomic_snapshot(src, snap)  # over an existing snapshot
+    assert snap.read_bytes() == b"epoch 2"
+
+    def no_links(*a, **k):
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)  # a file system without hard links: a copy
+    atomic.atomic_write_bytes(src, b"epoch 3")
+    atomic.atomic_snapshot(src, snap)
+    assert snap.read_bytes() == b"epoch 3" and not os.path.samefile(src, snap)
+    assert _listing(tmp_path) == ["latest.bin", "previous.bin"]

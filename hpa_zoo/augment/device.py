@@ -172,6 +172,11 @@ class DeviceAugmented(keras.Model):
     def call(self, inputs, training=False):
         return self.net(self.augment(inputs, training=training), training=training)
 
+    @property
+    def saved_network(self):
+        """The bare network: what `hpa_zoo.atomic.save_network_weights` saves and loads for this model."""
+        return self.net
+
     def save_weights(self, filepath, **kwargs):
         """The bare network's ``.weights.h5`` (layers + optimizer), as a host-augmented run writes it."""
         return self.net.save_weights(filepath, **kwargs)

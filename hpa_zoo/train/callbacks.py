@@ -23,6 +23,9 @@ class TrainingDivergedError(HpaZooError, FloatingPointError):
 class AtomicBestCheckpoint(keras.callbacks.Callback):
     """Save the weights when ``monitor`` improves, through a temporary file renamed into place.
 
+    The file holds the layers only (`hpa_zoo.atomic.save_network_weights`): it becomes the final model, while
+    resuming reads `AtomicBackupAndRestore`'s files, which keep the optimizer's state too.
+
     Keras' ModelCheckpoint writes the target file directly (an interruption mid-write leaves a truncated
     file); this one never does. The best value survives a resume: it is kept in ``best.json`` beside the file.
     """
@@ -52,7 +55,7 @@ class AtomicBestCheckpoint(keras.callbacks.Callback):
         value = float(logs[self.monitor])
         if not self._improved(value):
             return
-        save_weights_atomic(self.model, self.path, hint="pass another --out")
+        save_weights_atomic(self.model, self.path, hint="pass another --out", optimizer=False)  # layers only
         self.best = {"epoch": epoch + 1, "monitor": self.monitor, "value": value, "path": str(self.path)}
         atomic_write_text(self.info_path, json.dumps(self.best, indent=2))
         if self.verbose:
@@ -118,13 +121,13 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         self._load_model()
 
     def _save_model(self):
-        from hpa_zoo.atomic import atomic_write_bytes
+        from hpa_zoo.atomic import atomic_snapshot
         from hpa_zoo.zoo.weights import sha256_file
 
         (weights, meta), (old_weights, old_meta) = self._pairs(Path(self.backup_dir))
         if weights.is_file() and meta.is_file():  # keep the previous pair (copies, each atomic)
-            atomic_write_bytes(old_weights, weights.read_bytes())
-            atomic_write_bytes(old_meta, meta.read_bytes())
+            atomic_snapshot(weights, old_weights)  # hard links: no 100 MB copy each epoch
+            atomic_snapshot(meta, old_meta)
         ensure_free_space(weights, model_bytes(self.model), hint="pass another --out")
         with atomic_path(weights) as tmp:
             self.model.save_weights(tmp)

@@ -41,13 +41,12 @@ import json
 import os
 import signal
 import time
-import warnings
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
-from hpa_zoo.atomic import atomic_path, ensure_free_space, model_bytes
+from hpa_zoo.atomic import atomic_path, ensure_free_space, load_network_weights, model_bytes
 from hpa_zoo.checks import open_fraction, positive_float, positive_int, reports_out_of_memory
 from hpa_zoo.constants import CHANNELS
 from hpa_zoo.errors import ConfigError, HpaDataError
@@ -213,9 +212,7 @@ def _fit_phases(model, train_ds, val_ds, out_dir: Path, *, classifier: str, mult
                               f"the command to start again", getattr(exc, "signum", signal.SIGINT)) from None
         for key in ("loss", "val_loss"):
             history[key] += [float(v) for v in fit.history[key]]
-    with warnings.catch_warnings():  # the checkpoint holds the frozen phase's optimiser: not needed here
-        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-        model.load_weights(best.path)
+    load_network_weights(model, best.path)  # the checkpoint holds the layers only (no optimiser state)
     history["best_epoch"] = int(best.best["epoch"])
     return history, best
 

@@ -29,7 +29,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from hpa_zoo.atomic import atomic_write_text, save_weights_atomic
+from hpa_zoo.atomic import atomic_write_text, load_network_weights, save_weights_atomic
 from hpa_zoo.errors import ConfigError, WeightsError
 
 # teams.md §3.3: SWA over the last 10 epoch checkpoints (``swa.10.040.pth`` = 10 checkpoints up to epoch 40).
@@ -72,7 +72,7 @@ class EpochCheckpoints(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         path = self.directory / EPOCH_FILE_FORMAT.format(epoch=epoch + 1)
-        save_weights_atomic(self.model, path, hint="pass another --out")
+        save_weights_atomic(self.model, path, hint="pass another --out", optimizer=False)  # layers: what SWA averages
         if self.keep_last is not None:
             for old in epoch_checkpoints(self.directory)[:-self.keep_last]:
                 old.unlink(missing_ok=True)
@@ -148,7 +148,7 @@ def average_checkpoints(model: keras.Model, weight_files: Sequence[str | os.Path
         if not path.is_file():
             raise WeightsError(f"average_checkpoints: {path} does not exist")
         try:
-            model.load_weights(path)
+            load_network_weights(model, path)  # the layers; the optimizer's state is not averaged
         except Exception as exc:  # keras raises ValueError/KeyError with h5 details
             raise WeightsError(f"average_checkpoints: could not load {path} into {model.name!r}: {exc}. "
                                f"Average only checkpoints saved from this architecture") from exc
@@ -305,7 +305,7 @@ def apply_swa(run_dir: str | os.PathLike, model: keras.Model, train_ds: Iterable
     average_checkpoints(model, files)
     seen = recalibrate_batchnorm(model, train_ds, steps=steps, verbose=verbose)
     out = run_dir / SWA_WEIGHTS_FILE
-    save_weights_atomic(model, out, hint="pass another --out")
+    save_weights_atomic(model, out, hint="pass another --out", optimizer=False)
     atomic_write_text(out.with_name("swa.json"),
                       json.dumps({"averaged": [f.name for f in files], "bn_images": seen}, indent=2))
     if verbose:

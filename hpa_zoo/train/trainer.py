@@ -507,6 +507,7 @@ def _finish(model, best_cb: AtomicBestCheckpoint, recipe: Recipe, settings: dict
     from hpa_zoo.infer import thresholds
     from hpa_zoo.zoo import models_api
     from hpa_zoo.nn import metrics
+    from hpa_zoo.atomic import load_network_weights
     from hpa_zoo.data import pipeline
     from hpa_zoo.infer.ensemble import write_sidecar
     from hpa_zoo.data.labels import format_target
@@ -516,7 +517,7 @@ def _finish(model, best_cb: AtomicBestCheckpoint, recipe: Recipe, settings: dict
     if recipe.swa_last_n:
         swa_info = _apply_swa(model, recipe, train_src, out_dir, verbose)
     elif best_cb.path.is_file():
-        model.load_weights(best_cb.path)
+        load_network_weights(model, best_cb.path)  # the layers; the optimizer is done with
         _log(verbose, f"loaded the best weights: {best_cb.path} ({best_cb.best})")
     else:
         _log(verbose, f"no improving epoch on {best_cb.monitor}; keeping the last weights")

@@ -29,7 +29,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from hpa_zoo.atomic import atomic_dir, ensure_free_space, model_bytes
+from hpa_zoo.atomic import atomic_dir, ensure_free_space, model_bytes, save_network_weights
 from hpa_zoo.constants import CLASS_NAMES, NUM_CLASSES
 from hpa_zoo.errors import ConfigError, WeightsError
 from hpa_zoo.registry import get_spec, pixel_size_of
@@ -264,7 +264,7 @@ def save_preset(model, directory, *, model_name: str | None = None, build_config
     with atomic_dir(directory) as tmp:
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
         (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=_json_default))
-        model.save_weights(tmp / WEIGHTS_FILE)
+        save_network_weights(model, tmp / WEIGHTS_FILE)  # the layers only: no optimizer state in a preset
     return directory
 
 
