@@ -489,7 +489,7 @@ def _run_predict(args) -> int:
 
 # ---------------------------------------------------------------------------------------------- demo
 def _add_demo(sub) -> None:
-    from hpa_zoo.demo import DEMO_DEFAULTS as d
+    from hpa_zoo.demo import DEMO_DEFAULTS as d, DEMO_TTA, DEMO_TTA_CHOICES
 
     p = sub.add_parser("demo", help="end-to-end demo on synthetic data (synthesise, TFDS, train, report, predict)")
     p.add_argument("--out", default="hpa_zoo_demo", help="output folder (default ./hpa_zoo_demo)")
@@ -505,7 +505,9 @@ def _add_demo(sub) -> None:
     p.add_argument("--peak-lr", type=float, default=d["peak_lr"],
                    help="rate after the warm-up, then cosine decay to the recipe's last rate; 0 (and "
                         "--warmup-epochs 0) = the recipe's own schedule")
-    p.add_argument("--tta", choices=["default", "none"], default="default")
+    p.add_argument("--tta", choices=DEMO_TTA_CHOICES, default=DEMO_TTA,
+                   help="test-submission TTA: whole (default: Team 1's 8 dihedral views, max, no random crops), "
+                        "default (the recipe's: + 3 random crops per view, 4x the time) or none")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", default="team1_densenet121_512", help="registered model to train (needs a recipe)")
     p.set_defaults(func=_run_demo)

@@ -35,6 +35,9 @@ DEMO_MODEL = "team1_densenet121_512"
 #: Demo defaults (chosen and measured on a busy 2-core CPU, README "Demo"): the ``demo`` synthetic preset,
 #: more images at a smaller input and more, shorter epochs than Team 1's 768 -> 512 run, with a warm-up.
 DEMO_PRESET = "demo"
+#: The demo's test-submission TTA (`demo_tta`): Team 1's TTA without its random crops, a quarter of the views.
+DEMO_TTA = "whole"
+DEMO_TTA_CHOICES = ("whole", "default", "none")
 DEMO_DEFAULTS = dict(n_train=2000, n_test=200, size=96, image_size=None, input_size=64, epochs=12, batch_size=32,
                      warmup_epochs=1.0, peak_lr=1e-3)
 
@@ -44,7 +47,7 @@ def run_demo(out_dir: str | os.PathLike = "hpa_zoo_demo", *, n_train: int = DEMO
              image_size: Optional[int] = DEMO_DEFAULTS["image_size"],
              input_size: Optional[int] = DEMO_DEFAULTS["input_size"],
              epochs: int = DEMO_DEFAULTS["epochs"], batch_size: int = DEMO_DEFAULTS["batch_size"], seed: int = 0,
-             tta: str = "default", model_name: str = DEMO_MODEL, preset: str = DEMO_PRESET,
+             tta: str = DEMO_TTA, model_name: str = DEMO_MODEL, preset: str = DEMO_PRESET,
              warmup_epochs: float = DEMO_DEFAULTS["warmup_epochs"], peak_lr: Optional[float] = DEMO_DEFAULTS["peak_lr"],
              verbose: int = 1) -> Path:
     """Run the synthetic end-to-end demo and return the path of its Markdown report.
@@ -58,7 +61,9 @@ def run_demo(out_dir: str | os.PathLike = "hpa_zoo_demo", *, n_train: int = DEMO
             ``size``); input_size: network input (None: 2/3 of image_size, Team 1's 768 -> 512 ratio).
         epochs, batch_size: training length (the Adam step schedule is scaled to ``epochs``).
         seed: data and training seed.
-        tta: "default" (Team 1: 8 dihedral x (whole + 3 random crops), max) or "none".
+        tta: the test submission's TTA: "whole" (default: the recipe's TTA on the whole image only, its random
+            crops left out; Team 1: the 8 dihedral views, max), "default" (the recipe's; Team 1: 8 dihedral x
+            (whole + 3 random crops), max: 4x the views) or "none".
         model_name: the registered model to train (default Team 1's DenseNet121; any row with a recipe).
         preset: the synthetic difficulty (`hpa_zoo.data.synthetic.PRESETS`; ``"demo"`` learns on a CPU in minutes).
         warmup_epochs, peak_lr: the learning rate of `warmup_optimizer` (the recipe's Adam with a linear warm-up
@@ -129,7 +134,7 @@ def run_demo(out_dir: str | os.PathLike = "hpa_zoo_demo", *, n_train: int = DEMO
     t = time.time()
     say(f"[5/5] predicting the synthetic test split (TTA {tta}, Team 1's LB-ratio rule re-fitted on the test "
         f"probabilities, tie-aware if degenerate)")
-    submission, probabilities = predict(preset_dir, data, out_dir=out / "submission", tta=tta,
+    submission, probabilities = predict(preset_dir, data, out_dir=out / "submission", tta=demo_tta(tta, recipe),
                                         batch_size=batch_size, thresholds="refit", tie_fallback=True,
                                         verbose=verbose)
     timings["predict"] = time.time() - t
@@ -149,6 +154,27 @@ def run_demo(out_dir: str | os.PathLike = "hpa_zoo_demo", *, n_train: int = DEMO
     say(f"demo done in {sum(timings.values()):.0f}s — validation macro F1 {_macro(report):.4f} (baselines: {base}; "
         f"{BANNER})\n  report:     {out / 'report.md'}\n  submission: {submission}")
     return path
+
+
+def demo_tta(tta: str, recipe):
+    """The `hpa_zoo.infer.predict.predict` ``tta`` argument for the demo's ``tta`` choice.
+
+    Args:
+        tta: ``"whole"`` (the recipe's `TTAConfig` with ``n_random_crops=0``: Team 1's 8 dihedral views of the whole
+            image, max, instead of its 32 views), ``"default"`` (the recipe's) or ``"none"``.
+        recipe: the `hpa_zoo.recipe.Recipe` the demo trains.
+    Raises:
+        ConfigError: another value.
+    """
+    import dataclasses
+
+    from hpa_zoo.errors import ConfigError
+
+    if tta == "whole":
+        return dataclasses.replace(recipe.tta, n_random_crops=0)
+    if tta in ("default", "none"):
+        return tta
+    raise ConfigError(f"demo tta={tta!r}: use one of {', '.join(DEMO_TTA_CHOICES)}")
 
 
 @functools.lru_cache(maxsize=None)
@@ -482,7 +508,9 @@ def _write_report(out: Path, model_name: str, report: dict, png: Path, preset: P
         f"max TTA). Demo changes, for from-scratch training on a CPU in minutes: the learning rate warms up "
         f"linearly to `peak_lr` over `warmup_epochs` and then decays on a cosine to Team 1's last rate (instead "
         f"of Team 1's 55-epoch step schedule from 3e-4), and the LB-ratio targets are the synthetic "
-        f"training-label frequencies (Team 1 matched its test set's ratios, teams.md §1.6). "
+        f"training-label frequencies (Team 1 matched its test set's ratios, teams.md §1.6); the test submission's "
+        f"TTA is `{settings['tta']}` (`whole`: Team 1's 8 dihedral views of the whole image, max, without its 3 "
+        f"random crops per view). "
         f"Settings: `{json.dumps(settings)}`.\n\n"
         f"## Validation (fold 0) — {BANNER}\n\n"
         f"| model | macro F1 |\n|---|---|\n| **{model_name}** (thresholds: {rule}) | **{_macro(report):.4f}** |\n"

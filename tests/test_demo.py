@@ -67,3 +67,20 @@ def test_demo_cli_runs_end_to_end_and_labels_everything_synthetic(tiny_model, tm
     if meta["tie_aware_ratios"] is None:
         assert all(parse_target(t) for t in sub["Predicted"])  # force_top: every row has a label
     assert summary["test"]["labels_per_image"] == pytest.approx(sub["Predicted"].str.split().map(len).mean())
+    # the test submission's TTA: Team 1's dihedral views of the whole image, max, without its random crops
+    sidecar = json.loads((out / "submission" / "probabilities.csv.json").read_text())
+    assert sidecar["tta"] == {"transforms": "d4", "n_random_crops": 0, "n_random_passes": 0, "aggregate": "max"}
+    assert "TTA is `whole`" in report
+
+
+def test_demo_tta_choices_map_to_the_recipes_tta():
+    from hpa_zoo.demo import demo_tta
+    from hpa_zoo.errors import ConfigError
+    from hpa_zoo.recipe import TTAConfig, load_recipe
+
+    recipe = load_recipe("team1_densenet121_512")
+    assert recipe.tta == TTAConfig("d4", n_random_crops=3, aggregate="max")  # teams.md §1.6
+    assert demo_tta("whole", recipe) == TTAConfig("d4", n_random_crops=0, aggregate="max")
+    assert demo_tta("default", recipe) == "default" and demo_tta("none", recipe) == "none"
+    with pytest.raises(ConfigError, match="whole, default, none"):
+        demo_tta("d8", recipe)
