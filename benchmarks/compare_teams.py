@@ -438,7 +438,8 @@ def compare(out: str | os.PathLike, *, budget: str = "small", models: Optional[S
         size, epochs: override the budget's network input side / epochs.
         seed: a single data/training/prediction seed (default: the budget's seeds).
         seeds: training seeds of every member (default the budget's; the data seed is the first).
-        verbose: 0 quiet, 1 progress.
+        verbose: 0 quiet; 1 one line per member and seed (the CLI's default); 2 also every training's per-epoch
+            lines and messages (``-v``).
     """
     from hpa_zoo.checks import positive_int
     from hpa_zoo.data.labels import read_labels_csv
@@ -467,17 +468,25 @@ def compare(out: str | os.PathLike, *, budget: str = "small", models: Optional[S
         get_spec(unknown[0])  # UnknownModelError with suggestions
     skipped = "not run (--models)" if models else f"not run ({budget} budget; add it with --models)"
     rows, done = [], []
+    n_runs, n_done = len([m for m in all_names if m in chosen]) * len(seeds), 0
     for name in all_names:
         spec = get_spec(name)
         if name not in chosen:
             rows.append(_row(name, spec.team, None, truth_ids, y_true, _reported(spec),
                              skipped if spec.recipe else "not run (no recipe)"))
             continue
-        if verbose:
-            print(f"== {name}", flush=True)
         try:
-            result = [run_member(name, folder, out, b, s, verbose,
-                                 run=out / "runs" / (name if len(seeds) == 1 else f"{name}_seed{s}")) for s in seeds]
+            result = []
+            for s in seeds:
+                n_done += 1
+                _progress(verbose, f"[{n_done}/{n_runs}] {name} seed {s}: training {b.epochs} epochs at "
+                                   f"{b.size} px, then its TTA on {len(truth_ids)} test images", t_start)
+                result.append(run_member(name, folder, out, b, s, 2 if verbose >= 2 else 0,
+                                         run=out / "runs" / (name if len(seeds) == 1 else f"{name}_seed{s}")))
+                r = result[-1]
+                _progress(verbose, f"[{n_done}/{n_runs}] {name} seed {s}: trained in {r['train_s']:.0f} s, test "
+                                   f"TTA {r['infer_s']:.0f} s, test macro F1 "
+                                   f"{_macro_f1(y_true, truth_ids, r):.3f}", t_start)
             rows.append(_row(name, spec.team, result, truth_ids, y_true, _reported(spec), "ok"))
             done.append((name, out / "runs" / (name if len(seeds) == 1 else f"{name}_seed{seeds[0]}")))
         except Exception as exc:  # one recipe failing (e.g. too small for its backbone) must not stop the others
@@ -485,6 +494,7 @@ def compare(out: str | os.PathLike, *, budget: str = "small", models: Optional[S
                 traceback.print_exc()
             reason = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}".replace("|", "/")
             rows.append(_row(name, spec.team, None, truth_ids, y_true, _reported(spec), reason))
+    _progress(verbose, "baseline: pixel-statistics logistic regression", t_start)
     base = run_baseline(folder, b.size, seed)
     rows.append(_row(BASELINE, "baseline", base, truth_ids, y_true, "—", "ok"))
     train_labels = read_labels_csv(folder / "train.csv")
@@ -528,6 +538,21 @@ def figures(done: Sequence[tuple[str, Path]], folder: Path, out: Path, *, synthe
     return summary
 
 
+def _progress(verbose: int, message: str, t_start: float) -> None:
+    """One progress line with the elapsed wall time (verbose >= 1); a benchmark of an hour must show it is alive."""
+    if verbose:
+        print(f"{(time.time() - t_start) / 60:5.1f} min  {message}", flush=True)
+
+
+def _macro_f1(y_true: np.ndarray, truth_ids: Sequence[str], result: dict) -> float:
+    """Macro F1 of one member run's test labels (``result["labels"]``, (N, 28) uint8) against the truth rows."""
+    from hpa_zoo.nn import metrics
+
+    index = {i: k for k, i in enumerate(result["ids"])}
+    labels = np.asarray(result["labels"])[[index[i] for i in truth_ids]]
+    return float(metrics.f1_report(y_true, labels)["macro_f1"])
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/compare_teams", help="output folder")
@@ -538,10 +563,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--size", type=int, help="network input side (overrides the budget)")
     parser.add_argument("--epochs", type=int, help="epochs (overrides the budget)")
     parser.add_argument("--seeds", type=int, nargs="+", help="training seeds (default: the budget's; small: 0 1)")
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="also print each training's per-epoch lines (default: one line per member and seed)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only the report's path")
     args = parser.parse_args(argv)
     path = compare(args.out, budget=args.budget, models=args.models, data_dir=args.data_dir, size=args.size,
-                   epochs=args.epochs, seeds=args.seeds, verbose=int(args.verbose))
+                   epochs=args.epochs, seeds=args.seeds,
+                   verbose=0 if args.quiet else 2 if args.verbose else 1)
     print(f"report: {path}")
     return 0
 

@@ -40,10 +40,15 @@ def test_pixel_features_are_per_channel_statistics():
     np.testing.assert_allclose(f[:, 8:12], np.percentile(images.reshape(3, -1, 4), 10, axis=1))
 
 
-def test_micro_budget_report_has_every_team_row_and_the_baseline(tmp_path):
+def test_micro_budget_report_has_every_team_row_and_the_baseline(tmp_path, capsys):
     ct = _module()
     member = "team4_gapnet_resnet18_512"
-    report = ct.compare(tmp_path, budget="micro", models=[member])
+    report = ct.compare(tmp_path, budget="micro", models=[member], verbose=1)
+    progress = capsys.readouterr().out.splitlines()  # one line before and one after each member run, with its score
+    started = [line for line in progress if f"[1/1] {member} seed 0: training" in line]
+    finished = [line for line in progress if f"[1/1] {member} seed 0: trained in" in line]
+    assert len(started) == 1 and len(finished) == 1 and any("baseline:" in line for line in progress)
+    assert progress.index(started[0]) < progress.index(finished[0])
     text = report.read_text()
     table = pd.read_csv(tmp_path / "report.csv")
     assert set(table["model"]) == set(list_models()) | {ct.BASELINE}
@@ -60,6 +65,7 @@ def test_micro_budget_report_has_every_team_row_and_the_baseline(tmp_path):
     assert "0.565" in text  # Team 1's own private LB score, shown as theirs
     for name in list_models():
         assert f"| {name} |" in text
+    assert finished[0].endswith(f"test macro F1 {float(ok.loc[member, 'macro_f1_per_seed']):.3f}")
     per_class = pd.read_csv(tmp_path / "per_class_f1.csv")
     assert len(per_class) == 28 and {member, ct.BASELINE} <= set(per_class.columns)
     # Fig. 2c order: classes by decreasing training frequency, counted here from train.csv
