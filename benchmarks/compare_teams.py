@@ -236,6 +236,93 @@ def _five_crop_stacker(name, preset, folder, run, image_size, input_size, budget
     return test_ids, probs, labels
 
 
+# ============================================================================================ member runs
+def default_jobs() -> int:
+    """Member runs trained at once by default: 2 on a CPU-only machine with at least 2 cores, else 1.
+
+    Measured on 2 cores (benchmarks/README.md): one DenseNet121 training at 64 px keeps about 1.4 of the 2 cores
+    busy, and two single-threaded runs side by side finish together in 0.65x the time of the two one after
+    another. On a GPU the runs share one device, so they go one after another."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cores < 2:
+        return 1
+    import tensorflow as tf
+
+    return 1 if tf.config.list_physical_devices("GPU") else 2
+
+
+def _run_members(todo, run_dir, folder: Path, out: Path, budget: Budget, verbose: int, jobs: int,
+                 y_true: np.ndarray, truth_ids: Sequence[str], t_start: float) -> dict:
+    """Train and score every (model, seed) of ``todo``: {(model, seed): `run_member` dict, or the exception it
+    raised}. ``jobs`` > 1: that many at once, each in a fresh spawned process with ``cores // jobs`` threads."""
+    results, n = {}, len(todo)
+
+    def finished(k: int, name: str, s: int, res) -> None:
+        results[(name, s)] = res
+        if isinstance(res, BaseException):
+            _progress(verbose, f"[{k}/{n}] {name} seed {s}: failed: {type(res).__name__}: {res}", t_start)
+        else:
+            _progress(verbose, f"[{k}/{n}] {name} seed {s}: trained in {res['train_s']:.0f} s, test TTA "
+                               f"{res['infer_s']:.0f} s, test macro F1 {_macro_f1(y_true, truth_ids, res):.3f}",
+                      t_start)
+
+    start = lambda k, name, s: (f"[{k}/{n}] {name} seed {s}: training {budget.epochs} epochs at "  # noqa: E731
+                                f"{budget.size} px, then its TTA on {len(truth_ids)} test images")
+    if jobs <= 1:
+        for k, (name, s) in enumerate(todo, 1):
+            _progress(verbose, start(k, name, s), t_start)
+            try:
+                res = run_member(name, folder, out, budget, s, 2 if verbose >= 2 else 0, run=run_dir(name, s))
+            except Exception as exc:
+                if verbose:
+                    traceback.print_exc()
+                res = exc
+            finished(k, name, s, res)
+        return results
+
+    import importlib
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from dataclasses import asdict
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = max(1, cores // jobs)
+    # the workers import this file as `benchmarks.compare_teams` (the parent's sys.path travels with spawn), however
+    # the parent loaded it (as a script, or by file path in the tests)
+    worker = importlib.import_module("benchmarks.compare_teams")._member_job
+    _progress(verbose, f"{n} member runs, {jobs} at a time, {threads} thread(s) each", t_start)
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1) as pool:
+        futures = {pool.submit(worker, name, str(folder), str(out), asdict(budget), s, verbose,
+                               str(run_dir(name, s)), threads, start(k, name, s), t_start): (k, name, s)
+                   for k, (name, s) in enumerate(todo, 1)}
+        for future in as_completed(futures):
+            k, name, s = futures[future]
+            try:
+                res = future.result()
+            except Exception as exc:  # raised in the worker, or the worker died (BrokenProcessPool)
+                res = exc
+            finished(k, name, s, res)
+    return results
+
+
+def _member_job(name: str, folder: str, out: str, budget: dict, seed: int, verbose: int, run: str, threads: int,
+                label: str, t_start: float) -> dict:
+    """One member run in a worker process: set TensorFlow's thread pools to ``threads``, then `run_member`."""
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+    _progress(verbose, label, t_start)
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in budget.items()}
+    try:
+        return run_member(name, Path(folder), Path(out), Budget(**fields), seed, 2 if verbose >= 2 else 0,
+                          run=Path(run))
+    except Exception:
+        if verbose:
+            traceback.print_exc()
+        raise
+
+
 # ============================================================================================ baseline
 def run_baseline(folder: Path, size: int, seed: int) -> dict:
     """`hpa_zoo.train.baselines.PixelStatsBaseline` (logistic regression on pooled pixel statistics, F1-optimal
@@ -426,7 +513,8 @@ def write_report(rows: list[dict], out: Path, *, synthetic: bool, settings: dict
 # ============================================================================================ main
 def compare(out: str | os.PathLike, *, budget: str = "small", models: Optional[Sequence[str]] = None,
             data_dir: Optional[str] = None, size: Optional[int] = None, epochs: Optional[int] = None,
-            seed: Optional[int] = None, seeds: Optional[Sequence[int]] = None, verbose: int = 0) -> Path:
+            seed: Optional[int] = None, seeds: Optional[Sequence[int]] = None, verbose: int = 0,
+            jobs: Optional[int] = None) -> Path:
     """Run the comparison and return the path of ``report.md`` (see the module docstring).
 
     Args:
@@ -440,6 +528,10 @@ def compare(out: str | os.PathLike, *, budget: str = "small", models: Optional[S
         seeds: training seeds of every member (default the budget's; the data seed is the first).
         verbose: 0 quiet; 1 one line per member and seed (the CLI's default); 2 also every training's per-epoch
             lines and messages (``-v``).
+        jobs: member runs (one model, one seed) trained at once, each in its own process with
+            ``cores // jobs`` TensorFlow threads (`default_jobs` when None: 2 on a CPU-only machine with at least 2
+            cores, else 1). 1 runs them one after another in this process. The results are the same runs; their
+            floating-point sums differ with the thread count, so figures match a run with the same ``jobs``.
     """
     from hpa_zoo.checks import positive_int
     from hpa_zoo.data.labels import read_labels_csv
@@ -449,6 +541,7 @@ def compare(out: str | os.PathLike, *, budget: str = "small", models: Optional[S
         raise ConfigError(f"budget={budget!r}: use one of {sorted(BUDGETS)}")
     positive_int(size, "size", allow_none=True, hint="--size, the network input side")
     positive_int(epochs, "epochs", allow_none=True, hint="--epochs")
+    positive_int(jobs, "jobs", allow_none=True, hint="--jobs, the member runs trained at once")
     if seeds is not None and not list(seeds):
         raise ConfigError("seeds=[]: give at least one seed (--seeds), or None for the budget's")
     b = BUDGETS[budget]
@@ -467,33 +560,26 @@ def compare(out: str | os.PathLike, *, budget: str = "small", models: Optional[S
     if unknown:
         get_spec(unknown[0])  # UnknownModelError with suggestions
     skipped = "not run (--models)" if models else f"not run ({budget} budget; add it with --models)"
+    run_dir = lambda name, s: out / "runs" / (name if len(seeds) == 1 else f"{name}_seed{s}")  # noqa: E731
+    todo = [(name, s) for name in all_names if name in chosen for s in seeds]
+    jobs = min(int(jobs) if jobs is not None else default_jobs(), max(len(todo), 1))
+    results = _run_members(todo, run_dir, folder, out, b, verbose, jobs, y_true, truth_ids, t_start)
     rows, done = [], []
-    n_runs, n_done = len([m for m in all_names if m in chosen]) * len(seeds), 0
     for name in all_names:
         spec = get_spec(name)
         if name not in chosen:
             rows.append(_row(name, spec.team, None, truth_ids, y_true, _reported(spec),
                              skipped if spec.recipe else "not run (no recipe)"))
             continue
-        try:
-            result = []
-            for s in seeds:
-                n_done += 1
-                _progress(verbose, f"[{n_done}/{n_runs}] {name} seed {s}: training {b.epochs} epochs at "
-                                   f"{b.size} px, then its TTA on {len(truth_ids)} test images", t_start)
-                result.append(run_member(name, folder, out, b, s, 2 if verbose >= 2 else 0,
-                                         run=out / "runs" / (name if len(seeds) == 1 else f"{name}_seed{s}")))
-                r = result[-1]
-                _progress(verbose, f"[{n_done}/{n_runs}] {name} seed {s}: trained in {r['train_s']:.0f} s, test "
-                                   f"TTA {r['infer_s']:.0f} s, test macro F1 "
-                                   f"{_macro_f1(y_true, truth_ids, r):.3f}", t_start)
-            rows.append(_row(name, spec.team, result, truth_ids, y_true, _reported(spec), "ok"))
-            done.append((name, out / "runs" / (name if len(seeds) == 1 else f"{name}_seed{seeds[0]}")))
-        except Exception as exc:  # one recipe failing (e.g. too small for its backbone) must not stop the others
-            if verbose:
-                traceback.print_exc()
-            reason = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}".replace("|", "/")
-            rows.append(_row(name, spec.team, None, truth_ids, y_true, _reported(spec), reason))
+        failed = [results[(name, s)] for s in seeds if isinstance(results[(name, s)], BaseException)]
+        if failed:  # one recipe failing (e.g. too small for its backbone) must not stop the others
+            exc = failed[0]
+            reason = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+            rows.append(_row(name, spec.team, None, truth_ids, y_true, _reported(spec), reason.replace("|", "/")))
+            continue
+        rows.append(_row(name, spec.team, [results[(name, s)] for s in seeds], truth_ids, y_true, _reported(spec),
+                         "ok"))
+        done.append((name, run_dir(name, seeds[0])))
     _progress(verbose, "baseline: pixel-statistics logistic regression", t_start)
     base = run_baseline(folder, b.size, seed)
     rows.append(_row(BASELINE, "baseline", base, truth_ids, y_true, "—", "ok"))
@@ -505,7 +591,7 @@ def compare(out: str | os.PathLike, *, budget: str = "small", models: Optional[S
     settings = {"budget": budget, "data": str(folder), "synthetic": synthetic, "size": b.size, "epochs": b.epochs,
                 "batch_size": b.batch_size, "seeds": list(seeds), "preset": b.preset if synthetic else None,
                 "warmup_epochs": b.warmup_epochs, "peak_lr": b.peak_lr, "train_ratio_targets": b.train_ratio_targets,
-                "n_train": len(train_labels), "n_test": len(truth_ids),
+                "n_train": len(train_labels), "n_test": len(truth_ids), "jobs": jobs,
                 "wall_s": round(time.time() - t_start, 1)}
     path = write_report(rows, out, synthetic=synthetic, settings=settings, class_order=class_order)
     figures(done, folder, out / "figures", synthetic=synthetic, verbose=verbose)
@@ -566,10 +652,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="also print each training's per-epoch lines (default: one line per member and seed)")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only the report's path")
+    parser.add_argument("--jobs", type=int, help="member runs trained at once, each in its own process (default: 2 "
+                                                 "on a CPU-only machine with at least 2 cores, else 1)")
     args = parser.parse_args(argv)
     path = compare(args.out, budget=args.budget, models=args.models, data_dir=args.data_dir, size=args.size,
                    epochs=args.epochs, seeds=args.seeds,
-                   verbose=0 if args.quiet else 2 if args.verbose else 1)
+                   verbose=0 if args.quiet else 2 if args.verbose else 1, jobs=args.jobs)
     print(f"report: {path}")
     return 0
 

@@ -94,6 +94,40 @@ def test_micro_budget_report_has_every_team_row_and_the_baseline(tmp_path, capsy
         assert (tmp_path / png).stat().st_size > 1000
 
 
+def test_two_jobs_train_the_seeds_in_worker_processes_and_report_each_seeds_own_run(tmp_path, capsys):
+    """``jobs=2``: the two seeds train at once in spawned workers (one thread each on 2 cores). Each seed's reported
+    macro F1 equals sklearn's on the submission that seed's run wrote to its own folder, so no result comes back to
+    the wrong seed, and a worker's failure is a "failed" row, not a crash."""
+    from sklearn.metrics import f1_score
+
+    ct = _module()
+    member = "team4_gapnet_resnet18_512"
+    report = ct.compare(tmp_path, budget="micro", models=[member], seeds=[0, 1], verbose=1, jobs=2)
+    out = capsys.readouterr().out
+    assert "2 member runs, 2 at a time" in out
+    assert sum(f"{member} seed {s}: trained in" in out for s in (0, 1)) == 2
+    table = pd.read_csv(tmp_path / "report.csv").set_index("model")
+    assert table.loc[member, "status"] == "ok"
+    truth = pd.read_csv(tmp_path / "synthetic" / "test_labels.csv", keep_default_na=False).set_index("Id")
+
+    def multi_hot(targets):
+        y = np.zeros((len(targets), 28), int)
+        for k, t in enumerate(targets):
+            y[k, [int(c) for c in str(t).split()]] = 1
+        return y
+
+    per_seed = [float(v) for v in str(table.loc[member, "macro_f1_per_seed"]).split()]
+    for s, reported in zip((0, 1), per_seed):
+        sub = pd.read_csv(tmp_path / "runs" / f"{member}_seed{s}" / "test" / "submission.csv",
+                          keep_default_na=False).set_index("Id").loc[truth.index]
+        expected = f1_score(multi_hot(truth["Target"]), multi_hot(sub["Predicted"]), average="macro",
+                            zero_division=0)
+        assert reported == pytest.approx(expected, abs=5e-5)
+    assert json.loads(report.read_text().split("Settings: `")[1].split("`")[0])["jobs"] == 2
+    with pytest.raises(ct.ConfigError, match="jobs=0"):
+        ct.compare(tmp_path / "bad", budget="micro", models=[member], jobs=0)
+
+
 def test_small_budget_overrides_warm_up_and_target_the_training_label_fractions(tmp_path):
     """The small budget's levers, per recipe: Team 1's LB-ratio and Team 4's frequency match keep their rule and
     target the training labels' fractions (counted here with NumPy); Team 3's label-fitted rule is untouched; every
