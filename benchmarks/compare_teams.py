@@ -11,7 +11,8 @@ logistic regression on pooled pixel statistics (per-channel mean, std and percen
 The figures of the paper (``<out>/figures/report.html``, `hpa_zoo.analysis.report`: Fig. 2a-d, Supp. Fig. 2 and the Fig. 3
 Grad-CAM panel of the trained members) come with it. The report (Markdown + CSV + PNG) has macro F1 and the ranking, per-class F1 ordered by class frequency (Fig. 2c), single- vs multi-label macro F1
 (Fig. 2d), macro precision / recall, training time and inference images/s, with the teams' own reported HPA
-leaderboard scores beside ours, labelled as theirs.
+leaderboard scores beside ours, labelled as theirs. The member runs (one model, one seed) train ``--jobs`` at a time,
+each in its own worker process (default 2 on a CPU-only machine with at least 2 cores, `default_jobs`).
 
     python benchmarks/compare_teams.py --budget small --out runs/compare          # synthetic data
     python benchmarks/compare_teams.py --budget small --models team3_resnet34_512 team4_gapnet_resnet18_512 \
