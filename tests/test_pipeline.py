@@ -56,6 +56,25 @@ def test_d4_transforms_match_numpy_flips_and_are_distinct(channels):
     assert tuple(_NP_D4) == image_ops.D4_ORDER
 
 
+@pytest.mark.parametrize("dtype,channels", [(np.uint8, 4), (np.uint8, 2), (np.uint16, 4), (np.float32, 2),
+                                            (np.float32, 4), (np.uint16, 3)])
+def test_d4_moves_whole_pixels_bit_exactly_for_every_dtype_and_unknown_sizes(dtype, channels):
+    """Pixels of 2, 4 or 8 bytes move as one word (a bitcast); the others as they are. Every transform equals NumPy's
+    flips on a non-square image, also inside a graph whose height and width are unknown, and a float image keeps
+    its exact bits (negative zero and NaN payloads included)."""
+    x = (np.random.default_rng(5).standard_normal((5, 7, channels)) * 1000).astype(dtype)
+    if dtype == np.float32:
+        x[0, 0, 0], x[1, 2, -1] = -0.0, np.float32("nan")
+    fn = tf.function(lambda img, k: image_ops.d4_transform(img, k),
+                     input_signature=[tf.TensorSpec([None, None, channels], tf.as_dtype(dtype)),
+                                      tf.TensorSpec([], tf.int32)])
+    for k, name in enumerate(image_ops.D4_ORDER):
+        want = _NP_D4[name](x)
+        for got in (image_ops.d4_transform(tf.constant(x), k).numpy(), fn(tf.constant(x), tf.constant(k)).numpy()):
+            assert got.dtype == want.dtype and got.shape == want.shape, name
+            assert got.tobytes() == np.ascontiguousarray(want).tobytes(), name
+
+
 def test_d4_is_closed_under_composition_and_has_inverses():
     x = _rand_image(5, 5, 2, seed=1)
     by_bytes = {_NP_D4[n](x).tobytes(): k for k, n in enumerate(image_ops.D4_ORDER)}
