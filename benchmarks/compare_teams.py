@@ -238,14 +238,18 @@ def _five_crop_stacker(name, preset, folder, run, image_size, input_size, budget
 
 
 # ============================================================================================ member runs
+def _cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def default_jobs() -> int:
     """Member runs trained at once by default: 2 on a CPU-only machine with at least 2 cores, else 1.
 
     Measured on 2 cores (benchmarks/README.md): one DenseNet121 training at 64 px keeps about 1.4 of the 2 cores
     busy, and two single-threaded runs side by side finish together in 0.65x the time of the two one after
     another. On a GPU the runs share one device, so they go one after another."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if cores < 2:
+    if _cores() < 2:
         return 1
     import tensorflow as tf
 
@@ -286,8 +290,7 @@ def _run_members(todo, run_dir, folder: Path, out: Path, budget: Budget, verbose
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from dataclasses import asdict
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = max(1, cores // jobs)
+    threads = max(1, _cores() // jobs)
     # the workers import this file as `benchmarks.compare_teams` (the parent's sys.path travels with spawn), however
     # the parent loaded it (as a script, or by file path in the tests)
     worker = importlib.import_module("benchmarks.compare_teams")._member_job

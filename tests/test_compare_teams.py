@@ -97,7 +97,7 @@ def test_micro_budget_report_has_every_team_row_and_the_baseline(tmp_path, capsy
 def test_two_jobs_train_the_seeds_in_worker_processes_and_report_each_seeds_own_run(tmp_path, capsys):
     """``jobs=2``: the two seeds train at once in spawned workers (one thread each on 2 cores). Each seed's reported
     macro F1 equals sklearn's on the submission that seed's run wrote to its own folder, so no result comes back to
-    the wrong seed, and a worker's failure is a "failed" row, not a crash."""
+    the wrong seed. ``jobs=0`` is refused."""
     from sklearn.metrics import f1_score
 
     ct = _module()
