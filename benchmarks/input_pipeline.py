@@ -3,15 +3,16 @@
     python benchmarks/input_pipeline.py [--images DIR] [--n 48] [--seconds 8] [--formats png4,raw_zlib,...]
 
 Every figure is **images per CPU-second of this process** (``time.process_time``) with TensorFlow's intra-op,
-inter-op and tf.data private thread pools all set to one thread: the per-core rate, and robust to other load on
-the machine (wall-clock images/s are printed too). The source images are the real HPA samples (``--images``,
-default ``../shared/data/hpa_real_samples``) upsampled to the stored size, as in the issue's measurement (real
-full-size images hold more detail and decode slower).
+inter-op and tf.data private thread pools and OpenCV's pool all set to one thread: the per-core rate, and robust to
+other load on the machine (wall-clock images/s are printed too). The source images are the real HPA samples
+(``--images``, default ``../shared/data/hpa_real_samples``) upsampled to the stored size, as in the issue's
+measurement (real full-size images hold more detail and decode slower).
 
 Paths:
 
 * ``team1``: Team 1's training path at 1024 (`zoo_models.teams.team1_bestfitting.train_map`): a 1536 px image, random-scale
-  crop (side ~ U(1024, 1536)) resized to 1024, one of the 8 dihedral transforms, float32.
+  crop (side ~ U(1024, 1536)) joined and resized to 1024 by OpenCV (`hpa_zoo.data.cv_ops`), one of the 8 dihedral
+  transforms, float32.
 * ``team1_device``: the host part of ``hpa-zoo train --augment-on device``, where the crop, resize and D4 run on
   the accelerator (`hpa_zoo.augment.device.RandomScaleCropD4`, as ``benchmarks/train_throughput.py`` times them):
   the library's host map (Team 1's ``Recipe.device_augment.host_map``, `hpa_zoo.augment.device.device_host_map`):
@@ -47,7 +48,10 @@ JPEG_QUALITY = 95
 
 
 def _configure_one_core() -> None:
+    import cv2
     import tensorflow as tf
+
+    cv2.setNumThreads(1)  # Team 1's train_map resizes with OpenCV (hpa_zoo.data.cv_ops)
 
     try:
         tf.config.threading.set_intra_op_parallelism_threads(1)
@@ -125,7 +129,7 @@ def dataset(encoded: list[list[bytes]], fmt: str, path: str, n: int):
     """An endless tf.data pipeline of path ``path`` over the encoded images (one thread)."""
     import tensorflow as tf
 
-    from hpa_zoo.data import image_ops
+    from hpa_zoo.data import cv_ops, image_ops
     from zoo_models.teams import team1_bestfitting as t1
     from zoo_models.teams import team3_pudae as t3
 
@@ -143,7 +147,7 @@ def dataset(encoded: list[list[bytes]], fmt: str, path: str, n: int):
         def fn(p, seed):
             crop_seed, d4_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
             window = image_ops.random_scale_crop_box(tf.constant([stored, stored]), 1024, crop_seed)
-            image = image_ops.resize(decode_fn(fmt, stored, window)(p), 1024)
+            image = cv_ops.merge_resize([decode_fn(fmt, stored, window)(p)], 1024)  # as Team 1's train_map
             return tf.cast(image_ops.random_d4(image, d4_seed), tf.float32), tf.cast(labels, tf.float32)
     elif path == "team1":
         def fn(p, seed):

@@ -62,6 +62,23 @@ def encode_rgby_jpeg(image: np.ndarray, quality: int = JPEG_QUALITY) -> list[byt
     return parts
 
 
+def decode_rgb_y(parts: tf.Tensor, window: tuple[tf.Tensor, tf.Tensor, tf.Tensor] | None = None
+                 ) -> list[tf.Tensor]:
+    """Decode a stored pair to its two planes, not yet joined: ``[rgb (H, W, 3), y (H, W, 1)]`` uint8, or
+    (side, side, .) for a ``window`` (see `decode_rgby_jpeg`). For a map that resizes next:
+    `hpa_zoo.data.cv_ops.merge_resize` joins and resizes them in one step."""
+    parts = tf.convert_to_tensor(parts, tf.string)
+
+    def jpeg(data, channels):
+        if window is None:
+            return tf.io.decode_jpeg(data, channels=channels, dct_method=DCT_METHOD)
+        top, left, side = window
+        return tf.image.decode_and_crop_jpeg(data, tf.stack([top, left, side, side]), channels=channels,
+                                             dct_method=DCT_METHOD)
+
+    return [jpeg(parts[0], 3), jpeg(parts[1], 1)]
+
+
 def decode_rgby_jpeg(parts: tf.Tensor, window: tuple[tf.Tensor, tf.Tensor, tf.Tensor] | None = None) -> tf.Tensor:
     """Decode a stored pair back to RGBY, the whole image or only a square window (graph op; tf.data-safe).
 
@@ -73,16 +90,7 @@ def decode_rgby_jpeg(parts: tf.Tensor, window: tuple[tf.Tensor, tf.Tensor, tf.Te
     Returns:
         (H, W, 4) uint8 R, G, B, Y, or (side, side, 4) for a window.
     """
-    parts = tf.convert_to_tensor(parts, tf.string)
-
-    def jpeg(data, channels):
-        if window is None:
-            return tf.io.decode_jpeg(data, channels=channels, dct_method=DCT_METHOD)
-        top, left, side = window
-        return tf.image.decode_and_crop_jpeg(data, tf.stack([top, left, side, side]), channels=channels,
-                                             dct_method=DCT_METHOD)
-
-    return tf.concat([jpeg(parts[0], 3), jpeg(parts[1], 1)], axis=-1)
+    return tf.concat(decode_rgb_y(parts, window), axis=-1)
 
 
 def stored_shape(parts: tf.Tensor) -> tf.Tensor:
