@@ -8,8 +8,20 @@ BCE) -> Adam (clipnorm 1, step schedule). The augmentation is the library's kera
 ``hpa-zoo train --augment-on device`` trains with), so the benchmark runs with ``KERAS_BACKEND=jax`` or ``torch``
 and no TensorFlow installed: nothing imported here imports TensorFlow.
 
-``--reference torch`` runs the same recipe written plainly in PyTorch (eager; AMP on CUDA) with the reference
-network `tests/torch_refs/bestfitting_densenet.py` on the same device, and prints keras/torch.
+Two modes (issue P1):
+
+* ``--mode full`` (default): the step above, fed uint8 batches at ``image_size`` from host memory each step;
+* ``--mode model``: the batch is already on the device at the crop size (float32 in [0, 255]) and gets one D4 for the
+  whole batch (`BatchD4`): network + loss + optimizer only, exactly the work of the plain PyTorch reference
+  ``../shared/bench/torch_team1_reference.py``.
+
+``--reference torch`` runs the project's own PyTorch rewrite of the full step (eager; AMP on CUDA) with the
+reference network `tests/torch_refs/bestfitting_densenet.py` on the same device, and prints keras/torch.
+``--reference shared`` runs the plain PyTorch reference script (``--reference-script``; it always trains
+DenseNet121-large under bf16 autocast on a device-resident batch) in a child process *before* this process starts
+its own backend, on the same GPU, and prints keras/reference with both peak memories (P4). The figures include
+TFLOP/s and the share of the bf16 peak (``--peak-tflops``), counting `GFLOP_PER_TRAIN_IMAGE_1024` per training
+image at 1024 px (scaled by the pixel count at other sizes).
 ``--tta`` adds inference images/s with Team 1's TTA (8 dihedral x (whole image + 3 random crops), max).
 
     KERAS_BACKEND=jax python benchmarks/train_throughput.py --size 512 --batch 16 --precision mixed_bfloat16 \
@@ -39,6 +51,15 @@ IMAGE_OVER_INPUT = 1.5
 #: teams.md §1.5: Adam, lr 3e-4 for the first epochs, gradient norm clipped at 1.
 LR, CLIPNORM = 3e-4, 1.0
 NUM_CLASSES = 28
+#: Issue P1's count of the arithmetic in one training image of DenseNet121-large at 1024 px (forward + backward).
+GFLOP_PER_TRAIN_IMAGE_1024 = 105.0
+#: Dense bf16 matrix peak of an H100/H200 SXM by the datasheet, TFLOP/s (a plain 8192^3 bf16 matmul measured
+#: 769-798 on this workplace's H200s).
+H200_BF16_PEAK_TFLOPS = 989.0
+#: Where the device run finds the plain PyTorch reference (copied there, an ignored folder, by benchmarks/gpu_run.sh's
+#: caller), else the shared copy beside the repository.
+REFERENCE_SCRIPTS = (REPO_ROOT / ".device" / "torch_team1_reference.py",
+                     REPO_ROOT.parent / "shared" / "bench" / "torch_team1_reference.py")
 
 
 # ------------------------------------------------------------------------------------------------ keras
@@ -55,6 +76,67 @@ def build_keras_trainer(size: int, image_size: int, large: bool, seed: int = 0):
 
     net = build_densenet121(NUM_CLASSES, (size, size, 4), weights=None, large=large)
     return DeviceAugmented(RandomScaleCropD4(size, seed=seed), net, name="team1_augmented"), net
+
+
+def make_batch_d4(seed: int = 0):
+    """`BatchD4` (a Keras layer): one dihedral transform drawn on the device per step, the same for the whole batch,
+    as the plain reference's ``d4``; active only when ``training=True``. Call: (B, S, S, C) -> (B, S, S, C)."""
+    import keras
+    from keras import ops
+
+    from hpa_zoo.augment.device import random_d4
+
+    class BatchD4(keras.layers.Layer):
+        def __init__(self, **kwargs):
+            super().__init__(dtype="float32", **kwargs)
+            self.seed_generator = keras.random.SeedGenerator(seed)
+
+        def call(self, x, training=False):
+            if not training:
+                return x
+            coins = keras.random.uniform((1, 3), seed=self.seed_generator)
+            return random_d4(x, ops.broadcast_to(coins, (ops.shape(x)[0], 3)))
+
+    return BatchD4(name="batch_d4")
+
+
+def build_keras_model_mode(size: int, large: bool, seed: int = 0):
+    """``--mode model``: Team 1's network behind `make_batch_d4` (no crop, no resize: the batch is at ``size``).
+
+    Returns:
+        (trainer keras.Model: float32 (B, size, size, 4) in [0, 255] -> logits (B, 28) float32, the bare network).
+    """
+    from hpa_zoo.augment.device import DeviceAugmented
+    from zoo_models.teams.team1_bestfitting import build_densenet121
+
+    net = build_densenet121(NUM_CLASSES, (size, size, 4), weights=None, large=large)
+    return DeviceAugmented(make_batch_d4(seed), net, name="team1_batch_d4"), net
+
+
+def device_peak_gb() -> float | None:
+    """Peak device memory this process's Keras backend allocated, GiB (None on a CPU or when not reported)."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        device = jax.local_devices()[0]
+        stats = device.memory_stats() if device.platform != "cpu" else None
+        return stats["peak_bytes_in_use"] / 2 ** 30 if stats and "peak_bytes_in_use" in stats else None
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2 ** 30 if torch.cuda.is_available() else None
+    import tensorflow as tf
+
+    return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2 ** 30 \
+        if tf.config.list_physical_devices("GPU") else None
+
+
+def train_tflops(images_per_s: float, size: int) -> float:
+    """Training arithmetic rate, TFLOP/s, at `GFLOP_PER_TRAIN_IMAGE_1024` per image scaled by (size / 1024)^2."""
+    return images_per_s * GFLOP_PER_TRAIN_IMAGE_1024 * (size / 1024) ** 2 / 1000
 
 
 def keras_device() -> str:
@@ -85,7 +167,13 @@ def bench_keras(args, batches, labels) -> dict:
     if args.precision != "float32":
         keras.mixed_precision.set_dtype_policy(args.precision)
     keras.utils.set_random_seed(args.seed)
-    trainer, net = build_keras_trainer(args.size, args.image_size, args.large, args.seed)
+    host_images = batches[0]  # uint8 at image_size: what TTA inference reads in either mode
+    if args.mode == "model":  # the batch on the device at the crop size, as the plain reference has it
+        trainer, net = build_keras_model_mode(args.size, args.large, args.seed)
+        batches = [keras.ops.convert_to_tensor(x) for x in model_mode_batches(batches, args.size)]
+        labels = [keras.ops.convert_to_tensor(y) for y in labels]
+    else:
+        trainer, net = build_keras_trainer(args.size, args.image_size, args.large, args.seed)
     jit = {"auto": "auto", "on": True, "off": False}[args.jit_compile]
     trainer.compile(optimizer=make_optimizer(steps_per_epoch=1000, epochs=45), loss=BestfittingLoss(),
                     jit_compile=False if args.run_eagerly else jit, run_eagerly=args.run_eagerly)
@@ -97,11 +185,43 @@ def bench_keras(args, batches, labels) -> dict:
         float(np.asarray(loss if np.ndim(loss) == 0 else loss[0]))  # the result is on the host: step finished
         if step >= args.warmup:
             times.append(time.perf_counter() - t)
-    out = {"train_images_per_s": args.batch * len(times) / sum(times),
-           "train_step_ms_median": 1000 * statistics.median(times), "final_loss": float(np.asarray(loss))}
+    rate = args.batch * len(times) / sum(times)
+    out = {"train_images_per_s": rate, "train_step_ms_median": 1000 * statistics.median(times),
+           "final_loss": float(np.asarray(loss)), "train_tflops": train_tflops(rate, args.size),
+           "peak_gb": device_peak_gb()}
+    out["train_bf16_peak_share"] = out["train_tflops"] / args.peak_tflops
     if args.tta:
-        out.update(bench_tta(args, net, batches[0]))
+        out.update(bench_tta(args, net, host_images))
     return out
+
+
+def model_mode_batches(batches: list[np.ndarray], size: int) -> list[np.ndarray]:
+    """``--mode model`` inputs: each uint8 (B, image_size, image_size, 4) batch's top-left ``size`` square as
+    float32 in [0, 255], (B, size, size, 4)."""
+    return [np.ascontiguousarray(b[:, :size, :size]).astype(np.float32) for b in batches]
+
+
+def bench_shared_reference(args) -> dict:
+    """Run the plain PyTorch reference (``args.reference_script``: ``SIZE BATCH STEPS recipe`` -> one JSON line) in a
+    child process and return its figures, or raise SystemExit naming the script and its output."""
+    import subprocess
+
+    script = Path(args.reference_script) if args.reference_script else next(
+        (p for p in REFERENCE_SCRIPTS if p.is_file()), None)
+    if script is None or not script.is_file():
+        raise SystemExit(f"--reference shared: no reference script at {script or ' or '.join(map(str, REFERENCE_SCRIPTS))}"
+                         f"; copy ../shared/bench/torch_team1_reference.py there or pass --reference-script PATH")
+    cmd = [sys.executable, str(script), str(args.size), str(args.batch), str(args.steps), "recipe"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.reference_timeout)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise SystemExit(f"--reference shared: {' '.join(cmd)} exited {proc.returncode} without its JSON line:\n"
+                         f"{proc.stdout[-2000:]}{proc.stderr[-4000:]}")
+    ref = json.loads(lines[-1])
+    rate = float(ref["img_s"])
+    return {"reference_images_per_s": rate, "reference_peak_gb": ref.get("peak_gb"),
+            "reference_final_loss": ref.get("loss"), "reference_script": str(script),
+            "reference_tflops": train_tflops(rate, args.size)}
 
 
 def bench_tta(args, net, images) -> dict:
@@ -240,7 +360,18 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "CPU; its timings are not representative)")
     p.add_argument("--no-large", dest="large", action="store_false",
                    help="plain DenseNet121 (the 512 model) instead of DenseNet121-large (the final 1024 model)")
-    p.add_argument("--reference", choices=["none", "torch"], default="none")
+    p.add_argument("--mode", choices=["full", "model"], default="full",
+                   help="full: uint8 host batches at image_size, crop + D4 per example in the step; model: the batch "
+                        "on the device at the crop size, one D4 per batch (the plain reference's work)")
+    p.add_argument("--reference", choices=["none", "torch", "shared"], default="none",
+                   help="torch: the project's PyTorch rewrite of the full step; shared: the plain PyTorch reference "
+                        "script in a child process (DenseNet121-large, bf16 autocast, batch on the device)")
+    p.add_argument("--reference-script", default=None,
+                   help=f"the plain reference for --reference shared (default: the first of "
+                        f"{', '.join(str(p.relative_to(REPO_ROOT.parent)) for p in REFERENCE_SCRIPTS)} that exists)")
+    p.add_argument("--reference-timeout", type=float, default=600.0, help="seconds for the --reference shared run")
+    p.add_argument("--peak-tflops", type=float, default=H200_BF16_PEAK_TFLOPS,
+                   help="the accelerator's dense bf16 peak, for the share of peak printed")
     p.add_argument("--tta", action="store_true", help="also time TTA inference")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for TensorFlow/PyTorch (default: the libraries' own choice)")
@@ -266,18 +397,24 @@ def main(argv=None) -> dict:
         # on demand up to 55 %. Must be set before JAX starts.
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
         os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.55")
+    # The plain reference first, in its own process, before this process's backend takes GPU memory.
+    reference = bench_shared_reference(args) if args.reference == "shared" else {}
     import keras
 
     batches, labels = make_data(args)
     result = {"benchmark": "train_throughput", "backend": keras.backend.backend(), "device": keras_device(),
-              "model": "densenet121_large" if args.large else "densenet121", "size": args.size,
+              "mode": args.mode, "model": "densenet121_large" if args.large else "densenet121", "size": args.size,
               "image_size": args.image_size, "batch": args.batch, "precision": args.precision,
               "jit_compile": args.jit_compile, "run_eagerly": args.run_eagerly, "steps": args.steps, "warmup": args.warmup,
-              "host": platform.node(), "cpu_count": os.cpu_count()}
+              "host": platform.node(), "cpu_count": os.cpu_count(), "peak_tflops": args.peak_tflops}
     result.update(bench_keras(args, batches, labels))
     if args.reference == "torch":
         result.update(bench_torch(args, batches, labels))
         result["keras_over_torch"] = result["train_images_per_s"] / result["torch_train_images_per_s"]
+    if reference:
+        result.update(reference)
+        result["keras_over_reference"] = result["train_images_per_s"] / reference["reference_images_per_s"]
+        result["reference_like_for_like"] = args.large and args.precision == "mixed_bfloat16"
     print(json.dumps(result), flush=True)
     print(format_table(result), flush=True)
     return result
@@ -294,9 +431,20 @@ def _torch_threads(n: int) -> None:
 
 def format_table(r: dict) -> str:
     """The result as a small human-readable table."""
+    def gb(value):
+        return "n/a" if value is None else f"{value:.1f} GB peak"
+
     rows = [("setup", f"{r['model']} {r['image_size']}->{r['size']}px, batch {r['batch']}, {r['precision']}, "
-                      f"{r['backend']} on {r['device']}"),
-            ("keras train", f"{r['train_images_per_s']:.2f} img/s ({r['train_step_ms_median']:.0f} ms/step)")]
+                      f"{r['backend']} on {r['device']}, mode {r['mode']}"),
+            ("keras train", f"{r['train_images_per_s']:.2f} img/s ({r['train_step_ms_median']:.0f} ms/step, "
+                            f"{r['train_tflops']:.3g} TFLOP/s = {100 * r['train_bf16_peak_share']:.3g} % of "
+                            f"{r['peak_tflops']:.0f}, {gb(r['peak_gb'])})")]
+    if "reference_images_per_s" in r:
+        rows += [("plain reference", f"{r['reference_images_per_s']:.2f} img/s ({r['reference_tflops']:.3g} TFLOP/s, "
+                                     f"{gb(r['reference_peak_gb'])})"),
+                 ("keras / reference", f"{r['keras_over_reference']:.2f}x"
+                                       + ("" if r["reference_like_for_like"] else
+                                          " (not like for like: the reference is DenseNet121-large in bf16)"))]
     if "torch_train_images_per_s" in r:
         rows += [("torch train", f"{r['torch_train_images_per_s']:.2f} img/s ({r['torch_train_step_ms_median']:.0f}"
                                  f" ms/step, {r['torch_device']}{', AMP' if r['torch_amp'] else ''})"),

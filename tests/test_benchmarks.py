@@ -32,7 +32,10 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-#: The benchmark runs of the two subprocess tests: (extra arguments, KERAS_BACKEND, arguments before the script).
+#: The plain PyTorch reference of issue P1 (beside the repository; not copied into it).
+SHARED_REFERENCE = REPO.parent / "shared" / "bench" / "torch_team1_reference.py"
+
+#: The benchmark runs of the subprocess tests: (extra arguments, KERAS_BACKEND, arguments before the script).
 RUNS = {
     # --run-eagerly: building DenseNet121's TF train graph alone takes minutes on a busy 2-core CPU
     "test_keras_tensorflow_and_torch_reference_report_throughput": (
@@ -40,6 +43,10 @@ RUNS = {
     "test_benchmark_runs_without_tensorflow_on_the_torch_backend": (
         [*TINY, "--steps", "1", "--no-large"], "torch", ("-c", NO_TF_RUNNER)),
 }
+if SHARED_REFERENCE.is_file():  # as on the GPU machine: no TensorFlow, the reference in a child process
+    RUNS["test_model_mode_runs_beside_the_plain_reference_script"] = (
+        [*TINY, "--steps", "1", "--mode", "model", "--reference", "shared", "--reference-script",
+         str(SHARED_REFERENCE)], "torch", ("-c", NO_TF_RUNNER))
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +83,74 @@ def test_benchmark_runs_without_tensorflow_on_the_torch_backend(runs):
     result, _ = _result(runs, "test_benchmark_runs_without_tensorflow_on_the_torch_backend")
     assert result["backend"] == "torch" and result["model"] == "densenet121"
     assert result["train_images_per_s"] > 0 and np.isfinite(result["final_loss"])
+
+
+def test_model_mode_runs_beside_the_plain_reference_script(runs):
+    if not SHARED_REFERENCE.is_file():
+        pytest.skip(f"no {SHARED_REFERENCE}")
+    result, text = _result(runs, "test_model_mode_runs_beside_the_plain_reference_script")
+    assert result["mode"] == "model" and result["backend"] == "torch" and result["model"] == "densenet121_large"
+    assert result["reference_script"] == str(SHARED_REFERENCE)
+    for key in ("train_images_per_s", "reference_images_per_s", "keras_over_reference", "train_tflops"):
+        assert np.isfinite(result[key]) and result[key] > 0, key
+    assert result["keras_over_reference"] == pytest.approx(
+        result["train_images_per_s"] / result["reference_images_per_s"])
+    assert result["train_tflops"] == pytest.approx(result["train_images_per_s"] * 105.0 * (64 / 1024) ** 2 / 1000)
+    assert result["peak_gb"] is None and result["reference_peak_gb"] is None  # CPU: no device memory figure
+    assert not result["reference_like_for_like"] and "not like for like" in text  # float32 here, bf16 there
+
+
+def test_gpu_run_script_runs_both_p1_modes_and_summarises_them_at_tiny_sizes(tmp_path):
+    """benchmarks/gpu_run.sh end to end on the CPU (GPU_RUN_TINY; torch backend: no minutes of XLA compile):
+    both modes against the plain reference, TTA, and a summary whose ratios are the runs' own."""
+    import os
+    import subprocess
+
+    if not SHARED_REFERENCE.is_file():
+        pytest.skip(f"no {SHARED_REFERENCE}")
+    env = {**os.environ, "GPU_RUN_TINY": "1", "KERAS_BACKEND": "torch", "PYTHON": sys.executable}
+    proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_run.sh"), str(tmp_path)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = {}
+    for case, mode in (("p1_model", "model"), ("p1_full", "full")):
+        lines = [line for line in (tmp_path / f"{case}.txt").read_text().splitlines() if line.startswith("{")]
+        assert len(lines) == 1, case
+        results[case] = r = json.loads(lines[0])
+        assert r["mode"] == mode and r["reference_like_for_like"] and r["precision"] == "mixed_bfloat16"
+        assert r["reference_images_per_s"] > 0 and r["train_images_per_s"] > 0
+    assert "tta_images_per_s" in results["p1_model"] and "tta_images_per_s" not in results["p1_full"]
+    summary = (tmp_path / "summary.txt").read_text()
+    assert summary == proc.stdout[-len(summary):]  # printed last
+    for case, r in results.items():
+        line = next(line for line in summary.splitlines() if line.startswith(f"{case}: keras"))
+        assert f"| {r['keras_over_reference']:.2f}x, goal {1.5 if case == 'p1_model' else 1.3}x" in line
+
+
+def test_batch_d4_gives_the_whole_batch_one_dihedral_transform():
+    """`BatchD4` against NumPy's flips/transposes: each call maps every image by the same one of the 8."""
+    import keras
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import train_throughput as bench
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    rng = np.random.default_rng(5)
+    x = rng.uniform(0, 255, (3, 6, 6, 2)).astype(np.float32)
+    d4 = [lambda a, k=k: np.rot90(a, k, axes=(1, 2)) for k in range(4)]
+    d4 += [lambda a, k=k: np.flip(np.rot90(a, k, axes=(1, 2)), 2) for k in range(4)]
+    layer = bench.make_batch_d4(seed=3)
+    seen = set()
+    for _ in range(24):
+        out = keras.ops.convert_to_numpy(layer(x, training=True))
+        matches = [k for k, f in enumerate(d4) if np.array_equal(out, f(x))]
+        assert len(matches) == 1, matches  # the whole batch, one transform
+        seen.add(matches[0])
+    assert len(seen) >= 6  # drawn anew each call (24 uniform draws miss 3 or more of the 8 with p < 0.001)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(x, training=False)), x)
+    crops = bench.model_mode_batches([rng.integers(0, 256, (2, 9, 9, 4), dtype=np.uint8)], 5)
+    assert crops[0].shape == (2, 5, 5, 4) and crops[0].dtype == np.float32
 
 
 def test_the_benchmarked_augmentation_is_the_librarys_device_layer():
