@@ -1,12 +1,13 @@
 """Input-pipeline throughput per CPU core, by recipe path and storage format (issue P2).
 
-    python benchmarks/input_pipeline.py [--images DIR] [--n 48] [--seconds 8] [--formats png4,raw_zlib,...]
+    python benchmarks/input_pipeline.py [--images DIR] [--seconds 8] [--formats png4,raw_zlib,...] [--threads N]
 
 Every figure is **images per CPU-second of this process** (``time.process_time``) with TensorFlow's intra-op,
 inter-op and tf.data private thread pools and OpenCV's pool all set to one thread: the per-core rate, and robust to
-other load on the machine (wall-clock images/s are printed too). The source images are the real HPA samples
-(``--images``, default ``../shared/data/hpa_real_samples``) upsampled to the stored size, as in the issue's
-measurement (real full-size images hold more detail and decode slower).
+other load on the machine (wall-clock images/s are printed too). ``--threads N`` maps with N threads (each op still
+single-threaded, OpenCV one thread per call): its wall images/s over a ``--threads 1`` run is the N-core scaling.
+The source images are the real HPA samples (``--images``, default ``../shared/data/hpa_real_samples``) upsampled
+to the stored size, as in the issue's measurement (real full-size images hold more detail and decode slower).
 
 Paths:
 
@@ -47,17 +48,18 @@ PATHS = ("team1", "team1_device", "team3")
 JPEG_QUALITY = 95
 
 
-def _configure_one_core() -> None:
+def _configure_threads(threads: int = 1) -> None:
+    """TensorFlow's intra-op and inter-op pools at ``threads``; OpenCV at one thread per call (tf.data's parallel
+    map supplies the parallelism, as in training)."""
     import cv2
     import tensorflow as tf
 
     cv2.setNumThreads(1)  # Team 1's train_map resizes with OpenCV (hpa_zoo.data.cv_ops)
-
     try:
-        tf.config.threading.set_intra_op_parallelism_threads(1)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
     except RuntimeError:  # TensorFlow already started in this process (e.g. under pytest): rates per CPU-s still
-        print("note: TensorFlow's thread pools were already initialised; tf.data still runs on one thread")
+        print(f"note: TensorFlow's thread pools were already initialised; tf.data still runs on {threads} thread(s)")
 
 
 def source_images(folder: Path, size: int):
@@ -125,8 +127,9 @@ def decode_fn(fmt: str, size: int, window=None):
     return decode
 
 
-def dataset(encoded: list[list[bytes]], fmt: str, path: str, n: int):
-    """An endless tf.data pipeline of path ``path`` over the encoded images (one thread)."""
+def dataset(encoded: list[list[bytes]], fmt: str, path: str, n: int, threads: int = 1):
+    """A tf.data pipeline of path ``path`` over the encoded images, ``n`` elements, mapped by ``threads`` threads
+    (each op single-threaded)."""
     import tensorflow as tf
 
     from hpa_zoo.data import cv_ops, image_ops
@@ -170,15 +173,17 @@ def dataset(encoded: list[list[bytes]], fmt: str, path: str, n: int):
             return t3.train_map({"image": tf.ensure_shape(decode_fn(fmt, stored)(p), [stored, stored, 4]),
                                  "multi_hot": labels}, seed, policy=policy, input_size=1024)
     options = tf.data.Options()
-    options.threading.private_threadpool_size = 1
+    options.threading.private_threadpool_size = threads
     options.threading.max_intra_op_parallelism = 1
-    return ds.map(fn, num_parallel_calls=1).with_options(options)
+    return ds.map(fn, num_parallel_calls=threads).with_options(options)
 
 
-def measure(encoded, fmt: str, path: str, seconds: float, warmup: int = 3) -> tuple[float, float, int]:
-    """(images per CPU-second, wall images/s, images) of path/format, run for about ``seconds`` CPU-seconds."""
-    ds = iter(dataset(encoded, fmt, path, n=1_000_000))
-    for _ in range(warmup):
+def measure(encoded, fmt: str, path: str, seconds: float, warmup: int = 3, threads: int = 1
+            ) -> tuple[float, float, int]:
+    """(images per CPU-second, wall images/s, images) of path/format on ``threads`` threads, run for about
+    ``seconds`` CPU-seconds."""
+    ds = iter(dataset(encoded, fmt, path, n=1_000_000, threads=threads))
+    for _ in range(warmup * threads):
         next(ds)
     cpu0, wall0, count = time.process_time(), time.perf_counter(), 0
     while time.process_time() - cpu0 < seconds:
@@ -207,11 +212,17 @@ def main(argv=None) -> int:
     parser.add_argument("--seconds", type=float, default=8.0, help="CPU-seconds measured per path and format")
     parser.add_argument("--formats", default=",".join(FORMATS))
     parser.add_argument("--paths", default=",".join(PATHS))
+    parser.add_argument("--threads", type=int, default=1,
+                        help="tf.data map threads (and TensorFlow pools); >1 measures scaling: compare the wall "
+                             "img/s with a --threads 1 run")
     args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error(f"--threads {args.threads}: use 1 or more")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    _configure_one_core()
+    _configure_threads(args.threads)
     formats, paths = args.formats.split(","), args.paths.split(",")
-    print(f"per-core rates (images per CPU-second, 1 thread); {args.seconds:g} CPU-s each; source: {args.images}")
+    print(f"images per CPU-second (the per-core rate) and wall images/s, {args.threads} thread(s); {args.seconds:g} "
+          f"CPU-s each; source: {args.images}")
     print(f"{'path':13s} {'format':11s} {'img/CPU-s':>9s} {'wall img/s':>10s} {'stored KiB':>10s} "
           f"{'pixel err mean/max':>18s}")
     for path in paths:
@@ -223,7 +234,7 @@ def main(argv=None) -> int:
                 raise SystemExit("inconsistent parts")
             kib = sum(len(b) for e in encoded for b in e) / len(encoded) / 1024
             mean_err, max_err = pixel_error(images, fmt)
-            rate, wall, n = measure(encoded, fmt, path, args.seconds)
+            rate, wall, n = measure(encoded, fmt, path, args.seconds, threads=args.threads)
             print(f"{path:13s} {fmt:11s} {rate:9.1f} {wall:10.1f} {kib:10.0f} {mean_err:8.2f} / {max_err:5.0f}",
                   flush=True)
     return 0

@@ -186,6 +186,12 @@ def test_input_pipeline_benchmark_measures_every_format(real_samples_dir, capsys
                        "--formats", "png4,jpeg_rgb_y444"]) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("team1_device")]
     assert [r[1] for r in rows] == ["png4", "jpeg_rgb_y444"] and all(float(r[2]) > 0 for r in rows)
+    # Team 1's host path (OpenCV's resize in the map) on two map threads
+    assert bench.main(["--images", str(real_samples_dir), "--seconds", "0.05", "--paths", "team1",
+                       "--formats", "jpeg_rgb_y444", "--threads", "2"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.startswith("team1 ")]
+    assert "2 thread(s)" in out and len(rows) == 1 and float(rows[0][2]) > 0 and float(rows[0][3]) > 0
 
 
 def test_cpu_inference_benchmark_reports_both_runtimes(tiny_registry_model, tmp_path, monkeypatch, capsys):
