@@ -139,6 +139,36 @@ def train_tflops(images_per_s: float, size: int) -> float:
     return images_per_s * GFLOP_PER_TRAIN_IMAGE_1024 * (size / 1024) ** 2 / 1000
 
 
+def xla_train_gflop_per_image(size: int, large: bool, batch: int = 2) -> float:
+    """XLA's own count of one training image's arithmetic (JAX backend): the compiled cost analysis of the forward
+    pass + the gradient of `BestfittingLoss` for Team 1's network at ``size``, in GFLOP per image (the optimizer
+    update, a few FLOP per weight, is left out). Checks `GFLOP_PER_TRAIN_IMAGE_1024` without a GPU: run it at a
+    small ``size`` and scale by the pixel count."""
+    import jax
+    import keras
+
+    from hpa_zoo.nn.losses import BestfittingLoss
+    from zoo_models.teams.team1_bestfitting import build_densenet121
+
+    if keras.backend.backend() != "jax":
+        raise SystemExit("--xla-flops needs KERAS_BACKEND=jax")
+    net = build_densenet121(NUM_CLASSES, (size, size, 4), weights=None, large=large)
+    loss = BestfittingLoss()
+    trainable = [v.value for v in net.trainable_variables]
+    frozen = [v.value for v in net.non_trainable_variables]
+
+    def loss_of(trainable, frozen, x, y):
+        logits, _ = net.stateless_call(trainable, frozen, x, training=True)
+        return loss(y, logits)
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (batch, size, size, 4)).astype(np.float32)
+    y = (rng.random((batch, NUM_CLASSES)) < 0.1).astype(np.float32)
+    cost = jax.jit(jax.grad(loss_of)).lower(trainable, frozen, x, y).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost["flops"]) / batch / 1e9
+
+
 def keras_device() -> str:
     """The accelerator Keras uses, in words (e.g. ``"gpu (jax)"``)."""
     import keras
@@ -370,6 +400,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help=f"the plain reference for --reference shared (default: the first of "
                         f"{', '.join(str(p.relative_to(REPO_ROOT.parent)) for p in REFERENCE_SCRIPTS)} that exists)")
     p.add_argument("--reference-timeout", type=float, default=600.0, help="seconds for the --reference shared run")
+    p.add_argument("--xla-flops", action="store_true",
+                   help="only print XLA's FLOP count of one training image at --size (JAX; no timing), scaled to "
+                        "1024 px, against GFLOP_PER_TRAIN_IMAGE_1024")
     p.add_argument("--peak-tflops", type=float, default=H200_BF16_PEAK_TFLOPS,
                    help="the accelerator's dense bf16 peak, for the share of peak printed")
     p.add_argument("--tta", action="store_true", help="also time TTA inference")
@@ -397,6 +430,15 @@ def main(argv=None) -> dict:
         # on demand up to 55 %. Must be set before JAX starts.
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
         os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.55")
+    if args.xla_flops:
+        gflop = xla_train_gflop_per_image(args.size, args.large, args.batch)
+        result = {"benchmark": "xla_flops", "model": "densenet121_large" if args.large else "densenet121",
+                  "size": args.size, "xla_train_gflop_per_image": gflop,
+                  "scaled_to_1024": gflop * (1024 / args.size) ** 2, "assumed_1024": GFLOP_PER_TRAIN_IMAGE_1024}
+        print(json.dumps(result), flush=True)
+        print(f"XLA: {gflop:.2f} GFLOP per training image at {args.size} px -> {result['scaled_to_1024']:.1f} at 1024 "
+              f"(the TFLOP/s figures assume {GFLOP_PER_TRAIN_IMAGE_1024:g})", flush=True)
+        return result
     # The plain reference first, in its own process, before this process's backend takes GPU memory.
     reference = bench_shared_reference(args) if args.reference == "shared" else {}
     import keras

@@ -43,6 +43,7 @@ RUNS = {
     "test_benchmark_runs_without_tensorflow_on_the_torch_backend": (
         [*TINY, "--steps", "1", "--no-large"], "torch", ("-c", NO_TF_RUNNER)),
 }
+RUNS["test_xla_counts_the_flop_figure_the_tflops_assume"] = (["--xla-flops", "--size", "64", "--batch", "2"], "jax", ())
 if SHARED_REFERENCE.is_file():  # as on the GPU machine: no TensorFlow, the reference in a child process
     RUNS["test_model_mode_runs_beside_the_plain_reference_script"] = (
         [*TINY, "--steps", "1", "--mode", "model", "--reference", "shared", "--reference-script",
@@ -125,6 +126,16 @@ def test_gpu_run_script_runs_both_p1_modes_and_summarises_them_at_tiny_sizes(tmp
     for case, r in results.items():
         line = next(line for line in summary.splitlines() if line.startswith(f"{case}: keras"))
         assert f"| {r['keras_over_reference']:.2f}x, goal {1.5 if case == 'p1_model' else 1.3}x" in line
+
+
+def test_xla_counts_the_flop_figure_the_tflops_assume(runs):
+    """XLA's cost analysis of Team 1's forward + gradient at 64 px, scaled by the pixel count, is P1's 105 GFLOP per
+    training image at 1024 within 5 % (102.6 at 64 px, 103.1 at 128, 105.0 at 256 measured)."""
+    result, text = _result(runs, "test_xla_counts_the_flop_figure_the_tflops_assume")
+    assert result["model"] == "densenet121_large" and result["assumed_1024"] == 105.0
+    assert result["scaled_to_1024"] == pytest.approx(result["xla_train_gflop_per_image"] * 16 ** 2)
+    assert result["scaled_to_1024"] == pytest.approx(105.0, rel=0.05), result
+    assert "GFLOP per training image at 64 px" in text
 
 
 def test_batch_d4_gives_the_whole_batch_one_dihedral_transform():
