@@ -26,6 +26,7 @@ run each resize on its caller's thread.
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import cv2
@@ -38,9 +39,9 @@ from hpa_zoo.errors import ConfigError
 DTYPES = (tf.uint8, tf.uint16, tf.float32)
 
 
-def _merge_resize_np(height: np.ndarray, width: np.ndarray, *planes: np.ndarray) -> np.ndarray:
+def _merge_resize_np(height: int, width: int, *planes: np.ndarray) -> np.ndarray:
     image = planes[0] if len(planes) == 1 else cv2.merge(list(planes))
-    out = cv2.resize(image, (int(width), int(height)), interpolation=cv2.INTER_LINEAR)
+    out = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
     return out.reshape(out.shape[:2] + (image.shape[-1] if image.ndim == 3 else 1,))
 
 
@@ -69,6 +70,6 @@ def merge_resize(parts: Sequence[tf.Tensor], size: int | tuple[int, int]) -> tf.
         raise ConfigError(f"merge_resize: parts of dtypes {sorted(d.name for d in dtypes)}; they need one dtype of "
                           f"{[d.name for d in DTYPES]}")
     h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-    out = tf.numpy_function(_merge_resize_np, [tf.constant(h), tf.constant(w), *parts], parts[0].dtype,
-                            stateful=False, name="cv2_merge_resize")
+    out = tf.numpy_function(functools.partial(_merge_resize_np, h, w), parts, parts[0].dtype, stateful=False,
+                            name="cv2_merge_resize")
     return tf.ensure_shape(out, [h, w, sum(channels)])
