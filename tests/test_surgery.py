@@ -188,3 +188,93 @@ def test_replace_head_rebuilds_the_attention_head_and_keeps_the_trunk():
     assert tuple(both.output["logits"].shape) == tuple(both.output["aux_logits"].shape) == (None, 5)
     with pytest.raises(ConfigError, match="no layer 'nope'"):
         surgery.replace_head(model, 5, classifier="nope")
+
+
+# ---------------------------------------------------------------------------------------------- BatchNorm momentum
+def _conv_bn_model(momentum_default=0.99):
+    """A functional model with one BN at top level and one inside a nested sub-model (both Keras' 0.99)."""
+    inner_in = keras.Input((6, 6, 4))
+    inner = keras.Model(inner_in, keras.layers.BatchNormalization(momentum=momentum_default, name="bn_inner")(
+        keras.layers.Conv2D(4, 3, padding="same", name="conv_inner")(inner_in)), name="block")
+    inp = keras.Input((6, 6, 3))
+    x = keras.layers.BatchNormalization(momentum=momentum_default, name="bn_top")(inp)
+    x = keras.layers.Conv2D(4, 1, name="conv_top")(x)
+    return keras.Model(inp, inner(x), name="outer")
+
+
+def test_set_batchnorm_momentum_reaches_nested_layers_and_survives_a_keras_save(tmp_path):
+    model = _conv_bn_model()
+    assert surgery.set_batchnorm_momentum(model, surgery.TORCH_BN_MOMENTUM) == ["bn_top", "block/bn_inner"]
+    assert model.get_layer("bn_top").momentum == 0.9
+    assert model.get_layer("block").get_layer("bn_inner").momentum == 0.9
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.get_layer("bn_top").momentum == 0.9
+    assert loaded.get_layer("block").get_layer("bn_inner").momentum == 0.9
+    for bad in (1.0, -0.1, 1.5):
+        with pytest.raises(ConfigError, match=r"\[0, 1\).*PyTorch's momentum=0.1 is Keras 0.9"):
+            surgery.set_batchnorm_momentum(model, bad)
+
+
+def test_torch_rate_gives_torch_running_mean_after_training_steps():
+    """After 3 training-mode batches the Keras moving mean equals torch BatchNorm2d(momentum=0.1)'s running_mean.
+    The moving variance follows the same rate on the *biased* batch variance (Keras); torch's running_var uses
+    the unbiased one (x n/(n-1)), so it is checked against NumPy from the formula, and the two differ by exactly
+    that factor on the update term."""
+    bn = keras.layers.BatchNormalization(epsilon=1e-5, name="bn")  # Keras' 0.99
+    model = keras.Sequential([keras.Input((5, 5, 3)), bn])
+    keras_default = keras.layers.BatchNormalization(epsilon=1e-5)  # left at 0.99: the contrast
+    surgery.set_batchnorm_momentum(model, surgery.TORCH_BN_MOMENTUM)
+    tbn = torch.nn.BatchNorm2d(3, eps=1e-5, momentum=0.1).train()
+    want_mean, want_var, torch_var = np.zeros(3), np.ones(3), np.ones(3)
+    for step in range(3):
+        x = RNG.normal(loc=step + 1.0, scale=2.0, size=(4, 5, 5, 3)).astype(np.float32)
+        model(x, training=True)
+        keras_default(x, training=True)
+        with torch.no_grad():
+            tbn(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()))
+        want_mean = 0.9 * want_mean + 0.1 * x.mean(axis=(0, 1, 2))
+        want_var = 0.9 * want_var + 0.1 * x.var(axis=(0, 1, 2))  # biased (ddof=0)
+        torch_var = 0.9 * torch_var + 0.1 * x.var(axis=(0, 1, 2), ddof=1)  # torch: unbiased
+    mean = keras.ops.convert_to_numpy(bn.moving_mean)
+    np.testing.assert_allclose(mean, tbn.running_mean.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(mean, want_mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_variance), want_var, rtol=1e-5)
+    np.testing.assert_allclose(tbn.running_var.numpy(), torch_var, rtol=1e-5)
+    # Keras' 0.99 lags torch by far more than the tolerance after 3 steps (about 0.06 against 0.5)
+    lag = np.abs(keras.ops.convert_to_numpy(keras_default.moving_mean) - tbn.running_mean.numpy())
+    assert lag.min() > 0.2, lag
+
+
+# one build per builder function (the 512/1024 rows of Team 1 and of GAPNet share theirs)
+_TEAM_BUILDS = {
+    "team1_densenet121_512": ((64, 64, 4), {}, 0.9),
+    "team1_densenet121_1024": ((64, 64, 4), {}, 0.9),
+    "team1_arcface_resnet50_768": ((64, 64, 4), {"num_classes": 8}, 0.9),
+    "team2_densenet121_rgb_512": ((64, 64, 4), {}, 0.9),
+    "team3_attention_inceptionv3_1024": ((160, 160, 4), {"with_aux": True}, 0.9),
+    "team3_attention_se_resnext50_1024": ((64, 64, 4), {}, 0.9),
+    "team3_resnet34_512": ((64, 64, 4), {}, 0.9),
+    "team4_gapnet_resnet18_512": ((64, 64, 4), {}, 0.99),  # Christof: Keras 2 + qubvel ResNet18
+    "team4_gwap_resnet34_512": ((64, 64, 4), {}, 0.9),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_TEAM_BUILDS))
+def test_every_team_model_updates_batchnorm_at_its_framework_rate(name):
+    from hpa_zoo.registry import get_spec
+
+    shape, kwargs, want = _TEAM_BUILDS[name]
+    model = get_spec(name).build_fn()(input_shape=shape, **kwargs)
+    found = {}
+
+    def visit(layer):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            found[layer.name] = layer.momentum
+        for inner in getattr(layer, "layers", ()):
+            visit(inner)
+
+    visit(model)
+    assert len(found) >= 2, f"{name}: expected the trunk's BatchNorm layers, found {sorted(found)}"
+    assert {k: v for k, v in found.items() if v != want} == {}

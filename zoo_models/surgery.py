@@ -24,6 +24,7 @@ Model code is Keras layers only; the weight arithmetic here is NumPy on host cop
 """
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from dataclasses import dataclass
@@ -34,8 +35,16 @@ import numpy as np
 from hpa_zoo.constants import CHANNELS
 from hpa_zoo.errors import ConfigError, WeightsError
 
+logger = logging.getLogger(__name__)
+
 #: The stem rules `widen_stem_kernel` understands (see the module docstring).
 STEM_RULES = ("copy_red", "mean", "zeros", "sum", "select")
+
+#: PyTorch's ``BatchNorm{1,2}d(momentum=0.1)`` weights the *new* batch statistic by 0.1; Keras' ``momentum`` weights
+#: the *old* running value. The same running-average rate in Keras is therefore 0.9 (docs/teams.md §6).
+TORCH_BN_MOMENTUM = 0.9
+#: Keras' own default (Keras 2 and 3), and qubvel's ``get_bn_params`` (docs/teams.md §4.2, §6): Christof's Keras-2 GAPNet.
+KERAS_BN_MOMENTUM = 0.99
 
 
 def widen_stem_kernel(kernel_hwio, n_in: int, rule: str = "copy_red", *,
@@ -462,6 +471,45 @@ def canonical_layer_names(model, auto_name):
         return layer.__class__.from_config(config)
 
     return keras.models.clone_model(model, clone_function=rename)
+
+
+def set_batchnorm_momentum(model, momentum: float) -> list[str]:
+    """Set the running-statistics momentum of every BatchNormalization layer of ``model``, nested models included.
+
+    ``keras.applications`` trunks (DenseNet, InceptionV3, ResNet50) are built with Keras' 0.99, but the teams that
+    trained in PyTorch updated their running statistics at torch's rate (``momentum=0.1`` = Keras 0.9,
+    `TORCH_BN_MOMENTUM`). Keras 3 reads ``layer.momentum`` when a training step is traced, and ``get_config``
+    saves it, so setting it after the model is built is enough (before ``compile``/``fit``) and survives a
+    ``.keras`` save and load. Weights, inference outputs and the trainable flags are unchanged.
+
+    Args:
+        model: a keras.Model (functional or nested).
+        momentum: float in [0, 1): the weight of the old running value, Keras' convention.
+
+    Returns:
+        the names of the BatchNormalization layers set, in graph order (nested ones as ``outer/inner``).
+
+    Raises:
+        ConfigError: ``momentum`` outside [0, 1) (the message gives both conventions).
+    """
+    import keras
+
+    momentum = float(momentum)
+    if not 0.0 <= momentum < 1.0:
+        raise ConfigError(f"BatchNorm momentum {momentum}: Keras' momentum weights the old running value and must "
+                          f"be in [0, 1); PyTorch's momentum=0.1 is Keras {TORCH_BN_MOMENTUM}")
+    names: list[str] = []
+
+    def visit(layer, prefix: str) -> None:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = momentum
+            names.append(prefix + layer.name)
+        for inner in getattr(layer, "layers", ()):
+            visit(inner, f"{prefix}{layer.name}/" if layer is not model else "")
+
+    visit(model, "")
+    logger.debug("%s: BatchNorm momentum %.3g on %d layers", getattr(model, "name", model), momentum, len(names))
+    return names
 
 
 def copy_weights_by_name(src_model, dst_model, *, skip: Sequence[str] = ()) -> list[str]:

@@ -5,7 +5,8 @@ The method section, in order: constants (each citing `docs/teams.md`), the model
 learning-rate schedule, and the recipe (data maps, loss, optimiser, TTA, thresholds) for `hpa_zoo.train.trainer`.
 
 Deviations from the PyTorch original (also in the recipe ``notes``): Keras' ImageNet DenseNet121 weights are not
-torchvision's, and Keras' BatchNormalization epsilon is 1.001e-5 in the trunk (torch 1e-5) — teams.md §1.2.
+torchvision's, and Keras' BatchNormalization epsilon is 1.001e-5 in the trunk (torch 1e-5) — teams.md §1.2. Every
+BatchNorm updates its running statistics at torch's rate (Keras momentum 0.9, not the trunk's 0.99; teams.md §6).
 """
 from __future__ import annotations
 
@@ -58,7 +59,8 @@ TTA_SEEDS = (0, 1, 2, 3)
 #: train-set label frequency. Float64 (28,).
 LB_RATIOS = np.where(PUBLIC_LB_RATIOS == 0.01, KAGGLE_TRAIN_COUNTS / KAGGLE_TRAIN_SIZE, PUBLIC_LB_RATIOS)
 
-NOTES = ("Keras ImageNet DenseNet121 weights (not torchvision's); trunk BN epsilon 1.001e-5 (torch 1e-5). "
+NOTES = ("Keras ImageNet DenseNet121 weights (not torchvision's); trunk BN epsilon 1.001e-5 (torch 1e-5); BN "
+         "momentum 0.9 everywhere (torch's 0.1). "
          "Fewer epochs than the team's scale the LR boundaries proportionally (EpochStepSchedule). "
          "Team 1 trained FP32 on 4 GPUs; the batch is the global batch.")
 
@@ -104,6 +106,7 @@ def build_densenet121(num_classes: int = NUM_CLASSES, input_shape=(512, 512, 4),
     logits = keras.layers.Dense(num_classes, dtype="float32", name=CLASSIFIER)(features)
     name = name or ("densenet121_large_team1" if large else "densenet121_team1")
     model = keras.Model(trunk.inputs[0], logits, name=name)  # a single tensor, not a list: no structure warning
+    surgery.set_batchnorm_momentum(model, surgery.TORCH_BN_MOMENTUM)  # PyTorch's running-stat rate, teams.md §6
 
     if weights is None:
         return model

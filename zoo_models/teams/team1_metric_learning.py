@@ -85,7 +85,7 @@ def build_team1_arcface_resnet50_768(num_classes: int = 1000, input_shape=None, 
         keras.Model (B, H, W, C) float32 [0, 255] -> cosines (B, num_classes) float32 (the zoo's "logits"
         slot); the registry's feature layer ``embedding`` is the (B, 512) matching vector.
     """
-    from zoo_models.surgery import imagenet_source, transplant_weights
+    from zoo_models.surgery import TORCH_BN_MOMENTUM, imagenet_source, set_batchnorm_momentum, transplant_weights
 
     shape = tuple(input_shape or (INPUT_SIZE, INPUT_SIZE, 4))
     if len(shape) != 3 or any(s is not None and s < 32 for s in shape[:2]):
@@ -110,6 +110,7 @@ def build_team1_arcface_resnet50_768(num_classes: int = 1000, input_shape=None, 
     emb = keras.layers.BatchNormalization(name=EMBEDDING_LAYER)(h)
     cos = ArcMarginProduct(num_classes, name="logits", dtype="float32")(emb)
     model = keras.Model(inputs, cos, name=kw.pop("name", "team1_arcface_resnet50_768"))
+    set_batchnorm_momentum(model, TORCH_BN_MOMENTUM)  # PyTorch's running-stat rate, trunk and head (teams.md §6)
     if weights == "imagenet":  # Keras' 3-channel ImageNet ResNet50, stem widened with the red-copy rule
         transplant_weights(imagenet_source(keras.applications.ResNet50, shape), model, first_conv=FIRST_CONV,
                            rule="copy_red")
@@ -192,7 +193,8 @@ def make_recipe(model_name: str = "team1_arcface_resnet50_768", **overrides) -> 
                                          example["multi_hot"]),
         eval_map=functools.partial(image_ops.resized_pair, size=size),
         monitor="loss", targets="sample_id", input_is_resized_image=True,
-        notes="ArcFace over sample ids (teams.md §1.7); the identities come from the data, not the 28 classes.",
+        notes="ArcFace over sample ids (teams.md §1.7); the identities come from the data, not the 28 classes. "
+              "BN momentum 0.9 in trunk and head (torch's 0.1).",
     )
     fields.update(overrides)
     return Recipe(**fields)

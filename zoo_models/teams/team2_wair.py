@@ -81,7 +81,7 @@ ENSEMBLE_MEMBERS = ("DenseNet121_change_avg_v2", "DenseNet121_change_avg_v3", "D
                     "DenseNet169_change_avg_v5", "se_resnext50_32x4d_v5", "Xception_osmr_v5",
                     "ibn_densenet121_osmr_v5_2")
 
-NOTES = ("Keras ImageNet DenseNet weights (not torchvision's). One optimiser per run: the Adam-amsgrad phases "
+NOTES = ("Keras ImageNet DenseNet weights (not torchvision's); BN momentum 0.9 (torch's 0.1, not Keras' 0.99). One optimiser per run: the Adam-amsgrad phases "
          "(epochs 19-23) run as the tail of Team2Schedule on Adamax; use make_amsgrad_optimizer for a faithful "
          "restart. HueSaturationValue is left out of the colour OneOf (RGBY input). Rare-class oversampling is the "
          "recipe's train_sampler (rule v4 by default, the _v5 models'; make_recipe(oversampling='v2'|'v3') for the "
@@ -123,6 +123,7 @@ def build_densenet(depth: int = 121, num_classes: int = NUM_CLASSES, input_shape
     features = keras.layers.GlobalAveragePooling2D(name=FEATURE_LAYER)(trunk.output)
     logits = keras.layers.Dense(num_classes, dtype="float32", name=CLASSIFIER)(features)
     model = keras.Model(inputs, logits, name=name or f"densenet{depth}_team2")
+    surgery.set_batchnorm_momentum(model, surgery.TORCH_BN_MOMENTUM)  # PyTorch's running-stat rate, teams.md §6
     if weights == "imagenet":
         src = surgery.imagenet_source(TRUNKS[depth], (input_shape[0] or 224, input_shape[1] or 224),
                                       imagenet_weights=imagenet_weights)

@@ -137,6 +137,7 @@ def build_team3_attention_inceptionv3_1024(num_classes: int = NUM_CLASSES, input
                              output_name=AUX_OUTPUT)
         outputs = {MAIN_OUTPUT: logits, AUX_OUTPUT: aux}
     model = surgery.canonical_layer_names(keras.Model(inputs, outputs, name=name), _AUTO_NAME)
+    surgery.set_batchnorm_momentum(model, surgery.TORCH_BN_MOMENTUM)  # PyTorch's running-stat rate, teams.md §6
     if weights == "imagenet":
         src = surgery.imagenet_source(keras.applications.InceptionV3, shape, imagenet_weights=imagenet_weights)
         trunk_model = keras.Model(_single_input(model), model.get_layer(INCEPTION_FEATURE).output)
@@ -173,6 +174,7 @@ def build_team3_attention_se_resnext50_1024(num_classes: int = NUM_CLASSES, inpu
     logits = attention_head(trunk.get_layer(SE_RESNEXT_FEATURE).output, num_classes,
                             attention_size=SE_RESNEXT_ATTENTION_SIZE, name="attention", output_name=MAIN_OUTPUT)
     model = keras.Model(inputs, logits, name=name)
+    surgery.set_batchnorm_momentum(model, surgery.TORCH_BN_MOMENTUM)  # already the backbone's; the head's too
     _init_resnet_weights(model, "se_resnext50_32x4d", weights, imagenet_weights)
     return model
 
@@ -199,6 +201,7 @@ def build_team3_resnet34_512(num_classes: int = NUM_CLASSES, input_shape=None, w
     trunk = resnet_backbones.resnet34(input_tensor=x, pooling="avg")
     logits = keras.layers.Dense(num_classes, dtype="float32", name=MAIN_OUTPUT)(trunk.output)
     model = keras.Model(inputs, logits, name=name)
+    surgery.set_batchnorm_momentum(model, surgery.TORCH_BN_MOMENTUM)  # already the backbone's; the head's too
     _init_resnet_weights(model, "resnet34", weights, imagenet_weights)
     return model
 
@@ -278,7 +281,8 @@ BLEND_WEIGHTS: dict[str, float] = {
     "team3_attention_se_resnext50_1024": 1.0,
 }
 
-NOTES = ("Gradient accumulation averages the k gradients (Keras) where PyTorch sums them; Adam is scale-invariant "
+NOTES = ("BN momentum 0.9 in every model (torch's 0.1; the Keras InceptionV3 trunk is built at 0.99). "
+         "Gradient accumulation averages the k gradients (Keras) where PyTorch sums them; Adam is scale-invariant "
          "up to epsilon. The 1024 models augment the 512 image and then upsample it (teams.md §3.4). Thresholds: "
          "proportion matching on whatever split they are fitted on (pudae: the test_val hold-out). hpa_zoo.train.trainer "
          "checkpoints every epoch and makes the preset the SWA model (BatchNorm recalibrated on the training split "

@@ -11,7 +11,8 @@ member, then a weighted vote across members, `hpa_zoo.infer.ensemble`).
 
 Deviations (also in the recipes' ``notes``): qubvel's pre-activation ResNet18 taps (``relu0``,
 ``stage{2,3,4}_unit1_relu1``, ``relu1``) are mapped to the torchvision ResNet18 of `zoo_models.backbones.resnet`
-(``relu``, ``layer1``..``layer4``); the SE reduction ratio (16) is not in the facts; IAAAffine's shear is left out
+(``relu``, ``layer1``..``layer4``), whose BatchNorm is set to qubvel's momentum 0.99 (teams.md §6) with epsilon 1e-5
+(qubvel 2e-5); the SE reduction ratio (16) is not in the facts; IAAAffine's shear is left out
 (ShiftScaleRotate with the same translate/rotate/scale); the 8 random-augmentation median TTA is replaced by the
 8 dihedral transforms with the median; Dmytro's semi-balanced sampler is not reproduced (its rate depends on the
 epoch number, which `hpa_zoo.recipe.Recipe.train_sampler` does not receive). The GAPNet epoch sampler
@@ -81,7 +82,8 @@ TTA_CROP = TTAConfig("identity", aggregate="mean")
 #: teams.md §4.1 step 3: frequency-matched thresholds (LB ratios, rare classes 0.004).
 THRESHOLDS = ThresholdConfig("freq_match")
 
-NOTES = ("ResNet18 taps mapped from qubvel's pre-activation names to torchvision's (relu, layer1-4); SE ratio 16 "
+NOTES = ("BN momentum: GAPNet 0.99 throughout (Christof: Keras 2, qubvel ResNet18), GWAP 0.9 (Dmytro: torch's "
+         "0.1). ResNet18 taps mapped from qubvel's pre-activation names to torchvision's (relu, layer1-4); SE ratio 16 "
          "(not in the facts); IAAAffine without shear; dihedral median TTA instead of 8 random passes. The GAPNet "
          "recipes' train_sampler draws each epoch by rarest-label weight with batches alternating Kaggle / external "
          "images 50/50 (rarest_label_sampler; an id's source = Kaggle UUID or not; each source weighted by its own "
@@ -154,6 +156,8 @@ def build_gapnet(num_classes: int = NUM_CLASSES, input_shape=(512, 512, 4), weig
     x = keras.layers.Dropout(HEAD_DROPOUT, name="head_dropout2")(x)
     logits = keras.layers.Dense(num_classes, dtype="float32", name=CLASSIFIER)(x)
     model = keras.Model(inputs, logits, name=name or "gapnet_resnet18_team4")
+    # Christof trained in Keras 2 with qubvel's ResNet18: Keras' 0.99 everywhere, trunk included (teams.md §6)
+    surgery.set_batchnorm_momentum(model, surgery.KERAS_BN_MOMENTUM)
     if weights not in (None, "imagenet"):
         load_weights_file(model, weights)
     return model
@@ -195,6 +199,7 @@ def build_gwap_net(num_classes: int = NUM_CLASSES, input_shape=(512, 512, 4), we
     x = keras.layers.Dense(HEAD_HIDDEN, activation="relu", name=FEATURE_LAYER)(x)
     logits = keras.layers.Dense(num_classes, dtype="float32", name=CLASSIFIER)(x)
     model = keras.Model(inputs, logits, name=name or "gwap_resnet34_team4")
+    surgery.set_batchnorm_momentum(model, surgery.TORCH_BN_MOMENTUM)  # Dmytro: PyTorch (teams.md §6)
     if weights not in (None, "imagenet"):
         load_weights_file(model, weights)
     return model
