@@ -217,6 +217,27 @@ def test_set_batchnorm_momentum_reaches_nested_layers_and_survives_a_keras_save(
             surgery.set_batchnorm_momentum(model, bad)
 
 
+def test_batchnorm_walk_lists_a_shared_layer_once_and_swa_uses_the_same_walk():
+    """A BatchNorm shared by two nested models is one set of running statistics: it is listed (and SWA
+    recalibrates it) once, at its first path; the top-level and nested ones keep graph order."""
+    from hpa_zoo.train import swa
+
+    shared = keras.layers.BatchNormalization(name="bn_shared")
+    a_in = keras.Input((4, 4, 3))
+    a = keras.Model(a_in, shared(a_in), name="a")
+    b_in = keras.Input((4, 4, 3))
+    b = keras.Model(b_in, keras.layers.BatchNormalization(name="bn_b")(shared(b_in)), name="b")
+    x = keras.Input((4, 4, 3))
+    y = keras.layers.BatchNormalization(name="bn_top")(x)
+    model = keras.Model(x, keras.layers.Add()([a(y), b(y)]))
+    pairs = surgery.batchnorm_layers_by_path(model)
+    assert [p for p, _ in pairs] == ["bn_top", "a/bn_shared", "b/bn_b"]
+    assert pairs[1][1] is shared
+    assert surgery.set_batchnorm_momentum(model, 0.5) == ["bn_top", "a/bn_shared", "b/bn_b"]
+    assert shared.momentum == 0.5
+    assert swa.batchnorm_layers(model) == [layer for _, layer in pairs]
+
+
 def test_torch_rate_gives_torch_running_mean_after_training_steps():
     """After 3 training-mode batches the Keras moving mean equals torch BatchNorm2d(momentum=0.1)'s running_mean.
     The moving variance follows the same rate on the *biased* batch variance (Keras); torch's running_var uses

@@ -473,6 +473,38 @@ def canonical_layer_names(model, auto_name):
     return keras.models.clone_model(model, clone_function=rename)
 
 
+def batchnorm_layers_by_path(model) -> list[tuple[str, object]]:
+    """Every ``keras.layers.BatchNormalization`` in ``model``, nested models included, with its path.
+
+    The one walk over a model's BatchNorm layers: `set_batchnorm_momentum` and SWA's running-statistics
+    recalibration (``hpa_zoo.train.swa``) both use it. A layer reached twice (shared between nested models) is
+    listed once, at its first path.
+
+    Args:
+        model: a keras.Model (functional or nested).
+
+    Returns:
+        ``[(path, layer), ...]`` in pre-order graph order; ``path`` is the layer's name, prefixed ``outer/`` for
+        each nested model it sits in (``"block/bn_inner"``).
+    """
+    import keras
+
+    found: list[tuple[str, object]] = []
+    seen: set[int] = set()
+
+    def visit(layer, prefix: str) -> None:
+        for inner in getattr(layer, "layers", ()) or ():
+            if id(inner) in seen:
+                continue
+            seen.add(id(inner))
+            if isinstance(inner, keras.layers.BatchNormalization):
+                found.append((prefix + inner.name, inner))
+            visit(inner, f"{prefix}{inner.name}/")
+
+    visit(model, "")
+    return found
+
+
 def set_batchnorm_momentum(model, momentum: float) -> list[str]:
     """Set the running-statistics momentum of every BatchNormalization layer of ``model``, nested models included.
 
@@ -487,27 +519,20 @@ def set_batchnorm_momentum(model, momentum: float) -> list[str]:
         momentum: float in [0, 1): the weight of the old running value, Keras' convention.
 
     Returns:
-        the names of the BatchNormalization layers set, in graph order (nested ones as ``outer/inner``).
+        the names of the BatchNormalization layers set, in graph order (nested ones as ``outer/inner``;
+        `batchnorm_layers_by_path`).
 
     Raises:
         ConfigError: ``momentum`` outside [0, 1) (the message gives both conventions).
     """
-    import keras
-
     momentum = float(momentum)
     if not 0.0 <= momentum < 1.0:
         raise ConfigError(f"BatchNorm momentum {momentum}: Keras' momentum weights the old running value and must "
                           f"be in [0, 1); PyTorch's momentum=0.1 is Keras {TORCH_BN_MOMENTUM}")
     names: list[str] = []
-
-    def visit(layer, prefix: str) -> None:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.momentum = momentum
-            names.append(prefix + layer.name)
-        for inner in getattr(layer, "layers", ()):
-            visit(inner, f"{prefix}{layer.name}/" if layer is not model else "")
-
-    visit(model, "")
+    for path, layer in batchnorm_layers_by_path(model):
+        layer.momentum = momentum
+        names.append(path)
     logger.debug("%s: BatchNorm momentum %.3g on %d layers", getattr(model, "name", model), momentum, len(names))
     return names
 

@@ -31,6 +31,7 @@ from keras import ops
 
 from hpa_zoo.atomic import atomic_write_text, load_network_weights, save_weights_atomic
 from hpa_zoo.errors import ConfigError, WeightsError
+from zoo_models.surgery import batchnorm_layers_by_path
 
 # teams.md §3.3: SWA over the last 10 epoch checkpoints (``swa.10.040.pth`` = 10 checkpoints up to epoch 40).
 DEFAULT_SWA_LAST_N = 10
@@ -103,20 +104,12 @@ def epoch_checkpoints(directory: str | os.PathLike, last_n: Optional[int] = None
 
 # ---------------------------------------------------------------------------------------------- averaging
 def batchnorm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
-    """Every ``keras.layers.BatchNormalization`` in `model`, nested models included, in layer order."""
-    found, seen = [], set()
+    """Every ``keras.layers.BatchNormalization`` in `model`, nested models included, each once, in layer order.
 
-    def walk(layer):
-        for sub in getattr(layer, "layers", ()) or ():
-            if id(sub) in seen:
-                continue
-            seen.add(id(sub))
-            if isinstance(sub, keras.layers.BatchNormalization):
-                found.append(sub)
-            walk(sub)
-
-    walk(model)
-    return found
+    The walk is ``zoo_models.surgery.batchnorm_layers_by_path`` (the one the team builders use to set each
+    framework's BatchNorm momentum), without the paths.
+    """
+    return [layer for _, layer in batchnorm_layers_by_path(model)]
 
 
 def _bn_statistics(model: keras.Model) -> list[tuple[keras.Variable, keras.Variable]]:
