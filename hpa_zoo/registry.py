@@ -93,9 +93,11 @@ class ModelSpec:
 
     @property
     def num_channels(self) -> int:
+        """How many input channels the model takes (int: 4 for RGBY, 3 for RGB): ``len(self.channels)``."""
         return len(self.channels)
 
     def weights_spec(self, name: str) -> WeightsSpec | None:
+        """The published weights called ``name`` (e.g. ``"hpa"``), or None when this model has none by that name."""
         for w in self.weights:
             if w.name == name:
                 return w

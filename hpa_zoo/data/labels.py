@@ -30,6 +30,7 @@ class SkipReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
     def add(self, what: str, reason: str) -> None:
+        """Record that ``what`` (a file, id or CSV line) was skipped and why (``reason``, shown to the user)."""
         self.skipped.append((what, reason))
 
     def __len__(self) -> int:

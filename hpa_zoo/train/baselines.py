@@ -48,6 +48,7 @@ class LabelPriorBaseline:
     """
 
     def fit(self, y) -> "LabelPriorBaseline":
+        """Learn the (28,) float64 label frequencies of ``y`` ((N, 28) 0/1) and F1-optimal thresholds on them."""
         from hpa_zoo.infer.thresholds import fit_thresholds
 
         y = _check_labels(y)
@@ -57,9 +58,11 @@ class LabelPriorBaseline:
         return self
 
     def predict_proba(self, n: int) -> np.ndarray:
+        """float64 (n, 28): the training frequencies, the same row for every image."""
         return np.tile(self.prior, (int(n), 1))
 
     def predict(self, n: int) -> np.ndarray:
+        """uint8 (n, 28) 0/1 labels: `predict_proba` through the fitted thresholds."""
         from hpa_zoo.infer.thresholds import apply_thresholds
 
         return apply_thresholds(self.predict_proba(n), self.thresholds)
@@ -74,6 +77,7 @@ class PixelStatsBaseline:
     """
 
     def fit(self, images: np.ndarray, y, seed: int = 0) -> "PixelStatsBaseline":
+        """Fit on (N, H, W, 4) uint8 images and (N, 28) 0/1 labels; ``seed`` seeds each class's regression."""
         from sklearn.linear_model import LogisticRegression
         from sklearn.preprocessing import StandardScaler
 
@@ -92,9 +96,11 @@ class PixelStatsBaseline:
                          for m in self.models], axis=1)
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
+        """float64 (M, 28) class probabilities for (M, H, W, 4) uint8 images."""
         return self._proba(self.scaler.transform(pixel_features(images)))
 
     def predict(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (M, 28) 0/1 labels for (M, H, W, 4) uint8 images, through the fitted thresholds."""
         from hpa_zoo.infer.thresholds import apply_thresholds
 
         return apply_thresholds(self.predict_proba(images), self.thresholds)

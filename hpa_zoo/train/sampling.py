@@ -27,6 +27,7 @@ class EpochSampler:
 
     @property
     def name(self) -> str:
+        """The sampler's stable name (str, `callable_name`: module.qualname(keywords)), used in its errors."""
         return callable_name(self.sampler)
 
     def ids(self, epoch: int) -> list[str]:
