@@ -16,6 +16,7 @@ import pytest
 
 import keras
 
+from hpa_zoo.errors import DiskWriteError  # noqa: E402
 from hpa_zoo.infer import explain  # noqa: E402
 from hpa_zoo.data.images import load_rgby  # noqa: E402
 from hpa_zoo.data.labels import read_labels_csv  # noqa: E402
@@ -79,6 +80,17 @@ def test_overlay_and_png(real, tmp_path):
     png = cv2.imread(str(path))
     assert png.shape == (SIZE, 2 * SIZE, 3)
     np.testing.assert_array_equal(png[:, :SIZE, ::-1], explain.rgby_to_rgb(images[0]))
+
+
+def test_a_cam_png_that_cannot_be_written_says_so_and_keeps_the_earlier_file(real, tmp_path, monkeypatch):
+    images, _ = real
+    cam = np.ones((SIZE, SIZE), np.float32)
+    path = explain.save_cam_png(tmp_path / "cam.png", images[0], cam)
+    before = path.read_bytes()
+    monkeypatch.setattr(cv2, "imwrite", lambda *a, **k: False)
+    with pytest.raises(DiskWriteError, match=r"cannot write .*cam\.png: cv2\.imwrite failed"):
+        explain.save_cam_png(path, images[0], np.zeros((SIZE, SIZE), np.float32))
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["cam.png"]
 
 
 def test_embed_gives_the_features_the_classifier_reads(model, real):

@@ -94,6 +94,16 @@ def test_saving_again_replaces_a_preset_but_never_a_foreign_folder(tiny, tmp_pat
         hpa_zoo.save_preset(unnamed, tmp_path / "q")
 
 
+def test_metadata_that_is_not_json_is_refused_naming_its_key_and_nothing_is_written(tiny, tmp_path):
+    meta = {"fold": np.int64(1), "thresholds": np.full(28, 0.5, np.float32), "data": tmp_path, "bad": {1, 2}}
+    with pytest.raises(ConfigError, match=r"metadata\['bad'\] cannot be written to metadata\.json.*set"):
+        hpa_zoo.save_preset(tiny, tmp_path / "p", metadata=meta)
+    assert not (tmp_path / "p").exists()
+    del meta["bad"]  # NumPy values and paths are converted, as before
+    saved = models_api.load_metadata(hpa_zoo.save_preset(tiny, tmp_path / "p", metadata=meta))
+    assert saved["fold"] == 1 and saved["thresholds"] == [0.5] * 28 and saved["data"] == str(tmp_path)
+
+
 def test_keras_file_round_trip(tiny, tmp_path):
     model = tiny
     path = tmp_path / "m.keras"

@@ -17,7 +17,7 @@ from sklearn.model_selection import cross_val_predict
 from hpa_zoo.data import synthetic
 from hpa_zoo.cli import main
 from hpa_zoo.constants import CHANNELS, KAGGLE_TRAIN_COUNTS, NUM_CLASSES, is_kaggle_id
-from hpa_zoo.errors import ConfigError
+from hpa_zoo.errors import ConfigError, DiskWriteError
 from hpa_zoo.data.labels import read_labels_csv
 
 
@@ -304,3 +304,10 @@ def test_a_sample_style_is_the_samples_and_k1_keeps_the_original_columns(tmp_pat
     assert main(["synth", str(tmp_path / "cli"), "--n-train", "4", "--n-test", "2", "--size", "32",
                  "--workers", "0", "--fields-per-sample", "3"]) == 0
     assert pd.read_csv(tmp_path / "cli" / "train.csv")["Sample"].notna().all()
+
+
+def test_a_png_that_cannot_be_written_stops_the_dataset_naming_the_file_and_leaves_no_dataset(tmp_path, monkeypatch):
+    monkeypatch.setattr(cv2, "imwrite", lambda path, image, *a: False)  # what OpenCV returns on a failed write
+    with pytest.raises(DiskWriteError, match=r"cannot write .*_red\.png: cv2\.imwrite failed"):
+        synthetic.write_synthetic_dataset(tmp_path / "x", n_train=2, n_test=1, size=32, workers=0, progress=False)
+    assert list(tmp_path.iterdir()) == []  # the hidden build folder is removed, never renamed onto the output

@@ -56,7 +56,7 @@ import pandas as pd
 
 from hpa_zoo.atomic import atomic_to_csv, atomic_write_text
 from hpa_zoo.constants import CHANNELS, KAGGLE_TRAIN_COUNTS, NUM_CLASSES
-from hpa_zoo.errors import ConfigError
+from hpa_zoo.errors import ConfigError, DiskWriteError
 from hpa_zoo.data.labels import format_target
 
 #: Images of the Kaggle train.csv with 1, 2, 3, 4, 5 labels (community EDA counts; they sum to 31,072
@@ -938,7 +938,8 @@ def _render_and_write(task: tuple) -> None:
     for k, color in enumerate(CHANNELS):
         path = os.path.join(folder, f"{image_id}_{color}.png")
         if not cv2.imwrite(path, image[..., k]):
-            raise OSError(f"{path}: cv2.imwrite failed (disk full or folder not writable?)")
+            raise DiskWriteError(f"cannot write {path}: cv2.imwrite failed; check that {folder} exists, is writable "
+                                 f"and has free space, or write the dataset to another folder")
 
 
 def _ids(n: int, rng: np.random.Generator) -> list[str]:

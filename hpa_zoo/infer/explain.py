@@ -26,7 +26,7 @@ import numpy as np
 
 from hpa_zoo.atomic import atomic_path
 from hpa_zoo.constants import CLASS_NAMES
-from hpa_zoo.errors import ConfigError, UnknownModelError
+from hpa_zoo.errors import ConfigError, DiskWriteError, UnknownModelError
 from hpa_zoo.registry import get_spec
 
 log = logging.getLogger(__name__)
@@ -107,13 +107,17 @@ def save_cam_png(path, image_rgby, cam, *, alpha: float = 0.5) -> Path:
 
     Returns:
         Path of the file: an (H, 2W, 3) uint8 PNG, left the image, right the overlay.
+
+    Raises:
+        DiskWriteError: the PNG could not be written (nothing half-written is left at ``path``).
     """
     import cv2
 
     panel = np.concatenate([rgby_to_rgb(image_rgby), overlay_cam(image_rgby, cam, alpha=alpha)], axis=1)
     with atomic_path(path, suffix=".png") as tmp:
         if not cv2.imwrite(str(tmp), panel[..., ::-1]):
-            raise OSError(f"{path}: cv2.imwrite failed (folder not writable?)")
+            raise DiskWriteError(f"cannot write {path}: cv2.imwrite failed; check that its folder is writable and "
+                                 f"has free space, or write the panel elsewhere")
     return Path(path)
 
 

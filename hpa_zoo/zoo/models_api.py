@@ -234,7 +234,8 @@ def save_preset(model, directory, *, model_name: str | None = None, build_config
         Path of the preset directory.
 
     Raises:
-        ConfigError: no registry name can be determined, or ``directory`` is a non-preset folder.
+        ConfigError: no registry name can be determined, ``directory`` is a non-preset folder, or a ``metadata``
+            value is not JSON-serialisable (the message names its key; nothing is written).
     """
     import keras
 
@@ -259,11 +260,12 @@ def save_preset(model, directory, *, model_name: str | None = None, build_config
         "date_saved": datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S"),  # keras-hub's format
     }
     meta.update(meta_in)
+    meta_text = _metadata_json(meta)
 
     ensure_free_space(directory, model_bytes(model))  # h5py crashes on a disk that fills up mid-write
     with atomic_dir(directory) as tmp:
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
-        (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=_json_default))
+        (tmp / METADATA_FILE).write_text(meta_text)
         save_network_weights(model, tmp / WEIGHTS_FILE)  # the layers only: no optimizer state in a preset
     return directory
 
@@ -433,6 +435,23 @@ def _normalization_of(model) -> dict | None:
 
 def _dim(d):
     return None if d is None else int(d)
+
+
+def _metadata_json(meta: dict[str, Any]) -> str:
+    """``metadata.json``'s text; NumPy values and paths become JSON, anything else is refused naming its key."""
+    try:
+        return json.dumps(meta, indent=2, default=_json_default)
+    except (TypeError, ValueError):
+        pass
+    for key, value in meta.items():
+        try:
+            json.dumps(value, default=_json_default)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"save_preset: metadata[{key!r}] cannot be written to {METADATA_FILE}: {exc}. Pass "
+                              f"JSON values (numbers, strings, lists, dicts, NumPy arrays, paths) or convert it "
+                              f"first") from None
+    raise ConfigError(f"save_preset: the metadata cannot be written to {METADATA_FILE} (its keys must be strings); "
+                      f"keys: {sorted(map(repr, meta))}")
 
 
 def _json_default(obj: Any):
