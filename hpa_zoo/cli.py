@@ -381,6 +381,9 @@ def _add_train(sub) -> None:
     p.add_argument("--augment-on", choices=["host", "device"], default="host",
                    help="where the training augmentation runs: host (tf.data, default) or device (Team 1: the "
                         "host only decodes uint8, crop/resize/D4 run in the training step; for a GPU/TPU)")
+    p.add_argument("--keep-weights", choices=["best", "last"], default=None,
+                   help="weights the preset keeps: best (the recipe's rule: the best epoch on its monitor, e.g. "
+                        "Team 1's val_focal) or last (the final epoch); default: the recipe's")
     p.set_defaults(func=_run_train)
 
 
@@ -391,7 +394,8 @@ def _run_train(args) -> int:
           data_dir=args.data_dir, epochs=args.epochs, image_size=args.image_size, input_size=args.input_size,
           batch_size=args.batch_size, steps_per_epoch=args.steps_per_epoch, precision=args.precision,
           jit_compile=args.xla, strategy=args.strategy, seed=args.seed, weights=args.weights,
-          deterministic=args.deterministic, augment_on=args.augment_on)
+          deterministic=args.deterministic, augment_on=args.augment_on,
+          recipe_overrides={"keep_weights": args.keep_weights} if args.keep_weights else None)
     return 0
 
 

@@ -111,6 +111,10 @@ class Recipe:
         eval_map: ``(example: dict) -> (image float32, multi_hot float32)``: the deterministic validation path.
         monitor: the validation quantity that picks the checkpoint (``"val_focal"`` for Team 1).
         monitor_mode: ``"min"`` or ``"max"``.
+        keep_weights: which weights the preset holds when SWA is off: ``"best"``, the epoch that is best on
+            ``monitor`` (every team's rule), or ``"last"``, the final epoch (for a schedule that decays to its floor
+            rate, such as the demo's cosine, where a validation loss of an overconfident model picks an early,
+            underfit epoch). The best epoch is still tracked and recorded either way.
         tta: `TTAConfig`.
         thresholds: `ThresholdConfig`.
         grad_accum_steps: gradient accumulation (Team 3).
@@ -152,6 +156,7 @@ class Recipe:
     eval_map: Callable[..., Any]
     monitor: str = "val_loss"
     monitor_mode: Literal["min", "max"] = "min"
+    keep_weights: Literal["best", "last"] = "best"
     tta: TTAConfig = TTAConfig()
     thresholds: ThresholdConfig = ThresholdConfig()
     grad_accum_steps: int = 1

@@ -146,6 +146,46 @@ def test_rerun_with_more_epochs_resumes_model_optimizer_and_epoch(tiny_model, sy
         train(tiny_model, synthetic_data, out_dir=out, epochs=3, steps_per_epoch=steps, batch_size=4, verbose=0)
 
 
+def test_keep_weights_last_puts_the_final_epoch_in_the_preset_and_best_the_monitors_epoch(tiny_model, synthetic_data,
+                                                                                         tmp_path):
+    import hpa_zoo
+    from hpa_zoo.atomic import load_network_weights
+    from hpa_zoo.errors import ConfigError
+    from hpa_zoo.train.trainer import train
+
+    x = np.random.default_rng(0).uniform(0, 255, (4, 48, 48, 4)).astype(np.float32)
+
+    def outputs(preset=None, weights=None):
+        model = hpa_zoo.load(str(preset))
+        if weights is not None:
+            load_network_weights(model, weights)
+        return np.asarray(model.predict(x, verbose=0))
+
+    # "max" on a falling loss: the monitor's best epoch is an early one, so best and last differ
+    runs = {}
+    for keep in ("last", "best"):
+        out = tmp_path / keep
+        preset = train(tiny_model, synthetic_data, out_dir=out, epochs=3, steps_per_epoch=3, verbose=0,
+                       recipe_overrides={"keep_weights": keep, "monitor": "val_focal", "monitor_mode": "max"})
+        runs[keep] = (out, preset, json.loads((preset / "metadata.json").read_text()))
+    out, preset, meta = runs["last"]
+    assert meta["weights_from"] == "last" and meta["recipe"]["keep_weights"] == "last"
+    assert meta["best"]["epoch"] < 3, meta["best"]  # the best epoch is still tracked and recorded
+    last = outputs(preset, out / "backup" / "latest.weights.h5")
+    np.testing.assert_array_equal(outputs(preset), last)
+    assert not np.allclose(outputs(preset, out / "checkpoints" / "best.weights.h5"), last, atol=1e-6)
+    out, preset, meta = runs["best"]
+    assert meta["weights_from"] == "best" and meta["best"]["epoch"] < 3
+    np.testing.assert_array_equal(outputs(preset), outputs(preset, out / "checkpoints" / "best.weights.h5"))
+    # a finished run re-run resumes to the same last weights
+    again = train(tiny_model, synthetic_data, out_dir=runs["last"][0], epochs=3, steps_per_epoch=3, verbose=0,
+                  recipe_overrides={"keep_weights": "last", "monitor": "val_focal", "monitor_mode": "max"})
+    np.testing.assert_array_equal(outputs(again), last)
+    with pytest.raises(ConfigError, match="keep_weights='newest'.*best.*last"):
+        train(tiny_model, synthetic_data, out_dir=tmp_path / "bad", epochs=1, steps_per_epoch=1, verbose=0,
+              recipe_overrides={"keep_weights": "newest"})
+
+
 def test_nan_loss_stops_naming_the_step_and_the_last_good_checkpoint(tiny_model, synthetic_data, tmp_path):
     from hpa_zoo.nn.losses import BestfittingLoss
     from hpa_zoo.train.trainer import TrainingDivergedError, train
@@ -185,3 +225,15 @@ def test_unknown_precision_and_oversized_input_are_config_errors(tiny_model, syn
         load_recipe(tiny_model, image_size=64, input_size=96)
     recipe = load_recipe("team1_densenet121_512", epochs=3, image_size=96, input_size=64)
     assert (recipe.epochs, recipe.image_size, recipe.input_size, recipe.batch_size) == (3, 96, 64, 48)
+
+
+@pytest.mark.parametrize("argv, expected", [([], None), (["--keep-weights", "last"], {"keep_weights": "last"}),
+                                            (["--keep-weights", "best"], {"keep_weights": "best"})])
+def test_train_cli_passes_keep_weights_as_a_recipe_override(argv, expected, monkeypatch, tmp_path):
+    from hpa_zoo import cli
+    from hpa_zoo.train import trainer
+
+    seen = {}
+    monkeypatch.setattr(trainer, "train", lambda *a, **kw: seen.update(kw))
+    assert cli.main(["train", TINY, "--data", str(tmp_path), "--out", str(tmp_path / "o"), *argv]) == 0
+    assert seen["recipe_overrides"] == expected

@@ -77,6 +77,8 @@ _RESUME_DEFAULTS = {"augment_on": "host"}
 
 #: Values of ``augment_on``: the recipe's ``train_map`` on the host, or its `Recipe.device_augment` in the step.
 AUGMENT_ON = ("host", "device")
+#: `Recipe.keep_weights`: the best epoch on the recipe's monitor (the teams' rule) or the last epoch.
+KEEP_WEIGHTS = ("best", "last")
 
 #: The ``tta`` entry of the ``val_predictions.csv.json`` sidecar (`hpa_zoo.infer.ensemble.write_sidecar`): validation
 #: probabilities are one pass of the recipe's ``eval_map``, without test-time augmentation.
@@ -89,7 +91,7 @@ def recipe_summary(recipe: Recipe) -> dict[str, Any]:
     return {
         "name": recipe.name, "image_size": recipe.image_size, "input_size": recipe.input_size,
         "batch_size": recipe.batch_size, "epochs": recipe.epochs, "monitor": recipe.monitor,
-        "monitor_mode": recipe.monitor_mode, "tta": dataclasses.asdict(recipe.tta),
+        "monitor_mode": recipe.monitor_mode, "keep_weights": recipe.keep_weights, "tta": dataclasses.asdict(recipe.tta),
         "thresholds": _jsonable(dataclasses.asdict(recipe.thresholds)), "notes": recipe.notes,
     }
 
@@ -261,7 +263,8 @@ def train(model_name: str, data: str | os.PathLike, *, fold: int = 0, folds_csv:
     Returns:
         ``out_dir / "preset"``, loadable with ``hpa_zoo.load``: the single-output (``logits``) model; its
         metadata holds the fitted thresholds (28,), the recipe summary, the validation macro F1 and
-        ``weights_from`` (``"swa"``, with the ``swa`` entry naming the averaged epochs, ``"best"`` or ``"last"``).
+        ``weights_from`` (``"swa"``, with the ``swa`` entry naming the averaged epochs, ``"best"`` or ``"last"``:
+        the last epoch, with ``Recipe.keep_weights="last"`` or when no epoch improved on the monitor).
     Raises:
         ConfigError: impossible settings, or ``out_dir`` holds a run with other settings.
         HpaDataError: unreadable data / folds.
@@ -290,6 +293,9 @@ def train(model_name: str, data: str | os.PathLike, *, fold: int = 0, folds_csv:
             raise ConfigError(f"recipe_overrides {sorted(unknown)}: not fields of hpa_zoo.recipe.Recipe; valid: "
                               f"{', '.join(f.name for f in dataclasses.fields(Recipe))}")
         recipe = dataclasses.replace(recipe, **recipe_overrides)
+    if recipe.keep_weights not in KEEP_WEIGHTS:
+        raise ConfigError(f"Recipe.keep_weights={recipe.keep_weights!r}: use one of {list(KEEP_WEIGHTS)} (the best "
+                          f"epoch on the recipe's monitor, or the last epoch)")
     _check_augment_on(augment_on, model_name, recipe)
     data_str = str(data)
     if not _is_folder(data) and data_str.startswith(("/", ".", "~")):  # a path, not a TFDS 'name/config'
@@ -500,8 +506,9 @@ def _backup_epoch(backup_dir: Path) -> int:
 
 def _finish(model, best_cb: AtomicBestCheckpoint, recipe: Recipe, settings: dict, train_src, valid_src, table,
             fold: int, out_dir: Path, verbose: int, *, tie_fallback: bool = False) -> Path:
-    """Final weights (SWA with ``recipe.swa_last_n``, else the best epoch) -> validation probabilities of the main
-    output -> thresholds -> preset (the main output only), predictions CSV, report."""
+    """Final weights (SWA with ``recipe.swa_last_n``, else the best epoch, or the last with
+    ``recipe.keep_weights="last"``) -> validation probabilities of the main output -> thresholds -> preset (the
+    main output only), predictions CSV, report."""
     import pandas as pd
 
     from hpa_zoo.infer import thresholds
@@ -516,6 +523,10 @@ def _finish(model, best_cb: AtomicBestCheckpoint, recipe: Recipe, settings: dict
     swa_info = None
     if recipe.swa_last_n:
         swa_info = _apply_swa(model, recipe, train_src, out_dir, verbose)
+    elif recipe.keep_weights == "last":  # the model holds the final epoch (also after a resumed, finished run)
+        best = best_cb.best or {}
+        _log(verbose, f"keeping the last epoch's weights (Recipe.keep_weights='last'; the best epoch on "
+                      f"{best_cb.monitor} was {best.get('epoch', '?')})")
     elif best_cb.path.is_file():
         load_network_weights(model, best_cb.path)  # the layers; the optimizer is done with
         _log(verbose, f"loaded the best weights: {best_cb.path} ({best_cb.best})")
@@ -552,7 +563,8 @@ def _finish(model, best_cb: AtomicBestCheckpoint, recipe: Recipe, settings: dict
         "tie_aware_ratios": None if fitted.rank_ratios is None else [float(r) for r in fitted.rank_ratios],
         "precision": settings["precision"], "seed": settings["seed"],
         # which weights the preset holds: the SWA average (teams.md §3.3) or the best epoch on the monitor
-        "weights_from": "swa" if swa_info else ("best" if best_cb.best else "last"), "swa": swa_info,
+        "weights_from": "swa" if swa_info else ("best" if best_cb.best and recipe.keep_weights == "best" else "last"),
+        "swa": swa_info,
     }
     models_api.save_preset(model, preset, metadata=metadata)
 
