@@ -509,6 +509,9 @@ def _add_demo(sub) -> None:
     p.add_argument("--peak-lr", type=float, default=d["peak_lr"],
                    help="rate after the warm-up, then cosine decay to the recipe's last rate; 0 (and "
                         "--warmup-epochs 0) = the recipe's own schedule")
+    p.add_argument("--keep-weights", choices=("last", "best"), default=d["keep_weights"],
+                   help="weights the preset keeps: last (default: the final epoch of the cosine schedule) or best "
+                        "(Team 1's rule: the lowest validation focal loss)")
     p.add_argument("--tta", choices=DEMO_TTA_CHOICES, default=DEMO_TTA,
                    help="test-submission TTA: whole (default: Team 1's 8 dihedral views, max, no random crops), "
                         "default (the recipe's: + 3 random crops per view, 4x the time) or none")
@@ -523,7 +526,7 @@ def _run_demo(args) -> int:
     run_demo(args.out, n_train=args.n_train, n_test=args.n_test, size=args.size, image_size=args.image_size,
              input_size=args.input_size, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
              tta=args.tta, model_name=args.model, preset=args.preset, warmup_epochs=args.warmup_epochs,
-             peak_lr=args.peak_lr or None)
+             peak_lr=args.peak_lr or None, keep_weights=args.keep_weights)
     return 0
 
 

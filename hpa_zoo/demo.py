@@ -39,7 +39,7 @@ DEMO_PRESET = "demo"
 DEMO_TTA = "whole"
 DEMO_TTA_CHOICES = ("whole", "default", "none")
 DEMO_DEFAULTS = dict(n_train=2000, n_test=200, size=96, image_size=None, input_size=64, epochs=12, batch_size=32,
-                     warmup_epochs=1.0, peak_lr=1e-3)
+                     warmup_epochs=1.0, peak_lr=1e-3, keep_weights="last")
 
 
 def run_demo(out_dir: str | os.PathLike = "hpa_zoo_demo", *, n_train: int = DEMO_DEFAULTS["n_train"],
@@ -49,7 +49,7 @@ def run_demo(out_dir: str | os.PathLike = "hpa_zoo_demo", *, n_train: int = DEMO
              epochs: int = DEMO_DEFAULTS["epochs"], batch_size: int = DEMO_DEFAULTS["batch_size"], seed: int = 0,
              tta: str = DEMO_TTA, model_name: str = DEMO_MODEL, preset: str = DEMO_PRESET,
              warmup_epochs: float = DEMO_DEFAULTS["warmup_epochs"], peak_lr: Optional[float] = DEMO_DEFAULTS["peak_lr"],
-             verbose: int = 1) -> Path:
+             keep_weights: str = DEMO_DEFAULTS["keep_weights"], verbose: int = 1) -> Path:
     """Run the synthetic end-to-end demo and return the path of its Markdown report.
 
     Args:
@@ -69,6 +69,10 @@ def run_demo(out_dir: str | os.PathLike = "hpa_zoo_demo", *, n_train: int = DEMO
         warmup_epochs, peak_lr: the learning rate of `warmup_optimizer` (the recipe's Adam with a linear warm-up
             to ``peak_lr`` over ``warmup_epochs``, then cosine decay to the recipe's last rate). ``peak_lr=None``
             and ``warmup_epochs=0`` train with the recipe's own optimizer and schedule unchanged.
+        keep_weights: which weights the preset holds (`hpa_zoo.recipe.Recipe.keep_weights`): ``"last"`` (default:
+            the final epoch, where the cosine schedule has decayed to its floor) or ``"best"`` (Team 1's rule: the
+            epoch with the lowest validation focal loss, which in this short from-scratch run often is an early,
+            underfit one).
         verbose: 0 silent, 1 progress.
     Returns:
         ``out_dir / "report.md"``.
@@ -104,10 +108,12 @@ def run_demo(out_dir: str | os.PathLike = "hpa_zoo_demo", *, n_train: int = DEMO
                          batch_size=batch_size)
     overrides = from_scratch_overrides(recipe, synthetic / "train.csv", warmup_epochs=warmup_epochs,
                                        peak_lr=peak_lr)
+    overrides["keep_weights"] = keep_weights
     say(f"[2/5] training {model_name}: {image_size}px -> {input_size}px, {epochs} epochs, batch {batch_size}"
         + (f", warm-up {warmup_epochs:g} epoch(s) to lr {peak_lr or 'of the recipe'} then cosine"
            if "make_optimizer" in overrides
-           else ""))
+           else "")
+        + f", keeping the {keep_weights} epoch's weights")
     preset_dir = train(model_name, data, fold=0, out_dir=out / "train", epochs=epochs,
                        image_size=image_size, input_size=input_size, batch_size=batch_size, seed=seed,
                        recipe_overrides=overrides, tie_fallback=True, verbose=2 if verbose else 0)  # a line an epoch
@@ -144,9 +150,10 @@ def run_demo(out_dir: str | os.PathLike = "hpa_zoo_demo", *, n_train: int = DEMO
     path = _write_report(out, model_name, report, png, preset_dir, submission, probabilities, timings,
                          dict(preset=preset, n_train=n_train, n_test=n_test, size=size, image_size=image_size,
                               input_size=input_size, epochs=epochs, batch_size=batch_size, seed=seed, tta=tta,
-                              warmup_epochs=warmup_epochs, peak_lr=peak_lr),
+                              warmup_epochs=warmup_epochs, peak_lr=peak_lr, keep_weights=keep_weights),
                          curve=curve, baselines=baselines, cam=(cam_png, cam_rows), test=test, meta=meta)
     summary = {"preset": preset, "val_macro_f1": _macro(report), "best_epoch": (meta.get("best") or {}).get("epoch"),
+               "weights_from": meta.get("weights_from"),
                "baselines": {k: v["macro_f1"] for k, v in baselines.items()}, "test": test,
                "seconds": timings, "total_s": sum(timings.values()), "note": BANNER}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
@@ -485,6 +492,22 @@ def _macro(report: dict) -> float:
     return float(report.get("macro_f1", report.get("macro", 0.0)))
 
 
+def _weights_phrase(keep_weights: str) -> str:
+    """How the report's header names the ``keep_weights`` choice."""
+    if keep_weights == "last":
+        return ("the last epoch's weights, not Team 1's lowest-validation-focal epoch (`--keep-weights best`): on "
+                "this short from-scratch run that loss picks early, underfit epochs")
+    return "the epoch with the lowest validation focal loss (Team 1's rule)"
+
+
+def _weights_line(meta: dict, best: dict, epochs: int) -> str:
+    """The report's line on which epoch the preset holds and which was best on the monitor."""
+    lowest = f"the lowest `{best.get('monitor', 'val_focal')}` was epoch {best.get('epoch', '?')} of {epochs}"
+    if meta.get("weights_from") == "last":
+        return f"the last epoch ({epochs} of {epochs}); {lowest}"
+    return f"the best checkpoint: {lowest}"
+
+
 def _write_report(out: Path, model_name: str, report: dict, png: Path, preset: Path, submission: Path,
                   probabilities: Path, timings: dict, settings: dict, *, curve: Path, baselines: dict, cam: tuple,
                   test: dict, meta: dict) -> Path:
@@ -510,7 +533,7 @@ def _write_report(out: Path, model_name: str, report: dict, png: Path, preset: P
         f"of Team 1's 55-epoch step schedule from 3e-4), and the LB-ratio targets are the synthetic "
         f"training-label frequencies (Team 1 matched its test set's ratios, teams.md §1.6); the test submission's "
         f"TTA is `{settings['tta']}` (`whole`: Team 1's 8 dihedral views of the whole image, max, without its 3 "
-        f"random crops per view). "
+        f"random crops per view); the preset keeps {_weights_phrase(settings['keep_weights'])}. "
         f"Settings: `{json.dumps(settings)}`.\n\n"
         f"## Validation (fold 0) — {BANNER}\n\n"
         f"| model | macro F1 |\n|---|---|\n| **{model_name}** (thresholds: {rule}) | **{_macro(report):.4f}** |\n"
@@ -518,8 +541,7 @@ def _write_report(out: Path, model_name: str, report: dict, png: Path, preset: P
         f"Baselines (`hpa_zoo.train.baselines`, trained on the same training folds): *label prior* sees no pixel (each "
         f"class on for every image or none, whichever is better on the training labels); *pixel-statistics "
         f"logistic* is a per-class logistic regression on per-channel mean/std/percentiles.\n\n"
-        f"Best checkpoint (lowest `{best.get('monitor', 'val_focal')}`): epoch {best.get('epoch', '?')} of "
-        f"{settings['epochs']}.\n\n"
+        f"Weights in the preset: {_weights_line(meta, best, settings['epochs'])}.\n\n"
         f"![learning curve]({curve.name})\n\n{table}\n\n![per-class F1]({png.name})\n\n"
         f"## Grad-CAM — {BANNER}\n\nThree validation images, each for one of the best-learned classes (a true "
         f"positive), at the network input size:\n\n{cam_lines}\n\n![Grad-CAM]({cam_png.name})\n\n"

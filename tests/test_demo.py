@@ -48,6 +48,9 @@ def test_demo_cli_runs_end_to_end_and_labels_everything_synthetic(tiny_model, tm
     expected = f1_score(y[val], prior, average="macro", zero_division=0)
     assert summary["baselines"]["label prior"] == pytest.approx(expected)
     assert 0 <= summary["baselines"]["pixel-statistics logistic"] <= 1
+    # the preset keeps the last epoch (the demo's default); the lowest val_focal epoch is still reported
+    assert summary["weights_from"] == "last" and "Weights in the preset: the last epoch (2 of 2)" in report
+    assert f"the lowest `val_focal` was epoch {summary['best_epoch']} of 2" in report
     assert summary["best_epoch"] in (1, 2) and summary["val_macro_f1"] == pytest.approx(
         json.loads((out / "train" / "val_report.json").read_text())["macro_f1"])
     truth = pd.read_csv(out / "synthetic" / "test_labels.csv", dtype=str)["Target"].str.split().map(len).mean()
