@@ -355,6 +355,8 @@ def _run_weights_verify(args) -> int:
 
 # ---------------------------------------------------------------------------------------------- train
 def _add_train(sub) -> None:
+    from hpa_zoo.recipe import KEEP_WEIGHTS
+
     p = sub.add_parser("train", help="train one fold of a registered model with its team recipe")
     p.add_argument("model", help="registry name, e.g. team1_densenet121_512 (see `hpa-zoo models`)")
     p.add_argument("--data", required=True, help="Kaggle-layout folder (train.csv + train/) or TFDS name "
@@ -381,7 +383,7 @@ def _add_train(sub) -> None:
     p.add_argument("--augment-on", choices=["host", "device"], default="host",
                    help="where the training augmentation runs: host (tf.data, default) or device (Team 1: the "
                         "host only decodes uint8, crop/resize/D4 run in the training step; for a GPU/TPU)")
-    p.add_argument("--keep-weights", choices=["best", "last"], default=None,
+    p.add_argument("--keep-weights", choices=KEEP_WEIGHTS, default=None,
                    help="weights the preset keeps: best (the recipe's rule: the best epoch on its monitor, e.g. "
                         "Team 1's val_focal) or last (the final epoch); default: the recipe's")
     p.set_defaults(func=_run_train)
@@ -494,6 +496,7 @@ def _run_predict(args) -> int:
 # ---------------------------------------------------------------------------------------------- demo
 def _add_demo(sub) -> None:
     from hpa_zoo.demo import DEMO_DEFAULTS as d, DEMO_TTA, DEMO_TTA_CHOICES
+    from hpa_zoo.recipe import KEEP_WEIGHTS
 
     p = sub.add_parser("demo", help="end-to-end demo on synthetic data (synthesise, TFDS, train, report, predict)")
     p.add_argument("--out", default="hpa_zoo_demo", help="output folder (default ./hpa_zoo_demo)")
@@ -509,7 +512,7 @@ def _add_demo(sub) -> None:
     p.add_argument("--peak-lr", type=float, default=d["peak_lr"],
                    help="rate after the warm-up, then cosine decay to the recipe's last rate; 0 (and "
                         "--warmup-epochs 0) = the recipe's own schedule")
-    p.add_argument("--keep-weights", choices=("last", "best"), default=d["keep_weights"],
+    p.add_argument("--keep-weights", choices=KEEP_WEIGHTS, default=d["keep_weights"],
                    help="weights the preset keeps: last (default: the final epoch of the cosine schedule) or best "
                         "(Team 1's rule: the lowest validation focal loss)")
     p.add_argument("--tta", choices=DEMO_TTA_CHOICES, default=DEMO_TTA,

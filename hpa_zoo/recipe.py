@@ -19,6 +19,9 @@ from hpa_zoo.checks import positive_int
 from hpa_zoo.constants import MAIN_OUTPUT
 from hpa_zoo.errors import ConfigError
 
+#: Values of `Recipe.keep_weights`: the best epoch on the recipe's monitor (the teams' rule) or the last epoch.
+KEEP_WEIGHTS = ("best", "last")
+
 
 @dataclass(frozen=True)
 class TTAConfig:

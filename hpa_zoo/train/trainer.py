@@ -57,7 +57,7 @@ from hpa_zoo.checks import positive_int, reports_out_of_memory
 from hpa_zoo.constants import CLASS_NAMES, MAIN_OUTPUT, NUM_CLASSES
 from hpa_zoo.errors import ConfigError, HpaDataError
 from hpa_zoo.interrupt import Interrupted, stop_at_step_boundary
-from hpa_zoo.recipe import Recipe, load_recipe  # noqa: F401  (load_recipe: re-exported)
+from hpa_zoo.recipe import KEEP_WEIGHTS, Recipe, load_recipe  # noqa: F401  (load_recipe: re-exported)
 from hpa_zoo.runlock import holds_run_lock
 from hpa_zoo.train import distribute
 from hpa_zoo.train.callbacks import (AtomicBackupAndRestore, AtomicBestCheckpoint, StopOnNaN,  # noqa: F401
@@ -77,8 +77,6 @@ _RESUME_DEFAULTS = {"augment_on": "host"}
 
 #: Values of ``augment_on``: the recipe's ``train_map`` on the host, or its `Recipe.device_augment` in the step.
 AUGMENT_ON = ("host", "device")
-#: `Recipe.keep_weights`: the best epoch on the recipe's monitor (the teams' rule) or the last epoch.
-KEEP_WEIGHTS = ("best", "last")
 
 #: The ``tta`` entry of the ``val_predictions.csv.json`` sidecar (`hpa_zoo.infer.ensemble.write_sidecar`): validation
 #: probabilities are one pass of the recipe's ``eval_map``, without test-time augmentation.
