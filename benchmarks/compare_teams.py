@@ -72,6 +72,8 @@ class Budget:
             schedules.
         train_ratio_targets: the label-free ratio rules (Team 1's LB-ratio match, Team 4's frequency match) target
             the training labels' fractions instead of the Kaggle ones (`hpa_zoo.demo.from_scratch_overrides`).
+        keep_weights: which epoch's weights every member's preset holds (`hpa_zoo.recipe.Recipe.keep_weights`):
+            ``"best"`` on the recipe's monitor (the teams' rule) or ``"last"``.
     """
 
     n_train: int
@@ -87,6 +89,7 @@ class Budget:
     warmup_epochs: float = 0.0
     peak_lr: Optional[float] = None
     train_ratio_targets: bool = False
+    keep_weights: str = "best"
 
 
 #: micro: CI (one member in ~1 min). small: one member of each team on the learnable ``demo`` synthetic preset,
@@ -194,19 +197,21 @@ def run_member(name: str, folder: Path, out: Path, budget: Budget, seed: int, ve
 
 
 def _overrides(name: str, folder: Path, budget: Budget, image_size: int, input_size: int) -> dict:
-    """The budget's recipe overrides for ``name`` (warm-up + cosine, training-label ratio targets), or {}."""
+    """The budget's recipe overrides for ``name`` (warm-up + cosine, training-label ratio targets, the epoch whose
+    weights are kept when it is not the recipe's best), or {}."""
     from hpa_zoo.demo import from_scratch_overrides
     from hpa_zoo.recipe import load_recipe
 
+    keep = {} if budget.keep_weights == "best" else {"keep_weights": budget.keep_weights}
     if not (budget.warmup_epochs > 0 or budget.peak_lr is not None or budget.train_ratio_targets):
-        return {}
+        return keep
     recipe = load_recipe(name, epochs=budget.epochs, image_size=image_size, input_size=input_size,
                          batch_size=budget.batch_size)
     overrides = from_scratch_overrides(recipe, folder / "train.csv", warmup_epochs=budget.warmup_epochs,
                                        peak_lr=budget.peak_lr)
     if not budget.train_ratio_targets:
         overrides.pop("thresholds", None)
-    return overrides
+    return {**overrides, **keep}
 
 
 def _five_crop_stacker(name, preset, folder, run, image_size, input_size, budget, seed):
@@ -518,7 +523,7 @@ def write_report(rows: list[dict], out: Path, *, synthetic: bool, settings: dict
 def compare(out: str | os.PathLike, *, budget: str = "small", models: Optional[Sequence[str]] = None,
             data_dir: Optional[str] = None, size: Optional[int] = None, epochs: Optional[int] = None,
             seed: Optional[int] = None, seeds: Optional[Sequence[int]] = None, verbose: int = 0,
-            jobs: Optional[int] = None) -> Path:
+            jobs: Optional[int] = None, keep_weights: Optional[str] = None) -> Path:
     """Run the comparison and return the path of ``report.md`` (see the module docstring).
 
     Args:
@@ -536,8 +541,11 @@ def compare(out: str | os.PathLike, *, budget: str = "small", models: Optional[S
             ``cores // jobs`` TensorFlow threads (`default_jobs` when None: 2 on a CPU-only machine with at least 2
             cores, else 1). 1 runs them one after another in this process. The results are the same runs; their
             floating-point sums differ with the thread count, so figures match a run with the same ``jobs``.
+        keep_weights: ``"best"`` or ``"last"``: which epoch's weights every member keeps (default: the budget's,
+            `Budget.keep_weights`).
     """
     from hpa_zoo.checks import positive_int
+    from hpa_zoo.recipe import KEEP_WEIGHTS
     from hpa_zoo.data.labels import read_labels_csv
     from hpa_zoo.registry import get_spec, list_models
 
@@ -546,11 +554,15 @@ def compare(out: str | os.PathLike, *, budget: str = "small", models: Optional[S
     positive_int(size, "size", allow_none=True, hint="--size, the network input side")
     positive_int(epochs, "epochs", allow_none=True, hint="--epochs")
     positive_int(jobs, "jobs", allow_none=True, hint="--jobs, the member runs trained at once")
+    if keep_weights is not None and keep_weights not in KEEP_WEIGHTS:
+        raise ConfigError(f"keep_weights={keep_weights!r}: use one of {list(KEEP_WEIGHTS)} (--keep-weights), or None "
+                          f"for the budget's")
     if seeds is not None and not list(seeds):
         raise ConfigError("seeds=[]: give at least one seed (--seeds), or None for the budget's")
     b = BUDGETS[budget]
     seeds = tuple(int(s) for s in (seeds or ((seed,) if seed is not None else b.seeds)))
-    b = replace(b, size=size or b.size, epochs=epochs or b.epochs, seeds=seeds)
+    b = replace(b, size=size or b.size, epochs=epochs or b.epochs, seeds=seeds,
+                keep_weights=keep_weights or b.keep_weights)
     seed = seeds[0]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -595,6 +607,7 @@ def compare(out: str | os.PathLike, *, budget: str = "small", models: Optional[S
     settings = {"budget": budget, "data": str(folder), "synthetic": synthetic, "size": b.size, "epochs": b.epochs,
                 "batch_size": b.batch_size, "seeds": list(seeds), "preset": b.preset if synthetic else None,
                 "warmup_epochs": b.warmup_epochs, "peak_lr": b.peak_lr, "train_ratio_targets": b.train_ratio_targets,
+                "keep_weights": b.keep_weights,
                 "n_train": len(train_labels), "n_test": len(truth_ids), "jobs": jobs,
                 "wall_s": round(time.time() - t_start, 1)}
     path = write_report(rows, out, synthetic=synthetic, settings=settings, class_order=class_order)
@@ -644,6 +657,9 @@ def _macro_f1(y_true: np.ndarray, truth_ids: Sequence[str], result: dict) -> flo
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The command line (``python benchmarks/compare_teams.py --help``); returns the exit status 0."""
+    from hpa_zoo.recipe import KEEP_WEIGHTS
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/compare_teams", help="output folder")
     parser.add_argument("--budget", default="small", choices=sorted(BUDGETS))
@@ -658,10 +674,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("-q", "--quiet", action="store_true", help="print only the report's path")
     parser.add_argument("--jobs", type=int, help="member runs trained at once, each in its own process (default: 2 "
                                                  "on a CPU-only machine with at least 2 cores, else 1)")
+    parser.add_argument("--keep-weights", choices=KEEP_WEIGHTS,
+                        help="which epoch's weights every member keeps: best (on each recipe's monitor, the teams' "
+                             "rule) or last (default: the budget's)")
     args = parser.parse_args(argv)
     path = compare(args.out, budget=args.budget, models=args.models, data_dir=args.data_dir, size=args.size,
                    epochs=args.epochs, seeds=args.seeds,
-                   verbose=0 if args.quiet else 2 if args.verbose else 1, jobs=args.jobs)
+                   verbose=0 if args.quiet else 2 if args.verbose else 1, jobs=args.jobs,
+                   keep_weights=args.keep_weights)
     print(f"report: {path}")
     return 0
 
