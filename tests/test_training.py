@@ -181,6 +181,16 @@ def test_keep_weights_last_puts_the_final_epoch_in_the_preset_and_best_the_monit
     again = train(tiny_model, synthetic_data, out_dir=runs["last"][0], epochs=3, steps_per_epoch=3, verbose=0,
                   recipe_overrides={"keep_weights": "last", "monitor": "val_focal", "monitor_mode": "max"})
     np.testing.assert_array_equal(outputs(again), last)
+    # ... and re-run with the other choice, it re-finishes from the saved epochs without training: the preset now
+    # holds that run's own best epoch, its log still has 3 epochs, and its backup is still the last epoch
+    out = runs["last"][0]
+    rows_before = len(_log(out))
+    switched = train(tiny_model, synthetic_data, out_dir=out, epochs=3, steps_per_epoch=3, verbose=0,
+                     recipe_overrides={"keep_weights": "best", "monitor": "val_focal", "monitor_mode": "max"})
+    assert json.loads((switched / "metadata.json").read_text())["weights_from"] == "best"
+    np.testing.assert_array_equal(outputs(switched), outputs(switched, out / "checkpoints" / "best.weights.h5"))
+    assert len(_log(out)) == rows_before == 3
+    np.testing.assert_array_equal(outputs(switched, out / "backup" / "latest.weights.h5"), last)
     with pytest.raises(ConfigError, match="keep_weights='newest'.*best.*last"):
         train(tiny_model, synthetic_data, out_dir=tmp_path / "bad", epochs=1, steps_per_epoch=1, verbose=0,
               recipe_overrides={"keep_weights": "newest"})
