@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -97,12 +98,15 @@ def test_micro_budget_report_has_every_team_row_and_the_baseline(tmp_path, capsy
 def test_two_jobs_train_the_seeds_in_worker_processes_and_report_each_seeds_own_run(tmp_path, capsys):
     """``jobs=2``: the two seeds train at once in spawned workers (one thread each on 2 cores). Each seed's reported
     macro F1 equals sklearn's on the submission that seed's run wrote to its own folder, so no result comes back to
-    the wrong seed. ``jobs=0`` is refused."""
+    the wrong seed. ``keep_weights="last"`` reaches the workers' trainings (each preset says it holds the last
+    epoch; with the default, one epoch is also the best and the preset would say "best"). ``jobs=0`` and an unknown
+    ``keep_weights`` are refused."""
     from sklearn.metrics import f1_score
 
     ct = _module()
     member = "team4_gapnet_resnet18_512"
-    report = ct.compare(tmp_path, budget="micro", models=[member], seeds=[0, 1], verbose=1, jobs=2)
+    report = ct.compare(tmp_path, budget="micro", models=[member], seeds=[0, 1], verbose=1, jobs=2,
+                        keep_weights="last")
     out = capsys.readouterr().out
     assert "2 member runs, 2 at a time" in out
     assert sum(f"{member} seed {s}: trained in" in out for s in (0, 1)) == 2
@@ -123,16 +127,23 @@ def test_two_jobs_train_the_seeds_in_worker_processes_and_report_each_seeds_own_
         expected = f1_score(multi_hot(truth["Target"]), multi_hot(sub["Predicted"]), average="macro",
                             zero_division=0)
         assert reported == pytest.approx(expected, abs=5e-5)
-    assert json.loads(report.read_text().split("Settings: `")[1].split("`")[0])["jobs"] == 2
+    settings = json.loads(report.read_text().split("Settings: `")[1].split("`")[0])
+    assert settings["jobs"] == 2 and settings["keep_weights"] == "last"
+    for s in (0, 1):
+        meta = json.loads((tmp_path / "runs" / f"{member}_seed{s}" / "preset" / "metadata.json").read_text())
+        assert meta["weights_from"] == "last" and meta["recipe"]["keep_weights"] == "last"
     with pytest.raises(ct.ConfigError, match="jobs=0"):
         ct.compare(tmp_path / "bad", budget="micro", models=[member], jobs=0)
+    with pytest.raises(ct.ConfigError, match=r"keep_weights='first': use one of \['best', 'last'\]"):
+        ct.compare(tmp_path / "bad", budget="micro", models=[member], keep_weights="first")
 
 
 def test_small_budget_overrides_warm_up_and_target_the_training_label_fractions(tmp_path):
     """The small budget's levers, per recipe: Team 1's LB-ratio and Team 4's frequency match keep their rule and
     target the training labels' fractions (counted here with NumPy); Team 3's label-fitted rule is untouched; every
     member's learning rate ramps linearly to 1e-3 over the first epoch, then decays by a cosine to the recipe
-    schedule's last rate. The micro budget changes nothing."""
+    schedule's last rate. The micro budget changes nothing; `Budget.keep_weights="last"` adds itself to any budget's
+    overrides, the default ("best", the recipe's own) adds nothing."""
     from hpa_zoo.recipe import load_recipe
 
     ct = _module()
@@ -145,6 +156,11 @@ def test_small_budget_overrides_warm_up_and_target_the_training_label_fractions(
     expected /= len(targets)
     small = ct.BUDGETS["small"]
     assert ct._overrides("team1_densenet121_512", tmp_path, ct.BUDGETS["micro"], 48, 32) == {}
+    assert ct._overrides("team1_densenet121_512", tmp_path, replace(ct.BUDGETS["micro"], keep_weights="last"),
+                         48, 32) == {"keep_weights": "last"}
+    assert "keep_weights" not in ct._overrides("team1_densenet121_512", tmp_path, small, 96, 64)
+    assert ct._overrides("team1_densenet121_512", tmp_path, replace(small, keep_weights="last"),
+                         96, 64)["keep_weights"] == "last"
     steps, epochs = 10, small.epochs
     for name, rule in (("team1_densenet121_512", "lb_ratio_match"), ("team4_gapnet_resnet18_512", "freq_match"),
                        ("team3_resnet34_512", None)):
