@@ -780,7 +780,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``hpa-zoo`` console script. Returns the process exit code."""
     from hpa_zoo.errors import HpaZooError
 
-    from hpa_zoo.interrupt import terminate_raises
+    from hpa_zoo.interrupt import release_frames, terminate_raises
 
     args = build_parser().parse_args(argv)
     _show_library_messages()
@@ -791,6 +791,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hpa-zoo {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:  # hpa_zoo.interrupt.Interrupted carries the signal and what to do next
+        release_frames(exc)  # a pipeline stopped mid-stream is freed before the interpreter shuts down
         print(f"hpa-zoo {args.command}: {exc if str(exc) else 'interrupted'}", file=sys.stderr)
         return 128 + int(getattr(exc, "signum", 2))
 

@@ -9,13 +9,22 @@
 
 `Interrupted` is a `KeyboardInterrupt` (code that handles Ctrl-C handles it) with the signal number, so the CLI
 exits with ``128 + signum`` (130 for SIGINT, 143 for SIGTERM) and prints its one-line message.
+
+* `release_frames` (the trainer and the CLI, on any interruption): the frames an interrupted call unwound still
+  hold its input pipeline's iterator, in reference cycles only the garbage collector frees. Left to the
+  interpreter's shutdown, that iterator's destructor waits for the ``tf.numpy_function`` map calls in flight
+  (Team 1's OpenCV resize, `hpa_zoo.data.cv_ops`), which can no longer take the GIL once shutdown has begun: the
+  process hung after printing its message (tests/test_resume.py reproduces it). Freed at once instead, the
+  destructor waits for those calls (each a few milliseconds) and the process exits.
 """
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import signal
 import threading
+import traceback
 from typing import Iterator
 
 log = logging.getLogger(__name__)
@@ -32,6 +41,23 @@ class Interrupted(KeyboardInterrupt):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "interrupted"
+
+
+def release_frames(exc: BaseException) -> None:
+    """Free now what the finished frames of ``exc``'s traceback hold (see the module docstring), then collect.
+
+    Clears the locals of every frame ``exc`` unwound (the still-running frames, the caller's among them, are left
+    alone), so ``exc`` keeps its type, message and traceback line numbers but no longer keeps the interrupted
+    call's objects alive; `gc.collect` then frees the cycles they were in (tf.data iterators, Keras epoch
+    iterators). Call it in the ``except`` clause that handles the interruption.
+    """
+    traceback.clear_frames(exc.__traceback__)
+    context = exc.__context__
+    while context is not None:  # an exception raised while handling another keeps that one's frames too
+        traceback.clear_frames(context.__traceback__)
+        context = context.__context__
+    collected = gc.collect()
+    log.debug("released the interrupted call's frames (%d objects collected)", collected)
 
 
 def signal_name(signum: int) -> str:

@@ -35,7 +35,9 @@ def _driver(argv: list[str]) -> int:
     """`hpa-zoo` main with the tiny test model registered and a progress callback (see the module docstring).
 
     Env: ``HPA_TEST_SLOW`` seconds slept after each batch from epoch index 1 on; ``HPA_TEST_INF_AT`` an
-    optimizer step from which the loss is +inf.
+    optimizer step from which the loss is +inf; ``HPA_TEST_SLOW_MAP`` seconds slept, from epoch index 1 on,
+    in a ``tf.numpy_function`` added to the end of the recipe's ``train_map`` (Python map calls are then in flight
+    whenever the run stops, as the real OpenCV step of Team 1's map may be).
     """
     import keras
 
@@ -49,6 +51,7 @@ def _driver(argv: list[str]) -> int:
                                          input_size=test_training.SIZE, recipe="tests.test_training:make_recipe",
                                          classifier="logits"))
     slow = float(os.environ.get("HPA_TEST_SLOW", "0"))
+    epoch_now = [0]  # the epoch under way, for the map's sleep
 
     class Progress(keras.callbacks.Callback):
         def __init__(self, out_dir):
@@ -56,7 +59,7 @@ def _driver(argv: list[str]) -> int:
             self.path, self.epoch = Path(out_dir) / "progress.json", 0
 
         def on_epoch_begin(self, epoch, logs=None):
-            self.epoch = epoch
+            self.epoch = epoch_now[0] = epoch
 
         def on_train_batch_end(self, batch, logs=None):
             from hpa_zoo.atomic import atomic_write_text
@@ -72,6 +75,29 @@ def _driver(argv: list[str]) -> int:
         return best, [*cbs, Progress(out_dir)]
 
     trainer._callbacks = callbacks
+    if "HPA_TEST_SLOW_MAP" in os.environ:
+        import dataclasses
+
+        import tensorflow as tf
+
+        seconds, make = float(os.environ["HPA_TEST_SLOW_MAP"]), test_training.make_recipe
+
+        def sleep(image):
+            if epoch_now[0] >= 1:
+                time.sleep(seconds)
+            return image
+
+        def slow_recipe(*args, **kwargs):
+            recipe = make(*args, **kwargs)
+
+            def train_map(example, seed):
+                image, target = recipe.train_map(example, seed)
+                slowed = tf.numpy_function(sleep, [image], image.dtype, stateful=False)
+                return tf.ensure_shape(slowed, image.shape), target
+
+            return dataclasses.replace(recipe, train_map=train_map)
+
+        test_training.make_recipe = slow_recipe
     if "HPA_TEST_INF_AT" in os.environ:
         from hpa_zoo.nn.losses import BestfittingLoss
         from zoo_models.teams.team1_bestfitting import make_optimizer
@@ -243,6 +269,21 @@ def test_sigterm_stops_at_a_step_boundary_says_how_to_resume_and_the_rerun_match
     assert f"Epoch 2/{EPOCHS}" in resumed_out and f"Epoch 1/{EPOCHS}" not in resumed_out
     _assert_same_weights(out, reference())
     assert [p for p in out.rglob("*.tmp*")] == []
+
+
+def test_sigterm_with_python_map_calls_in_flight_exits_instead_of_hanging(data, children, tmp_path):
+    """The input pipeline is mid-stream when the run stops: its iterator must be released while the interpreter
+    still runs. Left to the interpreter's shutdown, a ``tf.numpy_function`` call in flight then can never take the
+    GIL again and the process hangs after printing its message (measured before the fix: every such run)."""
+    out = tmp_path / "in_flight"
+    victim = children.start(_command(data, out), env={"HPA_TEST_SLOW": "1.0", "HPA_TEST_SLOW_MAP": "2.0"})
+    signalled_at = _kill_mid_second_epoch(victim, out, signal.SIGTERM)
+    text = finish(victim, timeout=60)
+    assert signalled_at is not None, f"the run ended or stalled before the signal:\n{text[-3000:]}"
+    assert victim.returncode == 128 + signal.SIGTERM, text[-3000:]
+    assert text.count("hpa-zoo train: SIGTERM at epoch 2") == 1 and "Traceback" not in text, text[-3000:]
+    state = read_json(out / "backup" / "training_metadata.json")
+    assert (state["epoch"], state["iterations"]) == (1, STEPS)
 
 
 def test_infinite_loss_stops_the_cli_naming_the_step_and_the_last_good_checkpoint(inf_run):

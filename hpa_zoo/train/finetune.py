@@ -51,7 +51,7 @@ from hpa_zoo.checks import open_fraction, positive_float, positive_int, reports_
 from hpa_zoo.constants import CHANNELS
 from hpa_zoo.errors import ConfigError, HpaDataError
 from hpa_zoo.data.images import fit_to_model
-from hpa_zoo.interrupt import Interrupted, stop_at_step_boundary
+from hpa_zoo.interrupt import Interrupted, release_frames, stop_at_step_boundary
 from hpa_zoo.remote import is_remote
 from hpa_zoo.runlock import holds_run_lock
 from zoo_models.surgery import adapt_channels  # the graph edit lives in the one surgery module
@@ -202,14 +202,19 @@ def _fit_phases(model, train_ds, val_ds, out_dir: Path, *, classifier: str, mult
             say(f"initial val_loss {history['initial_val_loss']:.4f}")
         say(f"epochs {first + 1}-{last}: {'all layers' if trainable else 'classifier only (backbone frozen)'}, "
             f"lr {lr:g}")
+        interrupted = None
         try:
             with stop_at_step_boundary() as stopper:  # SIGINT/SIGTERM: stop after the current step
                 fit = model.fit(train_ds, validation_data=val_ds, epochs=last, initial_epoch=first,
                                 callbacks=[stopper, best], verbose=2 if verbose else 0)
         except KeyboardInterrupt as exc:
-            raise Interrupted(f"{'interrupted' if not isinstance(exc, Interrupted) else exc}: no preset was written "
-                              f"(fine-tuning does not resume; the best weights so far are in {best.path}); re-run "
-                              f"the command to start again", getattr(exc, "signum", signal.SIGINT)) from None
+            release_frames(exc)  # the pipeline's iterator is freed now, not at interpreter exit (hpa_zoo.interrupt)
+            interrupted = Interrupted(f"{'interrupted' if not isinstance(exc, Interrupted) else exc}: no preset was "
+                                      f"written (fine-tuning does not resume; the best weights so far are in "
+                                      f"{best.path}); re-run the command to start again",
+                                      getattr(exc, "signum", signal.SIGINT))
+        if interrupted is not None:
+            raise interrupted
         for key in ("loss", "val_loss"):
             history[key] += [float(v) for v in fit.history[key]]
     load_network_weights(model, best.path)  # the checkpoint holds the layers only (no optimiser state)

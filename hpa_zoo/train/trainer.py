@@ -56,7 +56,7 @@ from hpa_zoo.augment.device import DeviceAugmented
 from hpa_zoo.checks import positive_int, reports_out_of_memory
 from hpa_zoo.constants import CLASS_NAMES, MAIN_OUTPUT, NUM_CLASSES
 from hpa_zoo.errors import ConfigError, HpaDataError
-from hpa_zoo.interrupt import Interrupted, stop_at_step_boundary
+from hpa_zoo.interrupt import Interrupted, release_frames, stop_at_step_boundary
 from hpa_zoo.recipe import KEEP_WEIGHTS, Recipe, load_recipe  # noqa: F401  (load_recipe: re-exported)
 from hpa_zoo.runlock import holds_run_lock
 from hpa_zoo.train import distribute
@@ -376,16 +376,21 @@ def train(model_name: str, data: str | os.PathLike, *, fold: int = 0, folds_csv:
         best_cb, callbacks = _callbacks(out_dir, recipe, verbose)
         # keras.distribution (JAX) is consulted by fit itself: keep its scope; tf.distribute is captured by compile
         fit_scope = strategy.scope() if distribute.is_keras_distribution(strategy) else _null_scope()
+        interrupted = None
         try:
             with fit_scope, stop_at_step_boundary() as stopper:  # SIGINT/SIGTERM: stop after the current step
                 model.fit(train_ds, validation_data=valid_ds, epochs=recipe.epochs, steps_per_epoch=steps,
                           callbacks=[stopper, *callbacks], verbose=verbose, shuffle=False)  # the pipeline shuffles
         except KeyboardInterrupt as exc:
+            release_frames(exc)  # the pipeline's iterator is freed now, not at interpreter exit (hpa_zoo.interrupt)
             state = AtomicBackupAndRestore.consistent_state(out_dir / "backup")
             done = f"epoch {state['epoch']}" if state else "no finished epoch yet"
-            raise Interrupted(f"{'interrupted' if not isinstance(exc, Interrupted) else exc}: the resume state in "
-                              f"{out_dir / 'backup'} is from the end of the last finished epoch ({done}); re-run "
-                              f"the same command to continue", getattr(exc, "signum", signal.SIGINT)) from None
+            interrupted = Interrupted(f"{'interrupted' if not isinstance(exc, Interrupted) else exc}: the resume "
+                                      f"state in {out_dir / 'backup'} is from the end of the last finished epoch "
+                                      f"({done}); re-run the same command to continue",
+                                      getattr(exc, "signum", signal.SIGINT))
+        if interrupted is not None:
+            raise interrupted
         preset = _finish(net, best_cb, recipe, settings, train_src, valid_src, table, fold, out_dir, verbose,
                          tie_fallback=tie_fallback)
     finally:
